@@ -1,0 +1,170 @@
+"""Code-generator adversarial autoencoder (Wang, Peng, Ko, "Learning priors for adversarial autoencoders").
+
+Parts: encoder E, decoder G, code generator CG (noise [+ condition s] -> code z_c), image discriminator D_I
+with an auxiliary head Q (predicts s from an image), code discriminator D_C (optionally given s).
+Generation is G(CG(z, s)). Training lives in ``training/aae_cg.py``.
+
+Encoder/decoder follow the DCGAN pattern of ``generation/layers.py`` (methods.md "Common ground") rather
+than the appendix's residual stacks: same role, far cheaper on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from generation.base import Condition, EncoderOutput, GenerativeModel, ModelConfig
+from generation.layers import ConvDecoder, ConvEncoder, downsampling_stages, mlp, stage_channels
+
+# paper defaults: supervised 10 + 54 -> 64, unsupervised 10 + 90, text 200 + 100
+DEFAULT_NOISE_DIM = {"class": 54, "cluster": 90, "text": 100, "none": 64}
+
+
+@dataclass
+class AAEConfig(ModelConfig):
+    """Config of the code-generator AAE.
+
+    Args:
+        latent_dim: size of the code z_c (paper: 64 supervised; 8 for unsupervised MNIST). None: 64, or 8
+            for a ``cluster`` model on 1-channel images.
+        noise_dim: Gaussian noise fed to CG (None: the paper's 54 class / 90 cluster / 100 text / 64 none).
+        base_channels: channels of the first conv stage of E, G and D_I (doubling per stage).
+        hidden_dim: width of the fully connected layers of E and G.
+        disc_hidden: width of D_I's fully connected layer (paper: 1000).
+        code_disc_hidden: widths of D_C's hidden layers (paper: 1000, 500, 200).
+    """
+
+    latent_dim: int | None = None
+    noise_dim: int | None = None
+    base_channels: int = 64
+    hidden_dim: int = 1024
+    disc_hidden: int = 1000
+    code_disc_hidden: tuple[int, ...] = (1000, 500, 200)
+
+    def __post_init__(self) -> None:
+        if self.latent_dim is None:
+            self.latent_dim = 8 if self.condition == "cluster" and self.image_shape[0] == 1 else 64
+        if self.noise_dim is None:
+            self.noise_dim = DEFAULT_NOISE_DIM[self.condition]
+        self.code_disc_hidden = tuple(self.code_disc_hidden)
+        self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
+
+
+class CodeGenerator(nn.Module):
+    """CG: ``(noise, s)`` -> code; FC 2*noise (BN, ReLU), FC code (BN) as in the paper's appendix."""
+
+    def __init__(self, noise_dim: int, condition_dim: int, latent_dim: int):
+        super().__init__()
+        hidden = 2 * noise_dim
+        self.net = nn.Sequential(
+            nn.Linear(noise_dim + condition_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, latent_dim), nn.BatchNorm1d(latent_dim),
+        )
+
+    def forward(self, noise: Tensor, cond: Tensor) -> Tensor:
+        return self.net(torch.cat([noise, cond], dim=1))  # (B, latent_dim)
+
+
+class ImageDiscriminator(nn.Module):
+    """D_I: conv 4x4/s2 stages with LeakyReLU, FC ``disc_hidden``, FC 1; Q: FC ``q_dim`` on the same trunk.
+
+    ``features`` (the last conv layer) is the learned similarity metric used for reconstruction. For text
+    models the condition vector is concatenated to the flattened features (a conditional D_I).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], base_channels: int, hidden: int, cond_dim: int,
+                 q_dim: int):
+        super().__init__()
+        num_stages, final_size = downsampling_stages(image_shape)
+        layers: list[nn.Module] = []
+        in_ch = image_shape[0]
+        for ch in stage_channels(num_stages, base_channels):
+            layers += [nn.Conv2d(in_ch, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+            in_ch = ch
+        self.conv = nn.Sequential(*layers)
+        self.cond_dim = cond_dim
+        self.trunk = nn.Sequential(nn.Linear(in_ch * final_size**2 + cond_dim, hidden), nn.LeakyReLU(0.2))
+        self.real_fake = nn.Linear(hidden, 1)
+        self.q_head = nn.Linear(hidden, q_dim) if q_dim else None
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.conv(images).flatten(1)  # (B, C_last * s * s)
+
+    def forward(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """-> (real/fake logit ``(B,)``, Q output ``(B, q_dim)`` or None)."""
+        h = self.features(images)
+        if self.cond_dim:
+            assert cond is not None
+            h = torch.cat([h, cond], dim=1)
+        h = self.trunk(h)
+        q = self.q_head(h) if self.q_head is not None else None
+        return self.real_fake(h).squeeze(1), q
+
+
+class CodeDiscriminator(nn.Module):
+    """D_C: FC 1000/500/200 LeakyReLU, FC 1; gets the condition too for class/text models (Eq. 8)."""
+
+    def __init__(self, latent_dim: int, cond_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.net = mlp(latent_dim + cond_dim, list(hidden), 1)
+
+    def forward(self, codes: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = codes if cond is None else torch.cat([codes, cond], dim=1)
+        return self.net(x).squeeze(1)  # (B,)
+
+
+class CodeGeneratorAAE(GenerativeModel):
+    """The code-generator AAE; conditions ``none``, ``class`` (supervised), ``cluster`` (unsupervised) and
+    ``text`` (sentence-embedding condition).
+
+    Args:
+        config: an :class:`AAEConfig`.
+    """
+
+    backend = "aae-cg"
+    config_class = AAEConfig
+    supported_conditions = ("none", "class", "cluster", "text")
+
+    def __init__(self, config: AAEConfig):
+        super().__init__(config)
+        c = config
+        assert c.latent_dim is not None and c.noise_dim is not None
+        cond_dim = c.condition_dim
+        self.encoder = ConvEncoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
+        self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
+        self.code_generator = CodeGenerator(c.noise_dim, cond_dim, c.latent_dim)
+        # D_I sees the condition only in the text setting; for labels/clusters Q recovers it (Eq. 7)
+        self.image_discriminator = ImageDiscriminator(
+            c.image_shape, c.base_channels, c.disc_hidden, cond_dim if c.condition == "text" else 0,
+            q_dim=cond_dim)
+        # D_C is label-free in the unsupervised setting (paper Fig. 5)
+        self.code_discriminator = CodeDiscriminator(
+            c.latent_dim, cond_dim if c.condition in ("class", "text") else 0, c.code_disc_hidden)
+
+    def generate_codes(self, noise: Tensor, cond: Tensor) -> Tensor:
+        return self.code_generator(noise, cond)
+
+    def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
+        cond = self.condition_vectors(n, condition, generator)  # (n, condition_dim)
+        noise = torch.randn(n, self.config.noise_dim, generator=generator)  # (n, noise_dim)
+        return self.code_generator(noise.to(self.device), cond.to(self.device))  # (n, latent_dim)
+
+    def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
+        return self.decoder(latents)
+
+    def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput:
+        return EncoderOutput(self.encoder(images))
+
+    @torch.no_grad()
+    def predict_condition(self, images: Tensor) -> Tensor:
+        """Q's output on images: class/cluster logits ``(B, K)`` or the predicted text vector."""
+        if self.config.condition == "none":
+            raise ValueError("an unconditional model has no Q head")
+        cond = None
+        if self.config.condition == "text":  # D_I is conditional there; Q is read with a zero condition
+            cond = torch.zeros(images.shape[0], self.config.text_dim, device=images.device)
+        _, q = self.image_discriminator(images, cond)
+        return q

@@ -1,0 +1,201 @@
+"""The interface every generator backend implements.
+
+A backend is an ``nn.Module`` subclass of :class:`GenerativeModel` with a dataclass config. Generation is
+always two steps, ``sample_latents`` (noise + condition -> code) then ``decode`` (code -> image), so that a
+service can draw each job's latents with its own seeded generator and decode many jobs in one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+ConditionKind = Literal["none", "class", "cluster", "text"]
+CONDITION_KINDS: tuple[str, ...] = get_args(ConditionKind)
+
+
+class ConditionError(ValueError):
+    """A condition the model cannot honour (wrong kind, unknown label, out-of-range cluster...)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a caller asks for.
+
+    Args:
+        kind: ``none``, ``class`` (supervised label), ``cluster`` (unsupervised cluster id) or ``text``.
+        index: class or cluster index, for ``class`` and ``cluster``.
+        embedding: the model's condition vector for ``text`` (already projected, shape ``(text_dim,)``).
+        prompt: the prompt the embedding came from, kept for metadata.
+    """
+
+    kind: ConditionKind = "none"
+    index: int | None = None
+    embedding: Tensor | None = None
+    prompt: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"condition": self.kind}
+        if self.index is not None:
+            out["index"] = self.index
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+
+@dataclass
+class ModelConfig:
+    """Fields every backend config has.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images; square, 28 or 4 * 2**k pixels.
+        condition: the condition the model is trained for.
+        num_classes: number of classes (``class``) or clusters (``cluster``); ignored otherwise.
+        text_dim: size of the text condition vector (``text``).
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    condition: ConditionKind = "none"
+    num_classes: int = 10
+    text_dim: int = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config field(s) {unknown}; valid: {sorted(names)}")
+        values = dict(data)
+        if "image_shape" in values:
+            values["image_shape"] = tuple(values["image_shape"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def condition_dim(self) -> int:
+        """Width of the condition vector fed to the networks (0 for ``none``)."""
+        if self.condition in ("class", "cluster"):
+            return self.num_classes
+        if self.condition == "text":
+            return self.text_dim
+        return 0
+
+
+@dataclass
+class EncoderOutput:
+    """What ``encode`` returns: the code, plus the posterior's log-variance for stochastic encoders."""
+
+    latents: Tensor  # (B, latent_dim)
+    logvar: Tensor | None = None
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every backend.
+
+    Subclasses set ``backend`` (registry name), ``config_class`` and ``supported_conditions`` and
+    implement ``sample_latents``, ``decode`` and (for backends with an encoder) ``encode``.
+    Images are tensors in [-1, 1], shape ``(B, C, H, W)``.
+    """
+
+    backend: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    supported_conditions: ClassVar[tuple[str, ...]] = ("none",)
+    has_encoder: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.condition not in self.supported_conditions:
+            raise ConditionError(
+                f"backend {self.backend!r} does not support condition {config.condition!r}; "
+                f"supported: {', '.join(self.supported_conditions)}"
+            )
+        self.config = config
+
+    # -- the uniform API -------------------------------------------------------------------------
+    def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
+        """Draw ``n`` codes for ``condition``; all randomness comes from ``generator`` (a CPU generator)."""
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
+        """Codes ``(B, latent_dim)`` -> images ``(B, C, H, W)`` in [-1, 1]."""
+        raise NotImplementedError
+
+    def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput:
+        raise NotImplementedError(f"backend {self.backend!r} has no encoder")
+
+    @torch.no_grad()
+    def sample(self, n: int, condition: Condition | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images for ``condition`` (default: the unconditional/none request)."""
+        condition = condition or Condition()
+        generator = generator or torch.Generator().manual_seed(0)
+        latents = self.sample_latents(n, condition, generator)
+        return self.decode(latents.to(self.device), condition)
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_condition(self, condition: Condition) -> None:
+        """Raise :class:`ConditionError` unless ``condition`` fits what this model was trained for."""
+        trained = self.config.condition
+        if condition.kind != trained:
+            # an unconditional request on a cluster model is fine: a cluster is drawn at random
+            if not (condition.kind == "none" and trained == "cluster"):
+                raise ConditionError(
+                    f"this {self.backend} model was trained with condition {trained!r}; "
+                    f"got a {condition.kind!r} request"
+                )
+        if condition.kind in ("class", "cluster"):
+            if condition.index is None or not 0 <= condition.index < self.config.num_classes:
+                raise ConditionError(
+                    f"{condition.kind} index {condition.index} out of range 0..{self.config.num_classes - 1}"
+                )
+        if condition.kind == "text":
+            if condition.embedding is None or condition.embedding.shape[-1] != self.config.text_dim:
+                raise ConditionError(f"text condition needs an embedding of size {self.config.text_dim}")
+
+    def condition_vectors(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
+        """The ``(n, condition_dim)`` vector fed to the networks (one-hot for class/cluster)."""
+        self.check_condition(condition)
+        kind = self.config.condition
+        if kind in ("class", "cluster"):
+            if condition.index is None:  # cluster model asked for "none": a random cluster per sample
+                index = torch.randint(self.config.num_classes, (n,), generator=generator)
+            else:
+                index = torch.full((n,), condition.index, dtype=torch.long)
+            return nn.functional.one_hot(index, self.config.num_classes).float()
+        if kind == "text":
+            assert condition.embedding is not None
+            return condition.embedding.detach().float().cpu().reshape(1, -1).expand(n, -1).clone()
+        return torch.zeros(n, 0)
+
+
+def labels_to_condition_vectors(labels: Tensor, config: ModelConfig) -> Tensor:
+    """Training-time helper: integer labels ``(B,)`` -> one-hot ``(B, num_classes)``."""
+    return nn.functional.one_hot(labels.long(), config.num_classes).float()
+
+
+def field_names(config_class: type[ModelConfig]) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_class)]
+
+
+__all__ = [
+    "CONDITION_KINDS",
+    "Condition",
+    "ConditionError",
+    "ConditionKind",
+    "EncoderOutput",
+    "GenerativeModel",
+    "ModelConfig",
+    "labels_to_condition_vectors",
+]

@@ -1,0 +1,112 @@
+"""Seeded generation and PNG output with the generation parameters in PNG text chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from generation.base import Condition, ConditionError, GenerativeModel
+
+
+def condition_from_request(model: GenerativeModel, class_names: list[str], *, label: str | int | None = None,
+                           cluster: int | None = None, embedding: Tensor | None = None,
+                           prompt: str | None = None) -> Condition:
+    """Turn what a user typed (label name or index, cluster id, prompt embedding) into a Condition."""
+    kind = model.config.condition
+    given = [name for name, value in (("label", label), ("cluster", cluster), ("prompt", prompt)) if value is not None]
+    if len(given) > 1:
+        raise ConditionError(f"give only one of label, cluster, prompt (got {', '.join(given)})")
+    if label is not None:
+        if kind != "class":
+            raise ConditionError(f"this model is trained with condition {kind!r}, it does not take a class label")
+        return Condition("class", index=resolve_label(label, class_names))
+    if cluster is not None:
+        if kind != "cluster":
+            raise ConditionError(f"this model is trained with condition {kind!r}, it does not take a cluster id")
+        if not 0 <= int(cluster) < model.config.num_classes:
+            raise ConditionError(f"cluster {cluster} out of range 0..{model.config.num_classes - 1}")
+        return Condition("cluster", index=int(cluster))
+    if prompt is not None:
+        if kind != "text":
+            raise ConditionError(f"this model is trained with condition {kind!r}, it does not take a text prompt")
+        if embedding is None:
+            raise ConditionError("a text prompt needs its embedding (encode it with the model's text encoder)")
+        return Condition("text", embedding=embedding, prompt=prompt)
+    if kind in ("class", "text"):
+        raise ConditionError(f"this model needs a {'label' if kind == 'class' else 'prompt'} (condition {kind!r})")
+    return Condition("none")
+
+
+def resolve_label(label: str | int, class_names: list[str]) -> int:
+    """A class name (case-insensitive) or an index (int or digit string) -> class index."""
+    text = str(label).strip()
+    lowered = [name.lower() for name in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < len(class_names):
+            return index
+    raise ConditionError(f"unknown label {label!r}; this model knows: {', '.join(class_names)}")
+
+
+@torch.no_grad()
+def generate(model: GenerativeModel, n: int, condition: Condition, seed: int) -> Tensor:
+    """``n`` images for ``condition``; the latents come from a CPU generator seeded with ``seed``, so the same
+    seed gives the same latents on every device."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    generator = torch.Generator().manual_seed(int(seed))
+    model.eval()
+    latents = model.sample_latents(n, condition, generator)
+    return model.decode(latents.to(model.device), condition).float().cpu()
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats ``(B, C, H, W)`` -> uint8 ``(B, C, H, W)``."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def image_grid(images: Tensor, nrow: int | None = None) -> Image.Image:
+    """One PIL image: the image itself for a single image, a grid (torchvision) otherwise."""
+    pixels = to_uint8(images)
+    if pixels.shape[0] == 1:
+        array = pixels[0]
+    else:
+        nrow = nrow or max(1, int(round(pixels.shape[0] ** 0.5)))
+        array = make_grid(pixels, nrow=nrow, padding=2, pad_value=0)
+    array = array.permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], mode="L")
+    return Image.fromarray(array, mode="RGB")
+
+
+def png_metadata(params: dict[str, Any]) -> PngInfo:
+    info = PngInfo()
+    info.add_text("priorforge", json.dumps(params, sort_keys=True))
+    for key, value in params.items():
+        info.add_text(str(key), str(value))
+    return info
+
+
+def save_png(images: Tensor, path: str | Path, params: dict[str, Any] | None = None,
+             nrow: int | None = None) -> Path:
+    """Write ``images`` as one PNG (a grid when there are several) with ``params`` as text chunks."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, nrow).save(out, format="PNG", pnginfo=png_metadata(params or {}))
+    return out
+
+
+def read_png_params(path: str | Path) -> dict[str, Any]:
+    """The generation parameters stored by :func:`save_png`."""
+    with Image.open(path) as image:
+        text = image.text.get("priorforge")  # type: ignore[attr-defined]
+    return json.loads(text) if text else {}

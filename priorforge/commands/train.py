@@ -1,0 +1,149 @@
+"""``priorforge train``: train a backend on a data set and write a checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from generation.base import CONDITION_KINDS
+from generation.registry import backend_names, get_model_class
+from training.data import BUILTIN_DATASETS, ImageData, load_dataset
+from training.registry import get_trainer_class
+from training.trainer import TrainConfig
+
+# flags that set a model-config field of the same name (when the backend has it)
+MODEL_FLAGS = ("latent_dim", "noise_dim", "base_channels", "hidden_dim", "variant", "regularized")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train a model and write a checkpoint folder",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help=f"backend: {', '.join(backend_names())}")
+    p.add_argument("--dataset", required=True, help=f"data set: {', '.join(BUILTIN_DATASETS)} (or a captioned set)")
+    p.add_argument("--condition", default="none", choices=CONDITION_KINDS)
+    p.add_argument("--data-root", default=None, help="folder holding the data set (not needed for digits)")
+    p.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the backend's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this size")
+    p.add_argument("--clusters", type=int, default=10, help="number of clusters (--condition cluster)")
+    p.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0: end only)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--eval-samples", type=int, default=2000, help="generated images for the final evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--noise-dim", type=int, default=None, help="aae-cg: noise fed to the code generator")
+    p.add_argument("--base-channels", type=int, default=None, help="channels of the first conv stage")
+    p.add_argument("--hidden-dim", type=int, default=None)
+    p.add_argument("--variant", default=None, help="pga: lpga or vpga; lde: ae or iae")
+    p.add_argument("--regularized", action="store_true", default=None,
+                   help="glf: no stop-gradient (the paper's unstable 'regularized GLF')")
+    p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other model-config field (JSON value), repeatable")
+    p.add_argument("--hparam", dest="hparams", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training hyper-parameter of the backend (JSON value), repeatable")
+    p.set_defaults(func=run)
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    from priorforge.cli import CLIError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+def model_config_values(args: argparse.Namespace, data: ImageData) -> dict[str, Any]:
+    from priorforge.cli import CLIError
+
+    cls = get_model_class(args.model)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    values: dict[str, Any] = {"image_shape": data.image_shape, "condition": args.condition}
+    if args.condition == "class":
+        values["num_classes"] = len(data.class_names)
+    elif args.condition == "cluster":
+        if args.clusters < 2:
+            raise CLIError(f"--clusters must be at least 2, got {args.clusters}")
+        values["num_classes"] = args.clusters
+    for name in MODEL_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in fields:
+            raise CLIError(f"--{name.replace('_', '-')} is not an option of backend {args.model!r}")
+        values[name] = value
+    extra = parse_key_values(args.model_options, "--set")
+    unknown = sorted(set(extra) - fields)
+    if unknown:
+        raise CLIError(f"--set: {args.model!r} has no config field(s) {unknown}; valid: {sorted(fields)}")
+    return values | extra
+
+
+def load_training_data(args: argparse.Namespace) -> tuple[ImageData, ImageData | None]:
+    """The train split (and the test split for the evaluation) the command trains on."""
+    train = load_dataset(args.dataset, args.data_root, "train", download=args.download, image_size=args.image_size)
+    return train, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from priorforge.cli import CLIError
+
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CLIError("--max-steps must be at least 1")
+    cls = get_model_class(args.model)  # unknown --model: ValueError listing the valid ones
+    if args.condition not in cls.supported_conditions:
+        raise CLIError(f"--condition {args.condition}: backend {args.model!r} supports "
+                       f"{', '.join(cls.supported_conditions)}")
+    train_data, test_data = load_training_data(args)
+    if args.condition == "class" and (train_data.labels < 0).any():
+        raise CLIError(f"--condition class needs labels, and data set {args.dataset!r} has unlabelled images")
+    model_config = cls.config_class.from_dict(model_config_values(args, train_data))
+    config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, device=args.device, sample_every=args.sample_every,
+                         checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval,
+                         eval_samples=args.eval_samples, progress_bar=not args.quiet)
+    import torch
+
+    torch.manual_seed(args.seed)  # the weights' initialisation
+    model = cls(model_config)
+    trainer = get_trainer_class(args.model)(model, config, parse_key_values(args.hparams, "--hparam"))
+    evaluate = None
+    if config.evaluate:
+        evaluate = make_evaluator(args, train_data, test_data, trainer.device, config.eval_samples)
+    metrics = trainer.fit(train_data, args.out, resume=args.resume, evaluate=evaluate,
+                          checkpoint_extra={"data_root": args.data_root})
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def make_evaluator(args: argparse.Namespace, train_data: ImageData, test_data: ImageData | None, device: Any,
+                   n_samples: int):
+    try:
+        from training.evaluate import evaluate_model
+    except ImportError:  # evaluation module not installed in this build
+        return None
+
+    def evaluate(model):
+        return evaluate_model(model, dataset=args.dataset, class_names=train_data.class_names,
+                              data_root=args.data_root, device=device, n_samples=n_samples, test_data=test_data)
+
+    return evaluate

@@ -1,0 +1,141 @@
+"""Training of the code-generator AAE: the prior-improvement phase and the AAE phase, alternated every step
+(paper Section III.A, Algorithm 1, Fig. 3).
+
+Prior-improvement phase: D_I learns real vs G(CG(z, s)); CG and G learn to fool D_I (Eq. 4) while Q
+recovers s from G(CG(z, s)) (mutual-information term, Eq. 7). AAE phase: E and G minimise the reconstruction
+error in D_I's feature space (Eq. 6) and E learns to fool D_C, which tells CG's codes from E's (Eq. 5 / 8).
+The decoder is updated in both phases (the paper's footnote 2).
+
+Choices the paper leaves open, made here: Adam(beta1=0.5) instead of the reproduction's RMSprop (more
+stable at the small batch counts a CPU affords); non-saturating GAN losses; for class models Q is also
+trained on real labelled images (as in AC-GAN), which the supervised setting permits and which makes the
+label signal reach G much sooner; an optional pixel term next to the feature-space reconstruction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from generation.aae_cg import CodeGeneratorAAE
+from training.trainer import Trainer
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class AAECodeGeneratorTrainer(Trainer):
+    """Alternates the two phases on every batch.
+
+    Hyper-parameters:
+        rec_feature_weight: weight of the D_I-feature reconstruction (Eq. 6).
+        rec_pixel_weight: weight of an extra pixel MSE (0 = the paper's loss only).
+        code_adv_weight: weight of the encoder's adversarial loss against D_C (Eq. 5/8).
+        info_weight: weight of the mutual-information term (Eq. 7).
+        real_q_weight: weight of Q's loss on real labelled images (class models only).
+        beta1: Adam beta1.
+    """
+
+    backend = "aae-cg"
+    default_lr = 2e-4
+    hparam_defaults: dict[str, Any] = {
+        "rec_feature_weight": 1.0,
+        "rec_pixel_weight": 1.0,
+        "code_adv_weight": 1.0,
+        "info_weight": 1.0,
+        "real_q_weight": 1.0,
+        "beta1": 0.5,
+    }
+    model: CodeGeneratorAAE
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        m, betas = self.model, (self.hparams["beta1"], 0.999)
+        adam = lambda params: torch.optim.Adam(params, lr=self.lr, betas=betas)  # noqa: E731
+        return {
+            "image_disc": adam(m.image_discriminator.parameters()),
+            "code_disc": adam(m.code_discriminator.parameters()),
+            "prior": adam([*m.code_generator.parameters(), *m.decoder.parameters()]),
+            "autoencoder": adam([*m.encoder.parameters(), *m.decoder.parameters()]),
+        }
+
+    def _draw_conditions(self, cond: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
+        """The condition vectors s fed to CG and the class targets for Q (None for text/none)."""
+        kind, k = self.model.config.condition, self.model.config.num_classes
+        if kind == "class":
+            assert cond is not None
+            return cond, cond.argmax(1)  # the batch's own label distribution
+        if kind == "cluster":
+            idx = self.randint(k, n)
+            return F.one_hot(idx, k).float(), idx
+        if kind == "text":
+            assert cond is not None
+            return cond, None
+        return torch.zeros(n, 0, device=self.device), None
+
+    def _q_loss(self, q: Tensor | None, s: Tensor, targets: Tensor | None) -> Tensor:
+        if q is None:
+            return torch.zeros((), device=self.device)
+        if targets is not None:
+            return F.cross_entropy(q, targets)
+        return F.mse_loss(q, s)  # text: Gaussian Q with fixed variance (InfoGAN's continuous codes)
+
+    def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
+        m, h, opt = self.model, self.hparams, self.optimizers
+        n = images.shape[0]
+        s, q_targets = self._draw_conditions(cond, n)
+        text = m.config.condition == "text"
+        di_cond = s if text else None
+
+        # --- prior-improvement phase: D_I, then CG + G (Eq. 4, Eq. 7) ---
+        noise = self.randn(n, m.config.noise_dim)
+        z_c = m.code_generator(noise, s)  # (B, latent_dim)
+        fake = m.decoder(z_c)  # (B, C, H, W)
+        real_logit, real_q = m.image_discriminator(images, di_cond)
+        fake_logit, fake_q = m.image_discriminator(fake.detach(), di_cond)
+        # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
+        d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + h["info_weight"] * self._q_loss(fake_q, s, q_targets)
+        if m.config.condition == "class":
+            d_loss = d_loss + h["real_q_weight"] * self._q_loss(real_q, s, q_targets)
+        if text:  # matching-aware: a real image with a mismatched caption counts as fake
+            wrong_logit, _ = m.image_discriminator(images, s.roll(1, dims=0))
+            d_loss = d_loss + _bce(wrong_logit, 0.0)
+        opt["image_disc"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt["image_disc"].step()
+
+        gen_logit, gen_q = m.image_discriminator(fake, di_cond)
+        info_loss = self._q_loss(gen_q, s, q_targets)
+        gen_adv = _bce(gen_logit, 1.0)
+        opt["prior"].zero_grad(set_to_none=True)
+        (gen_adv + h["info_weight"] * info_loss).backward()
+        opt["prior"].step()
+
+        # --- AAE phase: D_C, then E + G (Eq. 5/8, Eq. 6) ---
+        dc_cond = s if m.config.condition in ("class", "text") else None
+        z_e = m.encoder(images)  # (B, latent_dim)
+        codes_real = z_c.detach()
+        dc_loss = _bce(m.code_discriminator(codes_real, dc_cond), 1.0) + \
+            _bce(m.code_discriminator(z_e.detach(), dc_cond), 0.0)
+        opt["code_disc"].zero_grad(set_to_none=True)
+        dc_loss.backward()
+        opt["code_disc"].step()
+
+        recon = m.decoder(z_e)
+        target_features = m.image_discriminator.features(images).detach()
+        feature_loss = F.mse_loss(m.image_discriminator.features(recon), target_features)
+        pixel_loss = F.mse_loss(recon, images)
+        enc_adv = _bce(m.code_discriminator(z_e, dc_cond), 1.0)
+        ae_loss = h["rec_feature_weight"] * feature_loss + h["rec_pixel_weight"] * pixel_loss + \
+            h["code_adv_weight"] * enc_adv
+        opt["autoencoder"].zero_grad(set_to_none=True)
+        ae_loss.backward()
+        opt["autoencoder"].step()
+        m.image_discriminator.zero_grad(set_to_none=True)  # D_I only judges; drop the grads it received
+
+        return {"d_img": d_loss.item(), "g_adv": gen_adv.item(),
+                "info": info_loss.item(), "d_code": dc_loss.item(), "rec_feat": feature_loss.item(),
+                "rec_pix": pixel_loss.item(), "e_adv": enc_adv.item()}

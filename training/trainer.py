@@ -1,0 +1,268 @@
+"""The training loop every backend shares: batching, progress bar, periodic samples and checkpoints,
+resuming, the final evaluation. A backend's trainer implements ``build_optimizers`` and ``train_step``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from generation.base import Condition, GenerativeModel
+from generation.checkpoint import (SAMPLES_FILE, CheckpointError, load_training_state, read_checkpoint_config,
+                                   save_checkpoint, save_training_state, write_json_atomic)
+from generation.device import resolve_device
+from generation.sampling import save_png
+from training.data import Batch, ImageData
+
+HISTORY_FILE = "history.jsonl"
+
+
+class TrainingCancelled(Exception):
+    """Raised by a progress callback to stop training; the loop saves a checkpoint first."""
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings shared by all backends.
+
+    Args:
+        epochs: passes over the training set (ignored once ``max_steps`` is reached).
+        max_steps: stop after this many optimisation steps (None: run all epochs).
+        batch_size: images per step.
+        lr: learning rate; None uses the backend's default.
+        seed: seeds the weights, the batch order and the noise.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        sample_every / checkpoint_every: steps between sample grids / checkpoints (0: only at the end).
+        evaluate: run the evaluation at the end and store it in ``metrics.json``.
+        eval_samples: generated images used by the evaluation.
+        progress_bar: show a tqdm bar with the losses.
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    evaluate: bool = True
+    eval_samples: int = 2000
+    progress_bar: bool = True
+    amp: bool = False
+
+
+@dataclass
+class TrainingEvent:
+    """What a progress callback receives after each step (and ``kind="sample"`` after each grid)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    losses: dict[str, float]
+    elapsed: float
+    kind: str = "step"
+    sample_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[TrainingEvent], None]
+
+
+class Trainer:
+    """Base trainer. Subclasses set ``backend`` and ``default_lr`` and implement the two hooks.
+
+    ``hparams`` are backend-specific training hyper-parameters (loss weights, phases...); unknown names
+    are refused with the list of valid ones (``hparam_defaults``).
+    """
+
+    backend: ClassVar[str] = ""
+    default_lr: ClassVar[float] = 2e-4
+    hparam_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, model: GenerativeModel, config: TrainConfig, hparams: dict[str, Any] | None = None):
+        unknown = sorted(set(hparams or {}) - set(self.hparam_defaults))
+        if unknown:
+            raise ValueError(f"{self.backend}: unknown hyper-parameter(s) {unknown}; "
+                             f"valid: {sorted(self.hparam_defaults)}")
+        self.hparams = {**self.hparam_defaults, **(hparams or {})}
+        self.model = model
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model.to(self.device)
+        self.lr = config.lr if config.lr is not None else self.default_lr
+        self.noise = torch.Generator().manual_seed(config.seed + 1)  # CPU generator for all training noise
+        self.optimizers = self.build_optimizers()
+        self.step = 0
+        self.epoch = 0
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns the losses to log.
+
+        Args:
+            images: ``(B, C, H, W)`` in [-1, 1] on the training device.
+            cond: the condition vectors ``(B, condition_dim)`` for ``class``/``text`` models, else None.
+            labels: the integer labels (for logging; -1 where unknown).
+        """
+        raise NotImplementedError
+
+    def prepare(self, train_data: ImageData) -> None:
+        """Called once before the loop (e.g. to set data-dependent statistics)."""
+
+    def finish(self, train_data: ImageData, callback: ProgressCallback | None) -> dict[str, Any]:
+        """Called once after the loop (e.g. a second training stage); returns extra metrics."""
+        return {}
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def randn(self, *shape: int) -> Tensor:
+        return torch.randn(*shape, generator=self.noise).to(self.device)
+
+    def randint(self, high: int, n: int) -> Tensor:
+        return torch.randint(high, (n,), generator=self.noise).to(self.device)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def total_steps(self, train_data: ImageData) -> int:
+        per_epoch = max(1, len(train_data) // self.config.batch_size)
+        total = per_epoch * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def fit(self, train_data: ImageData, out_dir: str | Path, *, resume: bool = False,
+            callback: ProgressCallback | None = None, evaluate: Callable[[GenerativeModel], dict] | None = None,
+            checkpoint_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train on ``train_data``, writing checkpoints into ``out_dir``; returns the final metrics."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if len(train_data) < self.config.batch_size:
+            raise ValueError(f"the data set has {len(train_data)} images, fewer than --batch-size "
+                             f"{self.config.batch_size}")
+        self._checkpoint_extra = {"training": asdict(self.config) | {"hparams": self.hparams},
+                                  **(checkpoint_extra or {})}
+        self._data = train_data
+        elapsed_before = 0.0
+        if resume:
+            elapsed_before = self._resume(out)
+        torch.manual_seed(self.config.seed + self.step)
+        self.prepare(train_data)
+        total = self.total_steps(train_data)
+        per_epoch = max(1, len(train_data) // self.config.batch_size)
+        start = time.perf_counter() - elapsed_before
+        bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar, desc=self.backend,
+                   dynamic_ncols=True)
+        losses: dict[str, float] = {}
+        self.model.train()
+        try:
+            while self.step < total:
+                order = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
+                skip = self.step - self.epoch * per_epoch  # batches of this epoch already done (resume)
+                for i, batch in enumerate(train_data.batches(self.config.batch_size, order)):
+                    if i < skip:
+                        continue
+                    if self.step >= total:
+                        break
+                    cond = self._conditions(train_data, batch)
+                    losses = self.train_step(batch.images.to(self.device, non_blocking=True), cond,
+                                             batch.labels.to(self.device))
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                    self._after_step(out, losses, total, start, callback)
+                else:
+                    self.epoch += 1
+        except TrainingCancelled:
+            self.save(out, time.perf_counter() - start)
+            bar.close()
+            raise
+        bar.close()
+        extra_metrics = self.finish(train_data, callback)
+        elapsed = time.perf_counter() - start
+        metrics: dict[str, Any] = {"steps": self.step, "epochs": self.epoch, "train_seconds": round(elapsed, 1),
+                                   "final_losses": losses, **extra_metrics}
+        self.model.eval()
+        self.save(out, elapsed, metrics=metrics)
+        self.write_samples(out / SAMPLES_FILE)
+        if evaluate is not None and self.config.evaluate:
+            metrics["evaluation"] = evaluate(self.model)
+            write_json_atomic(out / "metrics.json", metrics)
+        return metrics
+
+    def _conditions(self, data: ImageData, batch: Batch) -> Tensor | None:
+        kind = self.model.config.condition
+        if kind == "class":
+            return torch.nn.functional.one_hot(batch.labels, self.model.config.num_classes).float().to(self.device)
+        if kind == "text":
+            return data.text_conditions(batch.index, self.noise).to(self.device)
+        return None
+
+    def _after_step(self, out: Path, losses: dict[str, float], total: int, start: float,
+                    callback: ProgressCallback | None) -> None:
+        elapsed = time.perf_counter() - start
+        with open(out / HISTORY_FILE, "a") as f:
+            f.write(json.dumps({"step": self.step, "epoch": self.epoch, "elapsed": round(elapsed, 2), **losses}) + "\n")
+        cfg = self.config
+        sample_path = None
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            sample_path = self.write_samples(out / "samples" / f"step-{self.step:07d}.png")
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
+            self.save(out, elapsed)
+        if callback is not None:
+            callback(TrainingEvent(self.step, total, self.epoch, losses, elapsed))
+            if sample_path is not None:
+                callback(TrainingEvent(self.step, total, self.epoch, losses, elapsed, kind="sample",
+                                       sample_path=str(sample_path)))
+
+    def save(self, out: Path, elapsed: float, metrics: dict[str, Any] | None = None) -> None:
+        was_training = self.model.training
+        save_checkpoint(self.model, out, dataset=self._data.name, class_names=self._data.class_names,
+                        metrics=metrics, extra=self._checkpoint_extra)
+        save_training_state(out, self.optimizers, {"step": self.step, "epoch": self.epoch,
+                                                   "elapsed": elapsed, "seed": self.config.seed})
+        self.model.train(was_training)
+
+    def _resume(self, out: Path) -> float:
+        from safetensors.torch import load_file
+
+        config = read_checkpoint_config(out)
+        if config["backend"] != self.model.backend:
+            raise CheckpointError(f"{out} holds a {config['backend']} model, not {self.model.backend}")
+        saved_config = type(self.model.config).from_dict(config["model_config"])
+        if saved_config != self.model.config:
+            raise CheckpointError(f"{out}: the model config differs from the one being trained; "
+                                  f"saved {saved_config}, requested {self.model.config}")
+        self.model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(self.device)))
+        progress = load_training_state(out, self.optimizers)
+        self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
+        self.noise.manual_seed(self.config.seed + 1 + self.step)
+        return float(progress.get("elapsed", 0.0))
+
+    @torch.no_grad()
+    def write_samples(self, path: Path, per_row: int = 10) -> Path:
+        """A grid: one row per class/cluster for conditional models (10 samples each), else 8x8."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator().manual_seed(1234)
+        kind = model.config.condition
+        if kind in ("class", "cluster"):
+            rows = [model.sample(per_row, Condition(kind, index=i), generator)
+                    for i in range(min(model.config.num_classes, 20))]
+            images, nrow = torch.cat(rows), per_row
+        elif kind == "text":
+            embeddings = self._data.text_embeddings
+            conds = embeddings[:8, 0] if embeddings is not None else torch.zeros(8, model.config.text_dim)
+            images = torch.cat([model.sample(8, Condition("text", embedding=c), generator) for c in conds])
+            nrow = 8
+        else:
+            images, nrow = model.sample(64, Condition("none"), generator), 8
+        model.train(was_training)
+        return save_png(images.cpu(), path, {"step": self.step, "backend": model.backend}, nrow=nrow)
