@@ -56,12 +56,16 @@ class ModelConfig:
         condition: the condition the model is trained for.
         num_classes: number of classes (``class``) or clusters (``cluster``); ignored otherwise.
         text_dim: size of the text condition vector (``text``).
+        text_encoder: name of the sentence encoder whose embeddings are projected to ``text_dim`` (``text``).
+        text_encoder_dim: size of that encoder's embeddings.
     """
 
     image_shape: tuple[int, int, int] = (1, 28, 28)
     condition: ConditionKind = "none"
     num_classes: int = 10
     text_dim: int = 200
+    text_encoder: str = "all-MiniLM-L6-v2"
+    text_encoder_dim: int = 384
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +123,18 @@ class GenerativeModel(nn.Module):
                 f"supported: {', '.join(self.supported_conditions)}"
             )
         self.config = config
+        if config.condition == "text":
+            # the fixed projection sentence embedding -> condition vector (PCA fitted on the training
+            # captions); buffers, so it is saved with the weights and sampling reproduces training exactly
+            self.register_buffer("text_projection_mean", torch.zeros(config.text_encoder_dim))
+            self.register_buffer("text_projection_matrix", torch.zeros(config.text_dim, config.text_encoder_dim))
+
+    def project_text(self, sentence_embeddings: Tensor) -> Tensor:
+        """Sentence-encoder embeddings ``(B, text_encoder_dim)`` -> condition vectors ``(B, text_dim)``."""
+        if self.config.condition != "text":
+            raise ConditionError(f"this model is trained with condition {self.config.condition!r}, not text")
+        centred = sentence_embeddings.to(self.text_projection_mean) - self.text_projection_mean
+        return centred @ self.text_projection_matrix.T
 
     # -- the uniform API -------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
