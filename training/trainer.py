@@ -170,6 +170,8 @@ class Trainer:
                         continue
                     if self.step >= total:
                         break
+                    # training noise is a function of (seed, step), so a resumed run is bit-identical
+                    self.noise.manual_seed(self.config.seed * 1_000_003 + self.step)
                     cond = self._conditions(train_data, batch)
                     losses = self.train_step(batch.images.to(self.device, non_blocking=True), cond,
                                              batch.labels.to(self.device))
@@ -242,7 +244,6 @@ class Trainer:
         self.model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(self.device)))
         progress = load_training_state(out, self.optimizers)
         self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
-        self.noise.manual_seed(self.config.seed + 1 + self.step)
         return float(progress.get("elapsed", 0.0))
 
     @torch.no_grad()

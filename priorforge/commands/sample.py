@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out must be a .png file, got {args.out!r}")
     model, info = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
-    embedding = prompt_embedding(model, info, args.prompt) if args.prompt is not None else None
+    embedding = None
+    if args.prompt is not None and model.config.condition == "text":  # other models refuse prompts below
+        embedding = prompt_embedding(model, info, args.prompt)
     condition = condition_from_request(model, info.class_names, label=args.label, cluster=args.cluster,
                                        embedding=embedding, prompt=args.prompt)
     images = generate(model, args.n, condition, args.seed)
