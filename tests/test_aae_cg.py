@@ -1,0 +1,98 @@
+"""The code-generator AAE follows the paper: sizes, what each phase updates, how conditions are wired."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generation.aae_cg import AAEConfig, CodeGeneratorAAE
+from generation.base import Condition, ConditionError
+from tests.conftest import build_tiny
+from training.aae_cg import AAECodeGeneratorTrainer
+from training.trainer import TrainConfig
+
+
+@pytest.mark.parametrize("condition, noise, latent", [("class", 54, 64), ("cluster", 90, 8), ("text", 100, 64),
+                                                      ("none", 64, 64)])
+def test_paper_default_sizes(condition, noise, latent):
+    config = AAEConfig(condition=condition)
+    assert (config.noise_dim, config.latent_dim) == (noise, latent)
+    assert AAEConfig(condition="cluster", image_shape=(3, 32, 32)).latent_dim == 64
+
+
+def test_code_discriminator_gets_the_label_only_when_supervised():
+    sup = build_tiny("aae-cg", condition="class", num_classes=10)
+    unsup = build_tiny("aae-cg", condition="cluster", num_classes=10)
+    assert sup.code_discriminator.net[0].in_features == 8 + 10
+    assert unsup.code_discriminator.net[0].in_features == 8
+    # Q predicts the label / cluster from an image in both settings
+    assert sup.image_discriminator.q_head.out_features == 10
+    assert unsup.image_discriminator.q_head.out_features == 10
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_phases_update_the_parts_the_paper_says(digits_train):
+    model = build_tiny("aae-cg", condition="class", num_classes=10)
+    trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False))
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.nn.functional.one_hot(labels, 10).float()
+    parts = {name: snapshot(getattr(model, name)) for name in
+             ("encoder", "decoder", "code_generator", "image_discriminator", "code_discriminator")}
+    model.train()
+    losses = trainer.train_step(images, cond, labels)
+    assert set(losses) == {"d_img", "g_adv", "info", "d_code", "rec_feat", "rec_pix", "e_adv"}
+    for name, before in parts.items():  # every part trains in one iteration of Algorithm 1
+        assert changed(before, getattr(model, name)), name
+
+
+def test_prior_phase_alone_leaves_the_encoder_and_aae_phase_leaves_cg(digits_train):
+    """Zeroing a phase's loss weights isolates which parameters the other phase moves."""
+    model = build_tiny("aae-cg", condition="class", num_classes=10)
+    hp = {"rec_feature_weight": 0.0, "rec_pixel_weight": 0.0, "code_adv_weight": 0.0}
+    trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False), hp)
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.nn.functional.one_hot(labels, 10).float()
+    encoder_before = snapshot(model.encoder)
+    model.train()
+    trainer.train_step(images, cond, labels)
+    assert not changed(encoder_before, model.encoder)  # E is only trained in the AAE phase
+
+
+def test_cluster_model_samples_a_random_cluster_for_an_unconditional_request():
+    model = build_tiny("aae-cg", condition="cluster", num_classes=5).eval()
+    images = model.sample(4, Condition("none"), torch.Generator().manual_seed(0))
+    assert images.shape == (4, 1, 28, 28)
+    with pytest.raises(ConditionError, match="out of range"):
+        model.sample(1, Condition("cluster", index=5))
+
+
+def test_class_model_refuses_other_kinds_of_request():
+    model = build_tiny("aae-cg", condition="class", num_classes=3).eval()
+    with pytest.raises(ConditionError, match="trained with condition 'class'"):
+        model.sample(1, Condition("none"))
+    with pytest.raises(ConditionError, match="out of range"):
+        model.sample(1, Condition("class", index=3))
+
+
+def test_text_model_uses_the_condition_in_the_image_discriminator():
+    model = build_tiny("aae-cg", condition="text", text_dim=12)
+    assert isinstance(model, CodeGeneratorAAE)
+    assert model.image_discriminator.cond_dim == 12
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    a, _ = model.image_discriminator(x, torch.zeros(2, 12))
+    b, _ = model.image_discriminator(x, torch.ones(2, 12))
+    assert not torch.allclose(a, b)
+
+
+def test_samples_differ_between_classes():
+    model = build_tiny("aae-cg", condition="class", num_classes=3).eval()
+    a = model.sample(2, Condition("class", index=0), torch.Generator().manual_seed(0))
+    b = model.sample(2, Condition("class", index=1), torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b)
