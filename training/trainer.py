@@ -43,6 +43,8 @@ class TrainConfig:
         evaluate: run the evaluation at the end and store it in ``metrics.json``.
         eval_samples: generated images used by the evaluation.
         progress_bar: show a tqdm bar with the losses.
+        max_cpu_seconds: stop once this process has used this much CPU time (user + system, all threads):
+            a budget that means the same on a busy and an idle machine.
     """
 
     epochs: int = 10
@@ -57,6 +59,7 @@ class TrainConfig:
     eval_samples: int = 2000
     progress_bar: bool = True
     amp: bool = False
+    max_cpu_seconds: float | None = None
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Trainer:
                                   **(checkpoint_extra or {})}
         self._data = train_data
         elapsed_before = 0.0
+        self._cpu_before = 0.0
         if resume:
             elapsed_before = self._resume(out)
         torch.manual_seed(self.config.seed + self.step)
@@ -157,6 +161,7 @@ class Trainer:
         total = self.total_steps(train_data)
         per_epoch = max(1, len(train_data) // self.config.batch_size)
         start = time.perf_counter() - elapsed_before
+        self._cpu_start = time.process_time() - self._cpu_before  # CPU time is counted across resumes
         bar = tqdm(total=total, initial=self.step, disable=not self.config.progress_bar, desc=self.backend,
                    dynamic_ncols=True)
         losses: dict[str, float] = {}
@@ -179,6 +184,9 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                     self._after_step(out, losses, total, start, callback)
+                    if self.config.max_cpu_seconds and self.cpu_seconds() >= self.config.max_cpu_seconds:
+                        total = self.step  # CPU budget spent: stop here, as if max_steps were reached
+                        break
                 else:
                     self.epoch += 1
         except TrainingCancelled:
@@ -189,6 +197,7 @@ class Trainer:
         extra_metrics = self.finish(train_data, callback)
         elapsed = time.perf_counter() - start
         metrics: dict[str, Any] = {"steps": self.step, "epochs": self.epoch, "train_seconds": round(elapsed, 1),
+                                   "cpu_seconds": round(self.cpu_seconds(), 1),
                                    "final_losses": losses, **extra_metrics}
         self.model.eval()
         self.save(out, elapsed, metrics=metrics)
@@ -197,6 +206,10 @@ class Trainer:
             metrics["evaluation"] = evaluate(self.model)
             write_json_atomic(out / "metrics.json", metrics)
         return metrics
+
+    def cpu_seconds(self) -> float:
+        """CPU time this training has used so far (all threads, earlier runs of a resumed training included)."""
+        return time.process_time() - self._cpu_start
 
     def _conditions(self, data: ImageData, batch: Batch) -> Tensor | None:
         kind = self.model.config.condition
@@ -227,8 +240,9 @@ class Trainer:
         was_training = self.model.training
         save_checkpoint(self.model, out, dataset=self._data.name, class_names=self._data.class_names,
                         metrics=metrics, extra=self._checkpoint_extra)
-        save_training_state(out, self.optimizers, {"step": self.step, "epoch": self.epoch,
-                                                   "elapsed": elapsed, "seed": self.config.seed})
+        save_training_state(out, self.optimizers, {"step": self.step, "epoch": self.epoch, "elapsed": elapsed,
+                                                   "cpu_seconds": round(self.cpu_seconds(), 1),
+                                                   "seed": self.config.seed})
         self.model.train(was_training)
 
     def _resume(self, out: Path) -> float:
@@ -244,6 +258,7 @@ class Trainer:
         self.model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(self.device)))
         progress = load_training_state(out, self.optimizers)
         self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
+        self._cpu_before = float(progress.get("cpu_seconds", 0.0))
         return float(progress.get("elapsed", 0.0))
 
     @torch.no_grad()

@@ -29,6 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-cpu-minutes", type=float, default=None,
+                   help="stop after this much CPU time of the training process (a budget independent of load)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the backend's)")
     p.add_argument("--seed", type=int, default=0)
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:
         raise CLIError("--max-steps must be at least 1")
+    if args.max_cpu_minutes is not None and args.max_cpu_minutes <= 0:
+        raise CLIError("--max-cpu-minutes must be positive")
     cls = get_model_class(args.model)  # unknown --model: ValueError listing the valid ones
     if args.condition not in cls.supported_conditions:
         raise CLIError(f"--condition {args.condition}: backend {args.model!r} supports "
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval,
-                         eval_samples=args.eval_samples, progress_bar=not args.quiet)
+                         eval_samples=args.eval_samples, progress_bar=not args.quiet,
+                         max_cpu_seconds=args.max_cpu_minutes * 60 if args.max_cpu_minutes else None)
     import torch
 
     torch.manual_seed(args.seed)  # the weights' initialisation
