@@ -11,6 +11,8 @@ from generation.base import GenerativeModel, ModelConfig
 
 BACKENDS: dict[str, str] = {
     "aae-cg": "generation.aae_cg:CodeGeneratorAAE",
+    "glf": "generation.glf:GenerativeLatentFlow",
+    "lde": "generation.lde:LatentDensityAE",
 }
 
 

@@ -8,6 +8,8 @@ from training.trainer import Trainer
 
 TRAINERS: dict[str, str] = {
     "aae-cg": "training.aae_cg:AAECodeGeneratorTrainer",
+    "glf": "training.glf:GLFTrainer",
+    "lde": "training.lde:LDETrainer",
 }
 
 

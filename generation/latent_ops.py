@@ -1,0 +1,127 @@
+"""Latent-space operations for any backend with an encoder, through the uniform ``encode``/``decode`` API only.
+
+- :func:`interpolate`: linear paths between the codes of two images (or two batches of images).
+- :func:`mix`: the STL-10 write-up's latent mixing ("pegasus" = horse codes + bird codes, methods.md
+  section 5): encode two image sets, optionally flip chosen code dims (or the whole codes of chosen set-B
+  images) by multiplying by -1, mix with weight ``w`` toward set A: ``z = w * z_A + (1 - w) * z_B``, decode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from generation.base import Condition, GenerativeModel
+
+
+class LatentOpError(ValueError):
+    """A latent operation that cannot run: a backend without an encoder, bad images, bad arguments."""
+
+
+def require_encoder(model: GenerativeModel) -> None:
+    """Raise :class:`LatentOpError` unless ``model`` has an encoder."""
+    if not getattr(model, "has_encoder", False):
+        raise LatentOpError(f"backend {model.backend!r} has no encoder; latent operations need one")
+
+
+def _as_batch(images: Tensor, model: GenerativeModel, name: str) -> Tensor:
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    expected = tuple(model.config.image_shape)
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        raise LatentOpError(f"{name}: expected images of shape (B, {', '.join(map(str, expected))}), "
+                            f"got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise LatentOpError(f"{name}: no images")
+    return images
+
+
+@torch.no_grad()
+def encode_images(model: GenerativeModel, images: Tensor, condition: Condition | None = None) -> Tensor:
+    """Codes ``(B, latent_dim)`` of ``images`` (the posterior mean for stochastic encoders), in eval mode."""
+    require_encoder(model)
+    images = _as_batch(images, model, "images")
+    model.eval()
+    try:
+        out = model.encode(images.to(model.device), condition)
+    except NotImplementedError:
+        raise LatentOpError(f"backend {model.backend!r} has no encoder; latent operations need one") from None
+    return out.latents
+
+
+@torch.no_grad()
+def decode_latents(model: GenerativeModel, latents: Tensor, condition: Condition | None = None) -> Tensor:
+    """Images ``(B, C, H, W)`` in [-1, 1] on the CPU from codes, in eval mode."""
+    model.eval()
+    return model.decode(latents.to(model.device), condition).float().cpu()
+
+
+def interpolate(model: GenerativeModel, a_images: Tensor, b_images: Tensor, steps: int,
+                condition: Condition | None = None) -> Tensor:
+    """Decoded linear interpolations between the codes of ``a_images`` and ``b_images``.
+
+    Args:
+        model: any backend with an encoder.
+        a_images, b_images: ``(B, C, H, W)`` (or one ``(C, H, W)`` image each), same B, in [-1, 1].
+        steps: points per path, endpoints included (>= 2).
+        condition: passed to ``encode``/``decode`` for backends whose autoencoder is conditional.
+
+    Returns:
+        ``(B * steps, C, H, W)``: pair i occupies rows ``i * steps .. (i + 1) * steps - 1``, from a to b.
+    """
+    if int(steps) < 2:
+        raise LatentOpError(f"steps must be at least 2 (the two endpoints), got {steps}")
+    a = _as_batch(a_images, model, "a_images")
+    b = _as_batch(b_images, model, "b_images")
+    if a.shape[0] != b.shape[0]:
+        raise LatentOpError(f"a_images and b_images must hold as many images, got {a.shape[0]} and {b.shape[0]}")
+    za, zb = encode_images(model, a, condition), encode_images(model, b, condition)  # (B, D) each
+    t = torch.linspace(0.0, 1.0, int(steps), device=za.device).view(1, -1, 1)  # (1, S, 1)
+    z = (1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)  # (B, S, D)
+    z[:, 0], z[:, -1] = za, zb  # exact endpoints
+    return decode_latents(model, z.flatten(0, 1), condition)  # (B * S, C, H, W)
+
+
+def mix_codes(z_a: Tensor, z_b: Tensor, weight: float = 0.6, flip: list[int] | None = None,
+              flip_images: list[int] | None = None) -> Tensor:
+    """``weight * z_a + (1 - weight) * z_b'`` where ``z_b'`` is ``z_b`` with the dims ``flip`` and the rows
+    ``flip_images`` multiplied by -1. A set of one code is broadcast against the other set."""
+    if not 0.0 <= float(weight) <= 1.0:
+        raise LatentOpError(f"weight must be between 0 and 1 (the share of set A), got {weight}")
+    if z_a.shape[0] != z_b.shape[0] and 1 not in (z_a.shape[0], z_b.shape[0]):
+        raise LatentOpError(f"set A has {z_a.shape[0]} images and set B {z_b.shape[0]}: give as many images "
+                            f"in both, or a single image in one of them")
+    dim = z_b.shape[1]
+    z_b = z_b.clone()
+    if flip:
+        bad = [d for d in flip if not 0 <= int(d) < dim]
+        if bad:
+            raise LatentOpError(f"flip: code dims {bad} out of range 0..{dim - 1}")
+        z_b[:, [int(d) for d in flip]] *= -1  # (the write-up flips the codes of dark-winged birds)
+    if flip_images:
+        bad = [i for i in flip_images if not 0 <= int(i) < z_b.shape[0]]
+        if bad:
+            raise LatentOpError(f"flip_images: set-B images {bad} out of range 0..{z_b.shape[0] - 1}")
+        z_b[[int(i) for i in flip_images]] *= -1
+    return float(weight) * z_a + (1.0 - float(weight)) * z_b  # (N, D)
+
+
+def mix(model: GenerativeModel, set_a: Tensor, set_b: Tensor, weight: float = 0.6, flip: list[int] | None = None,
+        flip_images: list[int] | None = None, condition: Condition | None = None) -> Tensor:
+    """Latent mixing of two image sets (STL-10 write-up): images ``(N, C, H, W)`` decoded from
+    ``weight * E(set_a) + (1 - weight) * flip(E(set_b))``; see :func:`mix_codes`.
+
+    Args:
+        model: any backend with an encoder.
+        set_a, set_b: ``(N, C, H, W)`` image batches in [-1, 1] (same N, or one of them a single image).
+        weight: share of set A, in [0, 1] (the write-up: 0.6).
+        flip: code dims of set B's codes to multiply by -1.
+        flip_images: indices of set-B images whose whole code is multiplied by -1 (the write-up's variant).
+        condition: passed to ``encode``/``decode`` for backends whose autoencoder is conditional.
+    """
+    if not 0.0 <= float(weight) <= 1.0:
+        raise LatentOpError(f"weight must be between 0 and 1 (the share of set A), got {weight}")
+    a = _as_batch(set_a, model, "set_a")
+    b = _as_batch(set_b, model, "set_b")
+    z = mix_codes(encode_images(model, a, condition), encode_images(model, b, condition), weight, flip, flip_images)
+    return decode_latents(model, z, condition)
