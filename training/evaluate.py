@@ -155,9 +155,16 @@ def reconstruction_mse(model: GenerativeModel, data: ImageData) -> float:
     return total / count
 
 
+def image_dataset_name(dataset: str) -> str:
+    """The image data set behind a built-in captioned set (``fashion-mnist-captions`` -> ``fashion-mnist``):
+    its classifier and test images are the same."""
+    base = dataset.removesuffix("-captions")
+    return base if base != dataset and base in ("mnist", "fashion-mnist", "cifar10") else dataset
+
+
 def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[str], data_root: str | None,
                    device: Any, n_samples: int = 2000, seed: int = 0,
-                   test_data: ImageData | None = None) -> dict[str, Any]:
+                   test_data: ImageData | None = None, train_data: ImageData | None = None) -> dict[str, Any]:
     """All metrics of ``model`` on ``dataset``'s test split (see the module docstring).
 
     Args:
@@ -169,14 +176,17 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
         n_samples: generated images (and test images: ``min(n_samples, len(test))``).
         seed: seeds the samples and the choice of test images.
         test_data: the test split, when the caller has it.
+        train_data: the training split, for training the data-set classifier when it is not cached.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     shape = tuple(model.config.image_shape)
+    image_dataset = image_dataset_name(dataset)
     if test_data is None:
-        test_data = load_dataset(dataset, data_root, "test", image_size=int(shape[1]), channels=int(shape[0]))
+        test_data = load_dataset(image_dataset, data_root, "test", image_size=int(shape[1]), channels=int(shape[0]))
     test_data = match_shape(test_data, shape)
-    classifier = get_classifier(dataset, data_root, device, test_data=test_data, image_shape=shape)
+    classifier = get_classifier(image_dataset, data_root, device, train_data=train_data, test_data=test_data,
+                                image_shape=shape)
     model.eval()
     n = min(n_samples, len(test_data))
     real = test_data.subset(n, seed=seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from generation.base import CONDITION_KINDS
@@ -21,7 +22,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train a model and write a checkpoint folder",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help=f"backend: {', '.join(backend_names())}")
-    p.add_argument("--dataset", required=True, help=f"data set: {', '.join(BUILTIN_DATASETS)} (or a captioned set)")
+    p.add_argument("--dataset", required=True,
+                   help=f"data set: {', '.join(BUILTIN_DATASETS)}; captioned (for --condition text): "
+                   "cifar10-captions, fashion-mnist-captions, oxford102-flowers, captions:<folder>")
     p.add_argument("--condition", default="none", choices=CONDITION_KINDS)
     p.add_argument("--data-root", default=None, help="folder holding the data set (not needed for digits)")
     p.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
@@ -99,6 +102,16 @@ def model_config_values(args: argparse.Namespace, data: ImageData) -> dict[str, 
 
 def load_training_data(args: argparse.Namespace) -> tuple[ImageData, ImageData | None]:
     """The train split (and the test split for the evaluation) the command trains on."""
+    from training.captions import dataset_choices, is_captioned_dataset, load_captioned_dataset
+    from training.data import DatasetError
+
+    if is_captioned_dataset(args.dataset):
+        return load_captioned_dataset(args.dataset, args.data_root, "train", image_size=args.image_size), None
+    if args.dataset not in BUILTIN_DATASETS:
+        raise DatasetError(f"--dataset: unknown data set {args.dataset!r}; valid: {dataset_choices()}")
+    if args.condition == "text":
+        raise DatasetError(f"--condition text needs a captioned data set, not {args.dataset!r}; "
+                           f"valid: {dataset_choices()}")
     train = load_dataset(args.dataset, args.data_root, "train", download=args.download, image_size=args.image_size)
     return train, None
 
@@ -130,25 +143,33 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # the weights' initialisation
     model = cls(model_config)
+    text_extra: dict[str, Any] = {}
+    if args.condition == "text":  # fit the caption projection and project the embeddings to text_dim
+        from training.captions import prepare_text_conditioning
+
+        text_extra = prepare_text_conditioning(model, train_data, test_data)
     trainer = get_trainer_class(args.model)(model, config, parse_key_values(args.hparams, "--hparam"))
     evaluate = None
     if config.evaluate:
         evaluate = make_evaluator(args, train_data, test_data, trainer.device, config.eval_samples)
     metrics = trainer.fit(train_data, args.out, resume=args.resume, evaluate=evaluate,
-                          checkpoint_extra={"data_root": args.data_root})
+                          checkpoint_extra={"data_root": args.data_root, **text_extra})
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def make_evaluator(args: argparse.Namespace, train_data: ImageData, test_data: ImageData | None, device: Any,
                    n_samples: int):
-    try:
-        from training.evaluate import evaluate_model
-    except ImportError:  # evaluation module not installed in this build
-        return None
+    from training.evaluate import evaluate_model
 
     def evaluate(model):
-        return evaluate_model(model, dataset=args.dataset, class_names=train_data.class_names,
-                              data_root=args.data_root, device=device, n_samples=n_samples, test_data=test_data)
+        # the checkpoint is saved before this runs: a data set the evaluation cannot use must not fail the run
+        try:
+            return evaluate_model(model, dataset=args.dataset, class_names=train_data.class_names,
+                                  data_root=args.data_root, device=device, n_samples=n_samples, test_data=test_data,
+                                  train_data=train_data)
+        except ValueError as exc:
+            print(f"priorforge train: evaluation skipped: {exc}", file=sys.stderr)
+            return {"skipped": str(exc)}
 
     return evaluate
