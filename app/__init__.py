@@ -1,0 +1,107 @@
+"""The priorforge web service: ``create_app(test_config=None)`` builds the Flask app.
+
+Configuration, lowest to highest precedence: the defaults below, the conventional ``DATABASE_URL`` /
+``REDIS_URL`` / ``CELERY_BROKER_URL``, ``PRIORFORGE_*`` environment variables (``from_prefixed_env``; values
+are parsed as JSON, so ``PRIORFORGE_TASK_TIME_LIMIT=60`` is an int), then ``test_config``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+
+from app.extensions import db
+
+
+def default_config(instance_path: str) -> dict[str, Any]:
+    instance = Path(instance_path)
+    return {
+        "SECRET_KEY": "dev",  # set PRIORFORGE_SECRET_KEY in production
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'priorforge.sqlite3'}",
+        # embedded broker: kombu's SQLAlchemy transport on its own SQLite file (no server needed)
+        "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
+        "STORAGE_BACKEND": "local",
+        "STORAGE_ROOT": str(instance / "images"),
+        "MAX_CONTENT_LENGTH": 1024 * 1024,  # request bodies (JSON, batch files) above this get 413
+        "MAX_IMAGES_PER_JOB": 64,
+        "MAX_BATCH_ITEMS": 500,
+        "MAX_PROMPT_LENGTH": 500,
+        "DEVICE": "auto",
+        "MODEL_CACHE_SIZE": 2,  # loaded models kept per worker process (LRU)
+        "GENERATE_CHUNK": 16,  # images decoded per forward pass (progress is updated per chunk)
+        "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
+        "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
+        "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
+        "WORKER_CONCURRENCY": 1,
+        "HEARTBEAT_INTERVAL": 5.0,  # a running job's lease is renewed this often
+        "LEASE_TIMEOUT": 60.0,  # a running job whose lease is older is taken as abandoned
+        "RECONCILE_INTERVAL": 30.0,  # how often each worker runs the reconciliation
+        "QUEUED_STALE_AFTER": 120.0,  # a queued job whose message is this old is sent again
+        "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
+        "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
+        "DEFAULT_MODEL": "digits",
+    }
+
+
+def _normalise_db_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` -> the psycopg 3 driver this project installs."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(default_config(app.instance_path))
+    # the conventional variables of hosting platforms; PRIORFORGE_* (more specific) win over them
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
+    if broker:
+        app.config["CELERY_BROKER_URL"] = broker
+    app.config.from_prefixed_env("PRIORFORGE")
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
+        app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # the web and worker processes share the file: wait for locks instead of failing at once
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
+    else:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+
+    from app.storage import storage_from_config
+
+    app.extensions["priorforge_storage"] = storage_from_config(app.config)
+
+    from workers import celery_init_app
+
+    celery_init_app(app)
+
+    from app import api, errors, web
+
+    app.register_blueprint(api.bp, url_prefix="/api/v1")
+    app.register_blueprint(web.bp)
+    errors.register(app)
+    return app
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (web + worker)
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "priorforge.commands.train",
     "priorforge.commands.sample",
+    "priorforge.commands.service",
     "priorforge.commands.evaluate",
     "priorforge.commands.latent",
 ]

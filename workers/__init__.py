@@ -1,0 +1,62 @@
+"""Celery bound to the Flask app (Flask docs, "Background Tasks with Celery").
+
+Tasks receive job ids only; the job row is the source of truth. Results are not stored (``task_ignore_result``):
+the database holds every state a client can see.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+from kombu import Exchange, Queue
+
+QUEUES = ("generate", "train")
+
+
+def celery_config(app: Flask) -> dict:
+    config = app.config
+    broker = config["CELERY_BROKER_URL"]
+    transport_options: dict = {}
+    if broker.startswith(("redis://", "rediss://")):
+        # an unacknowledged message comes back after this; it must exceed the hard time limit, or a long
+        # job would be delivered twice while it is still running
+        transport_options["visibility_timeout"] = int(config["BROKER_VISIBILITY_TIMEOUT"])
+        if config.get("BROKER_KEY_PREFIX"):
+            transport_options["global_keyprefix"] = config["BROKER_KEY_PREFIX"]
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        "task_default_queue": "generate",
+        "task_routes": {"workers.tasks.generate_images": {"queue": "generate"}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": float(config["TASK_SOFT_TIME_LIMIT"]),
+        "task_time_limit": float(config["TASK_TIME_LIMIT"]),
+        "worker_concurrency": int(config["WORKER_CONCURRENCY"]),
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "enable_utc": True,
+    }
+
+
+def celery_init_app(app: Flask) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_config(app))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    import workers.tasks  # noqa: F401  (registers the shared tasks)
+    from workers.bootsteps import install
+
+    install(celery_app, app)
+
+    return celery_app

@@ -1,0 +1,114 @@
+"""Database tables (SQLAlchemy 2.x typed models). The job row is the source of truth for a job's state."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, \
+    UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+FINAL_STATUSES = ("succeeded", "failed", "canceled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ModelVersion(db.Model):
+    """One registered checkpoint of a model name; exactly one version per name is ``serving``."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # at most one serving version per name (partial unique index: PostgreSQL and SQLite both have them)
+        Index("uq_model_versions_serving_name", "name", unique=True,
+              sqlite_where=db.text("serving"), postgresql_where=db.text("serving")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(String(50))
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    condition: Mapped[str] = mapped_column(String(20))
+    num_classes: Mapped[int] = mapped_column(Integer, default=0)
+    class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    image_shape: Mapped[list[int]] = mapped_column(JSON, default=list)
+    dataset: Mapped[str | None] = mapped_column(String(100))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    serving: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Batch(db.Model):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str | None] = mapped_column(String(200))  # uploaded file name or "json"
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
+
+
+class Job(db.Model):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    condition_kind: Mapped[str] = mapped_column(String(20))  # none | class | cluster | text
+    label: Mapped[str | None] = mapped_column(String(200))  # the class name, as stored in the model
+    label_index: Mapped[int | None] = mapped_column(Integer)
+    cluster: Mapped[int | None] = mapped_column(Integer)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    n: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    batch_index: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last message sent
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # lease of the running worker
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(36))  # fences writes to the attempt that claimed it
+
+    model_version: Mapped[ModelVersion] = relationship()
+    batch: Mapped[Batch | None] = relationship(back_populates="jobs")
+    images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.index",
+                                               cascade="all, delete-orphan")
+
+
+class Image(db.Model):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    # deterministic id (uuid5 of job id + index): a retried job upserts the same rows
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="images")
+
+
+def image_id(job_id: str, index: int) -> str:
+    return str(uuid.uuid5(uuid.UUID(job_id), f"image-{index}"))

@@ -1,0 +1,146 @@
+"""The OpenAPI 3 document of ``/api/v1`` (a test checks it against the Flask url_map, both ways)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.models import JOB_STATUSES
+from app.services import JOB_FIELDS, MAX_SEED
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _id(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+BAD = {"400": _error("malformed JSON"), "413": _error("request body too large"),
+       "415": _error("wrong content type"), "422": _error("invalid request (message names the field or line)")}
+
+
+def spec() -> dict[str, Any]:
+    from flask import current_app
+
+    limit = int(current_app.config["MAX_IMAGES_PER_JOB"])
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+                  "additionalProperties": True},
+        "JobRequest": {
+            "type": "object", "additionalProperties": False,
+            "description": "Give at most one of label (class models), cluster (cluster models), prompt (text models).",
+            "properties": {
+                "model": {"type": "string", "description": "model name (default: the configured DEFAULT_MODEL)"},
+                "label": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "class name or index"},
+                "cluster": {"type": "integer", "minimum": 0},
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
+                "n": {"type": "integer", "minimum": 1, "maximum": limit, "default": 1},
+                "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
+                         "description": "random when absent (and stored); image i uses seed + i"},
+            },
+        },
+        "JobCreated": {"type": "object", "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                                                         "status": {"type": "string", "enum": list(JOB_STATUSES)}}},
+        "Image": {"type": "object", "properties": {
+            "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
+            "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"}, "url": {"type": "string"},
+            "png_url": {"type": "string"},
+            "parameters": {"type": "object", "nullable": True, "description": "the PNG's text chunk (GET /images/{id})"}}},
+        "Job": {"type": "object", "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": list(JOB_STATUSES)},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1}, "error": {"type": "string", "nullable": True},
+            "model": {"type": "string"}, "model_version": {"type": "integer"}, "backend": {"type": "string"},
+            "condition": {"type": "string"}, "label": {"type": "string", "nullable": True},
+            "cluster": {"type": "integer", "nullable": True}, "prompt": {"type": "string", "nullable": True},
+            "n": {"type": "integer"}, "seed": {"type": "integer"}, "attempts": {"type": "integer"},
+            "batch_id": {"type": "string", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": "string", "format": "date-time", "nullable": True},
+            "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}},
+        "Batch": {"type": "object", "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "total": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "jobs": {"type": "array", "items": {"type": "object"}}}},
+        "Model": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
+            "condition": {"type": "string"}, "supported_conditions": {"type": "array", "items": {"type": "string"}},
+            "class_names": {"type": "array", "items": {"type": "string"}},
+            "num_clusters": {"type": "integer", "nullable": True},
+            "image_shape": {"type": "array", "items": {"type": "integer"}}, "dataset": {"type": "string"},
+            "metrics": {"type": "object"}, "serving": {"type": "boolean"}}},
+        "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                                                     "database": {"type": "object"}, "broker": {"type": "object"}}},
+    }
+    job_id = _id("job_id", "job id")
+    paths = {
+        "/jobs": {"post": {
+            "summary": "Queue a generation job", "operationId": "createJob",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+            "responses": {"202": _json("queued; poll the url", "JobCreated"), **BAD}}},
+        "/jobs/{job_id}": {"get": {
+            "summary": "A job's status, progress, images and error", "operationId": "getJob", "parameters": [job_id],
+            "responses": {"200": _json("the job", "Job"), "404": _error("no such job")}}},
+        "/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel a queued or running job", "operationId": "cancelJob", "parameters": [job_id],
+            "responses": {"200": _json("canceled", "Job"), "404": _error("no such job"),
+                          "409": _error("the job has already finished")}}},
+        "/batches": {"post": {
+            "summary": "Queue many jobs at once (all items are validated before anything is stored)",
+            "operationId": "createBatch",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"oneOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
+                    {"type": "object", "properties": {"items": {"type": "array", "items": {
+                        "$ref": "#/components/schemas/JobRequest"}}}}]}},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": f"a .csv file with a header row of {', '.join(JOB_FIELDS)} "
+                                            "(any subset) or a .jsonl file with one job object per line"}}}}}},
+            "responses": {"202": _json("queued", "Batch"), **BAD}}},
+        "/batches/{batch_id}": {"get": {
+            "summary": "A batch's combined status", "operationId": "getBatch",
+            "parameters": [_id("batch_id", "batch id")],
+            "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch")}}},
+        "/models": {"get": {
+            "summary": "The models being served", "operationId": "listModels",
+            "responses": {"200": {"description": "serving model versions", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"models": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}}}}},
+        "/images/{image_id}": {"get": {
+            "summary": "An image's metadata (with the generation parameters from its PNG)",
+            "operationId": "getImage", "parameters": [_id("image_id", "image id")],
+            "responses": {"200": _json("the image", "Image"), "404": _error("no such image")}}},
+        "/images/{image_id}.png": {"get": {
+            "summary": "The PNG (generation parameters in its text chunks)", "operationId": "getImagePng",
+            "parameters": [_id("image_id", "image id")],
+            "responses": {"200": {"description": "the PNG", "content": {"image/png": {
+                "schema": {"type": "string", "format": "binary"}}}}, "404": _error("no such image")}}},
+        "/health": {"get": {
+            "summary": "Database and broker reachability", "operationId": "health",
+            "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
+        "/openapi.json": {"get": {
+            "summary": "This document", "operationId": "openapi",
+            "responses": {"200": {"description": "OpenAPI 3 document",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "priorforge API", "version": "1",
+                 "description": "Conditional image generation jobs. Errors are JSON {\"error\": ...}."},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,18 @@
+// The job form: show only the selected model's condition fields. A disabled fieldset is not submitted,
+// so exactly one model's label / cluster / prompt field goes with the form.
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+  var select = document.getElementById("model");
+  if (!select) return;
+  function update() {
+    var fieldsets = document.querySelectorAll("fieldset.condition");
+    for (var i = 0; i < fieldsets.length; i++) {
+      var on = fieldsets[i].getAttribute("data-model") === select.value;
+      fieldsets[i].hidden = !on;
+      fieldsets[i].disabled = !on;
+    }
+  }
+  select.addEventListener("change", update);
+  update();
+})();

@@ -1,0 +1,103 @@
+"""Image storage behind one small interface; the local folder is the default backend.
+
+Keys are relative, slash-separated paths derived from the job id and image index
+(``jobs/<job id>/<index>.png``), so a retried job overwrites the same objects. An object store (S3...) is
+a new :class:`Storage` subclass and an entry in :data:`BACKENDS`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def image_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/{index:03d}.png"
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+class Storage(ABC):
+    """put/get/delete/exists by key; ``url`` is a URL a client may fetch directly, or None when the
+    bytes must be served through the API (``local_path`` gives a file to send, when there is one)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    def url(self, key: str) -> str | None:
+        return None
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    @staticmethod
+    def check_key(key: str) -> str:
+        if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+            raise StorageError(f"invalid storage key {key!r}")
+        return key
+
+
+class LocalStorage(Storage):
+    """Files under a root folder; writes go through a temporary file + rename (never half a PNG)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / self.check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+BACKENDS: dict[str, type[Storage]] = {"local": LocalStorage}
+
+
+def storage_from_config(config: dict[str, Any]) -> Storage:
+    backend = config.get("STORAGE_BACKEND", "local")
+    if backend not in BACKENDS:
+        raise ValueError(f"STORAGE_BACKEND {backend!r} unknown; valid: {', '.join(sorted(BACKENDS))}")
+    if backend == "local":
+        return LocalStorage(config["STORAGE_ROOT"])
+    return BACKENDS[backend](**config.get("STORAGE_OPTIONS", {}))  # pragma: no cover - future backends

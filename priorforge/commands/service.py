@@ -1,0 +1,108 @@
+"""Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``.
+
+All of them build the app with ``create_app()``, so they read the same configuration (``PRIORFORGE_*``,
+``DATABASE_URL``, ``REDIS_URL`` / ``CELERY_BROKER_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="run the web service (gunicorn, or Flask's dev server with --dev)")
+    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--dev", action="store_true", help="Flask's development server (auto-reload, debugger off)")
+    p.set_defaults(func=run_serve)
+
+    p = subparsers.add_parser("worker", help="run a Celery worker (queues generate,train)")
+    p.add_argument("--queues", default="generate,train")
+    p.add_argument("--concurrency", type=int, default=None, help="pool processes (default: WORKER_CONCURRENCY)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=run_worker)
+
+    p = subparsers.add_parser("db", help="database migrations (Alembic)")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="migrate to the newest schema (or --revision)")
+    up.add_argument("--revision", default="head")
+    up.set_defaults(func=run_db_upgrade)
+    down = db_sub.add_parser("downgrade", help="migrate down (default: one step; 'base' drops everything)")
+    down.add_argument("--revision", default="-1")
+    down.set_defaults(func=run_db_downgrade)
+    cur = db_sub.add_parser("current", help="print the current revision")
+    cur.set_defaults(func=run_db_current)
+
+    p = subparsers.add_parser("register-model", help="register a checkpoint folder as a new model version")
+    p.add_argument("--name", required=True, help="model name clients ask for (e.g. digits)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--serve", action="store_true", help="make this version the serving one")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing when this folder is already registered under --name")
+    p.set_defaults(func=run_register)
+
+
+def _app():
+    from app import create_app
+
+    return create_app()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.dev:
+        _app().run(host=args.host, port=args.port, debug=False, use_reloader=False)
+        return 0
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
+            "--access-logfile", "-", "app.wsgi:app"]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", args.queues,
+            "--loglevel", args.loglevel, "--without-mingle", "--without-gossip"]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from app.migrate import current, upgrade
+
+    app = _app()
+    upgrade(app, args.revision)
+    print(f"database at revision {current(app)}")
+    return 0
+
+
+def run_db_downgrade(args: argparse.Namespace) -> int:
+    from app.migrate import current, downgrade
+
+    app = _app()
+    downgrade(app, args.revision)
+    print(f"database at revision {current(app)}")
+    return 0
+
+
+def run_db_current(args: argparse.Namespace) -> int:
+    from app.migrate import current
+
+    print(current(_app()))
+    return 0
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from app.services import register_model
+
+    app = _app()
+    with app.app_context():
+        version, created = register_model(args.name, args.checkpoint, serve=args.serve, if_missing=args.if_missing)
+        state = "registered" if created else "already registered"
+        print(f"{state}: {version.name} version {version.version} ({version.backend}, condition "
+              f"{version.condition}){' [serving]' if version.serving else ''}")
+    return 0
