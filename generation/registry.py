@@ -11,8 +11,10 @@ from generation.base import GenerativeModel, ModelConfig
 
 BACKENDS: dict[str, str] = {
     "aae-cg": "generation.aae_cg:CodeGeneratorAAE",
-    "glf": "generation.glf:GenerativeLatentFlow",
     "lde": "generation.lde:LatentDensityAE",
+    "glf": "generation.glf:GenerativeLatentFlow",
+    "pga": "generation.pga:PerceptualGenerativeAE",
+    "vae": "generation.vae:ResidualVAE",
 }
 
 

@@ -8,8 +8,10 @@ from training.trainer import Trainer
 
 TRAINERS: dict[str, str] = {
     "aae-cg": "training.aae_cg:AAECodeGeneratorTrainer",
-    "glf": "training.glf:GLFTrainer",
     "lde": "training.lde:LDETrainer",
+    "glf": "training.glf:GLFTrainer",
+    "pga": "training.pga:PGATrainer",
+    "vae": "training.vae:VAETrainer",
 }
 
 

@@ -1,0 +1,142 @@
+"""Perceptual generative autoencoder (Zhang et al., "Perceptual generative autoencoders"; methods.md section 3).
+
+A standard autoencoder, encoder f = E and decoder g = G, whose composition h(z) = E(G(z)) is trained to map
+the prior N(0, I) onto the distribution of the data codes; by the paper's Theorem 1 G then maps N(0, I) onto
+the (projected) data distribution. Two variants:
+
+- ``lpga`` (maximum likelihood, Eq. 7): a deterministic encoder; the log-determinant of h's Jacobian is
+  estimated with finite differences along random directions (Eq. 6).
+- ``vpga`` (VAE-based, Eq. 11): a Gaussian posterior q(z|x) = N(mu(x), diag(sigma^2(x))) with p(z_hat | z) =
+  N(h(z), sigma^2 I) in the latent space.
+
+Generation is the same for both: z ~ N(0, I), x = G(z). The losses live in ``training/pga.py``.
+
+Conditions beyond the paper (``class``): a CVAE-style conditional autoencoder. The one-hot label is
+concatenated to the code at the decoder input, G(z, c), and to the encoder's flattened conv features,
+E(x, c); so h(z, c) = E(G(z, c), c) and the prior stays N(0, I) for every class. Every PGA loss keeps its form
+with c carried along, and the label is what tells the decoder which class to draw.
+
+Encoder and decoder are the DCGAN-style stacks of ``generation/layers.py`` (methods.md "Common ground": the PGA
+reference uses the same InfoGAN/DCGAN pattern, with a 1024-unit FC layer for MNIST).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from generation.base import Condition, ConditionError, EncoderOutput, GenerativeModel, ModelConfig
+from generation.layers import ConvDecoder, ConvEncoder
+
+PGAVariant = Literal["lpga", "vpga"]
+PGA_VARIANTS: tuple[str, ...] = get_args(PGAVariant)
+
+# reference code sizes (zj10/PGA): LPGA MNIST 12, VPGA MNIST 32, CIFAR-10 128
+DEFAULT_LATENT_DIM = {("lpga", 1): 12, ("vpga", 1): 32}
+DEFAULT_COLOUR_LATENT_DIM = 128
+
+
+@dataclass
+class PGAConfig(ModelConfig):
+    """Config of the perceptual generative autoencoder.
+
+    Args:
+        variant: ``lpga`` (maximum-likelihood PGA) or ``vpga`` (variational PGA).
+        latent_dim: size of the code z. None: the reference's 12 (LPGA) / 32 (VPGA) for 1-channel images,
+            128 for colour images.
+        base_channels: channels of the first conv stage of E and G (doubling per stage, up to 512).
+        hidden_dim: width of the fully connected layer of E and G.
+    """
+
+    variant: PGAVariant = "lpga"
+    latent_dim: int | None = None
+    base_channels: int = 64
+    hidden_dim: int = 1024
+
+    def __post_init__(self) -> None:
+        self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
+        if self.variant not in PGA_VARIANTS:
+            raise ValueError(f"pga: variant (--variant) must be one of {', '.join(PGA_VARIANTS)}; got {self.variant!r}")
+        if self.latent_dim is None:
+            channels = self.image_shape[0]
+            self.latent_dim = DEFAULT_LATENT_DIM.get((self.variant, channels), DEFAULT_COLOUR_LATENT_DIM)
+        for name in ("latent_dim", "base_channels", "hidden_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"pga: {name} must be a positive integer, got {value!r}")
+
+
+class PerceptualGenerativeAE(GenerativeModel):
+    """LPGA / VPGA; conditions ``none`` and ``class`` (conditional encoder and decoder, CVAE-style).
+
+    Args:
+        config: a :class:`PGAConfig`.
+    """
+
+    backend = "pga"
+    config_class = PGAConfig
+    supported_conditions = ("none", "class")
+
+    def __init__(self, config: PGAConfig):
+        super().__init__(config)
+        c = config
+        assert c.latent_dim is not None
+        cond_dim = c.condition_dim
+        # VPGA's encoder outputs the posterior mean and log-variance side by side
+        out_dim = 2 * c.latent_dim if c.variant == "vpga" else c.latent_dim
+        self.encoder = ConvEncoder(c.image_shape, out_dim, c.base_channels, c.hidden_dim, extra_dim=cond_dim)
+        self.decoder = ConvDecoder(c.image_shape, c.latent_dim + cond_dim, c.base_channels, c.hidden_dim)
+
+    # -- networks on condition vectors (what the trainer calls) ------------------------------------------
+    def _cond(self, cond: Tensor | None, n: int, like: Tensor) -> Tensor | None:
+        if self.config.condition_dim == 0:
+            return None
+        if cond is None:
+            raise ConditionError(f"this pga model is trained with condition {self.config.condition!r}; "
+                                 f"it needs the condition vector (a class label)")
+        if cond.shape != (n, self.config.condition_dim):
+            raise ConditionError(f"condition vectors must have shape ({n}, {self.config.condition_dim}), "
+                                 f"got {tuple(cond.shape)}")
+        return cond.to(like)
+
+    def generate(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """G(z, c): codes ``(B, latent_dim)`` -> images ``(B, C, H, W)`` in [-1, 1]."""
+        c = self._cond(cond, z.shape[0], z)
+        return self.decoder(z if c is None else torch.cat([z, c], dim=1))
+
+    def encode_params(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """E(x, c) -> ``(code or posterior mean (B, latent_dim), log-variance (B, latent_dim) or None)``."""
+        out = self.encoder(images, self._cond(cond, images.shape[0], images))
+        if self.config.variant == "vpga":
+            mu, logvar = out.chunk(2, dim=1)
+            return mu, logvar
+        return out, None
+
+    def h(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """h(z) = E(G(z)) (the posterior mean for VPGA): ``(B, latent_dim)`` -> ``(B, latent_dim)``."""
+        return self.encode_params(self.generate(z, cond), cond)[0]
+
+    # -- the uniform API ---------------------------------------------------------------------------------
+    def _condition_vector(self, n: int, condition: Condition | None) -> Tensor | None:
+        if self.config.condition == "none":
+            if condition is not None and condition.kind != "none":
+                self.check_condition(condition)  # raises: wrong kind for an unconditional model
+            return None
+        if condition is None or condition.kind == "none":
+            raise ConditionError(f"this pga model is trained with condition {self.config.condition!r}; "
+                                 f"give a class label")
+        return self.condition_vectors(n, condition, torch.Generator()).to(self.device)  # (n, num_classes)
+
+    def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
+        self.check_condition(condition)
+        return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)  # (n, latent_dim)
+
+    def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
+        return self.generate(latents, self._condition_vector(latents.shape[0], condition))  # (B, C, H, W)
+
+    def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput:
+        mu, logvar = self.encode_params(images, self._condition_vector(images.shape[0], condition))
+        return EncoderOutput(mu, logvar)
