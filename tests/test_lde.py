@@ -239,3 +239,22 @@ def test_stage_two_leaves_the_autoencoder_alone(digits, tmp_path):
 def test_bad_hparams_are_refused(hparams, match):
     with pytest.raises(ValueError, match=match):
         LDETrainer(tiny(), loop_config(), hparams)
+
+
+def test_cpu_budget_bounds_both_stages(tmp_path, digits_train):
+    """--max-cpu-minutes covers the density stage too, and loop steps the budget cut off are not handed to it."""
+    from generation.registry import build_model
+    from training.lde import LDETrainer
+    from training.trainer import TrainConfig
+    from tests.conftest import tiny_config_values
+
+    model = build_model("lde", **tiny_config_values("lde", condition="class", num_classes=10))
+    config = TrainConfig(epochs=50, batch_size=32, device="cpu", sample_every=0, checkpoint_every=0,
+                         evaluate=False, progress_bar=False, max_cpu_seconds=2.0)
+    trainer = LDETrainer(model, config)
+    metrics = trainer.fit(digits_train, tmp_path / "run")
+    planned_ae, planned_lde = metrics["ae_steps"], metrics["lde_steps"]
+    assert trainer.step < planned_ae + planned_lde  # the budget stopped the run early
+    lde_updates = sum(1 for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines() if "lde_nll" in line)
+    assert lde_updates <= planned_lde  # before the fix: planned_lde + the loop steps the budget cut off
+    assert "lde_test_nll" in metrics

@@ -179,13 +179,23 @@ class LDETrainer(Trainer):
             total += self.model.prior_nll(chunk, self._cond_for(data, index[i:i + batch_size])).item() * len(chunk)
         return total / max(1, len(index))
 
+    def loop_cpu_budget(self) -> float | None:
+        """The autoencoder stage gets ``1 - lde_fraction`` of a CPU budget, the LDE stage the rest."""
+        budget = self.config.max_cpu_seconds
+        if not budget or self.hparams.get("lde_steps") is not None:
+            return budget
+        return budget * (1.0 - float(self.hparams["lde_fraction"]))
+
     def finish(self, train_data: ImageData, callback: ProgressCallback | None) -> dict[str, Any]:
         h, m = self.hparams, self.model
         if self._ae_steps is None:
             self.prepare(train_data)
         assert self._ae_steps is not None
         grand_total = self._ae_steps + self._lde_steps
-        steps_left = max(0, grand_total - self.step)  # 0 when resuming a finished run
+        if self.step <= self._ae_steps:  # the LDE gets its own share, not loop steps a CPU budget cut off
+            steps_left = self._lde_steps
+        else:
+            steps_left = max(0, grand_total - self.step)  # 0 when resuming a finished run
         self.noise.manual_seed(self.config.seed * 1_000_003 + self.step)  # stage 2's batch order and captions
         for p in [*m.encoder.parameters(), *m.decoder.parameters()]:
             p.requires_grad_(False)  # the autoencoder is frozen for stage 2
@@ -219,7 +229,10 @@ class LDETrainer(Trainer):
         self.model.lde.train()
         order = torch.randperm(len(rows), generator=self.noise)
         cursor = 0
+        budget = self.config.max_cpu_seconds  # the whole run's CPU budget bounds stage 2 too
         for _ in range(steps):
+            if budget and self.cpu_seconds() >= budget:
+                break
             if cursor + batch_size > len(rows):
                 order, cursor = torch.randperm(len(rows), generator=self.noise), 0
             pick = order[cursor:cursor + batch_size]

@@ -184,7 +184,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                     self._after_step(out, losses, total, start, callback)
-                    if self.config.max_cpu_seconds and self.cpu_seconds() >= self.config.max_cpu_seconds:
+                    budget = self.loop_cpu_budget()
+                    if budget and self.cpu_seconds() >= budget:
                         total = self.step  # CPU budget spent: stop here, as if max_steps were reached
                         break
                 else:
@@ -206,6 +207,10 @@ class Trainer:
             metrics["evaluation"] = evaluate(self.model)
             write_json_atomic(out / "metrics.json", metrics)
         return metrics
+
+    def loop_cpu_budget(self) -> float | None:
+        """CPU seconds the shared loop may use (a trainer with a stage after the loop keeps some back)."""
+        return self.config.max_cpu_seconds
 
     def cpu_seconds(self) -> float:
         """CPU time this training has used so far (all threads, earlier runs of a resumed training included)."""

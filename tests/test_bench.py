@@ -1,0 +1,66 @@
+"""Smoke tests of the benchmark scripts (bench/): each runs end to end with --quick settings and prints a
+markdown table and a BENCH_JSON line whose figures parse. No timing is asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import quality, sampling_speed, training_speed
+from bench.common import parse_json_line
+from generation.registry import backend_names
+
+
+def run_script(module, argv: list[str], capsys) -> dict:
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.lstrip().startswith("| ")  # the markdown table comes first
+    payload = parse_json_line(out)
+    machine = payload["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["torch"] and len(machine["load_average"]) == 3
+    return payload
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_sampling_speed_quick(capsys):
+    payload = run_script(sampling_speed, ["--quick", "--device", "cpu", "--backends", "glf,lde"], capsys)
+    rows = payload["rows"]
+    assert [(r["backend"], r["batch"]) for r in rows] == [("glf", 1), ("glf", 4), ("lde", 1), ("lde", 4)]
+    for row in rows:
+        assert positive(row["images_per_s"]) and positive(row["images_per_cpu_s"])
+        assert 0 <= row["latents_share"] <= 1 and row["latent_dim"] > 0
+
+
+def test_training_speed_quick(capsys):
+    payload = run_script(training_speed, ["--quick", "--device", "cpu", "--backends", "lde,pga,vae"], capsys)
+    cases = [r["case"] for r in payload["rows"]]
+    assert cases == ["lde (stage 1: AE)", "lde (stage 2: density, codes/s)", "pga (warm-up: AE only)",
+                     "pga (latent terms on)", "vae"]
+    assert all(positive(r["images_per_s"]) and positive(r["step_cpu_ms"]) for r in payload["rows"])
+
+
+@pytest.mark.timeout(120)
+def test_quality_quick_every_backend(capsys):
+    payload = run_script(quality, ["--quick"], capsys)
+    rows = payload["rows"]
+    assert sorted(r["backend"] for r in rows) == sorted([*backend_names(), quality.GAUSSIAN_ROW])
+    for row in rows:
+        assert row["error"] is None, row
+        assert row["dataset"] == "digits" and row["steps"] >= 2
+        assert math.isfinite(row["feature_fid"]) and 0 <= row["label_accuracy"] <= 1
+        assert positive(row["sampling_images_per_s"])
+    assert payload["settings"]["quick"] is True
+
+
+def test_quality_records_a_failing_backend(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(quality, "evaluate_checkpoint", broken)
+    payload = run_script(quality, ["--quick", "--backends", "vae", "--no-gaussian-baseline"], capsys)
+    (row,) = payload["rows"]
+    assert "boom" in row["error"]
