@@ -32,7 +32,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_PROMPT_LENGTH": 500,
         "DEVICE": "auto",
         "MODEL_CACHE_SIZE": 2,  # loaded models kept per worker process (LRU)
-        "GENERATE_CHUNK": 16,  # images decoded per forward pass (progress is updated per chunk)
+        "GENERATE_CHUNK": 16,  # rows per decode pass; always this many (padded), so pixels never depend on batching
+        "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
+        "BATCH_WAIT_MS": 10,  # how long a task waits for such jobs to arrive before claiming them
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)

@@ -110,3 +110,37 @@ def read_png_params(path: str | Path) -> dict[str, Any]:
     with Image.open(path) as image:
         text = image.text.get("priorforge")  # type: ignore[attr-defined]
     return json.loads(text) if text else {}
+
+
+# -- batch-invariant decoding (the service decodes many jobs in one pass) ---------------------------------
+# backends whose ``decode`` reads the code only, never the condition; any other backend decodes one
+# condition per pass (see ``decode_group_key``)
+CONDITION_FREE_DECODERS = frozenset({"aae-cg", "glf", "lde"})
+
+
+def decode_group_key(model: GenerativeModel, condition: Condition) -> tuple[Any, ...] | None:
+    """Codes with the same key can share a ``decode`` call; None when the decoder ignores the condition."""
+    if model.config.condition == "none" or model.backend in CONDITION_FREE_DECODERS:
+        return None
+    return (condition.kind, condition.index, condition.prompt)
+
+
+@torch.inference_mode()
+def decode_fixed_passes(model: GenerativeModel, latents: Tensor, condition: Condition | None,
+                        pass_size: int) -> Tensor:
+    """``decode`` in passes of exactly ``pass_size`` rows, the last one padded with zero codes.
+
+    CPU kernels pick their blocking by batch size, so a row's floats (and, rarely, its uint8 pixels) depend
+    on how many rows share the pass. With every pass the same size, a code decodes to the same pixels
+    whichever other codes it is batched with (checked on CPU: bit-identical at any position of the pass).
+    """
+    model.eval()
+    total = latents.shape[0]  # latents: (N, latent_dim)
+    out = []
+    for start in range(0, total, pass_size):
+        part = latents[start:start + pass_size].to(model.device)
+        rows = part.shape[0]
+        if rows < pass_size:
+            part = torch.cat([part, part.new_zeros(pass_size - rows, *part.shape[1:])])
+        out.append(model.decode(part, condition)[:rows].float().cpu())  # (rows, C, H, W)
+    return torch.cat(out)

@@ -14,9 +14,9 @@ import sys
 COMMAND_MODULES = [
     "priorforge.commands.train",
     "priorforge.commands.sample",
-    "priorforge.commands.service",
-    "priorforge.commands.evaluate",
     "priorforge.commands.latent",
+    "priorforge.commands.evaluate",
+    "priorforge.commands.service",
 ]
 
 

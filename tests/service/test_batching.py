@@ -1,0 +1,152 @@
+"""Micro-batching in the generation task: a job batched with others gets exactly the pixels it gets alone.
+
+CPU kernels pick their blocking by batch size (a pass of 1 row and one of 64 rows can round a pixel
+differently), so the worker decodes in passes of a fixed size (padded): these tests check the merged and the
+solo runs give identical uint8 pixels, on the shipped checkpoint and through a real worker process."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from app.extensions import db
+from app.models import Job
+from generation.base import Condition
+from generation.sampling import image_grid
+from tests.service.conftest import register_test_models, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"HEARTBEAT_INTERVAL": 0.5, "LEASE_TIMEOUT": 4, "RECONCILE_INTERVAL": 1, "QUEUED_STALE_AFTER": 5}
+
+
+def png_pixels(images: torch.Tensor) -> list[bytes]:
+    """Each image as the worker saves it (PNG), decoded back to its uint8 pixels."""
+    out = []
+    for i in range(images.shape[0]):
+        buffer = io.BytesIO()
+        image_grid(images[i:i + 1]).save(buffer, format="PNG")
+        with PILImage.open(io.BytesIO(buffer.getvalue())) as picture:
+            out.append(picture.tobytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from generation.checkpoint import load_checkpoint
+
+    model, _info = load_checkpoint(REPO / "models" / "digits-aae-cg", device="cpu")
+    return model.eval()  # BatchNorm in eval mode: a row's output does not depend on the other rows' values
+
+
+@pytest.mark.parametrize("pass_size", [16, 64])
+def test_merged_decode_gives_each_job_its_solo_pixels(digits, pass_size):
+    from workers.batching import JobRequest, decode_jobs
+
+    requests = [JobRequest(Condition("class", index=label), n, seed)
+                for label, n, seed in [(3, 1, 7), (0, 5, 123), (9, 17, 2), (3, 1, 8), (5, 2, 40), (1, 30, 99)]]
+    merged = decode_jobs(digits, requests, pass_size)
+    for request, images in zip(requests, merged):
+        alone = decode_jobs(digits, [request], pass_size)[0]
+        assert images.shape == (request.n, 1, 28, 28)
+        assert png_pixels(images) == png_pixels(alone)
+    # image i of a job depends on seed + i only: a 1-image job with seed 124 is image 1 of the (0, 5, 123) job
+    single = decode_jobs(digits, [JobRequest(Condition("class", index=0), 1, 124)], pass_size)[0]
+    assert png_pixels(single) == png_pixels(merged[1][1:2])
+
+
+def _queued_job(app, **values) -> str:
+    from app.services import _job_from_spec, validate_job
+
+    with app.test_request_context():
+        job = _job_from_spec(validate_job({"model": "tiny", **values}))
+        db.session.add(job)
+        db.session.commit()
+        return job.id
+
+
+def _stored_pixels(app, job_id: str) -> list[bytes]:
+    storage = app.extensions["priorforge_storage"]
+    with app.app_context():
+        db.session.expire_all()
+        job = db.session.get(Job, job_id)
+        assert job.status == "succeeded", (job.status, job.error)
+        out = []
+        for image in job.images:
+            with PILImage.open(io.BytesIO(storage.get(image.storage_key))) as picture:
+                out.append(picture.tobytes())
+        return out
+
+
+SPECS = [{"label": "3", "n": 1, "seed": 7}, {"label": "0", "n": 5, "seed": 11}, {"label": "9", "n": 3, "seed": 2},
+         {"label": "3", "n": 1, "seed": 8}]
+
+
+def test_task_batches_queued_jobs_and_each_matches_its_solo_run(app):
+    from workers.tasks import generate_images
+
+    app.config.update(BATCH_WAIT_MS=0)
+    jobs = [_queued_job(app, **spec) for spec in SPECS]
+    with app.app_context():
+        assert generate_images.run(jobs[0]) == "succeeded"
+        # the others were claimed and finished by that one task: their own messages are no-ops
+        for job_id in jobs[1:]:
+            assert generate_images.run(job_id) == "skipped (succeeded)"
+            assert db.session.get(Job, job_id).attempts == 1
+    batched = [_stored_pixels(app, job_id) for job_id in jobs]
+
+    app.config.update(BATCH_MAX_IMAGES=0)  # batching off: one job per task
+    solo_jobs = [_queued_job(app, **spec) for spec in SPECS]
+    with app.app_context():
+        for job_id in solo_jobs:
+            assert generate_images.run(job_id) == "succeeded"
+    assert [_stored_pixels(app, job_id) for job_id in solo_jobs] == batched
+    assert [len(p) for p in batched] == [spec["n"] for spec in SPECS]
+
+
+@pytest.mark.integration
+def test_real_worker_batches_jobs_submitted_at_once(tmp_path, checkpoints, start_worker):
+    """Jobs queued before the worker starts are decoded together; each has its solo pixels."""
+    from app import create_app
+    from app.migrate import upgrade
+    from tests.service.conftest import base_config
+
+    config = base_config(tmp_path, **FAST)
+    config.pop("TESTING")
+    app = create_app({"TESTING": True, **config})
+    upgrade(app)
+    with app.app_context():
+        register_test_models(checkpoints)
+    client = app.test_client()
+    jobs = []
+    for spec in SPECS * 2:
+        resp = client.post("/api/v1/jobs", json={"model": "tiny", **spec})
+        assert resp.status_code == 202, resp.get_json()
+        jobs.append(resp.get_json()["id"])
+    worker = start_worker(config)
+
+    def done() -> bool:
+        with app.app_context():
+            db.session.expire_all()
+            return all(db.session.get(Job, j).status in ("succeeded", "failed") for j in jobs)
+
+    wait_for(done, 180, "the jobs")
+    batched = [_stored_pixels(app, job_id) for job_id in jobs]
+    assert "batched with" in worker.log_text()
+    assert batched[:len(SPECS)] == batched[len(SPECS):]  # same request, same pixels, batched or not
+    worker.stop()
+
+    from workers.tasks import generate_images
+
+    app.config.update(BATCH_MAX_IMAGES=0)
+    solo_jobs = [_queued_job(app, **spec) for spec in SPECS]
+    with app.app_context():
+        for job_id in solo_jobs:
+            assert generate_images.run(job_id) == "succeeded"
+    assert [_stored_pixels(app, job_id) for job_id in solo_jobs] == batched[:len(SPECS)]
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
