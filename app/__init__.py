@@ -46,6 +46,17 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
         "DEFAULT_MODEL": "digits",
+        "ENV": "development",  # PRIORFORGE_ENV=production refuses the development SECRET_KEY
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "DATASET_ROOT": str(instance / "datasets"),  # uploaded data sets (admin)
+        "DATA_ROOT": None,  # folder of the built-in data sets (mnist, fashion-mnist, cifar10)
+        # data set uploads (app/uploads.py); the upload's own body limit replaces MAX_CONTENT_LENGTH there
+        "DATASET_MAX_UPLOAD_BYTES": 100 * 1024 * 1024,  # the zip archive
+        "DATASET_MAX_UNCOMPRESSED_BYTES": 500 * 1024 * 1024,  # its members, declared and as extracted
+        "DATASET_MAX_RATIO": 100,  # uncompressed / compressed, for members of 1 MiB and more
+        "DATASET_MAX_FILES": 100_000,  # members of the archive
+        "DATASET_MAX_IMAGES": 100_000,
+        "DATASET_MAX_IMAGE_SIDE": 4096,  # pixels
     }
 
 
@@ -70,6 +81,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("PRIORFORGE")
     if test_config:
         app.config.from_mapping(test_config)
+    # CSRF on every HTML form; only an app that says TESTING and sets nothing else turns it off
+    app.config.setdefault("WTF_CSRF_ENABLED", not app.config.get("TESTING"))
+    from app.auth import check_secret_key
+
+    check_secret_key(app)
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
         app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
@@ -94,10 +110,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     celery_init_app(app)
 
-    from app import api, errors, web
+    from app import admin, api, errors, web
+    from app.auth import csrf
 
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(web.bp)
+    admin.init_app(app)  # its access hook runs before the CSRF hook (no body is read for anonymous callers)
+    csrf.init_app(app)
+    csrf.exempt(api.bp)  # JSON API: no cookies are read there
+    csrf.exempt(admin.api_bp)  # bearer tokens only
     errors.register(app)
     return app
 

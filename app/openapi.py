@@ -84,6 +84,8 @@ def spec() -> dict[str, Any]:
                                                      "database": {"type": "object"}, "broker": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
+    ADMIN = [{"bearer": []}]
+    DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
     paths = {
         "/jobs": {"post": {
             "summary": "Queue a generation job", "operationId": "createJob",
@@ -131,6 +133,26 @@ def spec() -> dict[str, Any]:
         "/health": {"get": {
             "summary": "Database and broker reachability", "operationId": "health",
             "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
+        # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
+        "/admin/datasets": {
+            "get": {"summary": "Uploaded and built-in data sets", "operationId": "listDatasets", "security": ADMIN,
+                    "responses": {"200": {"description": "data sets", "content": {"application/json": {
+                        "schema": {"type": "object"}}}}, **DENIED}},
+            "post": {"summary": "Upload a zip (class folders of images, or images + captions.jsonl); every file "
+                                "is checked before anything is stored", "operationId": "uploadDataset",
+                     "security": ADMIN,
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                         "type": "object", "required": ["file"], "properties": {
+                             "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "stored, with its statistics", "content": {
+                         "application/json": {"schema": {"type": "object"}}}},
+                         "409": _error("the name is taken"), "413": _error("over a size limit"),
+                         "422": _error("rejected files, each with its reason (rejected[])"), **DENIED}}},
+        "/admin/datasets/{name}": {"get": {
+            "summary": "One uploaded data set", "operationId": "getDataset", "security": ADMIN,
+            "parameters": [_id("name", "data set name")],
+            "responses": {"200": {"description": "the data set", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such data set"), **DENIED}}},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
             "responses": {"200": {"description": "OpenAPI 3 document",
@@ -142,5 +164,6 @@ def spec() -> dict[str, Any]:
                  "description": "Conditional image generation jobs. Errors are JSON {\"error\": ...}."},
         "servers": [{"url": "/api/v1"}],
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

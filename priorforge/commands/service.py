@@ -1,4 +1,5 @@
-"""Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``.
+"""Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``,
+``create-admin``.
 
 All of them build the app with ``create_app()``, so they read the same configuration (``PRIORFORGE_*``,
 ``DATABASE_URL``, ``REDIS_URL`` / ``CELERY_BROKER_URL``).
@@ -44,6 +45,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when this folder is already registered under --name")
     p.set_defaults(func=run_register)
+
+    p = subparsers.add_parser("create-admin", help="create an admin account (and/or an API token for it)")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin instead of prompting")
+    p.add_argument("--token", action="store_true",
+                   help="also print a new API token (for an existing admin: only that, no password needed)")
+    p.add_argument("--token-name", default="cli")
+    p.set_defaults(func=run_create_admin)
 
 
 def _app():
@@ -105,4 +115,45 @@ def run_register(args: argparse.Namespace) -> int:
         state = "registered" if created else "already registered"
         print(f"{state}: {version.name} version {version.version} ({version.backend}, condition "
               f"{version.condition}){' [serving]' if version.serving else ''}")
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        raise SystemExit("error: the passwords differ")
+    return first
+
+
+def run_create_admin(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.auth import create_user, issue_token
+    from app.extensions import db
+    from app.models import User
+    from app.services import ApiError
+
+    app = _app()
+    with app.app_context():
+        user = db.session.scalars(select(User).where(User.username == args.username.strip())).first()
+        if user is not None and not args.token:
+            print(f"error: user {user.username!r} already exists (add --token to issue a token)", file=sys.stderr)
+            return 1
+        if user is not None and not user.is_admin:
+            print(f"error: user {user.username!r} is not an admin", file=sys.stderr)
+            return 1
+        if user is None:
+            try:
+                user = create_user(args.username, _read_password(args.password_stdin), is_admin=True)
+            except ApiError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
+            print(f"created admin {user.username!r}")
+        if args.token:
+            issued = issue_token(user, args.token_name)
+            print(f"token (shown once; send it as 'Authorization: Bearer <token>'): {issued.token}")
     return 0

@@ -20,7 +20,7 @@ def test_postgres_upgrade_from_empty_and_downgrade_to_base(tmp_path, pg_url, che
     try:
         assert inspect(engine).get_table_names() == []
         upgrade(app)
-        assert current(app) == "0001"
+        assert current(app) == "0002"
         assert {"jobs", "batches", "images", "model_versions", "alembic_version"} <= set(inspect(engine).get_table_names())
         with app.app_context():
             version, _ = register_model("tiny", checkpoints["class"])
@@ -36,7 +36,7 @@ def test_postgres_upgrade_from_empty_and_downgrade_to_base(tmp_path, pg_url, che
         assert current(app) is None
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         upgrade(app)
-        assert current(app) == "0001"
+        assert current(app) == "0002"
     finally:
         engine.dispose()
         with app.app_context():

@@ -104,7 +104,7 @@ def test_sqlite_migrations_up_down_up(tmp_path):
 
     app = create_app(base_config(tmp_path))
     upgrade(app)
-    assert current(app) == "0001"
+    assert current(app) == "0002"
     with app.app_context():
         tables = set(inspect(db.engine).get_table_names())
         assert {"jobs", "batches", "images", "model_versions", "alembic_version"} <= tables
@@ -115,7 +115,7 @@ def test_sqlite_migrations_up_down_up(tmp_path):
         assert set(inspect(db.engine).get_table_names()) == {"alembic_version"}
         db.engine.dispose()
     upgrade(app)
-    assert current(app) == "0001"
+    assert current(app) == "0002"
 
 
 def test_migrations_match_the_models(tmp_path):

@@ -1,0 +1,144 @@
+"""Access control: argon2id password hashes, session login for the admin pages, bearer tokens for scripts.
+
+* HTML admin pages (``/admin``) use the Flask session (signed with ``SECRET_KEY``); an anonymous caller is
+  redirected to ``/admin/login``, a signed-in non-admin gets 403. Their forms carry Flask-WTF's CSRF token.
+* The admin JSON API (``/api/v1/admin``) reads ONLY ``Authorization: Bearer <token>`` (never the session
+  cookie), so it needs no CSRF token: 401 without a valid token, 403 for a non-admin's token.
+* A token is ``pf_`` + 43 URL-safe characters (256 random bits); only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import Flask, session
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import ApiToken, User, utcnow
+from app.services import ApiError
+
+DEV_SECRET_KEYS = {"", "dev", "change-me", "secret"}
+MIN_SECRET_KEY_LENGTH = 32
+MIN_PASSWORD_LENGTH = 10
+TOKEN_PREFIX = "pf_"
+SESSION_KEY = "admin_user_id"
+
+csrf = CSRFProtect()  # bound in create_app; the JSON API blueprints are exempt
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+_DUMMY_HASH = _hasher.hash("not a real password")  # verified against for unknown names (same timing)
+
+
+def check_secret_key(app: Flask) -> None:
+    """Refuse to start in production (``ENV=production``, i.e. ``PRIORFORGE_ENV=production``) with the
+    development key or a short one: session cookies signed with a known key can be forged."""
+    if str(app.config.get("ENV", "development")).lower() != "production":
+        return
+    key = app.config.get("SECRET_KEY")
+    if not isinstance(key, (str, bytes)) or key in DEV_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH:
+        raise RuntimeError(
+            f"PRIORFORGE_ENV=production needs PRIORFORGE_SECRET_KEY set to a random value of at least "
+            f"{MIN_SECRET_KEY_LENGTH} characters (python -c 'import secrets; print(secrets.token_hex(32))')")
+
+
+# -- passwords --------------------------------------------------------------------------------------
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ApiError(422, f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The user with this name and password, or None (unknown name and wrong password look the same)."""
+    user = db.session.scalars(select(User).where(User.username == username)).first()
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None:
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        db.session.commit()
+    return user
+
+
+def create_user(username: str, password: str, *, is_admin: bool = True) -> User:
+    username = username.strip()
+    if not username or len(username) > 100:
+        raise ApiError(422, "a username needs 1-100 characters")
+    check_password_strength(password)
+    if db.session.scalars(select(User).where(User.username == username)).first() is not None:
+        raise ApiError(409, f"user {username!r} already exists")
+    user = User(username=username, password_hash=hash_password(password), is_admin=is_admin)
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+def login(user: User) -> None:
+    session.clear()  # a fresh session on sign-in (no fixation of a pre-login session)
+    session[SESSION_KEY] = user.id
+
+
+def logout() -> None:
+    session.clear()
+
+
+def session_user() -> User | None:
+    user_id = session.get(SESSION_KEY)
+    return db.session.get(User, user_id) if isinstance(user_id, int) else None
+
+
+# -- API tokens -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str  # shown once; only its hash is stored
+    row: ApiToken
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(user: User, name: str = "script") -> IssuedToken:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(user_id=user.id, name=(name.strip() or "script")[:100], token_hash=_token_hash(token),
+                   prefix=token[:10])
+    db.session.add(row)
+    db.session.commit()
+    return IssuedToken(token, row)
+
+
+def revoke_token(token_id: int, user: User) -> None:
+    row = db.session.get(ApiToken, token_id)
+    if row is None or row.user_id != user.id:
+        raise ApiError(404, f"no token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        db.session.commit()
+
+
+def bearer_user(header: str | None) -> User | None:
+    """The user of an ``Authorization: Bearer <token>`` header, or None (missing, unknown or revoked)."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        return None
+    row = db.session.scalars(select(ApiToken).where(ApiToken.token_hash == _token_hash(token))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    row.last_used_at = utcnow()
+    db.session.commit()
+    return row.user

@@ -1,0 +1,189 @@
+"""Access control: every admin route refuses anonymous and non-admin callers; login, CSRF, tokens, the
+production secret-key check and ``priorforge create-admin``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.admin.conftest import ADMIN, OTHER, csrf_token, sign_in, token_for
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def admin_routes(app):
+    """(url, method, is_api) of every route under /admin and /api/v1/admin, login excepted."""
+    out = []
+    for rule in app.url_map.iter_rules():
+        if not (rule.rule.startswith("/admin") or rule.rule.startswith("/api/v1/admin")):
+            continue
+        if rule.endpoint == "admin.login":
+            continue
+        args = {name: 1 if isinstance(conv, type(app.url_map.converters["int"](app.url_map))) else "x"
+                for name, conv in rule._converters.items()}
+        with app.test_request_context():
+            from flask import url_for
+
+            url = url_for(rule.endpoint, **args)
+        for method in sorted(rule.methods & set(METHODS)):
+            out.append((url, method, rule.rule.startswith("/api/")))
+    return out
+
+
+def test_the_route_list_covers_the_admin_area(admin_app):
+    routes = admin_routes(admin_app)
+    urls = {url for url, _, _ in routes}
+    assert {"/admin/", "/admin/datasets", "/admin/tokens", "/admin/logout", "/api/v1/admin/datasets"} <= urls
+    assert len(routes) >= 8
+
+
+def test_every_admin_route_refuses_anonymous_callers(admin_app, client):
+    for url, method, is_api in admin_routes(admin_app):
+        response = client.open(url, method=method)
+        if is_api:
+            assert response.status_code == 401, (method, url)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "Bearer" in response.get_json()["error"]
+        else:
+            assert response.status_code == 302, (method, url)
+            assert response.headers["Location"].startswith("/admin/login"), (method, url)
+
+
+def test_every_admin_route_refuses_a_bad_token_and_a_session_cookie(admin_app, client):
+    assert sign_in(client, *ADMIN).status_code == 303
+    for url, method, is_api in admin_routes(admin_app):
+        if is_api:  # the admin API never reads the session cookie (no CSRF risk)
+            assert client.open(url, method=method).status_code == 401, (method, url)
+            assert client.open(url, method=method, headers={"Authorization": "Bearer pf_nope"}).status_code == 401
+
+
+def test_every_admin_route_refuses_non_admins(admin_app, client):
+    token = token_for(admin_app, OTHER[0])
+    assert sign_in(client, *OTHER).status_code == 303
+    for url, method, is_api in admin_routes(admin_app):
+        headers = {"Authorization": f"Bearer {token}"} if is_api else {}
+        response = client.open(url, method=method, headers=headers)
+        assert response.status_code == 403, (method, url)
+
+
+def test_admins_get_in(admin_app, client):
+    assert client.get("/admin/").status_code == 302
+    assert sign_in(client, *ADMIN).headers["Location"] == "/admin/"
+    body = client.get("/admin/").get_data(as_text=True)
+    assert "Signed in as <strong>admin</strong>" in body and "mnist" in body
+    token = token_for(admin_app, ADMIN[0])
+    response = client.get("/api/v1/admin/datasets", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert [d["name"] for d in response.get_json()["builtin"]] == ["mnist", "fashion-mnist", "cifar10", "digits"]
+
+
+def test_login_needs_the_right_password_and_a_csrf_token(client):
+    response = client.post("/admin/login", data={"username": ADMIN[0], "password": ADMIN[1]})
+    assert response.status_code == 400  # no CSRF token
+    assert client.get("/admin/").status_code == 302
+    wrong = sign_in(client, ADMIN[0], "not the password")
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.get_data(as_text=True)
+    assert sign_in(client, "nobody", ADMIN[1]).status_code == 401
+    assert sign_in(client, *ADMIN).status_code == 303
+    assert client.get("/admin/").status_code == 200
+
+
+def test_login_redirects_only_inside_the_admin_area(client):
+    token = csrf_token(client)
+    data = {"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token}
+    assert client.post("/admin/login?next=//evil.example/x", data=data).headers["Location"] == "/admin/"
+
+
+def test_logout_needs_csrf_and_ends_the_session(client):
+    sign_in(client, *ADMIN)
+    assert client.post("/admin/logout").status_code == 400
+    token = csrf_token(client, "/admin/")
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/admin/").status_code == 302
+
+
+def test_tokens_from_the_admin_page_work_until_revoked(admin_app, client):
+    sign_in(client, *ADMIN)
+    assert client.post("/admin/tokens", data={"name": "ci"}).status_code == 400  # CSRF
+    page = client.post("/admin/tokens", data={"name": "ci", "csrf_token": csrf_token(client, "/admin/")})
+    body = page.get_data(as_text=True)
+    token = body.split('id="new-token">', 1)[1].split("<", 1)[0]
+    assert token.startswith("pf_")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/admin/datasets", headers=headers).status_code == 200
+    from app.extensions import db
+    from app.models import ApiToken
+
+    with admin_app.app_context():
+        row = db.session.query(ApiToken).filter_by(name="ci").one()
+        assert token not in (row.token_hash, row.prefix) and len(row.token_hash) == 64
+        token_id = row.id
+    response = client.post(f"/admin/tokens/{token_id}/revoke", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert response.status_code == 303
+    assert client.get("/api/v1/admin/datasets", headers=headers).status_code == 401
+
+
+def test_passwords_are_stored_as_argon2_hashes(admin_app):
+    from app.extensions import db
+    from app.models import User
+
+    with admin_app.app_context():
+        user = db.session.query(User).filter_by(username=ADMIN[0]).one()
+        assert user.password_hash.startswith("$argon2id$") and ADMIN[1] not in user.password_hash
+
+
+def test_public_forms_need_the_csrf_token_and_the_json_api_does_not(client):
+    assert client.post("/", data={"model": "digits", "label": "1", "n": "1"}).status_code == 400
+    assert client.post("/batches", data={"file": (io.BytesIO(b"model,n\nnope,1\n"), "a.csv")},
+                       content_type="multipart/form-data").status_code == 400
+    token = csrf_token(client, "/batches/new")  # the job form is not shown while no model is served
+    response = client.post("/", data={"model": "nope", "label": "1", "n": "1", "csrf_token": token})
+    assert response.status_code == 422  # past the CSRF check, refused by validation (no such model)
+    response = client.post("/batches", data={"file": (io.BytesIO(b"model,n\nnope,1\n"), "a.csv"),
+                                             "csrf_token": token}, content_type="multipart/form-data")
+    assert response.status_code == 422
+    assert client.post("/api/v1/jobs", json={"model": "nope", "n": 1}).status_code in (404, 422)
+
+
+@pytest.mark.parametrize("env", [{"PRIORFORGE_ENV": "production"},
+                                 {"PRIORFORGE_ENV": "production", "PRIORFORGE_SECRET_KEY": "dev"},
+                                 {"PRIORFORGE_ENV": "production", "PRIORFORGE_SECRET_KEY": "short"}])
+def test_production_refuses_the_development_secret_key(tmp_path, monkeypatch, env):
+    from app import create_app
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match="PRIORFORGE_SECRET_KEY"):
+        create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+
+
+def test_production_starts_with_a_real_secret_key(tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setenv("PRIORFORGE_ENV", "production")
+    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "k" * 64)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+    assert app.config["WTF_CSRF_ENABLED"] is True
+
+
+def test_create_admin_command(admin_app, tmp_path, monkeypatch, capsys):
+    from priorforge.cli import main
+
+    monkeypatch.setenv("PRIORFORGE_SQLALCHEMY_DATABASE_URI", admin_app.config["SQLALCHEMY_DATABASE_URI"])
+    monkeypatch.setenv("PRIORFORGE_CELERY_BROKER_URL", admin_app.config["CELERY_BROKER_URL"])
+    monkeypatch.setenv("PRIORFORGE_STORAGE_ROOT", json.dumps(str(tmp_path / "images")))
+    monkeypatch.setattr("sys.stdin", io.StringIO("a brand new password\n"))
+    assert main(["create-admin", "--username", "ops", "--password-stdin", "--token"]) == 0
+    out = capsys.readouterr().out
+    token = out.strip().rsplit(" ", 1)[-1]
+    assert "created admin 'ops'" in out and token.startswith("pf_")
+    client = admin_app.test_client()
+    assert client.get("/api/v1/admin/datasets", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert sign_in(client, "ops", "a brand new password").status_code == 303
+    assert main(["create-admin", "--username", "ops", "--password-stdin"]) == 1  # exists already
+    assert main(["create-admin", "--username", "ops", "--token"]) == 0  # a second token, no password asked
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["create-admin", "--username", "weak", "--password-stdin"]) == 1
+    assert "at least 10 characters" in capsys.readouterr().err
