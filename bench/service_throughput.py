@@ -1,0 +1,423 @@
+"""End-to-end service throughput and latency (issue 7): the HTTP API + one Celery worker vs the raw model.
+
+Starts a real web server (``gunicorn app.wsgi:app``) and ONE real worker (``celery -A workers.celery_app
+worker -Q generate --concurrency 1``) on a fresh temporary instance folder: SQLite + the embedded broker by
+default, or PostgreSQL + Redis with ``--database-url`` / ``--redis-url`` (a fresh database is created on that
+server and dropped afterwards; the Redis keys get a unique ``BROKER_KEY_PREFIX`` and are deleted afterwards).
+It migrates, registers the shipped checkpoint ``models/digits-aae-cg`` as ``digits``, sends one warm-up job
+(the worker loads the model), then for each image count n and each number K of concurrent clients runs one
+phase: K threads share ``max(2K, 16)`` jobs (``--jobs-per-client``, ``--min-jobs``); each thread submits a job
+(``POST /api/v1/jobs``), polls it (``GET /api/v1/jobs/<id>``) until it has succeeded, and takes the next.
+
+Per phase: throughput = images / wall time of the phase (first submit -> last success), and the latency of
+each job (submit -> the poll that saw ``succeeded``) at p50/p95/p99. Each client polls every
+``max(--poll-ms, K * 1000 / --max-poll-rate)`` ms (all clients together poll at most ``--max-poll-rate``
+times a second, so polling does not take the CPU the worker needs): latencies are rounded up by up to one
+poll interval (10 ms at K = 1 by default).
+
+In the same run, before the servers start, the raw model is timed in this process: the checkpoint loaded on
+the CPU, ``sample_latents`` + ``decode`` at batch n, single thread, median of ``--repeats`` (as
+``bench/sampling_speed.py``). The ratio service/raw compares the two at the same n, and the added latency of
+one 1-image job at K = 1 is the service p50 minus the raw time of one image. The worker runs with
+``OMP_NUM_THREADS=1`` too. Goals (issue 7): service/raw >= 0.8 at K = 32, added p50 < 50 ms.
+
+    python bench/service_throughput.py                       # SQLite + embedded broker
+    python bench/service_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
+        --redis-url redis://127.0.0.1:6379/0                 # PostgreSQL + Redis
+    python bench/service_throughput.py --quick               # K = 1, 2; n = 1; few jobs: a smoke test
+
+Every process it starts runs in its own process group and is stopped (SIGTERM, then SIGKILL) on the way out,
+also on an error, a timeout (``--timeout``, the whole run) or SIGTERM/SIGINT. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywhere
+
+import torch  # noqa: E402
+
+from bench.common import emit, machine_info, markdown_table, time_call  # noqa: E402
+
+CHECKPOINT = REPO / "models" / "digits-aae-cg"
+MODEL, LABEL = "digits", "7"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--clients", default="1,8,32", help="K values: concurrent clients, comma-separated")
+    p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
+    p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
+    p.add_argument("--min-jobs", type=int, default=16)
+    p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
+    p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
+    p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--database-url", default=None,
+                   help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
+    p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
+    p.add_argument("--warmup", type=int, default=2, help="raw model: untimed calls")
+    p.add_argument("--repeats", type=int, default=20, help="raw model: timed calls (median)")
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    p.add_argument("--json-out", default=None, help="also write the results JSON here")
+    p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", "1", 2, 4
+        args.warmup, args.repeats = 1, 5
+    return args
+
+
+# -- processes ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def check(self, what: str) -> None:
+        if time.monotonic() > self.end:
+            raise TimeoutError(f"--timeout reached while {what}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, deadline: Deadline) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        deadline.check(what)
+        if time.monotonic() > end:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+class Processes:
+    """Child processes, each in its own session (process group); :meth:`stop_all` ends them all."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.workdir, self.env, self.procs = workdir, env, []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+        self.procs.clear()
+
+
+def run_cli(argv: list[str], env: dict[str, str]) -> None:
+    cmd = [sys.executable, "-c", "import sys; from priorforge.cli import main; sys.exit(main())", *argv]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise RuntimeError(f"priorforge {' '.join(argv)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+
+
+# -- PostgreSQL / Redis -------------------------------------------------------------------------------
+def create_pg_database(url: str) -> tuple[str, str, str]:
+    """(url of a fresh database on the server of ``url``, its name, the admin conninfo)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url.replace("postgres://", "postgresql://", 1))
+    if admin.host not in (None, "127.0.0.1", "localhost", "::1"):
+        raise SystemExit("--database-url: only a server on 127.0.0.1")
+    name = f"pf_bench_{uuid.uuid4().hex[:12]}"
+    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    fresh = admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    return fresh, name, conninfo
+
+
+def drop_pg_database(name: str, conninfo: str) -> None:
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()
+
+
+# -- HTTP ---------------------------------------------------------------------------------------------
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def health_ok(base: str) -> bool:
+    try:
+        return http("GET", base + "/api/v1/health", timeout=2)[0] == 200
+    except (OSError, ValueError):
+        return False
+
+
+def run_job(base: str, n: int, seed: int, poll_s: float, deadline: Deadline) -> float:
+    """Submit one job and poll it until it has succeeded; the seconds from submit to that poll."""
+    t0 = time.perf_counter()
+    status, body = http("POST", base + "/api/v1/jobs", {"model": MODEL, "label": LABEL, "n": n, "seed": seed})
+    if status != 202:
+        raise RuntimeError(f"POST /api/v1/jobs -> {status} {body}")
+    url = base + body["url"]
+    while True:
+        time.sleep(poll_s)
+        status, job = http("GET", url)
+        if status != 200:
+            raise RuntimeError(f"GET {body['url']} -> {status} {job}")
+        if job["status"] == "succeeded":
+            return time.perf_counter() - t0
+        if job["status"] in ("failed", "canceled"):
+            raise RuntimeError(f"job {job['id']} {job['status']}: {job.get('error')}")
+        deadline.check(f"waiting for job {job['id']}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, deadline: Deadline) -> dict:
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    counter = iter(range(jobs))
+
+    def client() -> None:
+        while not errors:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            try:
+                latency = run_job(base, n, seed0 + i * n, poll_s, deadline)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                latencies.append(latency)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(k)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return {"clients": k, "n": n, "jobs": jobs, "images": jobs * n, "wall_s": round(wall, 3),
+            "images_per_s": round(jobs * n / wall, 2), "poll_ms": round(poll_s * 1e3, 1),
+            "p50_ms": round(percentile(latencies, 50) * 1e3, 1), "p95_ms": round(percentile(latencies, 95) * 1e3, 1),
+            "p99_ms": round(percentile(latencies, 99) * 1e3, 1)}
+
+
+# -- the raw model ------------------------------------------------------------------------------------
+def raw_speed(batches: list[int], args: argparse.Namespace) -> dict[int, dict]:
+    """Median wall/CPU time of sample_latents + decode at each batch, in this process, one thread."""
+    from generation.base import Condition
+    from generation.checkpoint import load_checkpoint
+
+    device = torch.device("cpu")
+    model, info = load_checkpoint(CHECKPOINT, device=device)
+    condition = Condition("class", index=list(info.class_names).index(LABEL))
+    out = {}
+    with torch.inference_mode():
+        for n in batches:
+            generator = torch.Generator().manual_seed(0)
+            latents = model.sample_latents(n, condition, generator)
+            t_lat = time_call(lambda: model.sample_latents(n, condition, generator), device,
+                              warmup=args.warmup, repeats=args.repeats)
+            t_dec = time_call(lambda: model.decode(latents, condition), device,
+                              warmup=args.warmup, repeats=args.repeats)
+            wall, cpu = t_lat.wall + t_dec.wall, t_lat.cpu + t_dec.cpu
+            out[n] = {"n": n, "raw_ms": round(wall * 1e3, 3), "raw_cpu_ms": round(cpu * 1e3, 3),
+                      "raw_images_per_s": round(n / wall, 1)}
+    return out
+
+
+# -- main -------------------------------------------------------------------------------------------
+def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                "PRIORFORGE_SQLALCHEMY_DATABASE_URI": db_url, "PRIORFORGE_CELERY_BROKER_URL": broker_url,
+                "PRIORFORGE_STORAGE_ROOT": str(workdir / "images"),
+                "PRIORFORGE_DATASET_ROOT": str(workdir / "datasets"), "PRIORFORGE_DEVICE": "cpu"})
+    if key_prefix:
+        env["PRIORFORGE_BROKER_KEY_PREFIX"] = key_prefix
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    deadline = Deadline(args.timeout)
+    clients = [int(x) for x in args.clients.split(",") if x]
+    images = [int(x) for x in args.images.split(",") if x]
+    torch.set_num_threads(1)
+    machine = machine_info(torch.device("cpu"))
+    started = time.perf_counter()
+
+    def on_signal(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception so `finally` runs
+        raise SystemExit(f"stopped by signal {signum}")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
+
+    raw = raw_speed(sorted({1, *images}), args)
+    workdir = Path(tempfile.mkdtemp(prefix="pf-bench-service-"))
+    pg: tuple[str, str] | None = None
+    key_prefix = None
+    procs: Processes | None = None
+    try:
+        if args.database_url:
+            db_url, name, conninfo = create_pg_database(args.database_url)
+            pg = (name, conninfo)
+        else:
+            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
+        if args.redis_url:
+            broker_url, key_prefix = args.redis_url, f"pfbench-{uuid.uuid4().hex[:10]}:"
+        else:
+            broker_url = f"sqla+sqlite:///{workdir / 'broker.sqlite3'}"
+        env = service_env(workdir, db_url, broker_url, key_prefix)
+        run_cli(["db", "upgrade"], env)
+        run_cli(["register-model", "--name", MODEL, "--checkpoint", str(CHECKPOINT), "--serve"], env)
+
+        procs = Processes(workdir, env)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        procs.start("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                            "--workers", str(args.web_workers), "app.wsgi:app"])
+        procs.start("worker", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                               "-Q", "generate", "--concurrency", "1", "--loglevel", "INFO",
+                               "--without-mingle", "--without-gossip", "-n", f"bench-{uuid.uuid4().hex[:8]}@%h"])
+
+        def ready() -> bool:
+            procs.check_alive()
+            return health_ok(base) and " ready." in procs.log("worker")
+
+        wait_for(ready, 240, "the web server and the worker to start", deadline)
+        run_job(base, 1, 0, 0.05, deadline)  # warm-up: the worker loads the model
+
+        rows = []
+        seed = 1000
+        for n in images:
+            for k in clients:
+                jobs = max(args.jobs_per_client * k, args.min_jobs)
+                poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3
+                row = run_phase(base, k, n, jobs, poll_s, seed, deadline)
+                seed += jobs * n
+                row.update(raw_images_per_s=raw[n]["raw_images_per_s"], raw_ms=raw[n]["raw_ms"])
+                row["ratio"] = round(row["images_per_s"] / raw[n]["raw_images_per_s"], 3)
+                rows.append(row)
+                procs.check_alive()
+    finally:
+        if procs is not None:
+            procs.stop_all()
+        try:
+            if key_prefix and args.redis_url:
+                delete_redis_keys(args.redis_url, key_prefix)
+        finally:
+            if pg is not None:
+                drop_pg_database(*pg)
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    single = next((r for r in rows if r["clients"] == 1 and r["n"] == 1), None)
+    added = round(single["p50_ms"] - raw[1]["raw_ms"], 1) if single else None
+    at_max_k = {r["n"]: r["ratio"] for r in rows if r["clients"] == max(clients)}
+    headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "service/raw", "p50 ms", "p95 ms", "p99 ms",
+               "poll ms"]
+    table = markdown_table(headers, [[r["n"], r["clients"], r["jobs"], r["images_per_s"], r["raw_images_per_s"],
+                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["poll_ms"]] for r in rows])
+    table += (f"\n\nraw single image: {raw[1]['raw_ms']} ms; added p50 latency of a 1-image job at K=1: "
+              f"{added} ms (goal < 50); service/raw at K={max(clients)}: "
+              + ", ".join(f"n={n}: {v}" for n, v in at_max_k.items()) + " (goal >= 0.8)")
+    payload = {"benchmark": "service_throughput", "machine": machine, "rows": rows,
+               "raw": [raw[n] for n in sorted(raw)], "added_latency_p50_ms": added,
+               "ratio_at_max_clients": {str(n): v for n, v in at_max_k.items()},
+               "goals": {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50},
+               "settings": {"backend": "postgresql+redis" if args.database_url else "sqlite+embedded",
+                            "clients": clients, "images": images, "web_workers": args.web_workers,
+                            "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
+                            "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
+                            "command": " ".join(["service_throughput.py",
+                                                 *(argv if argv is not None else sys.argv[1:])])},
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(payload, indent=1))
+    emit(table, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
