@@ -37,6 +37,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BATCH_WAIT_MS": 10,  # how long a task waits for such jobs to arrive before claiming them
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
+        "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
         "HEARTBEAT_INTERVAL": 5.0,  # a running job's lease is renewed this often

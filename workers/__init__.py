@@ -23,6 +23,13 @@ def celery_config(app: Flask) -> dict:
         transport_options["visibility_timeout"] = int(config["BROKER_VISIBILITY_TIMEOUT"])
         if config.get("BROKER_KEY_PREFIX"):
             transport_options["global_keyprefix"] = config["BROKER_KEY_PREFIX"]
+    elif broker.startswith("sqla+"):
+        # The embedded broker is a table the worker polls; kombu's default interval (1 s) added a second to
+        # every job. Its SQLAlchemy transport hands every transport option to create_engine(), so the
+        # interval can't go there: set the transport class's own attribute (one broker per process).
+        from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+
+        SQLAlchemyTransport.polling_interval = float(config["BROKER_POLLING_INTERVAL"])
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,

@@ -229,3 +229,19 @@ def test_task_skips_canceled_and_unknown_jobs(app):
     with app.app_context():
         assert _run_task(job_id) == "skipped (canceled)"
         assert _run_task("00000000-0000-0000-0000-000000000000") == "missing"
+
+
+def test_broker_transport_options_per_broker(app):
+    """The embedded broker is polled quickly; Redis gets a visibility timeout above the hard time limit."""
+    from workers import celery_config
+
+    from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+
+    embedded = celery_config(app)
+    assert app.config["CELERY_BROKER_URL"].startswith("sqla+")
+    assert embedded["broker_transport_options"] == {}  # all of them would go to create_engine()
+    assert SQLAlchemyTransport.polling_interval == 0.05
+    app.config["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    options = celery_config(app)["broker_transport_options"]
+    assert "polling_interval" not in options
+    assert options["visibility_timeout"] > app.config["TASK_TIME_LIMIT"]
