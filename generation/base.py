@@ -196,6 +196,31 @@ class GenerativeModel(nn.Module):
         return torch.zeros(n, 0)
 
 
+class ConditionalDecoderMixin:
+    """For backends whose decoder (and encoder) take the condition vector (CVAE-style: ``pga``, ``vae``)."""
+
+    def _cond(self, cond: Tensor | None, n: int, like: Tensor) -> Tensor | None:
+        """Check training-time condition vectors ``(n, condition_dim)``; None for unconditional models."""
+        if self.config.condition_dim == 0:
+            return None
+        if cond is None or cond.shape != (n, self.config.condition_dim):
+            got = None if cond is None else tuple(cond.shape)
+            raise ConditionError(f"this {self.backend} model is trained with condition {self.config.condition!r}; it "
+                                 f"needs condition vectors of shape ({n}, {self.config.condition_dim}), got {got}")
+        return cond.to(like)
+
+    def _condition_vector(self, n: int, condition: Condition | None) -> Tensor | None:
+        """The decoder's condition vectors for a request; None for an unconditional model."""
+        if self.config.condition == "none":
+            if condition is not None and condition.kind != "none":
+                self.check_condition(condition)  # raises: wrong kind for an unconditional model
+            return None
+        if condition is None or condition.kind == "none":
+            raise ConditionError(f"this {self.backend} model is trained with condition {self.config.condition!r}; "
+                                 f"give a class label")
+        return self.condition_vectors(n, condition, torch.Generator()).to(self.device)  # (n, num_classes)
+
+
 def labels_to_condition_vectors(labels: Tensor, config: ModelConfig) -> Tensor:
     """Training-time helper: integer labels ``(B,)`` -> one-hot ``(B, num_classes)``."""
     return nn.functional.one_hot(labels.long(), config.num_classes).float()
@@ -210,6 +235,7 @@ __all__ = [
     "Condition",
     "ConditionError",
     "ConditionKind",
+    "ConditionalDecoderMixin",
     "EncoderOutput",
     "GenerativeModel",
     "ModelConfig",

@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from generation.base import Condition, ConditionError, EncoderOutput, GenerativeModel, ModelConfig
+from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import ConvDecoder, ConvEncoder
 
 PGAVariant = Literal["lpga", "vpga"]
@@ -69,7 +69,7 @@ class PGAConfig(ModelConfig):
                 raise ValueError(f"pga: {name} must be a positive integer, got {value!r}")
 
 
-class PerceptualGenerativeAE(GenerativeModel):
+class PerceptualGenerativeAE(ConditionalDecoderMixin, GenerativeModel):
     """LPGA / VPGA; conditions ``none`` and ``class`` (conditional encoder and decoder, CVAE-style).
 
     Args:
@@ -91,17 +91,6 @@ class PerceptualGenerativeAE(GenerativeModel):
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim + cond_dim, c.base_channels, c.hidden_dim)
 
     # -- networks on condition vectors (what the trainer calls) ------------------------------------------
-    def _cond(self, cond: Tensor | None, n: int, like: Tensor) -> Tensor | None:
-        if self.config.condition_dim == 0:
-            return None
-        if cond is None:
-            raise ConditionError(f"this pga model is trained with condition {self.config.condition!r}; "
-                                 f"it needs the condition vector (a class label)")
-        if cond.shape != (n, self.config.condition_dim):
-            raise ConditionError(f"condition vectors must have shape ({n}, {self.config.condition_dim}), "
-                                 f"got {tuple(cond.shape)}")
-        return cond.to(like)
-
     def generate(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """G(z, c): codes ``(B, latent_dim)`` -> images ``(B, C, H, W)`` in [-1, 1]."""
         c = self._cond(cond, z.shape[0], z)
@@ -120,16 +109,6 @@ class PerceptualGenerativeAE(GenerativeModel):
         return self.encode_params(self.generate(z, cond), cond)[0]
 
     # -- the uniform API ---------------------------------------------------------------------------------
-    def _condition_vector(self, n: int, condition: Condition | None) -> Tensor | None:
-        if self.config.condition == "none":
-            if condition is not None and condition.kind != "none":
-                self.check_condition(condition)  # raises: wrong kind for an unconditional model
-            return None
-        if condition is None or condition.kind == "none":
-            raise ConditionError(f"this pga model is trained with condition {self.config.condition!r}; "
-                                 f"give a class label")
-        return self.condition_vectors(n, condition, torch.Generator()).to(self.device)  # (n, num_classes)
-
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
         return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)  # (n, latent_dim)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from generation.base import Condition, ConditionError, EncoderOutput, GenerativeModel, ModelConfig
+from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import downsampling_stages
 
 
@@ -124,7 +124,7 @@ class ResidualDecoder(nn.Module):
         return self.out(self.blocks(h))  # (B, C, H, W) logits
 
 
-class ResidualVAE(GenerativeModel):
+class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
     """Residual VAE; conditions ``none`` and ``class`` (CVAE).
 
     Args:
@@ -145,15 +145,6 @@ class ResidualVAE(GenerativeModel):
                                        c.max_channels)
 
     # -- networks on condition vectors (what the trainer calls) ------------------------------------------
-    def _cond(self, cond: Tensor | None, n: int, like: Tensor) -> Tensor | None:
-        if self.config.condition_dim == 0:
-            return None
-        if cond is None or cond.shape != (n, self.config.condition_dim):
-            got = None if cond is None else tuple(cond.shape)
-            raise ConditionError(f"this vae model is trained with condition {self.config.condition!r}; it needs "
-                                 f"condition vectors of shape ({n}, {self.config.condition_dim}), got {got}")
-        return cond.to(like)
-
     def decode_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """p(x | z, c) as Bernoulli logits ``(B, C, H, W)`` (pixels mapped to [0, 1])."""
         c = self._cond(cond, z.shape[0], z)
@@ -164,16 +155,6 @@ class ResidualVAE(GenerativeModel):
         return self.encoder(images, self._cond(cond, images.shape[0], images))
 
     # -- the uniform API ---------------------------------------------------------------------------------
-    def _condition_vector(self, n: int, condition: Condition | None) -> Tensor | None:
-        if self.config.condition == "none":
-            if condition is not None and condition.kind != "none":
-                self.check_condition(condition)  # raises: wrong kind for an unconditional model
-            return None
-        if condition is None or condition.kind == "none":
-            raise ConditionError(f"this vae model is trained with condition {self.config.condition!r}; "
-                                 f"give a class label")
-        return self.condition_vectors(n, condition, torch.Generator()).to(self.device)  # (n, num_classes)
-
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
         return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)  # (n, latent_dim)
