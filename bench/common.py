@@ -9,6 +9,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -92,8 +93,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def emit(table: str, payload: dict[str, Any]) -> None:
-    """Print the markdown table, then the JSON line."""
+def emit(table: str, payload: dict[str, Any], json_out: str | None = None) -> None:
+    """Print the markdown table, then the JSON line; also write the JSON to ``json_out`` when given."""
+    if json_out:
+        Path(json_out).write_text(json.dumps(payload, indent=1))
     print(table, flush=True)
     print(JSON_PREFIX + json.dumps(payload, sort_keys=True), flush=True)
 

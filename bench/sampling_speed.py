@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {"warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
                             "command": " ".join(["sampling_speed.py", *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    if args.json_out:
-        import json
-
-        Path(args.json_out).write_text(json.dumps(payload, indent=1))
-    emit(table, payload)
+    emit(table, payload, args.json_out)
     return 0
 
 

@@ -15,7 +15,6 @@ Wall and CPU time as in ``sampling_speed.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -141,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                             "quick": args.quick,
                             "command": " ".join(["training_speed.py", *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(payload, indent=1))
-    emit(table, payload)
+    emit(table, payload, args.json_out)
     return 0
 
 

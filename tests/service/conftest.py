@@ -85,6 +85,25 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+# worker timings short enough for tests: heartbeats, leases and reconciliation in seconds
+FAST_WORKER = {"HEARTBEAT_INTERVAL": 0.5, "LEASE_TIMEOUT": 4, "RECONCILE_INTERVAL": 1, "QUEUED_STALE_AFTER": 5}
+
+
+def sqlite_app_for_worker(tmp_path: Path, checkpoints: dict[str, Path]):
+    """(migrated app with the test models registered, its config for ``start_worker``) on SQLite and the
+    embedded broker: the default set-up with no servers at all."""
+    from app import create_app
+    from app.migrate import upgrade
+
+    config = base_config(tmp_path, **FAST_WORKER)
+    config.pop("TESTING")  # the worker process runs without it
+    app = create_app({"TESTING": True, **config})
+    upgrade(app)
+    with app.app_context():
+        register_test_models(checkpoints)
+    return app, config
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     """The app must read only what a test gives it."""

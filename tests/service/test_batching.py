@@ -17,7 +17,7 @@ from app.extensions import db
 from app.models import Job
 from generation.base import Condition
 from generation.sampling import image_grid
-from tests.service.conftest import register_test_models, wait_for
+from tests.service.conftest import sqlite_app_for_worker, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"HEARTBEAT_INTERVAL": 0.5, "LEASE_TIMEOUT": 4, "RECONCILE_INTERVAL": 1, "QUEUED_STALE_AFTER": 5}
@@ -110,16 +110,7 @@ def test_task_batches_queued_jobs_and_each_matches_its_solo_run(app):
 @pytest.mark.integration
 def test_real_worker_batches_jobs_submitted_at_once(tmp_path, checkpoints, start_worker):
     """Jobs queued before the worker starts are decoded together; each has its solo pixels."""
-    from app import create_app
-    from app.migrate import upgrade
-    from tests.service.conftest import base_config
-
-    config = base_config(tmp_path, **FAST)
-    config.pop("TESTING")
-    app = create_app({"TESTING": True, **config})
-    upgrade(app)
-    with app.app_context():
-        register_test_models(checkpoints)
+    app, config = sqlite_app_for_worker(tmp_path, checkpoints)
     client = app.test_client()
     jobs = []
     for spec in SPECS * 2:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import Image, Job, utcnow
 from app.services import aware
-from tests.service.conftest import RedisServer, register_test_models, wait_for
+from tests.service.conftest import RedisServer, register_test_models, sqlite_app_for_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -221,16 +221,7 @@ def test_soft_time_limit_fails_the_job_with_a_timeout_message(service, start_wor
 @pytest.mark.integration
 def test_default_setup_sqlite_with_the_embedded_broker(tmp_path, checkpoints, start_worker):
     """No servers at all: SQLite + kombu's SQLAlchemy transport, a separate worker process."""
-    from app import create_app
-    from app.migrate import upgrade
-    from tests.service.conftest import base_config
-
-    config = base_config(tmp_path, **FAST)
-    config.pop("TESTING")
-    app = create_app({"TESTING": True, **config})
-    upgrade(app)
-    with app.app_context():
-        register_test_models(checkpoints)
+    app, config = sqlite_app_for_worker(tmp_path, checkpoints)
     client = app.test_client()
     start_worker(config)
     job_id = submit(client, label="6", n=3, seed=5)
