@@ -58,6 +58,16 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "DATASET_MAX_FILES": 100_000,  # members of the archive
         "DATASET_MAX_IMAGES": 100_000,
         "DATASET_MAX_IMAGE_SIDE": 4096,  # pixels
+        # training runs (app/trainings.py, workers/training_tasks.py), on the ``train`` queue
+        "TRAINING_ROOT": str(instance / "trainings"),  # one folder per run: checkpoints, grids, history
+        "TRAINING_DEVICE": None,  # None: DEVICE
+        "TRAINING_MAX_STEPS": 1_000_000,
+        "TRAINING_MAX_BATCH_SIZE": 1024,
+        "TRAINING_SOFT_TIME_LIMIT": 24 * 3600,  # seconds; the run stops (checkpoint kept) and fails
+        "TRAINING_TIME_LIMIT": 24 * 3600 + 600,  # hard limit: the pool process is killed
+        "TRAINING_PROGRESS_INTERVAL": 1.0,  # seconds between progress writes to the run's row
+        "TRAINING_MAX_ATTEMPTS": 3,  # a run abandoned by its worker this many times is failed
+        "TEST_TRAIN_STEP_DELAY": 0.0,  # FOR TESTS ONLY: seconds a training run sleeps after each step
     }
 
 

@@ -173,3 +173,5 @@ def get_dataset(name: str):
         if row.name == name:
             return jsonify(uploads.dataset_to_dict(row))
     raise ApiError(404, f"no uploaded data set named {name!r}")
+
+from app import admin_trainings  # noqa: E402,F401  (registers the training and promotion routes on bp/api_bp)

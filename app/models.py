@@ -164,3 +164,51 @@ class Dataset(db.Model):
     source: Mapped[str | None] = mapped_column(String(200))  # the uploaded file name
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- training runs and promotion (issue 6) ----------------------------------------------------------
+TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+class TrainingRun(db.Model):
+    """One training of a backend on a data set, run by a worker of the ``train`` queue.
+
+    The row is the source of truth, as for jobs: the claim token fences every write of the attempt that holds
+    the run, ``heartbeat_at`` is its lease, and ``output_dir`` holds the checkpoint a new attempt resumes from.
+    ``settings`` is the validated request (:func:`app.trainings.validate_training`).
+    """
+
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    backend: Mapped[str] = mapped_column(String(50))
+    dataset: Mapped[str] = mapped_column(String(100))  # a built-in name or an uploaded data set's name
+    condition: Mapped[str] = mapped_column(String(20))
+    model_name: Mapped[str] = mapped_column(String(100))  # the new version is registered under this name
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    output_dir: Mapped[str] = mapped_column(Text)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    elapsed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    sample_step: Mapped[int | None] = mapped_column(Integer)  # step of the latest sample grid
+    phase: Mapped[str | None] = mapped_column(String(40))  # loading data | training | evaluating | ...
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    model_version: Mapped[ModelVersion | None] = relationship()

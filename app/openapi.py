@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import JOB_STATUSES
+from app.models import JOB_STATUSES, TRAINING_STATUSES
 from app.services import JOB_FIELDS, MAX_SEED
+from app.trainings import TRAINING_FIELDS
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -52,12 +53,15 @@ def spec() -> dict[str, Any]:
             "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
             "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
             "created_at": {"type": "string", "format": "date-time"}, "url": {"type": "string"},
-            "png_url": {"type": "string"},
+            "png_url": {"type": "string"}, "model": {"type": "string"},
+            "model_version": {"type": "integer", "description": "the exact version that made the image"},
+            "model_version_id": {"type": "integer"},
             "parameters": {"type": "object", "nullable": True, "description": "the PNG's text chunk (GET /images/{id})"}}},
         "Job": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": list(JOB_STATUSES)},
             "progress": {"type": "number", "minimum": 0, "maximum": 1}, "error": {"type": "string", "nullable": True},
-            "model": {"type": "string"}, "model_version": {"type": "integer"}, "backend": {"type": "string"},
+            "model": {"type": "string"}, "model_version": {"type": "integer"},
+            "model_version_id": {"type": "integer"}, "backend": {"type": "string"},
             "condition": {"type": "string"}, "label": {"type": "string", "nullable": True},
             "cluster": {"type": "integer", "nullable": True}, "prompt": {"type": "string", "nullable": True},
             "n": {"type": "integer"}, "seed": {"type": "integer"}, "attempts": {"type": "integer"},
@@ -80,10 +84,23 @@ def spec() -> dict[str, Any]:
             "num_clusters": {"type": "integer", "nullable": True},
             "image_shape": {"type": "array", "items": {"type": "integer"}}, "dataset": {"type": "string"},
             "metrics": {"type": "object"}, "serving": {"type": "boolean"}}},
+        "TrainingRequest": {"type": "object", "required": ["backend", "dataset"], "properties": {
+            key: {"description": text} for key, text in TRAINING_FIELDS.items()}},
+        "TrainingRun": {"type": "object", "properties": {
+            "id": {"type": "string"}, "status": {"type": "string", "enum": list(TRAINING_STATUSES)},
+            "phase": {"type": "string", "nullable": True}, "step": {"type": "integer"},
+            "total_steps": {"type": "integer"}, "losses": {"type": "object"},
+            "elapsed_seconds": {"type": "number"}, "eta_seconds": {"type": "number", "nullable": True},
+            "metrics": {"type": "object"}, "model_version": {"type": "object", "nullable": True},
+            "history": {"type": "array", "items": {"type": "object"}},
+            "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
                                                      "database": {"type": "object"}, "broker": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
+    run_id = _id("run_id", "training run id")
+    version_id = {"name": "version_id", "in": "path", "required": True, "schema": {"type": "integer"},
+                  "description": "model version id (the id field, not the version number)"}
     ADMIN = [{"bearer": []}]
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
     paths = {
@@ -153,6 +170,41 @@ def spec() -> dict[str, Any]:
             "parameters": [_id("name", "data set name")],
             "responses": {"200": {"description": "the data set", "content": {"application/json": {
                 "schema": {"type": "object"}}}}, "404": _error("no such data set"), **DENIED}}},
+        "/admin/trainings": {
+            "get": {"summary": "Recent training runs", "operationId": "listTrainings", "security": ADMIN,
+                    "responses": {"200": {"description": "runs, newest first", "content": {"application/json": {
+                        "schema": {"type": "object", "properties": {"trainings": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/TrainingRun"}}}}}}},
+                        **DENIED}},
+            "post": {"summary": "Start a training run on the train queue (validated against the backend's "
+                                "config and hyper-parameters)", "operationId": "createTraining",
+                     "security": ADMIN, "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"$ref": "#/components/schemas/TrainingRequest"}}}},
+                     "responses": {"202": _json("queued; poll the url", "TrainingRun"), **BAD, **DENIED}}},
+        "/admin/trainings/{run_id}": {"get": {
+            "summary": "A run's progress: step, losses, elapsed and remaining time, loss history, metrics",
+            "operationId": "getTraining", "security": ADMIN, "parameters": [run_id],
+            "responses": {"200": _json("the run", "TrainingRun"), "404": _error("no such run"), **DENIED}}},
+        "/admin/trainings/{run_id}/cancel": {"post": {
+            "summary": "Cancel a run (a running one saves a checkpoint and stops)", "operationId": "cancelTraining",
+            "security": ADMIN, "parameters": [run_id],
+            "responses": {"200": _json("canceled or cancel requested", "TrainingRun"),
+                          "404": _error("no such run"), "409": _error("the run has already finished"), **DENIED}}},
+        "/admin/models": {"get": {
+            "summary": "Every registered model version, serving or not", "operationId": "listModelVersions",
+            "security": ADMIN, "responses": {"200": {"description": "versions", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, **DENIED}}},
+        "/admin/models/{version_id}/compare": {"get": {
+            "summary": "A version's metrics beside the serving version's", "operationId": "compareModelVersion",
+            "security": ADMIN, "parameters": [version_id],
+            "responses": {"200": {"description": "side by side", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
+        "/admin/models/{version_id}/promote": {"post": {
+            "summary": "Serve this version for new jobs (promote, or roll back to an earlier version); jobs "
+                       "already queued or running keep their version", "operationId": "promoteModelVersion",
+            "security": ADMIN, "parameters": [version_id],
+            "responses": {"200": {"description": "the version, now serving", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
             "responses": {"200": {"description": "OpenAPI 3 document",

@@ -80,12 +80,15 @@ def serving_models() -> list[ModelVersion]:
 
 
 def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
-                   if_missing: bool = False) -> tuple[ModelVersion, bool]:
+                   if_missing: bool = False, commit: bool = True,
+                   serve_first: bool = True) -> tuple[ModelVersion, bool]:
     """Register the checkpoint folder as the next version of ``name``; returns (version, created).
 
     Only ``config.json`` is read (the weights are loaded by the workers). The first version of a name is
-    serving; ``serve=True`` makes the new version the serving one. ``if_missing``: when this folder is
-    already registered under ``name``, return that version (and serve it if asked) instead.
+    serving (unless ``serve_first=False``: a training run's result waits for an admin to promote it);
+    ``serve=True`` makes the new version the serving one. ``if_missing``: when this folder is
+    already registered under ``name``, return that version (and serve it if asked) instead. ``commit=False``
+    leaves the new row in the session's transaction (a training run commits it with its own status change).
     """
     from generation.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_config
 
@@ -117,9 +120,10 @@ def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
         dataset=config.get("dataset"), metrics=metrics, serving=False)
     db.session.add(version)
     db.session.flush()
-    if serve or latest is None:
+    if serve or (latest is None and serve_first):
         _make_serving(version)
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return version, True
 
 
@@ -431,14 +435,19 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             to_send.append(job_id)
     if to_send:
         send_jobs(to_send)
+    from app.trainings import reconcile_runs
+
+    counts.update(reconcile_runs(now))
     return counts
 
 
 # -- JSON views -------------------------------------------------------------------------------------
 def image_to_dict(image: Image) -> dict[str, Any]:
+    version = image.job.model_version  # the exact version that made it (fixed when the job was created)
     return {
         "id": image.id, "job_id": image.job_id, "index": image.index, "width": image.width,
         "height": image.height, "seed": image.seed, "created_at": iso(image.created_at),
+        "model": version.name, "model_version": version.version, "model_version_id": version.id,
         "url": url_for("api.get_image", image_id=image.id),
         "png_url": url_for("api.get_image_png", image_id=image.id),
     }
@@ -449,8 +458,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
         "progress": round(float(job.progress or 0.0), 4), "error": job.error,
-        "model": version.name, "model_version": version.version, "backend": version.backend,
-        "condition": job.condition_kind, "label": job.label, "cluster": job.cluster, "prompt": job.prompt,
+        "model": version.name, "model_version": version.version, "model_version_id": version.id,
+        "backend": version.backend, "condition": job.condition_kind, "label": job.label, "cluster": job.cluster, "prompt": job.prompt,
         "n": job.n, "seed": job.seed, "attempts": job.attempts, "batch_id": job.batch_id,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "images": [image_to_dict(image) for image in job.images] if job.status == "succeeded" else [],

@@ -38,7 +38,12 @@ def celery_config(app: Flask) -> dict:
         "result_backend": None,
         "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         "task_default_queue": "generate",
-        "task_routes": {"workers.tasks.generate_images": {"queue": "generate"}},
+        "task_routes": {"workers.tasks.generate_images": {"queue": "generate"},
+                        "workers.training_tasks.train_model": {"queue": "train"}},
+        # a training runs for hours: its own limits, not the generation jobs'
+        "task_annotations": {"workers.training_tasks.train_model": {
+            "soft_time_limit": float(config["TRAINING_SOFT_TIME_LIMIT"]),
+            "time_limit": float(config["TRAINING_TIME_LIMIT"])}},
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -62,6 +67,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     import workers.tasks  # noqa: F401  (registers the shared tasks)
+    import workers.training_tasks  # noqa: F401
     from workers.bootsteps import install
 
     install(celery_app, app)

@@ -1,28 +1,46 @@
-"""Migration 0002 (users, api_tokens, datasets): upgrade and downgrade on SQLite and PostgreSQL."""
+"""Migrations 0002 (users, api_tokens, datasets) and 0003 (training_runs): upgrade, downgrade and upgrade again
+on SQLite and PostgreSQL, and the migrated schema matches the models' metadata (Alembic's autogenerate
+comparison finds no difference)."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect
 
-NEW_TABLES = {"users", "api_tokens", "datasets"}
+ADMIN_TABLES = {"users", "api_tokens", "datasets", "training_runs"}
+
+
+def _schema_diff(app) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.extensions import db
+
+    with app.app_context(), db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return [d for d in compare_metadata(context, db.metadata) if d[0] != "remove_table" or
+                d[1].name != "alembic_version"]
 
 
 def _round_trip(app):
     from app.extensions import db
-    from app.migrate import current, downgrade, upgrade
+    from app.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == "0002"
+    assert current(app) == head_revision() == "0003"
     with app.app_context():
-        assert NEW_TABLES <= set(inspect(db.engine).get_table_names())
+        assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
+    assert _schema_diff(app) == []
+    downgrade(app, "0002")
+    with app.app_context():
+        assert "training_runs" not in set(inspect(db.engine).get_table_names())
     downgrade(app, "0001")
     assert current(app) == "0001"
     with app.app_context():
         tables = set(inspect(db.engine).get_table_names())
-        assert not NEW_TABLES & tables and "jobs" in tables
+        assert not ADMIN_TABLES & tables and "jobs" in tables
     upgrade(app)
-    assert current(app) == "0002"
+    assert current(app) == "0003"
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

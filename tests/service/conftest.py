@@ -29,14 +29,6 @@ REDIS_URL = os.environ.get("PRIORFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 CLASS_NAMES = [str(i) for i in range(10)]
 
 
-def pytest_configure(config):
-    # kombu's SQLAlchemy transport (the embedded broker) declares relationship(lazy="noload"), which
-    # SQLAlchemy 2.1 deprecates; it works, and the warning is kombu's, so it is ignored here, narrowly
-    config.addinivalue_line(
-        "filterwarnings",
-        r"ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning")
-
-
 # -- checkpoints ------------------------------------------------------------------------------------
 def make_checkpoint(folder: Path, condition: str) -> Path:
     from generation.checkpoint import save_checkpoint

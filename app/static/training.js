@@ -1,0 +1,129 @@
+// The training run page: poll the run's JSON every second while it is active; update step, losses,
+// elapsed/remaining time and the latest sample grid, and redraw the loss plot (an SVG polyline per loss,
+// each scaled to its own range, since the losses of one backend differ by orders of magnitude).
+(function () {
+  "use strict";
+  var root = document.getElementById("training");
+  if (!root) return;
+  var FINAL = ["succeeded", "failed", "canceled"];
+  var COLOURS = ["#0550ae", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#0a3069", "#6e7781", "#bf3989"];
+  var apiUrl = root.getAttribute("data-api-url");
+  var svg = document.getElementById("loss-plot");
+  var SVG_NS = "http://www.w3.org/2000/svg";
+  var shownSample = null;
+  var failures = 0;
+
+  function text(id, value) {
+    var el = document.getElementById(id);
+    if (el) el.textContent = value;
+  }
+
+  function seconds(value) {
+    if (value === null || value === undefined) return "\u2013";
+    if (value < 120) return value.toFixed(1) + " s";
+    return Math.floor(value / 60) + " min " + Math.round(value % 60) + " s";
+  }
+
+  function drawPlot(history) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    if (!history.length) return;
+    var keys = Object.keys(history[0]).filter(function (k) {
+      return ["step", "epoch", "elapsed"].indexOf(k) < 0 && typeof history[0][k] === "number";
+    });
+    var W = 640, H = 260, pad = 24;
+    var steps = history.map(function (r) { return r.step; });
+    var s0 = steps[0], s1 = Math.max(steps[steps.length - 1], s0 + 1);
+    var legend = [];
+    keys.forEach(function (key, i) {
+      var values = history.map(function (r) { return r[key]; }).filter(function (v) { return isFinite(v); });
+      if (!values.length) return;
+      var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
+      var span = hi - lo || 1;
+      var points = history.filter(function (r) { return isFinite(r[key]); }).map(function (r) {
+        var x = pad + (W - 2 * pad) * (r.step - s0) / (s1 - s0);
+        var y = H - pad - (H - 2 * pad) * (r[key] - lo) / span;
+        return x.toFixed(1) + "," + y.toFixed(1);
+      });
+      var line = document.createElementNS(SVG_NS, "polyline");
+      line.setAttribute("points", points.join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", COLOURS[i % COLOURS.length]);
+      line.setAttribute("stroke-width", "1.5");
+      line.setAttribute("data-loss", key);
+      svg.appendChild(line);
+      legend.push(key + " (" + lo.toPrecision(3) + "\u2013" + hi.toPrecision(3) + ", " + COLOURS[i % COLOURS.length] + ")");
+    });
+    var axis = document.createElementNS(SVG_NS, "text");
+    axis.setAttribute("x", String(pad));
+    axis.setAttribute("y", String(H - 4));
+    axis.setAttribute("font-size", "11");
+    axis.textContent = "steps " + s0 + "\u2013" + steps[steps.length - 1];
+    svg.appendChild(axis);
+    text("loss-legend", "Losses per step, each scaled to its own range: " + legend.join("; ") + ".");
+  }
+
+  function render(run) {
+    var status = document.getElementById("run-status");
+    status.textContent = run.status;
+    status.className = "status status-" + run.status;
+    root.setAttribute("data-status", run.status);
+    text("run-phase", run.phase || "");
+    text("run-step", run.step);
+    text("run-total", run.total_steps);
+    text("run-epoch", run.epoch);
+    var progress = document.getElementById("run-progress");
+    progress.max = run.total_steps || 1;
+    progress.value = run.step;
+    text("run-elapsed", seconds(run.elapsed_seconds));
+    text("run-eta", FINAL.indexOf(run.status) >= 0 ? "\u2013" : seconds(run.eta_seconds));
+    text("run-attempts", run.attempts);
+    text("run-losses", Object.keys(run.losses).map(function (k) {
+      return k + " " + Number(run.losses[k]).toPrecision(4);
+    }).join(", "));
+    var error = document.getElementById("run-error");
+    error.textContent = run.error || "";
+    error.hidden = !run.error;
+    if (run.sample_url) {
+      var key = run.status + ":" + run.sample_step;
+      if (key !== shownSample) {
+        shownSample = key;
+        var img = document.getElementById("run-sample");
+        img.src = run.sample_url + "?v=" + encodeURIComponent(key);
+        img.hidden = false;
+        text("sample-caption", "Step " + (run.sample_step || run.step));
+      }
+    }
+    if (run.model_version) {
+      var link = document.getElementById("run-version-link");
+      link.textContent = run.model_version.name + " v" + run.model_version.version;
+      link.href = run.model_version.page_url;
+      document.getElementById("run-version").hidden = false;
+    }
+    drawPlot(run.history || []);
+    if (FINAL.indexOf(run.status) >= 0) {
+      var cancel = document.getElementById("cancel-form");
+      if (cancel) cancel.hidden = true;
+      text("poll-note", "The run has ended (" + run.status + ").");
+    }
+  }
+
+  function poll() {
+    fetch(apiUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (run) {
+        failures = 0;
+        render(run);
+        if (FINAL.indexOf(run.status) < 0) setTimeout(poll, 1000);
+      })
+      .catch(function () {
+        failures += 1;
+        text("poll-note", "Could not reach the server; retrying.");
+        setTimeout(poll, Math.min(10000, 1000 * Math.pow(2, failures)));
+      });
+  }
+
+  poll();
+})();

@@ -1,0 +1,271 @@
+"""The ``train`` queue's task: ``train_model(run_id)`` trains, evaluates and registers one training run.
+
+Like ``generate_images`` it is safe to deliver more than once:
+
+* it claims the run with a conditional UPDATE (``queued`` -> ``running``, or a ``running`` run whose lease has
+  expired) and a fresh ``claim_token``; a second delivery while the run is alive finds it claimed and does
+  nothing;
+* a heartbeat thread renews the lease and reads ``cancel_requested``; every progress write and the final
+  status change are fenced by the claim token, so an attempt that lost its run stops without writing;
+* the run trains in its own folder with checkpoints every ``checkpoint_every`` steps: an attempt that finds a
+  training state there resumes from it (bit-identically: the trainer reseeds its noise per step). A worker
+  that dies mid-run is found by the reconciliation (:func:`app.trainings.reconcile_runs`), and the next
+  attempt resumes from the last checkpoint;
+* the new model version and ``succeeded`` are committed in one transaction, so a run registers exactly one
+  version, never serving (an admin promotes it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from flask import current_app
+from sqlalchemy import or_, update
+
+from app.extensions import db
+from app.models import TrainingRun, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class RunLost(Exception):
+    """Another attempt holds the run now (this worker's lease expired): stop without writing anything."""
+
+
+class RunLease:
+    """Renews the run's ``heartbeat_at`` from a thread and watches for a cancel request or a lost claim."""
+
+    def __init__(self, run_id: str, token: str, interval: float):
+        self.run_id, self.token, self.interval = run_id, token, interval
+        self.engine = db.engine
+        self.lost = threading.Event()
+        self.cancel = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"run-lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> "RunLease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.write()
+            except Exception as exc:  # a database hiccup: the next beat tries again
+                log.warning("training run %s: lease renewal failed: %s", self.run_id, exc)
+
+    def write(self, **values: Any) -> None:
+        """Renew the lease (and set ``values``) if the run is still ours; notice a cancel request."""
+        with self.engine.begin() as conn:
+            res = conn.execute(update(TrainingRun).where(
+                TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
+                TrainingRun.status == "running").values(heartbeat_at=utcnow(), **values)
+                .returning(TrainingRun.cancel_requested))
+            row = res.first()
+        if row is None:
+            self.lost.set()
+        elif row[0]:
+            self.cancel.set()
+
+
+def claim_run(run_id: str) -> str | None:
+    """The run for this attempt (queued, or running with an expired lease); its claim token, or None."""
+    from datetime import timedelta
+
+    token = str(uuid.uuid4())
+    now = utcnow()
+    cutoff = now - timedelta(seconds=float(current_app.config["LEASE_TIMEOUT"]))
+    res = db.session.execute(update(TrainingRun).where(
+        TrainingRun.id == run_id, TrainingRun.cancel_requested.is_(False),
+        or_(TrainingRun.status == "queued",
+            (TrainingRun.status == "running") & or_(TrainingRun.heartbeat_at.is_(None),
+                                                    TrainingRun.heartbeat_at < cutoff)))
+        .values(status="running", claim_token=token, attempts=TrainingRun.attempts + 1, heartbeat_at=now,
+                started_at=db.func.coalesce(TrainingRun.started_at, now), phase="starting", error=None,
+                worker=f"{socket.gethostname()}:{os.getpid()}"))
+    db.session.commit()
+    return token if res.rowcount == 1 else None
+
+
+def _finish(run_id: str, token: str, **values: Any) -> bool:
+    db.session.rollback()
+    res = db.session.execute(update(TrainingRun).where(
+        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")
+        .values(finished_at=utcnow(), heartbeat_at=utcnow(), **values))
+    db.session.commit()
+    return res.rowcount == 1
+
+
+@shared_task(name="workers.training_tasks.train_model", bind=True, acks_late=True, reject_on_worker_lost=True)
+def train_model(self: Any, run_id: str) -> str:
+    from training.trainer import TrainingCancelled
+
+    run = db.session.get(TrainingRun, run_id)
+    if run is None:
+        log.warning("training run %s does not exist; dropping its message", run_id)
+        return "missing"
+    token = claim_run(run_id)
+    if token is None:
+        return f"skipped ({run.status})"
+    lease = RunLease(run_id, token, float(current_app.config["HEARTBEAT_INTERVAL"]))
+    try:
+        with lease:
+            return _train(run_id, token, lease)
+    except RunLost:
+        log.info("training run %s was taken over by another attempt; stopping", run_id)
+        return "aborted"
+    except TrainingCancelled:
+        _finish(run_id, token, status="canceled", phase="canceled")
+        return "canceled"
+    except SoftTimeLimitExceeded:
+        _finish(run_id, token, status="failed", phase="failed",
+                error=f"the run passed TRAINING_SOFT_TIME_LIMIT ({current_app.config['TRAINING_SOFT_TIME_LIMIT']} s)")
+        return "timeout"
+    except Exception as exc:  # bad data, a diverging model...: record it, keep the worker
+        log.exception("training run %s failed", run_id)
+        message = str(exc).strip() or type(exc).__name__
+        _finish(run_id, token, status="failed", phase="failed", error=f"{type(exc).__name__}: {message}"[:2000])
+        return "failed"
+
+
+def load_training_data(settings: dict[str, Any]) -> Any:
+    """The train split a run trains on (as the stored settings describe it)."""
+    from training.captions import is_captioned_dataset, load_captioned_dataset
+    from training.data import load_dataset
+
+    source = settings["source"]
+    if is_captioned_dataset(source["loader"]):
+        return load_captioned_dataset(source["loader"], source["data_root"], "train",
+                                      image_size=settings["image_size"])
+    return load_dataset(source["loader"], source["data_root"], "train", image_size=settings["image_size"],
+                        channels=settings["channels"])
+
+
+def _train(run_id: str, token: str, lease: RunLease) -> str:
+    from generation.checkpoint import STATE_JSON_FILE
+    from training.build import build_model
+    from training.registry import get_trainer_class
+    from training.trainer import TrainConfig, TrainingCancelled, TrainingEvent
+
+    cfg = current_app.config
+    run = db.session.get(TrainingRun, run_id)
+    assert run is not None
+    settings, out = dict(run.settings), Path(run.output_dir)
+    db.session.commit()  # end the read transaction: the writes below go through their own connections
+
+    lease.write(phase="loading data")
+    train_data = load_training_data(settings)
+    model = build_model(settings["backend"], train_data, settings["condition"], clusters=settings["clusters"],
+                        options=settings["model_options"], seed=settings["seed"])
+    text_extra: dict[str, Any] = {}
+    if settings["condition"] == "text":
+        from training.captions import prepare_text_conditioning
+
+        text_extra = prepare_text_conditioning(model, train_data)
+    device = cfg.get("TRAINING_DEVICE") or cfg["DEVICE"]
+    config = TrainConfig(epochs=10**9, max_steps=settings["max_steps"], batch_size=settings["batch_size"],
+                         lr=settings["lr"], seed=settings["seed"], device=device,
+                         sample_every=settings["sample_every"], checkpoint_every=settings["checkpoint_every"],
+                         evaluate=settings["evaluate"], eval_samples=settings["eval_samples"], progress_bar=False,
+                         max_cpu_seconds=settings["max_cpu_minutes"] * 60 if settings["max_cpu_minutes"] else None)
+    trainer = get_trainer_class(settings["backend"])(model, config, settings["hparams"])
+
+    state_file = out / STATE_JSON_FILE
+    resume = state_file.is_file()
+    resumed_from = int(json.loads(state_file.read_text())["progress"]["step"]) if resume else 0
+    if resume:
+        log.info("training run %s resumes from its checkpoint at step %d", run_id, resumed_from)
+    lease.write(phase=f"training (resumed from step {resumed_from})" if resume else "training",
+                step=resumed_from)
+
+    interval = float(cfg["TRAINING_PROGRESS_INTERVAL"])
+    step_delay = float(cfg.get("TEST_TRAIN_STEP_DELAY") or 0)  # FOR TESTS ONLY: a slow run to kill or cancel
+    last_write = [0.0]
+    attempt_start: list[tuple[int, float]] = []  # (step, elapsed) of this attempt's first step
+
+    def on_progress(event: TrainingEvent) -> None:
+        if lease.lost.is_set():
+            raise RunLost()
+        if lease.cancel.is_set():
+            raise TrainingCancelled()
+        if step_delay and event.kind == "step":
+            time.sleep(step_delay)
+        if not attempt_start:
+            attempt_start.append((event.step - 1, event.elapsed))
+        now = time.monotonic()
+        if event.kind != "sample" and event.step < event.total_steps and now - last_write[0] < interval:
+            return
+        last_write[0] = now
+        first_step, first_elapsed = attempt_start[0]
+        rate = (event.step - first_step) / max(1e-9, event.elapsed - first_elapsed)
+        values: dict[str, Any] = {
+            "step": event.step, "total_steps": event.total_steps, "epoch": event.epoch,
+            "losses": {k: float(v) for k, v in event.losses.items()}, "elapsed_seconds": event.elapsed,
+            "eta_seconds": (event.total_steps - event.step) / rate if rate > 0 else None}
+        if event.kind == "sample":
+            values["sample_step"] = event.step
+        lease.write(**values)
+        if lease.lost.is_set():
+            raise RunLost()
+
+    def evaluate(trained: Any) -> dict[str, Any]:
+        lease.write(phase="evaluating")
+        if lease.lost.is_set():
+            raise RunLost()
+        return evaluate_run(trained, settings, train_data, trainer.device)
+
+    metrics = trainer.fit(train_data, out, resume=resume, callback=on_progress, evaluate=evaluate,
+                          checkpoint_extra={"data_root": settings["source"]["data_root"], **text_extra})
+    if lease.lost.is_set():
+        raise RunLost()
+    return _register(run_id, token, out, settings, metrics, resumed_from if resume else None)
+
+
+def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: Any) -> dict[str, Any]:
+    """The metrics of ``priorforge evaluate`` for the run's data set; a data set the evaluation cannot use is
+    reported, not fatal (the checkpoint is already saved)."""
+    from training.evaluate import evaluate_model
+
+    source = settings["source"]
+    try:
+        return evaluate_model(model, dataset=source["loader"], class_names=train_data.class_names,
+                              data_root=source["data_root"], device=device, n_samples=settings["eval_samples"],
+                              train_data=train_data)
+    except ValueError as exc:
+        log.warning("evaluation skipped: %s", exc)
+        return {"skipped": str(exc)}
+
+
+def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metrics: dict[str, Any],
+              resumed_from: int | None) -> str:
+    """The new (not serving) model version and ``succeeded``, in one transaction fenced by the claim token."""
+    from app.services import register_model
+
+    db.session.rollback()
+    res = db.session.execute(update(TrainingRun).where(
+        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")
+        .values(status="succeeded", phase="done", finished_at=utcnow(), heartbeat_at=utcnow(),
+                step=int(metrics.get("steps", 0)), eta_seconds=0.0,
+                metrics={**metrics, **({"resumed_from_step": resumed_from} if resumed_from is not None else {})}))
+    if res.rowcount != 1:
+        db.session.rollback()
+        raise RunLost()
+    version, _ = register_model(settings["model_name"], out, serve=False, commit=False, serve_first=False)
+    db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(model_version_id=version.id))
+    db.session.commit()
+    log.info("training run %s registered %s version %d (not serving)", run_id, version.name, version.version)
+    return "succeeded"
