@@ -51,7 +51,7 @@
       line.setAttribute("stroke-width", "1.5");
       line.setAttribute("data-loss", key);
       svg.appendChild(line);
-      legend.push(key + " (" + lo.toPrecision(3) + "\u2013" + hi.toPrecision(3) + ", " + COLOURS[i % COLOURS.length] + ")");
+      legend.push([key + " " + lo.toPrecision(3) + "\u2013" + hi.toPrecision(3), COLOURS[i % COLOURS.length]]);
     });
     var axis = document.createElementNS(SVG_NS, "text");
     axis.setAttribute("x", String(pad));
@@ -59,7 +59,16 @@
     axis.setAttribute("font-size", "11");
     axis.textContent = "steps " + s0 + "\u2013" + steps[steps.length - 1];
     svg.appendChild(axis);
-    text("loss-legend", "Losses per step, each scaled to its own range: " + legend.join("; ") + ".");
+    var caption = document.getElementById("loss-legend");
+    caption.textContent = "Losses per step, each scaled to its own range: ";
+    legend.forEach(function (entry, i) {
+      var swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = entry[1];
+      swatch.setAttribute("aria-hidden", "true");
+      caption.appendChild(swatch);
+      caption.appendChild(document.createTextNode(entry[0] + (i < legend.length - 1 ? "; " : ".")));
+    });
   }
 
   function render(run) {
