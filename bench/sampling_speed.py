@@ -7,10 +7,12 @@ generator, a flow inverse, or the LDE's one-dimension-at-a-time loop) and ``deco
 is called ``--warmup`` times untimed, then ``--repeats`` times; the figures are medians, and a batch's time
 is the sum of the two medians. Both wall time and this process's CPU time are recorded: on a loaded
 machine the wall figure depends on the load, while with one thread the CPU figure is close to what an idle
-core gives.
+core gives. ``--precision`` runs ``decode`` under bf16/fp16 autocast (``generation.precision``, as
+``generate(..., precision=...)`` does; the latents stay fp32).
 
     OMP_NUM_THREADS=1 python bench/sampling_speed.py --device cpu --threads 1
     python bench/sampling_speed.py --quick     # tiny models, 28x28 only: a smoke test
+    python bench/sampling_speed.py --device cuda --precision bf16     # vs the same with --precision fp32
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch  # noqa: E402
 
 from bench.common import (TINY_MODEL, emit, machine_info, markdown_table, model_overrides, pick_device,  # noqa: E402
                           time_call)
+from generation.precision import PRECISIONS, autocast, resolve_precision  # noqa: E402
 
 BACKENDS = ("aae-cg", "glf", "lde", "pga", "vae")
 SHAPES = "1x28x28,3x32x32,3x64x64"
@@ -40,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,64")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="decode precision (fp16: CUDA only)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
@@ -69,10 +73,13 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device: torch.de
         latents = model.sample_latents(batch, condition, generator).to(device)
         t_lat = time_call(lambda: model.sample_latents(batch, condition, generator).to(device), device,
                           warmup=args.warmup, repeats=args.repeats)
-        t_dec = time_call(lambda: model.decode(latents, condition), device, warmup=args.warmup, repeats=args.repeats)
+        with autocast(device, args.precision):
+            t_dec = time_call(lambda: model.decode(latents, condition), device, warmup=args.warmup,
+                              repeats=args.repeats)
     wall, cpu = t_lat.wall + t_dec.wall, t_lat.cpu + t_dec.cpu
     return {
         "backend": name, "image_shape": "x".join(map(str, shape)), "latent_dim": int(latents.shape[1]),
+        "precision": args.precision,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": batch,
         "images_per_s": round(batch / wall, 1), "images_per_cpu_s": round(batch / max(cpu, 1e-9), 1),
         "latents_ms": round(t_lat.wall * 1e3, 3), "decode_ms": round(t_dec.wall * 1e3, 3),
@@ -82,7 +89,8 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device: torch.de
 
 
 COLUMNS = [("backend", "backend"), ("image_shape", "image"), ("latent_dim", "D"), ("params_m", "params (M)"),
-           ("batch", "batch"), ("images_per_s", "img/s (wall)"), ("images_per_cpu_s", "img/s (CPU)"),
+           ("precision", "precision"), ("batch", "batch"), ("images_per_s", "img/s (wall)"),
+           ("images_per_cpu_s", "img/s (CPU)"),
            ("latents_cpu_ms", "latents CPU ms"), ("decode_cpu_ms", "decode CPU ms"),
            ("latents_share", "latents share")]
 
@@ -91,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    try:
+        args.precision = resolve_precision(args.precision, device)  # auto -> what it means on this device
+    except ValueError as exc:
+        raise SystemExit(f"--precision {args.precision}: {exc}") from None
     machine = machine_info(device)
     started = time.perf_counter()
     rows = [measure(name, parse_shape(shape), int(batch), device, args)
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table([title for _, title in COLUMNS], [[row[key] for key, _ in COLUMNS] for row in rows])
     payload = {"benchmark": "sampling_speed", "machine": machine, "rows": rows,
                "settings": {"warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
+                            "precision": args.precision,
                             "command": " ".join(["sampling_speed.py", *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     emit(table, payload, args.json_out)

@@ -6,10 +6,12 @@ Each row is one backend's ``Trainer.train_step`` (forward, backward, optimiser s
 untimed steps, then ``--steps`` timed ones, median. Two backends have phases of different cost, shown as extra
 rows: ``pga`` before its latent terms switch on (``warmup_steps``, a plain autoencoder) and after; ``lde``'s
 second stage, the density estimator's update on precomputed codes (batch 128; its figure is codes/s).
-Wall and CPU time as in ``sampling_speed.py``.
+Wall and CPU time as in ``sampling_speed.py``. ``--amp`` sets ``TrainConfig.amp`` (mixed-precision forward
+passes; the LDE density stage stays fp32 whatever it says).
 
     OMP_NUM_THREADS=1 python bench/training_speed.py --device cpu --threads 1
     python bench/training_speed.py --quick     # tiny models, 2 steps: a smoke test
+    python bench/training_speed.py --device cuda --amp bf16     # vs the same with --amp off (or fp16)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 
 from bench.common import (TINY_MODEL, emit, machine_info, markdown_table, model_overrides, pick_device,  # noqa: E402
                           time_call)
+from generation.precision import AMP_MODES, resolve_amp  # noqa: E402
 
 BACKENDS = ("aae-cg", "glf", "lde", "pga", "vae")
 IMAGE_SHAPE = (1, 28, 28)
@@ -41,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--condition", default="class", choices=("class", "none"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--amp", default="off", choices=AMP_MODES, help="mixed precision (fp16: CUDA only)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
@@ -60,7 +64,8 @@ def build_trainer(name: str, hparams: dict[str, Any], device: torch.device, args
     torch.manual_seed(0)
     model = build_model(name, image_shape=IMAGE_SHAPE, condition=args.condition, num_classes=NUM_CLASSES,
                         **overrides)
-    config = TrainConfig(device=str(device), batch_size=args.batch_size, progress_bar=False, evaluate=False)
+    config = TrainConfig(device=str(device), batch_size=args.batch_size, progress_bar=False, evaluate=False,
+                         amp=args.amp)
     trainer = get_trainer_class(name)(model, config, hparams)
     model.train()
     return trainer
@@ -114,13 +119,13 @@ def measure(label: str, name: str, hparams: dict[str, Any], device: torch.device
     else:
         fn, batch = loop_step(trainer, device, args), args.batch_size
     timing = time_call(fn, device, warmup=args.warmup, repeats=args.steps)
-    return {"case": label, "backend": name, "hparams": hparams, "batch": batch,
+    return {"case": label, "backend": name, "hparams": hparams, "batch": batch, "amp": args.amp,
             "params_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 2),
             "images_per_s": round(batch / timing.wall, 1), "images_per_cpu_s": round(batch / max(timing.cpu, 1e-9), 1),
             "step_ms": round(timing.wall * 1e3, 2), "step_cpu_ms": round(timing.cpu * 1e3, 2)}
 
 
-COLUMNS = [("case", "backend (phase)"), ("params_m", "params (M)"), ("batch", "batch"),
+COLUMNS = [("case", "backend (phase)"), ("params_m", "params (M)"), ("amp", "amp"), ("batch", "batch"),
            ("images_per_s", "img/s (wall)"), ("images_per_cpu_s", "img/s (CPU)"), ("step_cpu_ms", "step CPU ms"),
            ("step_ms", "step wall ms")]
 
@@ -129,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    try:
+        resolve_amp(args.amp, device)
+    except ValueError as exc:
+        raise SystemExit(f"--amp {args.amp}: {exc}") from None
     machine = machine_info(device)
     started = time.perf_counter()
     rows = [measure(label, name, hparams, device, args)
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "training_speed", "machine": machine, "rows": rows,
                "settings": {"image_shape": list(IMAGE_SHAPE), "batch_size": args.batch_size,
                             "condition": args.condition, "warmup": args.warmup, "steps": args.steps,
+                            "amp": args.amp,
                             "quick": args.quick,
                             "command": " ".join(["training_speed.py", *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}

@@ -13,6 +13,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from generation.base import Condition, ConditionError, GenerativeModel
+from generation.precision import autocast, resolve_precision, to_device
 
 
 def condition_from_request(model: GenerativeModel, class_names: list[str], *, label: str | int | None = None,
@@ -57,16 +58,27 @@ def resolve_label(label: str | int, class_names: list[str]) -> int:
     raise ConditionError(f"unknown label {label!r}; this model knows: {', '.join(class_names)}")
 
 
-@torch.no_grad()
-def generate(model: GenerativeModel, n: int, condition: Condition, seed: int) -> Tensor:
-    """``n`` images for ``condition``; the latents come from a CPU generator seeded with ``seed``, so the same
-    seed gives the same latents on every device."""
+def generate(model: GenerativeModel, n: int, condition: Condition, seed: int, precision: str = "fp32") -> Tensor:
+    """``n`` images for ``condition`` as float32 on the CPU; the latents come from a CPU generator seeded with
+    ``seed``, so the same seed gives the same latents on every device.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16`` or ``auto``; see :mod:`generation.precision`) applies to the
+    decoder only: the codes are always drawn in fp32, so a seed names the same code under every precision and
+    a half-precision image differs from the fp32 one by the decoder's rounding alone (bounded in
+    tests/test_precision.py). ``fp32`` is bit-exact and deterministic.
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    device = model.device
+    resolved = resolve_precision(precision, device)
     generator = torch.Generator().manual_seed(int(seed))
     model.eval()
-    latents = model.sample_latents(n, condition, generator)
-    return model.decode(latents.to(model.device), condition).float().cpu()
+    with torch.inference_mode():
+        latents = to_device(model.sample_latents(n, condition, generator), device)  # fp32, (n, latent_dim)
+        with autocast(device, resolved):
+            images = model.decode(latents, condition)  # (n, C, H, W)
+    # copied outside inference mode: callers get an ordinary tensor they may modify in place
+    return images.to(device="cpu", dtype=torch.float32, copy=True)
 
 
 def to_uint8(images: Tensor) -> Tensor:

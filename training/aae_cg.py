@@ -84,56 +84,55 @@ class AAECodeGeneratorTrainer(Trainer):
         return F.mse_loss(q, s)  # text: Gaussian Q with fixed variance (InfoGAN's continuous codes)
 
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
-        m, h, opt = self.model, self.hparams, self.optimizers
+        m, h = self.model, self.hparams
         n = images.shape[0]
         s, q_targets = self._draw_conditions(cond, n)
         text = m.config.condition == "text"
         di_cond = s if text else None
 
+        # forward passes under self.autocast() (mixed precision when TrainConfig.amp is on; the BCE, CE and MSE
+        # losses are computed in fp32 by autocast itself)
         # --- prior-improvement phase: D_I, then CG + G (Eq. 4, Eq. 7) ---
-        noise = self.randn(n, m.config.noise_dim)
-        z_c = m.code_generator(noise, s)  # (B, latent_dim)
-        fake = m.decoder(z_c)  # (B, C, H, W)
-        real_logit, real_q = m.image_discriminator(images, di_cond)
-        fake_logit, fake_q = m.image_discriminator(fake.detach(), di_cond)
-        # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
-        d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + h["info_weight"] * self._q_loss(fake_q, s, q_targets)
-        if m.config.condition == "class":
-            d_loss = d_loss + h["real_q_weight"] * self._q_loss(real_q, s, q_targets)
-        if text:  # matching-aware: a real image with a mismatched caption counts as fake
-            wrong_logit, _ = m.image_discriminator(images, s.roll(1, dims=0))
-            d_loss = d_loss + _bce(wrong_logit, 0.0)
-        opt["image_disc"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt["image_disc"].step()
+        with self.autocast():
+            noise = self.randn(n, m.config.noise_dim)
+            z_c = m.code_generator(noise, s)  # (B, latent_dim)
+            fake = m.decoder(z_c)  # (B, C, H, W)
+            real_logit, real_q = m.image_discriminator(images, di_cond)
+            fake_logit, fake_q = m.image_discriminator(fake.detach(), di_cond)
+            # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
+            d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + \
+                h["info_weight"] * self._q_loss(fake_q, s, q_targets)
+            if m.config.condition == "class":
+                d_loss = d_loss + h["real_q_weight"] * self._q_loss(real_q, s, q_targets)
+            if text:  # matching-aware: a real image with a mismatched caption counts as fake
+                wrong_logit, _ = m.image_discriminator(images, s.roll(1, dims=0))
+                d_loss = d_loss + _bce(wrong_logit, 0.0)
+        self.backward_step(d_loss, "image_disc")
 
-        gen_logit, gen_q = m.image_discriminator(fake, di_cond)
-        info_loss = self._q_loss(gen_q, s, q_targets)
-        gen_adv = _bce(gen_logit, 1.0)
-        opt["prior"].zero_grad(set_to_none=True)
-        (gen_adv + h["info_weight"] * info_loss).backward()
-        opt["prior"].step()
+        with self.autocast():
+            gen_logit, gen_q = m.image_discriminator(fake, di_cond)
+            info_loss = self._q_loss(gen_q, s, q_targets)
+            gen_adv = _bce(gen_logit, 1.0)
+        self.backward_step(gen_adv + h["info_weight"] * info_loss, "prior")
 
         # --- AAE phase: D_C, then E + G (Eq. 5/8, Eq. 6) ---
         dc_cond = s if m.config.condition in ("class", "text") else None
-        z_e = m.encoder(images)  # (B, latent_dim)
-        codes_real = z_c.detach()
-        dc_loss = _bce(m.code_discriminator(codes_real, dc_cond), 1.0) + \
-            _bce(m.code_discriminator(z_e.detach(), dc_cond), 0.0)
-        opt["code_disc"].zero_grad(set_to_none=True)
-        dc_loss.backward()
-        opt["code_disc"].step()
+        with self.autocast():
+            z_e = m.encoder(images)  # (B, latent_dim)
+            codes_real = z_c.detach()
+            dc_loss = _bce(m.code_discriminator(codes_real, dc_cond), 1.0) + \
+                _bce(m.code_discriminator(z_e.detach(), dc_cond), 0.0)
+        self.backward_step(dc_loss, "code_disc")
 
-        recon = m.decoder(z_e)
-        target_features = m.image_discriminator.features(images).detach()
-        feature_loss = F.mse_loss(m.image_discriminator.features(recon), target_features)
-        pixel_loss = F.mse_loss(recon, images)
-        enc_adv = _bce(m.code_discriminator(z_e, dc_cond), 1.0)
-        ae_loss = h["rec_feature_weight"] * feature_loss + h["rec_pixel_weight"] * pixel_loss + \
-            h["code_adv_weight"] * enc_adv
-        opt["autoencoder"].zero_grad(set_to_none=True)
-        ae_loss.backward()
-        opt["autoencoder"].step()
+        with self.autocast():
+            recon = m.decoder(z_e)
+            target_features = m.image_discriminator.features(images).detach()
+            feature_loss = F.mse_loss(m.image_discriminator.features(recon), target_features)
+            pixel_loss = F.mse_loss(recon, images)
+            enc_adv = _bce(m.code_discriminator(z_e, dc_cond), 1.0)
+            ae_loss = h["rec_feature_weight"] * feature_loss + h["rec_pixel_weight"] * pixel_loss + \
+                h["code_adv_weight"] * enc_adv
+        self.backward_step(ae_loss, "autoencoder")
         m.image_discriminator.zero_grad(set_to_none=True)  # D_I only judges; drop the grads it received
 
         return {"d_img": d_loss.item(), "g_adv": gen_adv.item(),

@@ -62,15 +62,13 @@ class GLFTrainer(Trainer):
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
         m = self.model
         self._apply_lr_schedule()
-        z = m.encoder(images)  # (B, latent_dim)
-        recon = m.decoder(z)  # (B, C, H, W)
-        rec_loss = F.mse_loss(recon, images)
+        with self.autocast():  # the conv autoencoder in mixed precision when amp is on
+            z = m.encoder(images).float()  # (B, latent_dim)
+            recon = m.decoder(z)  # (B, C, H, W)
+            rec_loss = F.mse_loss(recon, images)
+        # the flow's NLL (log-determinants, Gaussian log-density) stays fp32: a small MLP, precision-sensitive
         flow_in = z if m.config.regularized else z.detach()  # stop_gradient(E(x)) unless regularized
         nll = m.prior_nll(flow_in, cond).mean() / m.config.latent_dim  # per code dim
         loss = rec_loss + self.hparams["nll_weight"] * nll
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in self.optimizers.values():
-            opt.step()
+        self.backward_step(loss, *self.optimizers)
         return {"rec": rec_loss.item(), "nll": nll.item(), "z_std": z.detach().std().item()}

@@ -131,16 +131,14 @@ class LDETrainer(Trainer):
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
         m = self.model
         k = self.active_dims()
-        z = m.encoder(images)  # (B, D)
-        if k < z.shape[1]:
-            mask = (torch.arange(z.shape[1], device=z.device) < k).to(z.dtype)  # (D,): first k dims on
-            z = z * mask
-        recon = m.decoder(z)  # (B, C, H, W)
-        loss = F.mse_loss(recon, images)
-        opt = self.optimizers["autoencoder"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with self.autocast():  # mixed precision when amp is on
+            z = m.encoder(images)  # (B, D)
+            if k < z.shape[1]:
+                mask = (torch.arange(z.shape[1], device=z.device) < k).to(z.dtype)  # (D,): first k dims on
+                z = z * mask
+            recon = m.decoder(z)  # (B, C, H, W)
+            loss = F.mse_loss(recon, images)
+        self.backward_step(loss, "autoencoder")
         return {"rec": loss.item(), "active_dims": float(k)}
 
     # -- stage 2 -----------------------------------------------------------------------------------
@@ -161,12 +159,12 @@ class LDETrainer(Trainer):
         return None
 
     def lde_step(self, codes: Tensor, cond: Tensor | None) -> float:
-        """One maximum-likelihood step of the LDE on ``codes`` ``(B, D)``; returns the NLL per dim."""
+        """One maximum-likelihood step of the LDE on ``codes`` ``(B, D)``; returns the NLL per dim.
+
+        Always fp32, whatever ``amp``: the mixture log-likelihood (log, exp, logsumexp) is precision-sensitive,
+        and CPU autocast would run those ops in bf16."""
         nll = self.model.prior_nll(codes, cond)
-        opt = self.optimizers["lde"]
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        opt.step()
+        self.backward_step(nll, "lde")
         return nll.item()
 
     @torch.no_grad()

@@ -140,11 +140,14 @@ class PGATrainer(Trainer):
     def _latent_reconstruction(self, z: Tensor, cond: Tensor | None) -> Tensor:
         """Eq. 2/3: ``||E(stop_gradient(G(z))) - z||^2`` per code dim; gradient to the encoder only."""
         m = self.model
-        z_rec, _ = m.encode_params(m.generate(z, cond).detach(), cond)  # (B, H)
-        return F.mse_loss(z_rec, z)
+        with self.autocast():  # mixed precision when amp is on
+            z_rec, _ = m.encode_params(m.generate(z, cond).detach(), cond)  # (B, H)
+            return F.mse_loss(z_rec, z)
 
     def _lpga_terms(self, mu: Tensor, cond: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
-        """LPGA's NLL terms: (encoder-side terms, the decoder-only term)."""
+        """LPGA's NLL terms: (encoder-side terms, the decoder-only term). fp32 whatever ``amp`` (called outside
+        autocast): the finite difference h(z + d) - h(z) is about 1e-2 of h, so bf16 rounding (2^-8 of h) would
+        be a sizeable share of it."""
         m, dim = self.model, mu.shape[1]
         nll_enc = 0.5 * mu.pow(2).sum(1).mean() / dim  # Eq. 5 per code dim
         d = sphere_directions(self.randn(*mu.shape), self.hparams["radius_scale"] * dim**0.5)  # (B, H)
@@ -154,7 +157,8 @@ class PGATrainer(Trainer):
 
     def _vpga_terms(self, mu: Tensor, logvar: Tensor,
                     cond: Tensor | None) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
-        """VPGA's terms: (encoder-side terms, vrec, the noise leaf, the noise tensor in the encoder graph)."""
+        """VPGA's terms: (encoder-side terms, vrec, the noise leaf, the noise tensor in the encoder graph). fp32
+        whatever ``amp`` (called outside autocast): vrec compares h at two codes sigma apart."""
         m = self.model
         kl = gaussian_kl(mu, logvar).mean() / mu.shape[1]  # per code dim
         noise = torch.exp(0.5 * logvar) * self.randn(*mu.shape)  # sigma * eps, (B, H)
@@ -171,8 +175,10 @@ class PGATrainer(Trainer):
         m, h = self.model, self.hparams
         vpga = m.config.variant == "vpga"
         active = self.latent_terms_active()
-        mu, logvar = m.encode_params(images, cond)  # (B, H) each (logvar None for LPGA)
-        rec = F.mse_loss(m.generate(mu, cond), images)  # Eq. 1, both networks
+        with self.autocast():  # mixed precision when amp is on; the latent-likelihood terms below stay fp32
+            mu, logvar = m.encode_params(images, cond)  # (B, H) each (logvar None for LPGA)
+            rec = F.mse_loss(m.generate(mu, cond), images)  # Eq. 1, both networks
+        mu, logvar = mu.float(), None if logvar is None else logvar.float()
         shared = rec
         logged: dict[str, Tensor] = {"rec": rec}
         dec_only: Tensor | None = None
@@ -197,7 +203,7 @@ class PGATrainer(Trainer):
                 dec_only = h["gamma"] * nll_dec
                 logged |= enc_terms | {"nll_dec": nll_dec}
         self._backward(shared, dec_only, noise_leaf, noise)
-        self.optimizers["pga"].step()
+        self.step_optimizers("pga")
         out = {k: v.item() for k, v in logged.items()}
         out["latent_on"] = float(active)
         return out
@@ -205,9 +211,13 @@ class PGATrainer(Trainer):
     def _backward(self, shared: Tensor, dec_only: Tensor | None, noise_leaf: Tensor | None,
                   noise: Tensor | None) -> None:
         """Gradients: ``shared`` to whatever it reaches; ``dec_only`` to the decoder's parameters only (plus,
-        for VPGA, to the encoder's variance through the reparameterisation noise)."""
+        for VPGA, to the encoder's variance through the reparameterisation noise). Both losses are multiplied by
+        the fp16 loss scale (:meth:`scale`), so every gradient below carries it once and the GradScaler's
+        unscale in :meth:`step_optimizers` is exact."""
         opt = self.optimizers["pga"]
         opt.zero_grad(set_to_none=True)
+        shared = self.scale(shared)
+        dec_only = None if dec_only is None else self.scale(dec_only)
         dec_params = [p for p in self.model.decoder.parameters() if p.requires_grad]
         dec_grads: list[Tensor | None] = []
         if dec_only is not None:

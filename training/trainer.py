@@ -1,9 +1,16 @@
 """The training loop every backend shares: batching, progress bar, periodic samples and checkpoints,
 resuming, the final evaluation. A backend's trainer implements ``build_optimizers`` and ``train_step``.
+
+Mixed precision (``TrainConfig.amp``): a backend runs its networks' forward passes inside ``self.autocast()``
+and updates through ``self.backward_step(loss, *optimizer_names)``, which scales the loss for fp16 (one
+``torch.amp.GradScaler`` shared by all the optimizers, updated after each step) and is exactly
+``zero_grad; backward; step`` with amp off. Precision-sensitive terms (log-likelihoods, finite differences)
+are computed outside ``self.autocast()``, on ``.float()`` network outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +25,7 @@ from generation.base import Condition, GenerativeModel
 from generation.checkpoint import (SAMPLES_FILE, CheckpointError, load_training_state, read_checkpoint_config,
                                    save_checkpoint, save_training_state, write_json_atomic)
 from generation.device import resolve_device
+from generation.precision import autocast, resolve_amp
 from generation.sampling import save_png
 from training.data import Batch, ImageData
 
@@ -43,6 +51,9 @@ class TrainConfig:
         evaluate: run the evaluation at the end and store it in ``metrics.json``.
         eval_samples: generated images used by the evaluation.
         progress_bar: show a tqdm bar with the losses.
+        amp: mixed precision of the forward passes: ``off`` (fp32, bit-reproducible), ``bf16`` (CPU or CUDA; no
+            loss scaling needed) or ``fp16`` (CUDA only; with a GradScaler whose state is saved for resuming).
+            Sampling grids, the final evaluation and the metrics always run in fp32.
         max_cpu_seconds: stop once this process has used this much CPU time (user + system, all threads):
             a budget that means the same on a busy and an idle machine.
     """
@@ -58,7 +69,7 @@ class TrainConfig:
     evaluate: bool = True
     eval_samples: int = 2000
     progress_bar: bool = True
-    amp: bool = False
+    amp: str = "off"
     max_cpu_seconds: float | None = None
 
 
@@ -101,6 +112,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.model.to(self.device)
         self.lr = config.lr if config.lr is not None else self.default_lr
+        self.amp = resolve_amp(config.amp, self.device)  # off, bf16 or fp16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.noise = torch.Generator().manual_seed(config.seed + 1)  # CPU generator for all training noise
         self.optimizers = self.build_optimizers()
         self.step = 0
@@ -133,6 +146,33 @@ class Trainer:
 
     def randint(self, high: int, n: int) -> Tensor:
         return torch.randint(high, (n,), generator=self.noise).to(self.device)
+
+    # -- mixed precision (TrainConfig.amp) ---------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Around forward passes: autocast to bf16/fp16 when amp is on, a no-op when it is off."""
+        return autocast(self.device, "fp32" if self.amp == "off" else self.amp)
+
+    def scale(self, loss: Tensor) -> Tensor:
+        """``loss`` multiplied by the fp16 loss scale (unchanged without a GradScaler)."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def step_optimizers(self, *names: str) -> None:
+        """Step the optimizers ``names`` on gradients of a :meth:`scale`-d loss (a GradScaler unscales them,
+        skips the step on inf/NaN gradients and updates its scale)."""
+        for name in names:
+            if self.scaler is None:
+                self.optimizers[name].step()
+            else:
+                self.scaler.step(self.optimizers[name])
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def backward_step(self, loss: Tensor, *names: str) -> None:
+        """Zero the gradients of the optimizers ``names``, backpropagate ``loss`` and step them."""
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        self.scale(loss).backward()
+        self.step_optimizers(*names)
 
     # -- the loop ----------------------------------------------------------------------------------
     def total_steps(self, train_data: ImageData) -> int:
@@ -245,9 +285,11 @@ class Trainer:
         was_training = self.model.training
         save_checkpoint(self.model, out, dataset=self._data.name, class_names=self._data.class_names,
                         metrics=metrics, extra=self._checkpoint_extra)
-        save_training_state(out, self.optimizers, {"step": self.step, "epoch": self.epoch, "elapsed": elapsed,
-                                                   "cpu_seconds": round(self.cpu_seconds(), 1),
-                                                   "seed": self.config.seed})
+        progress = {"step": self.step, "epoch": self.epoch, "elapsed": elapsed,
+                    "cpu_seconds": round(self.cpu_seconds(), 1), "seed": self.config.seed}
+        if self.scaler is not None:  # fp16: the loss scale and its growth counter (plain numbers)
+            progress["grad_scaler"] = self.scaler.state_dict()
+        save_training_state(out, self.optimizers, progress)
         self.model.train(was_training)
 
     def _resume(self, out: Path) -> float:
@@ -263,6 +305,8 @@ class Trainer:
         self.model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(self.device)))
         progress = load_training_state(out, self.optimizers)
         self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
+        if self.scaler is not None and "grad_scaler" in progress:  # absent: the saved run was not fp16
+            self.scaler.load_state_dict(progress["grad_scaler"])
         self._cpu_before = float(progress.get("cpu_seconds", 0.0))
         return float(progress.get("elapsed", 0.0))
 

@@ -79,13 +79,15 @@ class VAETrainer(Trainer):
 
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
         m, opt = self.model, self.optimizers["vae"]
-        mu, logvar = m.posterior(images, cond)  # (B, D) each
+        # the networks in mixed precision when amp is on; the reparameterisation and the loss in fp32
+        with self.autocast():
+            mu, logvar = (t.float() for t in m.posterior(images, cond))  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)  # reparameterisation
-        losses = vae_loss(m.decode_logits(z, cond), images, mu, logvar, float(self.hparams["kl_weight"]))
+        with self.autocast():
+            logits = m.decode_logits(z, cond).float()
+        losses = vae_loss(logits, images, mu, logvar, float(self.hparams["kl_weight"]))
         lr = self.current_lr()
         for group in opt.param_groups:
             group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
+        self.backward_step(losses["loss"], "vae")
         return {k: v.item() for k, v in losses.items()} | {"lr": lr}

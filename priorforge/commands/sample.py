@@ -8,6 +8,7 @@ from typing import Any
 
 from generation.checkpoint import load_checkpoint
 from generation.device import resolve_device
+from generation.precision import PRECISIONS, resolve_precision
 from generation.sampling import condition_from_request, generate, save_png
 
 MAX_SAMPLES = 1024
@@ -26,6 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="decoder precision: fp32 (bit-exact), bf16 or fp16 autocast (fp16: CUDA only), auto (bf16 "
+                   "or fp16 on CUDA, fp32 on CPU); see docs/benchmarks-precision.md for the tolerance")
     p.set_defaults(func=run)
 
 
@@ -43,15 +47,20 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--n must be between 1 and {MAX_SAMPLES}, got {args.n}")
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out must be a .png file, got {args.out!r}")
-    model, info = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as exc:
+        raise CLIError(f"--precision {args.precision}: {exc}") from None
+    model, info = load_checkpoint(args.checkpoint, device=device)
     embedding = None
     if args.prompt is not None and model.config.condition == "text":  # other models refuse prompts below
         embedding = prompt_embedding(model, info, args.prompt)
     condition = condition_from_request(model, info.class_names, label=args.label, cluster=args.cluster,
                                        embedding=embedding, prompt=args.prompt)
-    images = generate(model, args.n, condition, args.seed)
+    images = generate(model, args.n, condition, args.seed, precision=precision)
     params = {"backend": info.backend, "checkpoint": str(Path(args.checkpoint).resolve()), "dataset": info.dataset,
-              "n": args.n, "seed": args.seed, **condition.describe()}
+              "n": args.n, "seed": args.seed, "precision": precision, **condition.describe()}
     if condition.index is not None and condition.kind == "class":
         params["label"] = info.class_names[condition.index]
     save_png(images, args.out, params, nrow=args.nrow)

@@ -9,6 +9,8 @@ import sys
 from typing import Any
 
 from generation.base import CONDITION_KINDS
+from generation.device import resolve_device
+from generation.precision import AMP_MODES, resolve_amp
 from generation.registry import backend_names, get_model_class
 from training.data import BUILTIN_DATASETS, ImageData, load_dataset
 from training.registry import get_trainer_class
@@ -38,6 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the backend's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", default="off", choices=AMP_MODES,
+                   help="mixed precision of the forward passes: off (fp32), bf16 (CPU or CUDA), fp16 (CUDA, with "
+                   "loss scaling)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this size")
     p.add_argument("--clusters", type=int, default=10, help="number of clusters (--condition cluster)")
     p.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0: end only)")
@@ -126,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--max-steps must be at least 1")
     if args.max_cpu_minutes is not None and args.max_cpu_minutes <= 0:
         raise CLIError("--max-cpu-minutes must be positive")
+    device = resolve_device(args.device)
+    try:
+        resolve_amp(args.amp, device)
+    except ValueError as exc:
+        raise CLIError(f"--amp {args.amp}: {exc}") from None
     cls = get_model_class(args.model)  # unknown --model: ValueError listing the valid ones
     if args.condition not in cls.supported_conditions:
         raise CLIError(f"--condition {args.condition}: backend {args.model!r} supports "
@@ -137,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval,
-                         eval_samples=args.eval_samples, progress_bar=not args.quiet,
+                         eval_samples=args.eval_samples, progress_bar=not args.quiet, amp=args.amp,
                          max_cpu_seconds=args.max_cpu_minutes * 60 if args.max_cpu_minutes else None)
     import torch
 
