@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from generation.base import Condition, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import ConvDecoder, ConvEncoder, downsampling_stages, mlp, stage_channels
+from generation.precision import to_device
 
 # paper defaults: supervised 10 + 54 -> 64, unsupervised 10 + 90, text 200 + 100
 DEFAULT_NOISE_DIM = {"class": 54, "cluster": 90, "text": 100, "none": 64}
@@ -150,7 +151,7 @@ class CodeGeneratorAAE(GenerativeModel):
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         cond = self.condition_vectors(n, condition, generator)  # (n, condition_dim)
         noise = torch.randn(n, self.config.noise_dim, generator=generator)  # (n, noise_dim)
-        return self.code_generator(noise.to(self.device), cond.to(self.device))  # (n, latent_dim)
+        return self.code_generator(to_device(noise, self.device), to_device(cond, self.device))  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.decoder(latents)

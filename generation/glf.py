@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from generation.base import Condition, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import ConvDecoder, ConvEncoder
+from generation.precision import to_device
 
 
 @dataclass
@@ -166,7 +167,7 @@ class GenerativeLatentFlow(GenerativeModel):
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         cond = self.condition_vectors(n, condition, generator)  # (n, condition_dim)
         u = torch.randn(n, self.config.latent_dim, generator=generator)  # (n, latent_dim)
-        return self.flow.inverse(u.to(self.device), self._flow_cond(cond.to(self.device)))  # (n, latent_dim)
+        return self.flow.inverse(to_device(u, self.device), self._flow_cond(to_device(cond, self.device)))  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.decoder(latents)  # (B, C, H, W)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import ConvDecoder, ConvEncoder
+from generation.precision import to_device
 
 PGAVariant = Literal["lpga", "vpga"]
 PGA_VARIANTS: tuple[str, ...] = get_args(PGAVariant)
@@ -111,7 +112,7 @@ class PerceptualGenerativeAE(ConditionalDecoderMixin, GenerativeModel):
     # -- the uniform API ---------------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
-        return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)  # (n, latent_dim)
+        return to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.generate(latents, self._condition_vector(latents.shape[0], condition))  # (B, C, H, W)

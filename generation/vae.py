@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
 from generation.layers import downsampling_stages
+from generation.precision import to_device
 
 
 @dataclass
@@ -157,7 +158,7 @@ class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
     # -- the uniform API ---------------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
-        return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)  # (n, latent_dim)
+        return to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         logits = self.decode_logits(latents, self._condition_vector(latents.shape[0], condition))
