@@ -97,9 +97,9 @@ def test_sample_out_must_be_png(class_checkpoint, tmp_path, capsys):
     (["--variant", "vpga"], "--variant is not an option of backend 'aae-cg'"),
     (["--set", "widthh=3"], "has no config field(s) ['widthh']"),
     (["--set", "novalue"], "--set expects KEY=VALUE"),
-    (["--hparam", "nonsense=1"], "unknown hyper-parameter(s) ['nonsense']"),
+    (["--hparam", "nonsense=1"], "--hparam: backend 'aae-cg' has no hyper-parameter 'nonsense'"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--clusters", "1", "--condition", "cluster"], "--clusters must be at least 2"),
+    (["--clusters", "1", "--condition", "cluster"], "--clusters: must be at least 2"),
     (["--batch-size", "5000"], "fewer than --batch-size 5000"),
 ])
 def test_train_errors_name_the_flag(tmp_path, capsys, args, message):

@@ -112,7 +112,7 @@ def model_config_values(backend: str, data: ImageData, condition: str, clusters:
         values["num_classes"] = len(data.class_names)
     elif condition == "cluster":
         if clusters < 2:
-            raise SetupError("clusters", f"clusters must be at least 2, got {clusters}")
+            raise SetupError("clusters", f"must be at least 2, got {clusters}")
         values["num_classes"] = clusters
     return values | check_model_options(backend, options)
 

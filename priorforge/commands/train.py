@@ -12,6 +12,7 @@ from generation.base import CONDITION_KINDS
 from generation.device import resolve_device
 from generation.precision import AMP_MODES, resolve_amp
 from generation.registry import backend_names, get_model_class
+from training.build import SetupError, build_model, check_hparams
 from training.data import BUILTIN_DATASETS, ImageData, load_dataset
 from training.registry import get_trainer_class
 from training.trainer import TrainConfig
@@ -79,30 +80,24 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
-def model_config_values(args: argparse.Namespace, data: ImageData) -> dict[str, Any]:
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model-config fields the flags and ``--set`` give (checked by :mod:`training.build`)."""
     from priorforge.cli import CLIError
 
-    cls = get_model_class(args.model)
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    values: dict[str, Any] = {"image_shape": data.image_shape, "condition": args.condition}
-    if args.condition == "class":
-        values["num_classes"] = len(data.class_names)
-    elif args.condition == "cluster":
-        if args.clusters < 2:
-            raise CLIError(f"--clusters must be at least 2, got {args.clusters}")
-        values["num_classes"] = args.clusters
+    fields = {f.name for f in dataclasses.fields(get_model_class(args.model).config_class)}
+    options: dict[str, Any] = {}
     for name in MODEL_FLAGS:
         value = getattr(args, name)
         if value is None:
             continue
         if name not in fields:
             raise CLIError(f"--{name.replace('_', '-')} is not an option of backend {args.model!r}")
-        values[name] = value
+        options[name] = value
     extra = parse_key_values(args.model_options, "--set")
     unknown = sorted(set(extra) - fields)
     if unknown:
         raise CLIError(f"--set: {args.model!r} has no config field(s) {unknown}; valid: {sorted(fields)}")
-    return values | extra
+    return options | extra
 
 
 def load_training_data(args: argparse.Namespace) -> tuple[ImageData, ImageData | None]:
@@ -141,24 +136,26 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--condition {args.condition}: backend {args.model!r} supports "
                        f"{', '.join(cls.supported_conditions)}")
     train_data, test_data = load_training_data(args)
-    if args.condition == "class" and (train_data.labels < 0).any():
-        raise CLIError(f"--condition class needs labels, and data set {args.dataset!r} has unlabelled images")
-    model_config = cls.config_class.from_dict(model_config_values(args, train_data))
+    try:
+        model = build_model(args.model, train_data, args.condition, clusters=args.clusters,
+                            options=model_options(args), seed=args.seed)
+        hparams = check_hparams(args.model, parse_key_values(args.hparams, "--hparam"))
+    except SetupError as exc:
+        flag = {"clusters": "--clusters", "condition": "--condition"}.get(exc.field, "--" + exc.field.split(".")[0]
+                                                                                 .replace("model_options", "set")
+                                                                                 .replace("hparams", "hparam"))
+        raise CLIError(f"{flag}: {exc}") from None
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval,
                          eval_samples=args.eval_samples, progress_bar=not args.quiet, amp=args.amp,
                          max_cpu_seconds=args.max_cpu_minutes * 60 if args.max_cpu_minutes else None)
-    import torch
-
-    torch.manual_seed(args.seed)  # the weights' initialisation
-    model = cls(model_config)
     text_extra: dict[str, Any] = {}
     if args.condition == "text":  # fit the caption projection and project the embeddings to text_dim
         from training.captions import prepare_text_conditioning
 
         text_extra = prepare_text_conditioning(model, train_data, test_data)
-    trainer = get_trainer_class(args.model)(model, config, parse_key_values(args.hparams, "--hparam"))
+    trainer = get_trainer_class(args.model)(model, config, hparams)
     evaluate = None
     if config.evaluate:
         evaluate = make_evaluator(args, train_data, test_data, trainer.device, config.eval_samples)
