@@ -252,7 +252,8 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
                       "enqueued_at": now}
         if values["status"] != "queued":
             values["finished_at"] = now
-        res = db.session.execute(update(TrainingRun).where(*where).values(**values))
+        res = db.session.execute(update(TrainingRun).where(*where).values(**values)
+                                 .execution_options(synchronize_session=False))  # SQLite: naive datetimes
         db.session.commit()
         if res.rowcount:
             key = {"queued": "requeued_runs", "failed": "failed_runs"}.get(values["status"])
@@ -263,7 +264,8 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     stale_queue = or_(TrainingRun.enqueued_at.is_(None), TrainingRun.enqueued_at < queued_cutoff)
     for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == "queued", stale_queue)):
         res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued",
-                                                           stale_queue).values(enqueued_at=now))
+                                                           stale_queue).values(enqueued_at=now)
+                                 .execution_options(synchronize_session=False))
         db.session.commit()
         if res.rowcount:
             counts["resent_runs"] += 1

@@ -96,7 +96,9 @@ def claim_run(run_id: str) -> str | None:
                                                     TrainingRun.heartbeat_at < cutoff)))
         .values(status="running", claim_token=token, attempts=TrainingRun.attempts + 1, heartbeat_at=now,
                 started_at=db.func.coalesce(TrainingRun.started_at, now), phase="starting", error=None,
-                worker=f"{socket.gethostname()}:{os.getpid()}"))
+                worker=f"{socket.gethostname()}:{os.getpid()}")
+        # no in-Python evaluation of the WHERE against loaded rows: SQLite hands back naive datetimes
+        .execution_options(synchronize_session=False))
     db.session.commit()
     return token if res.rowcount == 1 else None
 

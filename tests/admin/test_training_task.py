@@ -1,0 +1,105 @@
+"""The ``train_model`` task run in-process (no worker process): text-to-image training on an uploaded
+captioned data set, from the upload to a prompt-conditioned job on the promoted version; and the task's
+refusals (a run it does not own, a data set that went missing)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+
+from app.extensions import db
+from app.models import Job, ModelVersion, TrainingRun
+from tests.admin.conftest import ADMIN, make_zip, png, token_for
+
+TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidden": [8], "latent_dim": 8,
+        "noise_dim": 4, "text_dim": 8}
+
+
+@pytest.fixture
+def api(admin_app, client):
+    headers = {"Authorization": f"Bearer {token_for(admin_app, ADMIN[0])}"}
+
+    def call(method: str, url: str, body=None, **kwargs):
+        if body is not None:
+            kwargs["json"] = body
+        return client.open(url, method=method, headers=headers, **kwargs)
+
+    return call
+
+
+def upload_captions(api) -> None:
+    shades = {"dark": 30, "light": 220}
+    members, lines = {}, []
+    for i in range(16):
+        tone = "dark" if i % 2 else "light"
+        members[f"img/{i:02d}.png"] = png(16, shades[tone] + i)
+        lines.append({"file": f"img/{i:02d}.png", "captions": [f"a {tone} square", f"something {tone}"]})
+    members["captions.jsonl"] = "\n".join(json.dumps(line) for line in lines).encode()
+    response = api("POST", "/api/v1/admin/datasets", data={"file": (io.BytesIO(make_zip(members)), "tones.zip")},
+                   content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_json()
+
+
+def run_task(app, run_id: str) -> str:
+    from workers.training_tasks import train_model
+
+    with app.app_context():
+        return train_model.run(run_id)
+
+
+def test_text_to_image_training_on_an_uploaded_captioned_set(admin_app, api, client):
+    from workers.tasks import generate_images
+
+    upload_captions(api)
+    run = api("POST", "/api/v1/admin/trainings", {
+        "backend": "aae-cg", "dataset": "tones", "condition": "text", "image_size": 16, "channels": 1,
+        "max_steps": 3, "batch_size": 4, "model_options": TINY, "evaluate": True, "eval_samples": 10}).get_json()
+    assert run["condition"] == "text"
+    assert run_task(admin_app, run["id"]) == "succeeded"
+    body = api("GET", run["url"]).get_json()
+    assert body["status"] == "succeeded" and body["step"] == 3
+    assert "skipped" in body["metrics"]["evaluation"]  # no classifier for a set without classes: said so
+    version = body["model_version"]
+    assert api("POST", f"/api/v1/admin/models/{version['id']}/promote").status_code == 200
+
+    job = client.post("/api/v1/jobs", json={"model": "tones-aae-cg", "prompt": "a dark square", "n": 2}).get_json()
+    assert "id" in job, job
+    with admin_app.app_context():
+        assert generate_images.run(job["id"]) == "succeeded"
+    state = client.get(f"/api/v1/jobs/{job['id']}").get_json()
+    assert state["status"] == "succeeded" and state["model_version_id"] == version["id"]
+    assert [image["model_version"] for image in state["images"]] == [1, 1]
+    with admin_app.app_context():
+        assert db.session.get(ModelVersion, version["id"]).condition == "text"
+
+
+def test_a_second_delivery_of_a_claimed_run_does_nothing(admin_app, api):
+    run = api("POST", "/api/v1/admin/trainings", {"backend": "aae-cg", "dataset": "digits", "max_steps": 1,
+                                                  "model_options": TINY | {"text_dim": 200}}).get_json()
+    with admin_app.app_context():
+        row = db.session.get(TrainingRun, run["id"])
+        row.status, row.claim_token = "running", "someone-else"
+        row.heartbeat_at = __import__("app.models", fromlist=["utcnow"]).utcnow()
+        db.session.commit()
+    assert run_task(admin_app, run["id"]) == "skipped (running)"
+    assert run_task(admin_app, "no-such-run") == "missing"
+    with admin_app.app_context():
+        row = db.session.get(TrainingRun, run["id"])
+        assert (row.attempts, row.claim_token, row.step) == (0, "someone-else", 0)
+
+
+def test_a_data_set_that_went_missing_fails_the_run_with_a_readable_error(admin_app, api):
+    upload_captions(api)
+    run = api("POST", "/api/v1/admin/trainings", {"backend": "aae-cg", "dataset": "tones", "condition": "text",
+                                                  "max_steps": 2, "batch_size": 4, "model_options": TINY}).get_json()
+    with admin_app.app_context():
+        shutil.rmtree(db.session.get(TrainingRun, run["id"]).settings["source"]["loader"].removeprefix("captions:"))
+    assert run_task(admin_app, run["id"]) == "failed"
+    body = api("GET", run["url"]).get_json()
+    assert body["status"] == "failed" and body["model_version"] is None
+    assert "DatasetError" in body["error"] and "tones" in body["error"]
+    with admin_app.app_context():
+        assert db.session.query(ModelVersion).count() == 0 and db.session.query(Job).count() == 0
