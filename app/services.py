@@ -328,25 +328,29 @@ def create_batch(specs: list[JobSpec], source: str) -> Batch:
 
 
 def send_jobs(job_ids: Iterable[str]) -> int:
-    """Publish one ``generate_images`` message per job; returns how many went out.
-
-    A broker that is down is not an error for the client: the job stays ``queued`` in the database and the
-    reconciliation sends it again once the broker is back.
-    """
+    """Publish one ``generate_images`` message per job; returns how many went out."""
     from workers.tasks import generate_images
 
+    return send_messages(generate_images, job_ids, "generate", "job")
+
+
+def send_messages(task: Any, ids: Iterable[str], queue: str, what: str) -> int:
+    """One message of ``task`` per id on ``queue``; returns how many went out.
+
+    A broker that is down is not an error for the client: the row stays ``queued`` in the database and the
+    reconciliation sends it again once the broker is back.
+    """
     sent = 0
-    for job_id in job_ids:
+    for row_id in ids:
         try:
-            # time limits are the worker's own (TASK_*_TIME_LIMIT of the worker's configuration): an
-            # explicit None keeps Celery from stamping the sender's defaults into the message
-            generate_images.apply_async(args=[job_id], queue="generate", time_limit=None, soft_time_limit=None,
-                                        retry=True,
-                                        retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                      "interval_step": 0.5, "interval_max": 1})
+            # time limits are the worker's own (its configuration): an explicit None keeps Celery from
+            # stamping the sender's defaults into the message
+            task.apply_async(args=[row_id], queue=queue, time_limit=None, soft_time_limit=None, retry=True,
+                             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
+                                           "interval_max": 1})
             sent += 1
         except Exception as exc:  # broker unreachable: reconciliation will send it later
-            log.warning("could not send job %s to the broker (%s); reconciliation will retry", job_id, exc)
+            log.warning("could not send %s %s to the broker (%s); reconciliation will retry", what, row_id, exc)
     return sent
 
 

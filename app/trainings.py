@@ -22,7 +22,7 @@ from sqlalchemy import or_, select, update
 
 from app.extensions import db
 from app.models import Dataset, ModelVersion, TrainingRun, User, utcnow
-from app.services import ApiError, _make_serving, iso, model_to_dict
+from app.services import ApiError, _make_serving, iso, model_to_dict, send_messages
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +182,10 @@ def create_run(settings: dict[str, Any], user: User | None) -> TrainingRun:
 
 
 def send_runs(run_ids: Iterable[str]) -> int:
-    """One ``train_model`` message per run on the ``train`` queue; a broker that is down is not an error (the
-    run stays queued and the reconciliation sends it again)."""
+    """One ``train_model`` message per run on the ``train`` queue (see :func:`app.services.send_messages`)."""
     from workers.training_tasks import train_model
 
-    sent = 0
-    for run_id in run_ids:
-        try:
-            train_model.apply_async(args=[run_id], queue="train", time_limit=None, soft_time_limit=None,
-                                    retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                              "interval_step": 0.5, "interval_max": 1})
-            sent += 1
-        except Exception as exc:
-            log.warning("could not send training run %s (%s); reconciliation will retry", run_id, exc)
-    return sent
+    return send_messages(train_model, run_ids, "train", "training run")
 
 
 def get_run(run_id: str) -> TrainingRun:
