@@ -197,7 +197,7 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
     interval = float(cfg["TRAINING_PROGRESS_INTERVAL"])
     step_delay = float(cfg.get("TEST_TRAIN_STEP_DELAY") or 0)  # FOR TESTS ONLY: a slow run to kill or cancel
     last_write = [0.0]
-    attempt_start: list[tuple[int, float]] = []  # (step, elapsed) of this attempt's first step
+    attempt_start: list[tuple[int, float, float]] = []  # (step, elapsed, CPU seconds) at this attempt's start
 
     def on_progress(event: TrainingEvent) -> None:
         if lease.lost.is_set():
@@ -207,17 +207,16 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
         if step_delay and event.kind == "step":
             time.sleep(step_delay)
         if not attempt_start:
-            attempt_start.append((event.step - 1, event.elapsed))
+            attempt_start.append((event.step, event.elapsed, trainer.cpu_seconds()))
         now = time.monotonic()
         if event.kind != "sample" and event.step < event.total_steps and now - last_write[0] < interval:
             return
         last_write[0] = now
-        first_step, first_elapsed = attempt_start[0]
-        rate = (event.step - first_step) / max(1e-9, event.elapsed - first_elapsed)
         values: dict[str, Any] = {
             "step": event.step, "total_steps": event.total_steps, "epoch": event.epoch,
             "losses": {k: float(v) for k, v in event.losses.items()}, "elapsed_seconds": event.elapsed,
-            "eta_seconds": (event.total_steps - event.step) / rate if rate > 0 else None}
+            "eta_seconds": estimate_seconds_left(attempt_start[0], (event.step, event.elapsed, trainer.cpu_seconds()),
+                                                 event.total_steps, config.max_cpu_seconds)}
         if event.kind == "sample":
             values["sample_step"] = event.step
         lease.write(**values)
@@ -235,6 +234,20 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
     if lease.lost.is_set():
         raise RunLost()
     return _register(run_id, token, out, settings, metrics, resumed_from if resume else None)
+
+
+def estimate_seconds_left(start: tuple[int, float, float], now: tuple[int, float, float], total_steps: int,
+                          cpu_budget: float | None) -> float | None:
+    """Seconds left, from two (step, elapsed wall seconds, CPU seconds) points of this attempt: the steps left
+    at its step rate or, if sooner, the CPU budget left at its ratio of wall to CPU time. None before there
+    is a rate to go by."""
+    steps, wall, cpu = now[0] - start[0], now[1] - start[1], now[2] - start[2]
+    if steps <= 0 or wall <= 0:
+        return None
+    left = (total_steps - now[0]) * wall / steps
+    if cpu_budget and cpu > 0:
+        left = min(left, max(0.0, cpu_budget - now[2]) * wall / cpu)
+    return left
 
 
 def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: Any) -> dict[str, Any]:

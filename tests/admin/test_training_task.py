@@ -103,3 +103,14 @@ def test_a_data_set_that_went_missing_fails_the_run_with_a_readable_error(admin_
     assert "DatasetError" in body["error"] and "tones" in body["error"]
     with admin_app.app_context():
         assert db.session.query(ModelVersion).count() == 0 and db.session.query(Job).count() == 0
+
+
+def test_the_time_left_follows_the_step_rate_or_the_cpu_budget_whichever_ends_first():
+    from workers.training_tasks import estimate_seconds_left
+
+    start = (10, 5.0, 4.0)  # step, wall seconds, CPU seconds at this attempt's first progress write
+    assert estimate_seconds_left(start, (10, 5.0, 4.0), 100, None) is None  # no rate yet
+    assert estimate_seconds_left(start, (20, 15.0, 9.0), 100, None) == pytest.approx(80.0)  # 1 s a step
+    # CPU budget of 29 s: 20 s of CPU left at 2 wall seconds per CPU second -> 40 s, sooner than 80 s
+    assert estimate_seconds_left(start, (20, 15.0, 9.0), 100, 29.0) == pytest.approx(40.0)
+    assert estimate_seconds_left(start, (20, 15.0, 9.0), 100, 8.0) == 0.0  # budget spent
