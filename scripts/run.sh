@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's run command: `bash scripts/run.sh` on a fresh machine.
 # Creates .venv if needed (pip install -e .), migrates the database, registers the shipped model as
-# "digits" (serving) if it is not registered yet, then runs the web server and a worker (honcho reads the
+# "digits" (serving) if it is not registered yet, then runs the web server, the generation worker and the
+# training worker (honcho reads the
 # Procfile) on http://127.0.0.1:${PORT:-8000}. With no configuration: SQLite + an embedded broker under
 # instance/; set DATABASE_URL and REDIS_URL for PostgreSQL and Redis. Stop with Ctrl-C.
 set -euo pipefail
@@ -27,5 +28,5 @@ export PORT=${PORT:-8000}
 .venv/bin/priorforge db upgrade
 .venv/bin/priorforge register-model --name "${PRIORFORGE_DEFAULT_MODEL:-digits}" \
   --checkpoint "${PRIORFORGE_DEFAULT_CHECKPOINT:-models/digits-aae-cg}" --if-missing
-echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT) and worker" >&2
+echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT), worker (generate) and trainer (train)" >&2
 exec .venv/bin/honcho start -f Procfile
