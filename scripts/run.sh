@@ -2,8 +2,7 @@
 # The README's run command: `bash scripts/run.sh` on a fresh machine.
 # Creates .venv if needed (pip install -e .), migrates the database, registers the shipped model as
 # "digits" (serving) if it is not registered yet, then runs the web server, the generation worker and the
-# training worker (honcho reads the
-# Procfile) on http://127.0.0.1:${PORT:-8000}. With no configuration: SQLite + an embedded broker under
+# training worker (honcho reads the Procfile) on http://127.0.0.1:${PORT:-8000}. With no configuration: SQLite + an embedded broker under
 # instance/; set DATABASE_URL and REDIS_URL for PostgreSQL and Redis. Stop with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
