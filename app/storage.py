@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -41,6 +41,11 @@ class Storage(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """``put`` each (key, data); a backend may do it faster than one by one."""
+        for key, data in items:
+            self.put(key, data)
+
     def url(self, key: str) -> str | None:
         return None
 
@@ -66,13 +71,32 @@ class LocalStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        self._write(path, data)
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        folders: set[Path] = set()
+        for key, data in items:  # the images of one job share a folder: create it once
+            path = self._path(key)
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            self._write(path, data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        # a temporary name of this process and thread (never shared by two writers at once), then a rename
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def get(self, key: str) -> bytes:

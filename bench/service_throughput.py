@@ -15,6 +15,11 @@ each job (submit -> the poll that saw ``succeeded``) at p50/p95/p99. Each client
 times a second, so polling does not take the CPU the worker needs): latencies are rounded up by up to one
 poll interval (10 ms at K = 1 by default).
 
+Also per phase: the closed-loop bound ``K * n / poll interval`` (each client has one job in flight and sees it
+done at a poll: no service can go faster), and the CPU milliseconds per job of the web server, the worker
+(and of its main process alone) and this script's client threads (``/proc``, Linux), with "cores busy" =
+their CPU seconds / wall seconds.
+
 In the same run, before the servers start, the raw model is timed in this process: the checkpoint loaded on
 the CPU, ``sample_latents`` + ``decode`` at batch n, single thread, median of ``--repeats`` (as
 ``bench/sampling_speed.py``). The ratio service/raw compares the two at the same n, and the added latency of
@@ -25,6 +30,7 @@ one 1-image job at K = 1 is the service p50 minus the raw time of one image. The
     python bench/service_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
         --redis-url redis://127.0.0.1:6379/0                 # PostgreSQL + Redis
     python bench/service_throughput.py --quick               # K = 1, 2; n = 1; few jobs: a smoke test
+    python bench/service_throughput.py --set BROKER_POLLING_INTERVAL=0.005   # an experiment (PRIORFORGE_*)
 
 Every process it starts runs in its own process group and is stopped (SIGTERM, then SIGKILL) on the way out,
 also on an error, a timeout (``--timeout``, the whole run) or SIGTERM/SIGINT. Traffic goes to 127.0.0.1 only.
@@ -46,8 +52,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywhere
@@ -70,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
     p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--concurrency", type=int, default=1, help="Celery worker pool processes")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
@@ -78,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value for the web server and the worker (PRIORFORGE_KEY=VALUE), for experiments; "
+                        "the documented figures use none")
+    p.add_argument("--log-stage-times", action="store_true",
+                   help="the worker logs each task's time per stage (PRIORFORGE_LOG_STAGE_TIMES=1; with --keep)")
     p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
     args = p.parse_args(argv)
     if args.quick:
@@ -117,9 +131,9 @@ class Processes:
     def __init__(self, workdir: Path, env: dict[str, str]):
         self.workdir, self.env, self.procs = workdir, env, []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=REPO, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()
         self.procs.append((name, proc))
@@ -134,11 +148,28 @@ class Processes:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def stop(self, proc: subprocess.Popen, grace: float = 20) -> None:
+        """Stop one of them (its process group): SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+        self.procs = [(name, p) for name, p in self.procs if p is not proc]
+
     def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
+        for name, proc in reversed(self.procs):
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                try:  # gunicorn: SIGINT is its quick shutdown (the phases are over: no request is in flight)
+                    os.killpg(proc.pid, signal.SIGINT if name == "web" else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         for _, proc in reversed(self.procs):
@@ -153,11 +184,24 @@ class Processes:
         self.procs.clear()
 
 
-def run_cli(argv: list[str], env: dict[str, str]) -> None:
-    cmd = [sys.executable, "-c", "import sys; from priorforge.cli import main; sys.exit(main())", *argv]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0:
-        raise RuntimeError(f"priorforge {' '.join(argv)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+def group_cpu_seconds(pgid: int, only_pid: int | None = None) -> float:
+    """User + system CPU seconds of the live processes of a process group (or of its process ``only_pid``)
+    (Linux /proc; 0 elsewhere)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        pids = [only_pid] if only_pid is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(12) stime(13)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 # -- PostgreSQL / Redis -------------------------------------------------------------------------------
@@ -216,10 +260,10 @@ def health_ok(base: str) -> bool:
         return False
 
 
-def run_job(base: str, n: int, seed: int, poll_s: float, deadline: Deadline) -> float:
+def run_job(base: str, n: int, seed: int, poll_s: float, deadline: Deadline, model: str = MODEL) -> float:
     """Submit one job and poll it until it has succeeded; the seconds from submit to that poll."""
     t0 = time.perf_counter()
-    status, body = http("POST", base + "/api/v1/jobs", {"model": MODEL, "label": LABEL, "n": n, "seed": seed})
+    status, body = http("POST", base + "/api/v1/jobs", {"model": model, "label": LABEL, "n": n, "seed": seed})
     if status != 202:
         raise RuntimeError(f"POST /api/v1/jobs -> {status} {body}")
     url = base + body["url"]
@@ -243,7 +287,8 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, deadline: Deadline) -> dict:
+def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, deadline: Deadline,
+              groups: dict[str, int] | None = None) -> dict:
     latencies: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -265,15 +310,23 @@ def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, d
                 latencies.append(latency)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(k)]
+    groups = groups or {}
+    cpu0 = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    clients_cpu = time.process_time() - c0
+    cpu = {name: group_cpu_seconds(pgid) - cpu0[name] for name, pgid in groups.items()}
     if errors:
         raise errors[0]
-    return {"clients": k, "n": n, "jobs": jobs, "images": jobs * n, "wall_s": round(wall, 3),
+    # CPU milliseconds per job of each side (the web server, the worker, the client threads of this process)
+    cpu_ms = {name: round(seconds * 1e3 / jobs, 2) for name, seconds in {**cpu, "clients": clients_cpu}.items()}
+    return {"cpu_ms_per_job": cpu_ms, "cpu_busy": round((sum(cpu.values()) + clients_cpu) / wall, 2),
+            "clients": k, "n": n, "jobs": jobs, "images": jobs * n, "wall_s": round(wall, 3),
             "images_per_s": round(jobs * n / wall, 2), "poll_ms": round(poll_s * 1e3, 1),
             "p50_ms": round(percentile(latencies, 50) * 1e3, 1), "p95_ms": round(percentile(latencies, 95) * 1e3, 1),
             "p99_ms": round(percentile(latencies, 99) * 1e3, 1)}
@@ -316,22 +369,108 @@ def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | N
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    deadline = Deadline(args.timeout)
-    clients = [int(x) for x in args.clients.split(",") if x]
-    images = [int(x) for x in args.images.split(",") if x]
-    torch.set_num_threads(1)
-    machine = machine_info(torch.device("cpu"))
-    started = time.perf_counter()
+@dataclass
+class Service:
+    """A running web server and (after :meth:`start_worker`) one Celery worker (see :func:`running_service`)."""
 
-    def on_signal(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception so `finally` runs
-        raise SystemExit(f"stopped by signal {signum}")
+    base: str
+    env: dict[str, str]
+    procs: Processes
+    web: subprocess.Popen
+    workdir: Path
+    worker: subprocess.Popen | None = None
+    worker_log: str = ""
+    workers_started: int = 0
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
-        if threading.current_thread() is threading.main_thread() else {}
+    @property
+    def groups(self) -> dict[str, int]:
+        assert self.worker is not None
+        return {"web": self.web.pid, "worker": self.worker.pid}  # each started in its own session: pgid = pid
 
-    raw = raw_speed(sorted({1, *images}), args)
+    def start_worker(self, concurrency: int, deadline: Deadline, extra_env: dict[str, str] | None = None
+                     ) -> subprocess.Popen:
+        """A Celery worker of ``concurrency`` pool processes on the ``generate`` queue; returns once it is ready."""
+        assert self.worker is None, "one worker at a time"
+        self.workers_started += 1
+        name = f"worker-{self.workers_started}"
+        self.worker = self.procs.start(name, [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate",
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            "-n", f"bench-{uuid.uuid4().hex[:8]}@%h"], env={**self.env, **(extra_env or {})})
+        self.worker_log = name
+
+        def ready() -> bool:
+            self.procs.check_alive()
+            return " ready." in self.procs.log(name)
+
+        wait_for(ready, 240, f"the worker ({name}) to start", deadline)
+        return self.worker
+
+    def wait_web(self, deadline: Deadline) -> None:
+        def ready() -> bool:
+            self.procs.check_alive()
+            return health_ok(self.base)
+
+        wait_for(ready, 240, "the web server to start", deadline)
+
+    def stop_worker(self) -> None:
+        """Stop the worker; call it idle (:meth:`wait_worker_idle`): after 0.5 s of its warm shutdown (which
+        takes ~7 s here even when idle) it is killed, which loses nothing when no message is in flight."""
+        if self.worker is not None:
+            self.procs.stop(self.worker, grace=0.5)
+            self.worker = None
+
+    def wait_worker_idle(self, deadline: Deadline, quiet: float = 0.5, timeout: float = 60) -> None:
+        """Until the worker's log has not grown for ``quiet`` seconds: the trailing no-op messages of batched
+        jobs are done, so they are not counted in the next phase."""
+        path = self.workdir / f"{self.worker_log}.log"
+        end = time.monotonic() + timeout
+        size, since = -1, time.monotonic()
+        while time.monotonic() < end:
+            deadline.check("waiting for the worker to go idle")
+            now_size = path.stat().st_size if path.exists() else 0
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.1)
+
+
+def prepare_instance(env: dict[str, str], names: list[str], checkpoint: Path = CHECKPOINT) -> None:
+    """Migrate the database (as ``priorforge db upgrade``) and register ``checkpoint`` under each name
+    (serving, as ``priorforge register-model --serve``), in this process, with the configuration the
+    servers get from ``env`` (its ``PRIORFORGE_*`` variables, parsed as the app parses them)."""
+    from app import create_app
+    from app.extensions import db
+    from app.migrate import upgrade
+    from app.services import register_model
+
+    config: dict[str, Any] = {}
+    for key, value in env.items():
+        if key.startswith("PRIORFORGE_"):
+            try:
+                config[key[len("PRIORFORGE_"):]] = json.loads(value)
+            except ValueError:
+                config[key[len("PRIORFORGE_"):]] = value
+    app = create_app(config)
+    upgrade(app)
+    with app.app_context():
+        for name in names:
+            register_model(name, checkpoint, serve=True)
+        db.session.remove()
+        db.engine.dispose()
+
+
+@contextmanager
+def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency: int | None = 1,
+                    models: list[str] | None = None, extra_env: dict[str, str] | None = None,
+                    wait_web: bool = True) -> Iterator[Service]:
+    """Start gunicorn (``args.web_workers``) and one Celery worker (``concurrency`` pool processes; None: no
+    worker yet, see :meth:`Service.start_worker`) on a fresh instance (SQLite + embedded broker, or a fresh
+    PostgreSQL database + a Redis key prefix from ``args``), with the checkpoint registered as ``digits``
+    (and as each of ``models``); a started worker is warmed up by one job. ``wait_web=False`` (no worker):
+    returns without waiting for the web server (call :meth:`Service.wait_web`). Everything is stopped and
+    removed on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="pf-bench-service-"))
     pg: tuple[str, str] | None = None
     key_prefix = None
@@ -347,37 +486,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             broker_url = f"sqla+sqlite:///{workdir / 'broker.sqlite3'}"
         env = service_env(workdir, db_url, broker_url, key_prefix)
-        run_cli(["db", "upgrade"], env)
-        run_cli(["register-model", "--name", MODEL, "--checkpoint", str(CHECKPOINT), "--serve"], env)
+        env.update(extra_env or {})
+        prepare_instance(env, [MODEL, *(models or [])])
 
         procs = Processes(workdir, env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        procs.start("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-                            "--workers", str(args.web_workers), "app.wsgi:app"])
-        procs.start("worker", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                               "-Q", "generate", "--concurrency", "1", "--loglevel", "INFO",
-                               "--without-mingle", "--without-gossip", "-n", f"bench-{uuid.uuid4().hex[:8]}@%h"])
-
-        def ready() -> bool:
-            procs.check_alive()
-            return health_ok(base) and " ready." in procs.log("worker")
-
-        wait_for(ready, 240, "the web server and the worker to start", deadline)
-        run_job(base, 1, 0, 0.05, deadline)  # warm-up: the worker loads the model
-
-        rows = []
-        seed = 1000
-        for n in images:
-            for k in clients:
-                jobs = max(args.jobs_per_client * k, args.min_jobs)
-                poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3
-                row = run_phase(base, k, n, jobs, poll_s, seed, deadline)
-                seed += jobs * n
-                row.update(raw_images_per_s=raw[n]["raw_images_per_s"], raw_ms=raw[n]["raw_ms"])
-                row["ratio"] = round(row["images_per_s"] / raw[n]["raw_images_per_s"], 3)
-                rows.append(row)
-                procs.check_alive()
+        web = procs.start("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                                  "--workers", str(args.web_workers), "app.wsgi:app"])
+        service = Service(base, env, procs, web, workdir)
+        if concurrency is not None:
+            service.start_worker(concurrency, deadline)  # both start at once
+        if wait_web or concurrency is not None:
+            service.wait_web(deadline)
+        if concurrency is not None:
+            run_job(base, 1, 0, 0.05, deadline)  # warm-up: the worker loads the model
+        yield service
     finally:
         if procs is not None:
             procs.stop_all()
@@ -389,16 +513,84 @@ def main(argv: list[str] | None = None) -> int:
                 drop_pg_database(*pg)
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+
+
+def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: int, deadline: Deadline) -> dict:
+    """One phase (K clients, n images a job) against a running service; also the closed-loop bound: each
+    client has one job in flight and sees it done at a poll, so img/s <= K * n / poll interval."""
+    jobs = max(args.jobs_per_client * k, args.min_jobs)
+    poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3
+    parent = service.groups["worker"]
+    parent0 = group_cpu_seconds(parent, only_pid=parent)
+    row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups)
+    # the worker's main process (broker I/O, handing messages to the pool), apart from its pool processes
+    row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
+                                                 / jobs, 2)
+    row["client_bound_images_per_s"] = round(k * n / poll_s, 1)
+    service.procs.check_alive()
+    return row
+
+
+def stage_env(args: argparse.Namespace) -> dict[str, str]:
+    """The servers' extra environment: --set values, and PRIORFORGE_LOG_STAGE_TIMES with --log-stage-times."""
+    env = {}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        env[f"PRIORFORGE_{key.removeprefix('PRIORFORGE_')}"] = value
+    if getattr(args, "log_stage_times", False):
+        env["PRIORFORGE_LOG_STAGE_TIMES"] = "1"
+    return env
+
+
+def cpu_cell(row: dict) -> str:
+    cpu = row["cpu_ms_per_job"]
+    cell = " / ".join(f"{cpu[k]:.3g}" for k in ("web", "worker", "clients"))
+    return cell + (f" (worker main process: {cpu['worker_main']:.3g})" if "worker_main" in cpu else "")
+
+
+def install_signal_handlers() -> dict:
+    def on_signal(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception so `finally` runs
+        raise SystemExit(f"stopped by signal {signum}")
+
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    deadline = Deadline(args.timeout)
+    clients = [int(x) for x in args.clients.split(",") if x]
+    images = [int(x) for x in args.images.split(",") if x]
+    torch.set_num_threads(1)
+    machine = machine_info(torch.device("cpu"))
+    started = time.perf_counter()
+    previous = install_signal_handlers()
+    try:
+        raw = raw_speed(sorted({1, *images}), args)
+        rows = []
+        with running_service(args, deadline, concurrency=args.concurrency, extra_env=stage_env(args)) as service:
+            seed = 1000
+            for n in images:
+                for k in clients:
+                    row = phase_row(service, args, k, n, seed, deadline)
+                    seed += row["jobs"] * n
+                    row.update(raw_images_per_s=raw[n]["raw_images_per_s"], raw_ms=raw[n]["raw_ms"])
+                    row["ratio"] = round(row["images_per_s"] / raw[n]["raw_images_per_s"], 3)
+                    rows.append(row)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
     single = next((r for r in rows if r["clients"] == 1 and r["n"] == 1), None)
     added = round(single["p50_ms"] - raw[1]["raw_ms"], 1) if single else None
     at_max_k = {r["n"]: r["ratio"] for r in rows if r["clients"] == max(clients)}
     headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "service/raw", "p50 ms", "p95 ms", "p99 ms",
-               "poll ms"]
+               "poll ms", "client bound img/s", "CPU ms/job web / worker / clients", "cores busy"]
     table = markdown_table(headers, [[r["n"], r["clients"], r["jobs"], r["images_per_s"], r["raw_images_per_s"],
-                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["poll_ms"]] for r in rows])
+                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["poll_ms"],
+                                      r["client_bound_images_per_s"], cpu_cell(r), r["cpu_busy"]] for r in rows])
     table += (f"\n\nraw single image: {raw[1]['raw_ms']} ms; added p50 latency of a 1-image job at K=1: "
               f"{added} ms (goal < 50); service/raw at K={max(clients)}: "
               + ", ".join(f"n={n}: {v}" for n, v in at_max_k.items()) + " (goal >= 0.8)")
@@ -408,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                "goals": {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50},
                "settings": {"backend": "postgresql+redis" if args.database_url else "sqlite+embedded",
                             "clients": clients, "images": images, "web_workers": args.web_workers,
+                            "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
                             "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
                             "command": " ".join(["service_throughput.py",

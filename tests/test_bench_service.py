@@ -1,5 +1,6 @@
-"""Smoke test of bench/service_throughput.py: a real gunicorn + one Celery worker on SQLite and the embedded
-broker, --quick settings (K = 1 and 2, n = 1, 4 jobs a phase). It parses the BENCH_JSON line and checks its
+"""Smoke tests of bench/service_throughput.py and bench/worker_scaling.py: a real gunicorn + Celery worker on
+SQLite and the embedded broker, --quick settings (service: K = 1 and 2, n = 1, 4 jobs a phase; scaling: 1 and
+2 pool processes, K = 4, 8 jobs a phase, 2 model versions). They parse the BENCH_JSON line and check its
 fields; no timing is asserted."""
 
 from __future__ import annotations
@@ -42,7 +43,57 @@ def test_service_throughput_quick():
         for key in ("images_per_s", "raw_images_per_s", "ratio", "wall_s", "p50_ms", "p95_ms", "p99_ms"):
             assert positive(row[key]), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert positive(row["client_bound_images_per_s"]) and positive(row["cpu_busy"])
+        assert set(row["cpu_ms_per_job"]) == {"web", "worker", "clients", "worker_main"}
     assert [r["n"] for r in payload["raw"]] == [1] and positive(payload["raw"][0]["raw_ms"])
     assert isinstance(payload["added_latency_p50_ms"], float)
     assert set(payload["ratio_at_max_clients"]) == {"1"}
     assert payload["goals"] == {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_worker_scaling_quick():
+    """bench/worker_scaling.py --quick: pool processes 1 and 2, K = 4, n = 1; memory with 2 model versions."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "worker_scaling.py"), "--quick", "--timeout", "240"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.lstrip().startswith("| ")
+    payload = parse_json_line(res.stdout)
+    assert payload["benchmark"] == "worker_scaling"
+    assert payload["machine"]["cpu_cores"] >= 1 and payload["machine"]["usable_cores"] >= 1
+    assert payload["settings"]["quick"] is True and payload["settings"]["backend"] == "sqlite+embedded"
+    rows = payload["scaling"]
+    assert [(r["pool_processes"], r["n"], r["clients"]) for r in rows] == [(1, 1, 4), (2, 1, 4)]
+    for row in rows:
+        assert len(row["pool_rss_mib"]) == row["pool_processes"] and all(positive(v) for v in row["pool_rss_mib"])
+        for key in ("images_per_s", "ratio_vs_first", "ratio_vs_raw", "p50_ms", "wall_s"):
+            assert positive(row[key]), (key, row)
+        assert set(row["cpu_ms_per_job"]) == {"web", "worker", "clients", "worker_main"}
+    assert rows[0]["ratio_vs_first"] == 1
+    memory = payload["memory"]
+    assert [(m["cache_size"], m["models_used"]) for m in memory] == [(2, 0), (2, 1), (2, 2)]
+    assert all(positive(m["pool_rss_mib"]) and positive(m["parent_rss_mib"]) for m in memory)
+    assert memory[0]["delta_mib"] == 0 and memory[2]["pool_rss_mib"] > memory[0]["pool_rss_mib"]  # models loaded
+
+
+@pytest.mark.timeout(120)
+def test_job_breakdown_quick():
+    """bench/job_breakdown.py --quick: the task run in-process on SQLite, per stage; B = 1 and 4 jobs batched."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "job_breakdown.py"), "--quick"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    payload = parse_json_line(res.stdout)
+    assert payload["benchmark"] == "job_breakdown" and payload["settings"]["backend"] == "sqlite"
+    rows = payload["rows"]
+    assert [(r["n"], r["batched_jobs"]) for r in rows] == [(1, 1), (1, 4)]
+    for row in rows:
+        assert set(row["task_ms"]) == {*payload["stages"], "other", "total"}
+        assert positive(row["task_ms"]["total"]) and positive(row["task_ms"]["decode"])
+        assert row["per_job_ms"]["total"] == pytest.approx(row["task_ms"]["total"] / row["batched_jobs"], abs=1e-2)
+        assert row["commits_per_task"] == 2  # the claims, then the finish, whatever the batch
+    assert rows[0]["noop_message_ms"] is None and positive(rows[1]["noop_message_ms"])

@@ -9,8 +9,12 @@ by batch size, so a pass of 1 row and a pass of 64 rows can round one pixel diff
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from sqlalchemy import select
@@ -20,6 +24,44 @@ from app.extensions import db
 from app.models import Job
 from generation.base import Condition, GenerativeModel
 from generation.sampling import decode_fixed_passes, decode_group_key
+
+
+class StageClock:
+    """Seconds spent in each stage of the generation task, summed while :attr:`enabled` (off by default: a
+    stage then costs one attribute check). ``bench/job_breakdown.py`` turns it on in its own process to see
+    where a job's time goes. A stage inside another counts for itself only (not for its parent); a stage
+    run by several threads at once sums their times."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: the nested stages' time to leave out of their parent
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(0.0)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - t0
+            nested = stack.pop()
+            if stack:
+                stack[-1] += elapsed  # a stage inside another counts once, as itself
+            with self._lock:
+                self.seconds[stage] += elapsed - nested
+
+
+stage_clock = StageClock()
 
 
 @dataclass(frozen=True)
@@ -39,43 +81,82 @@ def job_latents(model: GenerativeModel, request: JobRequest) -> Tensor:
 
 @torch.inference_mode()
 def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: int,
-                after_pass: Callable[[], None] | None = None) -> list[Tensor]:
+                after_pass: Callable[[], None] | None = None, precision: str = "fp32") -> list[Tensor]:
     """Images ``(n, C, H, W)`` in [-1, 1] per request, the codes of all requests decoded together.
 
     Requests whose decoder needs the condition (``decode_group_key`` not None) are decoded with the other
     requests of the same condition only. ``after_pass`` runs between groups (lease checks, progress).
+    ``precision`` (resolved: fp32, bf16 or fp16) is the decoder's autocast; codes are always drawn in fp32.
     """
+    from generation.precision import autocast
+
     model.eval()
-    latents = [job_latents(model, request) for request in requests]
+    with stage_clock("latents"):
+        latents = [job_latents(model, request) for request in requests]
     groups: dict[object, list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(decode_group_key(model, request.condition), []).append(i)
     out: list[Tensor | None] = [None] * len(requests)
     for key, members in groups.items():
         condition = None if key is None else requests[members[0]].condition
-        images = decode_fixed_passes(model, torch.cat([latents[i] for i in members]), condition,
-                                     max(1, pass_size))  # (sum n, C, H, W)
+        with stage_clock("decode"), autocast(model.device, precision):
+            images = decode_fixed_passes(model, torch.cat([latents[i] for i in members]), condition,
+                                         max(1, pass_size))  # (sum n, C, H, W)
         for i, part in zip(members, images.split([requests[i].n for i in members])):
             out[i] = part
         if after_pass is not None:
-            after_pass()
+            with stage_clock("progress"):
+                after_pass()
     assert all(images is not None for images in out)
     return out  # type: ignore[return-value]
 
 
-def companion_candidates(primary: Job, budget: int) -> list[tuple[str, int]]:
-    """(id, n) of queued jobs of the primary's model version whose message was sent, oldest first, whose
-    images fit in ``budget`` together (greedy, FIFO order; a job too big for what is left is skipped)."""
+@dataclass(frozen=True)
+class JobSnapshot:
+    """The fields of a job row the generation task reads. None of them changes once the job is created, so
+    the task reads them once (before its claims commit) instead of reloading expired ORM objects."""
+
+    id: str
+    model_version_id: int
+    condition_kind: str
+    label: str | None
+    label_index: int | None
+    cluster: int | None
+    prompt: str | None
+    n: int
+    seed: int
+
+    @classmethod
+    def columns(cls) -> list:
+        return [getattr(Job, name) for name in cls.__dataclass_fields__]
+
+    @classmethod
+    def of(cls, job: Job) -> "JobSnapshot":
+        return cls(**{name: getattr(job, name) for name in cls.__dataclass_fields__})
+
+
+def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: bool = False) -> list[JobSnapshot]:
+    """Queued jobs of the primary's model version whose message was sent, oldest first, whose images fit in
+    ``budget`` together (greedy, FIFO order; a job too big for what is left is skipped).
+
+    The caller claims them next, in the same transaction. On PostgreSQL the rows are read ``FOR UPDATE SKIP
+    LOCKED``: rows another worker is claiming are skipped, never waited for (two workers claiming each
+    other's jobs would otherwise deadlock). SQLite has one writer at a time: there the read transaction is
+    ended first (unless ``in_transaction``: the caller's transaction, which has written already), so the
+    claims never upgrade a stale read snapshot."""
     if budget < 1:
         return []
     rows = db.session.execute(
-        select(Job.id, Job.n).where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
-                                    Job.id != primary.id, Job.enqueued_at.is_not(None))
-        .order_by(Job.enqueued_at, Job.created_at).limit(budget)).all()
-    db.session.commit()  # end the read transaction before the claims
-    chosen: list[tuple[str, int]] = []
-    for job_id, n in rows:
-        if n <= budget:
-            chosen.append((job_id, n))
-            budget -= n
+        select(*JobSnapshot.columns())
+        .where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
+               Job.id != primary.id, Job.enqueued_at.is_not(None))
+        .order_by(Job.enqueued_at, Job.created_at).limit(budget)
+        .with_for_update(skip_locked=True)).all()  # FOR UPDATE is left out on SQLite
+    if not in_transaction and db.engine.dialect.name == "sqlite":
+        db.session.commit()  # end the read transaction before the claims
+    chosen: list[JobSnapshot] = []
+    for row in rows:
+        if row.n <= budget:
+            chosen.append(JobSnapshot(*row))
+            budget -= row.n
     return chosen

@@ -5,6 +5,10 @@
 * image files go to keys derived from the job id and index (a retry overwrites the same files), and the
   image rows (deterministic ids) are written in the same transaction that marks the job ``succeeded``,
   fenced by the claim token, so they appear exactly once;
+* a task also claims queued jobs of the same model version and decodes them with its own
+  (micro-batching, :mod:`workers.batching`); each keeps its own claim token. The claims are one transaction
+  and the finish is one transaction for all of them (one fenced UPDATE, so a job canceled meanwhile drops
+  out alone, then the image rows of the others): two commits a task whatever the number of jobs (issue 7);
 * while it runs, a heartbeat thread renews the job's lease (``heartbeat_at``); a job whose worker died is
   found by the reconciliation (:func:`app.services.reconcile`) and sent again.
 
@@ -14,25 +18,32 @@ initialised before the fork) and kept in a bounded per-process LRU cache.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
 from app.extensions import db
 from app.models import Image, Job, ModelVersion, image_id, utcnow
 from app.storage import image_key
+from workers.batching import JobSnapshot, stage_clock
 
 log = logging.getLogger(__name__)
+
+# PRIORFORGE_LOG_STAGE_TIMES=1: log each task's time per stage (workers.batching.stage_clock), for profiling
+LOG_STAGE_TIMES = os.environ.get("PRIORFORGE_LOG_STAGE_TIMES", "") in ("1", "true", "yes")
 
 
 class JobAborted(Exception):
@@ -44,7 +55,7 @@ _MODELS: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
-def get_model(version: ModelVersion) -> tuple[Any, Any]:
+def get_model(version: ModelVersion | Any) -> tuple[Any, Any]:
     """(model, CheckpointInfo) of a model version, loaded once per process; LRU of MODEL_CACHE_SIZE."""
     key = (version.id, version.checkpoint_path)
     with _MODELS_LOCK:
@@ -65,6 +76,11 @@ def get_model(version: ModelVersion) -> tuple[Any, Any]:
 
 def loaded_models() -> list[tuple[int, str]]:
     return list(_MODELS)
+
+
+def model_cached(version: ModelVersion | Any) -> bool:
+    with _MODELS_LOCK:
+        return (version.id, version.checkpoint_path) in _MODELS
 
 
 # -- the job lease ----------------------------------------------------------------------------------
@@ -98,6 +114,11 @@ class Lease:
         with self._lock:
             self.tokens[job_id] = token
 
+    def drop(self, job_id: str) -> None:
+        """The job is finished (or lost): the lease stops renewing it."""
+        with self._lock:
+            self.lost_jobs.add(job_id)
+
     def live(self) -> dict[str, str]:
         """job id -> claim token of the jobs still ours."""
         with self._lock:
@@ -110,31 +131,71 @@ class Lease:
             except Exception as exc:  # a DB hiccup: try again next beat
                 log.warning("job %s: lease renewal failed: %s", self.job_id, exc)
 
-    def renew(self, **values: Any) -> None:
-        for job_id, token in self.live().items():
+    def renew(self, *, one_transaction: bool = False, **values: Any) -> None:
+        """Renew every live job (and set ``values``); a job whose row is no longer ours is lost.
+
+        The heartbeat thread renews each job in its own transaction: it never holds one job's row lock while
+        waiting for another's, so it cannot deadlock with the task's transactions, which lock several job
+        rows at once. The task's own progress update (``one_transaction``) renews them all with one commit."""
+        lost = []
+        live = self.live()
+        if one_transaction:
             with self.engine.begin() as conn:
-                res = conn.execute(update(Job).where(Job.id == job_id, Job.claim_token == token,
-                                                     Job.status == "running").values(heartbeat_at=utcnow(), **values))
-            if res.rowcount == 0:
-                with self._lock:
-                    self.lost_jobs.add(job_id)
+                for job_id, token in live.items():
+                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
+                        lost.append(job_id)
+        else:
+            for job_id, token in live.items():
+                with self.engine.begin() as conn:
+                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
+                        lost.append(job_id)
+        with self._lock:
+            self.lost_jobs.update(lost)
         if not self.live():
             self.lost.set()
+
+    @staticmethod
+    def _renewal(job_id: str, token: str, values: dict[str, Any]) -> Any:
+        return update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == "running") \
+            .values(heartbeat_at=utcnow(), **values)
 
     def check(self) -> None:
         if self.lost.is_set():
             raise JobAborted()
 
 
+def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
+    """queued -> running for this attempt, each job with its own fresh claim token, in one transaction
+    (left open with ``commit=False``); returns job id -> token of the jobs claimed (the others were not
+    queued any more: not ours)."""
+    now = utcnow()
+    values = {"status": "running", "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
+              "worker": f"{socket.gethostname()}:{os.getpid()}", "progress": 0.0, "error": None}
+    offered = {job_id: str(uuid.uuid4()) for job_id in job_ids}
+    tokens: dict[str, str] = {}
+    try:
+        if len(offered) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
+            claimed = db.session.scalars(
+                update(Job).where(Job.id.in_(list(offered)), Job.status == "queued")
+                .values(claim_token=case(offered, value=Job.id), **values).returning(Job.id)).all()
+            tokens = {job_id: offered[job_id] for job_id in claimed}
+        else:
+            for job_id, token in offered.items():
+                res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                                         .values(claim_token=token, **values))
+                if res.rowcount == 1:
+                    tokens[job_id] = token
+        if commit:
+            db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
+    return tokens
+
+
 def claim(job_id: str) -> str | None:
     """queued -> running for this attempt; returns the claim token, or None when the job is not ours."""
-    token = str(uuid.uuid4())
-    now = utcnow()
-    res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-        status="running", claim_token=token, attempts=Job.attempts + 1, started_at=now, heartbeat_at=now,
-        worker=f"{socket.gethostname()}:{__import__('os').getpid()}", progress=0.0, error=None))
-    db.session.commit()
-    return token if res.rowcount == 1 else None
+    return claim_many([job_id]).get(job_id)
 
 
 def finish_failed(job_id: str, token: str, message: str) -> None:
@@ -144,24 +205,69 @@ def finish_failed(job_id: str, token: str, message: str) -> None:
     db.session.commit()
 
 
+@dataclass(frozen=True)
+class VersionSnapshot:
+    """What the task needs of a model version (read once: the task's commits expire ORM objects)."""
+
+    id: int
+    name: str
+    version: int
+    backend: str
+    checkpoint_path: str
+
+    @classmethod
+    def columns(cls) -> list:
+        return [getattr(ModelVersion, name) for name in cls.__dataclass_fields__]
+
+
+@functools.cache
+def _lookup_statement() -> Any:
+    """The job's status, its snapshot and its model version's, in one statement (built once)."""
+    return select(Job.status, *JobSnapshot.columns(), *VersionSnapshot.columns()) \
+        .join(ModelVersion, Job.model_version_id == ModelVersion.id).where(Job.id == bindparam("job_id"))
+
+
 # -- the task ---------------------------------------------------------------------------------------
 @shared_task(name="workers.tasks.generate_images", bind=True, acks_late=True, reject_on_worker_lost=True)
 def generate_images(self: Any, job_id: str) -> str:
-    job = db.session.get(Job, job_id)
-    if job is None:
+    if not LOG_STAGE_TIMES:
+        return _generate_images(job_id)
+    stage_clock.reset()  # one task at a time in a pool process
+    stage_clock.enabled = True
+    t0 = time.perf_counter()
+    try:
+        return _generate_images(job_id)
+    finally:
+        stage_clock.enabled = False
+        log.info("job %s: %.1f ms; stages (ms): %s", job_id, (time.perf_counter() - t0) * 1e3,
+                 ", ".join(f"{stage} {seconds * 1e3:.1f}" for stage, seconds in stage_clock.seconds.items()))
+
+
+def _generate_images(job_id: str) -> str:
+    with stage_clock("lookup"):  # one plain row (no ORM objects): most messages under load are no-ops
+        row = db.session.execute(_lookup_statement(), {"job_id": job_id}).first()
+    if row is None:
         log.warning("job %s does not exist; dropping its message", job_id)
         return "missing"
-    if job.status != "queued":
+    if row.status != "queued":
         # succeeded/failed/canceled: done already; running: another delivery holds the lease
-        return f"skipped ({job.status})"
-    token = claim(job_id)
-    if token is None:
-        return "skipped (claimed elsewhere)"
+        return f"skipped ({row.status})"
+    primary = JobSnapshot(*row[1:1 + len(JobSnapshot.columns())])
+    version = VersionSnapshot(*row[1 + len(JobSnapshot.columns()):])
     cfg = current_app.config
-    lease = Lease(job_id, token, float(cfg["HEARTBEAT_INTERVAL"]))
+    # The claim, and when the model is already loaded the companions' claims too, in one transaction. A
+    # model still to load is loaded before companions are claimed: a load that fails fails this job only.
+    with stage_clock("claim"):
+        token = claim_many([job_id], commit=False).get(job_id)
+        if token is None:
+            db.session.rollback()
+            return "skipped (claimed elsewhere)"
+        lease = Lease(job_id, token, float(cfg["HEARTBEAT_INTERVAL"]))
+        companions = claim_companions(primary, lease, in_transaction=True) if model_cached(version) else None
+        db.session.commit()
     try:
         with lease:
-            outcomes = _run_job(job_id, lease)
+            outcomes = _run_job(primary, version, lease, companions)
         return outcomes.get(job_id, "aborted")
     except JobAborted:
         log.info("job %s was canceled or taken over; stopping", job_id)
@@ -203,34 +309,55 @@ def _stage(stage: str):
     return _Ctx()
 
 
-def claim_companions(primary: Job, lease: Lease) -> list[str]:
+def claim_companions(primary: JobSnapshot, lease: Lease, *, in_transaction: bool = False
+                     ) -> list[JobSnapshot] | None:
     """Claim queued jobs of the primary's model version to decode with it (up to BATCH_MAX_IMAGES images in
-    all, after waiting BATCH_WAIT_MS for them to arrive). Each is claimed with the same conditional update as
-    a delivery, so its own message, when it comes, is a no-op; each is fenced by its own claim token."""
+    all). Each is claimed with the same conditional update as a delivery, so its own message, when it comes,
+    is a no-op; each is fenced by its own claim token; all are claimed in one transaction (with
+    ``in_transaction``: the caller's, open, which has just claimed the primary; the caller commits).
+
+    Jobs already queued (a backlog: the worker is the bottleneck) are claimed at once: waiting would only
+    idle the worker, and what arrives meanwhile joins the next task. Only when none is queued does the task
+    wait for some to arrive, ``BATCH_WAIT_MS``: 0 by default, since a lone job
+    (one client) would pay the whole wait as latency. That wait never happens inside a transaction: then
+    this returns None, and the caller tries again after its commit."""
     from workers.batching import companion_candidates
 
     cfg = current_app.config
     budget = int(cfg["BATCH_MAX_IMAGES"]) - primary.n
     if budget < 1 or float(cfg.get("TEST_TASK_DELAY") or 0) > 0:  # a test-delayed job runs alone
         return []
+    with stage_clock("companions"):
+        candidates = companion_candidates(primary, budget, in_transaction=in_transaction)
     wait = float(cfg["BATCH_WAIT_MS"]) / 1000
-    if wait > 0:
-        time.sleep(wait)
+    if not candidates and wait > 0:
+        if in_transaction:
+            return None
+        db.session.commit()  # no transaction stays open while the task sleeps
+        with stage_clock("batch_wait"):
+            time.sleep(wait)
+        with stage_clock("companions"):
+            candidates = companion_candidates(primary, budget)
+    if not candidates:
+        if not in_transaction:
+            db.session.commit()  # end the read
+        return []
+    with stage_clock("companions"):
+        tokens = claim_many([candidate.id for candidate in candidates], commit=not in_transaction)
     claimed = []
-    for job_id, _n in companion_candidates(primary, budget):
-        token = claim(job_id)
-        if token is not None:
-            lease.add(job_id, token)
-            claimed.append(job_id)
+    for candidate in candidates:
+        if candidate.id in tokens:
+            lease.add(candidate.id, tokens[candidate.id])
+            claimed.append(candidate)
     return claimed
 
 
-def _run_job(job_id: str, lease: Lease) -> dict[str, str]:
-    """Generate the job of the message and the jobs batched with it; returns each job's outcome."""
+def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
+             companions: list[JobSnapshot] | None) -> dict[str, str]:
+    """Generate the job of the message and the jobs batched with it (``companions``, None: not claimed yet);
+    returns each job's outcome."""
     cfg = current_app.config
-    job = db.session.get(Job, job_id)
-    assert job is not None
-    version = job.model_version
+    job_id = primary.id
     delay = float(cfg.get("TEST_TASK_DELAY") or 0)
     if delay > 0:  # FOR TESTS ONLY: makes a job slow deterministically (kill/timeout tests)
         deadline = time.monotonic() + delay
@@ -240,43 +367,47 @@ def _run_job(job_id: str, lease: Lease) -> dict[str, str]:
 
     with _stage(f"could not load model {version.name!r} version {version.version} "
                 f"({version.checkpoint_path})"):
-        model, info = get_model(version)
+        with stage_clock("model"):
+            model, info = get_model(version)
     lease.check()
-    companions = claim_companions(job, lease)
+    if companions is None:
+        companions = claim_companions(primary, lease) or []
     if companions:
         log.info("job %s: batched with %d queued job(s) of the same model version", job_id, len(companions))
 
     from generation.sampling import decode_group_key
+    from generation.precision import resolve_precision
     from workers.batching import JobRequest, decode_jobs
 
     outcomes: dict[str, str] = {}
-    members: list[tuple[Job, JobRequest]] = []
-    for member_id in [job_id, *companions]:
-        member = db.session.get(Job, member_id)
-        assert member is not None
+    members: list[tuple[JobSnapshot, JobRequest]] = []
+    for member in [primary, *companions]:
         try:
-            members.append((member, JobRequest(_condition(member, model, info), member.n, member.seed)))
+            with stage_clock("members"):
+                members.append((member, JobRequest(_condition(member, model, info), member.n, member.seed)))
         except Exception as exc:  # a bad condition fails its own job only
-            if member_id == job_id and not companions:
+            if member.id == job_id and not companions:
                 raise
-            finish_failed(member_id, lease.tokens[member_id], _readable(exc))
-            outcomes[member_id] = "failed"
+            finish_failed(member.id, lease.tokens[member.id], _readable(exc))
+            lease.drop(member.id)
+            outcomes[member.id] = "failed"
 
     groups_done, groups = [0], len({decode_group_key(model, request.condition) for _, request in members})
 
-    def after_pass() -> None:  # after each decode group: progress, and stop if every job was canceled
+    def after_pass() -> None:  # after each decode group but the last: progress, stop if all were canceled
         groups_done[0] += 1
-        lease.renew(progress=min(0.99, groups_done[0] / max(1, groups)))
-        lease.check()
+        if groups_done[0] < groups:
+            lease.renew(one_transaction=True, progress=min(0.99, groups_done[0] / max(1, groups)))
+        lease.check()  # after the last group, the fenced final transaction finds a canceled job anyway
 
     with _stage("generation failed"):
-        images = decode_jobs(model, [request for _, request in members], int(cfg["GENERATE_CHUNK"]), after_pass)
-    for (member, request), member_images in zip(members, images):
-        outcomes[member.id] = _store_and_finish(member, request, member_images, lease)
+        images = decode_jobs(model, [request for _, request in members], int(cfg["GENERATE_CHUNK"]), after_pass,
+                             precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device))
+    outcomes.update(_store_and_finish(version, members, images, lease))
     return outcomes
 
 
-def _condition(job: Job, model: Any, info: Any) -> Any:
+def _condition(job: JobSnapshot, model: Any, info: Any) -> Any:
     from generation.sampling import condition_from_request
 
     with _stage("could not build the condition"):
@@ -290,49 +421,89 @@ def _condition(job: Job, model: Any, info: Any) -> Any:
             embedding=embedding, prompt=job.prompt if job.condition_kind == "text" else None)
 
 
-def _store_and_finish(job: Job, request: Any, images: Any, lease: Lease) -> str:
-    """Write the job's PNGs, then its image rows with the status change, fenced by its claim token."""
-    from generation.sampling import image_grid, png_metadata
+def _encode_pngs(version: VersionSnapshot, job: JobSnapshot, request: Any, images: Any) -> list[tuple[str, bytes]]:
+    """(storage key, PNG bytes) of each image of the job, with its generation parameters as text chunks.
 
-    job_id, token = job.id, lease.tokens[job.id]
-    if job_id in lease.lost_jobs:
-        _remove_unrecorded_files(job_id)
-        return "aborted"
-    version = job.model_version
-    storage = current_app.extensions["priorforge_storage"]
-    seed = request.seed
+    The same bytes as ``image_grid(images[i:i + 1]).save(..., format="PNG", pnginfo=...)``: the uint8
+    conversion is done once for the job (elementwise, so each image's pixels are those of its own call)."""
+    from PIL import Image as PILImage
+
+    from generation.sampling import png_metadata, to_uint8
+
     base_params = {"model": version.name, "model_version": version.version, "backend": version.backend,
-                   "job_id": job_id, "n": request.n, "job_seed": seed, **request.condition.describe()}
+                   "job_id": job.id, "n": request.n, "job_seed": request.seed, **request.condition.describe()}
     if job.label is not None:
         base_params["label"] = job.label
-    rows: list[dict[str, Any]] = []
-    with _stage("generation failed"):
-        for i in range(request.n):
-            picture = image_grid(images[i:i + 1])
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG", pnginfo=png_metadata({**base_params, "index": i, "seed": seed + i}))
-            key = image_key(job_id, i)
-            storage.put(key, buffer.getvalue())
-            rows.append({"id": image_id(job_id, i), "job_id": job_id, "index": i, "storage_key": key,
-                         "width": picture.width, "height": picture.height, "seed": seed + i})
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
+    out = []
+    for i in range(request.n):
+        array = pixels[i]
+        picture = PILImage.fromarray(array[:, :, 0], mode="L") if array.shape[2] == 1 \
+            else PILImage.fromarray(array, mode="RGB")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", pnginfo=png_metadata({**base_params, "index": i, "seed": request.seed + i}))
+        out.append((image_key(job.id, i), buffer.getvalue()))
+    return out
 
-    # success: the image rows and the status change commit together, only if the claim is still ours
-    db.session.rollback()
-    res = db.session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == "running")
-                             .values(status="succeeded", progress=1.0, finished_at=utcnow(), heartbeat_at=utcnow()))
-    if res.rowcount != 1:
+
+def _store_and_finish(version: VersionSnapshot, members: list[tuple[JobSnapshot, Any]], images: list[Any],
+                      lease: Lease) -> dict[str, str]:
+    """Write the jobs' PNGs, then, in ONE transaction, each job's status change (fenced by its claim token)
+    with its image rows: a job's rows and its ``succeeded`` commit together, so they appear exactly once.
+    A job that is no longer ours (canceled, taken over) gets no rows; its files are removed."""
+    storage = current_app.extensions["priorforge_storage"]
+    outcomes: dict[str, str] = {}
+    stored: list[tuple[JobSnapshot, list[dict[str, Any]]]] = []
+    for (job, request), job_images in zip(members, images):
+        if job.id not in lease.live():
+            _remove_unrecorded_files(job.id)
+            outcomes[job.id] = "aborted"
+            continue
+        with _stage("generation failed"):
+            with stage_clock("png"):
+                files = _encode_pngs(version, job, request, job_images)
+            with stage_clock("storage"):
+                storage.put_many(files)
+        height, width = (int(side) for side in job_images.shape[-2:])  # (n, C, H, W)
+        rows = [{"id": image_id(job.id, i), "job_id": job.id, "index": i, "storage_key": key,
+                 "width": width, "height": height, "seed": request.seed + i}
+                for i, (key, _data) in enumerate(files)]
+        stored.append((job, rows))
+
+    with stage_clock("finish"):
         db.session.rollback()
-        with lease._lock:
-            lease.lost_jobs.add(job_id)
-        _remove_unrecorded_files(job_id)
-        return "aborted"
-    db.session.execute(delete(Image).where(Image.job_id == job_id))  # replace, never duplicate
-    now = utcnow()
-    db.session.add_all([Image(created_at=now, **row) for row in rows])
-    db.session.commit()
-    with lease._lock:  # finished: the lease stops renewing it
-        lease.lost_jobs.add(job_id)
-    return "succeeded"
+        succeeded, lost = [], []
+        now = utcnow()
+        done = {"status": "succeeded", "progress": 1.0, "finished_at": now, "heartbeat_at": now}
+        try:
+            if len(stored) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
+                ours = set(db.session.scalars(
+                    update(Job).where(tuple_(Job.id, Job.claim_token).in_([(job.id, lease.tokens[job.id])
+                                                                           for job, _ in stored]),
+                                      Job.status == "running").values(**done).returning(Job.id)))
+            else:
+                ours = {job.id for job, _ in stored if db.session.execute(
+                    update(Job).where(Job.id == job.id, Job.claim_token == lease.tokens[job.id],
+                                      Job.status == "running").values(**done)).rowcount == 1}
+            for job, rows in stored:
+                (succeeded if job.id in ours else lost).append((job, rows))
+            if succeeded:
+                ids = [job.id for job, _ in succeeded]
+                db.session.execute(delete(Image).where(Image.job_id.in_(ids)))  # replace, never duplicate
+                db.session.execute(insert(Image), [{**row, "created_at": now}
+                                                   for _, rows in succeeded for row in rows])
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+    for job, _ in succeeded:
+        lease.drop(job.id)  # finished: the lease stops renewing it
+        outcomes[job.id] = "succeeded"
+    for job, _ in lost:
+        lease.drop(job.id)
+        _remove_unrecorded_files(job.id)
+        outcomes[job.id] = "aborted"
+    return outcomes
 
 
 def _remove_unrecorded_files(job_id: str) -> None:
