@@ -34,7 +34,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MODEL_CACHE_SIZE": 2,  # loaded models kept per worker process (LRU)
         "GENERATE_CHUNK": 16,  # rows per decode pass; always this many (padded), so pixels never depend on batching
         "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
-        "BATCH_WAIT_MS": 10,  # how long a task waits for such jobs to arrive before claiming them
+        # when none is queued, how long a task waits for some to arrive (0: a lone job is never delayed)
+        "BATCH_WAIT_MS": 0,
+        "INFERENCE_PRECISION": "auto",  # fp32 | bf16 | fp16 | auto (fp32 on CPU, bf16/fp16 autocast on CUDA)
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
         "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
