@@ -188,3 +188,28 @@ def test_cancel_a_running_run_keeps_its_checkpoint_and_registers_nothing(service
     assert (Path(done.output_dir) / "training_state.json").is_file()
     with app.app_context():
         assert db.session.query(ModelVersion).count() == 0
+
+
+def test_a_job_running_during_a_promotion_finishes_on_its_version(service, start_worker, checkpoints, tmp_path):
+    from app.services import register_model
+    from tests.service.conftest import make_checkpoint
+
+    app, api, config = service
+    with app.app_context():
+        v1, _ = register_model("tiny", checkpoints["class"])
+        v2, _ = register_model("tiny", make_checkpoint(tmp_path / "tiny-v2", "class"), serve_first=False)
+        v1_id, v2_id = v1.id, v2.id
+    start_worker({**config, "TEST_TASK_DELAY": 3})  # every job takes a few seconds: promote while one runs
+
+    def state(job_id: str) -> dict:
+        return api("GET", f"/api/v1/jobs/{job_id}").get_json()
+
+    first = api("POST", "/api/v1/jobs", {"model": "tiny", "label": "1", "n": 2, "seed": 3}).get_json()["id"]
+    wait_for(lambda: state(first)["status"] == "running", 120, "the first job to run")
+    assert api("POST", f"/api/v1/admin/models/{v2_id}/promote").status_code == 200
+    second = api("POST", "/api/v1/jobs", {"model": "tiny", "label": "1", "n": 2, "seed": 3}).get_json()["id"]
+    done = {j: wait_for(lambda j=j: (lambda s: s if s["status"] in ("succeeded", "failed") else None)(state(j)),
+                        180, f"job {j}") for j in (first, second)}
+    assert [done[j]["status"] for j in (first, second)] == ["succeeded", "succeeded"]
+    assert {i["model_version_id"] for i in done[first]["images"]} == {v1_id}  # started on v1, finished on v1
+    assert {i["model_version_id"] for i in done[second]["images"]} == {v2_id}
