@@ -35,8 +35,8 @@ TRAINING_FIELDS = {
     "batch_size": "images per step (default 64)",
     "lr": "learning rate (default: the backend's)",
     "seed": "seeds weights, batch order and noise (default 0)",
-    "image_size": "resize images to this square size (28 or 4*2^k)",
-    "channels": "1 or 3 (uploaded class-folder data sets; default 3)",
+    "image_size": "resize images to this square size (28 or 4*2^k; uploaded sets: their own, rounded up)",
+    "channels": "1 or 3 (uploaded sets: 1 for grey images, else 3)",
     "clusters": "number of clusters (condition cluster; default 10)",
     "max_cpu_minutes": "stop after this much CPU time",
     "checkpoint_every": "steps between checkpoints (a resumed run restarts from the last one)",
@@ -74,9 +74,25 @@ def dataset_source(name: str) -> dict[str, Any]:
                             f"{', '.join(uploaded) or 'none'}", field="dataset")
     if row.layout == "captions":
         return {"loader": f"captions:{row.path}", "data_root": None, "labels": False, "captions": True,
-                "images": row.images}
+                "images": row.images, **_image_defaults(Path(row.path))}
     return {"loader": "imagefolder", "data_root": row.path, "labels": row.classes >= 2, "captions": False,
-            "images": row.images}
+            "images": row.images, **_image_defaults(Path(row.path))}
+
+
+def _image_defaults(folder: Path) -> dict[str, int]:
+    """The size and channels a run on an uploaded set uses unless told: from its first image (the header
+    only), the side rounded up to a size the models take (28 stays 28; at most 256), grey -> 1 channel."""
+    from PIL import Image
+
+    from training.data import IMAGE_EXTENSIONS
+
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            with Image.open(path) as img:
+                side, grey = max(img.size), img.mode in ("1", "L", "LA", "I", "I;16", "F")
+            size = 28 if side == 28 else next((s for s in (8, 16, 32, 64, 128) if s >= side), 256)
+            return {"default_image_size": size, "default_channels": 1 if grey else 3}
+    return {}
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -139,11 +155,11 @@ def validate_training(body: Any) -> dict[str, Any]:
     if source["images"] is not None and batch_size > source["images"]:
         raise ApiError(422, f"batch_size {batch_size} is larger than data set {dataset!r} ({source['images']} "
                             "images)", field="batch_size")
-    image_size = _int(body, "image_size", None, 8, 256)
+    image_size = _int(body, "image_size", source.get("default_image_size"), 8, 256)
     if image_size is not None and image_size not in IMAGE_SIZES:
         raise ApiError(422, f"image_size must be one of {', '.join(map(str, sorted(IMAGE_SIZES)))}, got "
                             f"{image_size}", field="image_size")
-    channels = _int(body, "channels", None, 1, 3)
+    channels = _int(body, "channels", source.get("default_channels"), 1, 3)
     if channels == 2:
         raise ApiError(422, "channels must be 1 or 3", field="channels")
     model_name = body.get("model_name") or f"{dataset}-{backend}"

@@ -93,9 +93,13 @@ def test_uploaded_data_sets_can_be_trained_on_and_batch_size_is_checked_against_
     assert response.status_code == 201
     too_big = api("POST", "/api/v1/admin/trainings", {**GOOD, "dataset": "pets", "batch_size": 11})
     assert too_big.status_code == 422 and too_big.get_json()["field"] == "batch_size"
-    ok = api("POST", "/api/v1/admin/trainings", {**GOOD, "dataset": "pets", "batch_size": 4, "image_size": 16})
+    ok = api("POST", "/api/v1/admin/trainings", {**GOOD, "dataset": "pets", "batch_size": 4, "image_size": 32})
     assert ok.status_code == 202
     assert ok.get_json()["condition"] == "class"
+    assert (ok.get_json()["settings"]["image_size"], ok.get_json()["settings"]["channels"]) == (32, 1)
+    # unless told, the size and channels come from the images: 12x12 grey -> 16, 1 channel
+    defaults = api("POST", "/api/v1/admin/trainings", {**GOOD, "dataset": "pets", "batch_size": 4}).get_json()
+    assert (defaults["settings"]["image_size"], defaults["settings"]["channels"]) == (16, 1)
     with admin_app.app_context():
         source = db.session.get(TrainingRun, ok.get_json()["id"]).settings["source"]
     assert source["loader"] == "imagefolder" and source["data_root"].endswith("pets")
