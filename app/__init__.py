@@ -51,6 +51,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "DEFAULT_MODEL": "digits",
         "ENV": "development",  # PRIORFORGE_ENV=production refuses the development SECRET_KEY
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # admin sign-in throttle: failures counted per (user name, address) and per address in this window
+        "LOGIN_WINDOW_SECONDS": 900,
+        "LOGIN_MAX_FAILURES": 10,
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
         "DATASET_ROOT": str(instance / "datasets"),  # uploaded data sets (admin)
         "DATA_ROOT": None,  # folder of the built-in data sets (mnist, fashion-mnist, cifar10)
         # data set uploads (app/uploads.py); the upload's own body limit replaces MAX_CONTENT_LENGTH there

@@ -92,15 +92,23 @@ def _page_error(exc: ApiError):
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    error = None
+    error, status, headers = None, 200, {}
     if request.method == "POST":
-        user = auth.authenticate(request.form.get("username", "").strip(), request.form.get("password", ""))
-        if user is not None:
-            auth.login(user)
-            return redirect(_safe_next(request.args.get("next")), code=303)
-        error = "Wrong user name or password."
+        username, address = request.form.get("username", "").strip(), request.remote_addr or "unknown"
+        retry_after = auth.login_retry_after(username, address)
+        if retry_after is not None:  # checked before the password: a blocked guess costs no hashing
+            error, status = f"Too many failed sign-ins; try again in {retry_after} seconds.", 429
+            headers = {"Retry-After": str(retry_after)}
+        else:
+            user = auth.authenticate(username, request.form.get("password", ""))
+            if user is not None:
+                auth.clear_login_failures(username, address)
+                auth.login(user)
+                return redirect(_safe_next(request.args.get("next")), code=303)
+            auth.record_login_failure(username, address)
+            error, status = "Wrong user name or password.", 401
     return render_template("admin/login.html", error=error, username=request.form.get("username", "")), \
-        401 if error else 200
+        status, headers
 
 
 @bp.post("/logout")

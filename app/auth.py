@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, session
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.extensions import db
-from app.models import ApiToken, User, utcnow
+from app.models import ApiToken, LoginFailure, User, utcnow
 from app.services import ApiError
 
 DEV_SECRET_KEYS = {"", "dev", "change-me", "secret"}
@@ -142,3 +144,43 @@ def bearer_user(header: str | None) -> User | None:
     row.last_used_at = utcnow()
     db.session.commit()
     return row.user
+
+
+# -- sign-in throttle ---------------------------------------------------------------------------------
+def _login_window() -> tuple[datetime, Any]:
+    from flask import current_app
+
+    return utcnow() - timedelta(seconds=float(current_app.config["LOGIN_WINDOW_SECONDS"])), current_app.config
+
+
+def login_retry_after(username: str, remote_addr: str) -> int | None:
+    """Seconds until this address may try this user name again, or None when it may try now.
+
+    Too many failures for one user name from one address, or for any names from one address, within
+    LOGIN_WINDOW_SECONDS block further tries from that address (before any password is checked), until the
+    oldest of them leaves the window. Other addresses are not affected, so a guesser cannot lock an admin out.
+    """
+    since, cfg = _login_window()
+    recent = select(LoginFailure.at).where(LoginFailure.remote_addr == remote_addr, LoginFailure.at >= since)
+    per_address = list(db.session.scalars(recent.order_by(LoginFailure.at)))
+    per_user = list(db.session.scalars(recent.where(LoginFailure.username == username).order_by(LoginFailure.at)))
+    for failures, limit in ((per_user, int(cfg["LOGIN_MAX_FAILURES"])),
+                            (per_address, int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"]))):
+        if len(failures) >= limit:
+            oldest = failures[-limit]
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
+            return max(1, int((oldest - since).total_seconds()) + 1)
+    return None
+
+
+def record_login_failure(username: str, remote_addr: str) -> None:
+    since, _ = _login_window()
+    db.session.execute(delete(LoginFailure).where(LoginFailure.at < since))  # keep the table small
+    db.session.add(LoginFailure(username=username[:100], remote_addr=remote_addr[:64], at=utcnow()))
+    db.session.commit()
+
+
+def clear_login_failures(username: str, remote_addr: str) -> None:
+    db.session.execute(delete(LoginFailure).where(LoginFailure.username == username,
+                                                  LoginFailure.remote_addr == remote_addr))
+    db.session.commit()

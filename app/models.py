@@ -212,3 +212,15 @@ class TrainingRun(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class LoginFailure(db.Model):
+    """A failed admin sign-in, kept for LOGIN_WINDOW_SECONDS to throttle password guessing (:mod:`app.auth`)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_remote_addr_at", "remote_addr", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -187,3 +187,45 @@ def test_create_admin_command(admin_app, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["create-admin", "--username", "weak", "--password-stdin"]) == 1
     assert "at least 10 characters" in capsys.readouterr().err
+
+
+# -- sign-in throttle -------------------------------------------------------------------------------------
+def _try(client, username: str, password: str, address: str):
+    token = csrf_token(client)
+    return client.post("/admin/login", data={"username": username, "password": password, "csrf_token": token},
+                       environ_base={"REMOTE_ADDR": address})
+
+
+def test_repeated_wrong_passwords_are_throttled_per_address_and_a_success_clears_them(admin_app, client):
+    from datetime import timedelta
+
+    from app.extensions import db
+    from app.models import LoginFailure
+
+    admin_app.config.update(LOGIN_MAX_FAILURES=3, LOGIN_MAX_FAILURES_PER_ADDRESS=5, LOGIN_WINDOW_SECONDS=600)
+    for _ in range(3):
+        assert _try(client, ADMIN[0], "wrong password!", "10.0.0.1").status_code == 401
+    blocked = _try(client, ADMIN[0], ADMIN[1], "10.0.0.1")  # even the right password, from that address
+    assert blocked.status_code == 429 and 0 < int(blocked.headers["Retry-After"]) <= 600
+    assert "Too many failed sign-ins" in blocked.get_data(as_text=True)
+    with admin_app.app_context():
+        assert db.session.query(LoginFailure).count() == 3  # a blocked try is not even checked
+    # another address is not affected (a guesser cannot lock the admin out)
+    assert _try(client, ADMIN[0], ADMIN[1], "10.0.0.2").status_code == 303
+    # the window passes: the address may try again, and a success clears its failures for that name
+    with admin_app.app_context():
+        for row in db.session.query(LoginFailure).all():
+            row.at = row.at - timedelta(seconds=601)
+        db.session.commit()
+    client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert _try(client, ADMIN[0], "wrong password!", "10.0.0.1").status_code == 401
+    assert _try(client, ADMIN[0], ADMIN[1], "10.0.0.1").status_code == 303
+    with admin_app.app_context():
+        assert db.session.query(LoginFailure).filter_by(remote_addr="10.0.0.1").count() == 0
+
+
+def test_spraying_many_user_names_from_one_address_is_throttled(admin_app, client):
+    admin_app.config.update(LOGIN_MAX_FAILURES=3, LOGIN_MAX_FAILURES_PER_ADDRESS=5)
+    for i in range(5):
+        assert _try(client, f"user{i}", "wrong password!", "10.0.0.9").status_code == 401
+    assert _try(client, "someone-else", "wrong password!", "10.0.0.9").status_code == 429

@@ -1,4 +1,5 @@
-"""Migrations 0002 (users, api_tokens, datasets) and 0003 (training_runs): upgrade, downgrade and upgrade again
+"""Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs) and 0004 (login_failures): upgrade,
+downgrade and upgrade again
 on SQLite and PostgreSQL, and the migrated schema matches the models' metadata (Alembic's autogenerate
 comparison finds no difference)."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect
 
-ADMIN_TABLES = {"users", "api_tokens", "datasets", "training_runs"}
+ADMIN_TABLES = {"users", "api_tokens", "datasets", "training_runs", "login_failures"}
 
 
 def _schema_diff(app) -> list:
@@ -27,20 +28,20 @@ def _round_trip(app):
     from app.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision() == "0003"
+    assert current(app) == head_revision() == "0004"
     with app.app_context():
         assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
     assert _schema_diff(app) == []
     downgrade(app, "0002")
     with app.app_context():
-        assert "training_runs" not in set(inspect(db.engine).get_table_names())
+        assert not {"training_runs", "login_failures"} & set(inspect(db.engine).get_table_names())
     downgrade(app, "0001")
     assert current(app) == "0001"
     with app.app_context():
         tables = set(inspect(db.engine).get_table_names())
         assert not ADMIN_TABLES & tables and "jobs" in tables
     upgrade(app)
-    assert current(app) == "0003"
+    assert current(app) == "0004"
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

@@ -13,7 +13,7 @@ from app.extensions import db
 from app.models import Image, Job, ModelVersion, utcnow
 from tests.service.conftest import broker_messages
 
-HEAD = "0003"  # the newest migration
+HEAD = "0004"  # the newest migration
 
 
 # -- storage -----------------------------------------------------------------------------------------
