@@ -68,17 +68,14 @@ CHECKPOINT = REPO / "models" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--clients", default="1,8,32", help="K values: concurrent clients, comma-separated")
+def add_service_arguments(p: argparse.ArgumentParser) -> None:
+    """The options this script shares with bench/worker_scaling.py: jobs, clients' polling, the servers."""
     p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
     p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
     p.add_argument("--min-jobs", type=int, default=16)
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
     p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
-    p.add_argument("--concurrency", type=int, default=1, help="Celery worker pool processes")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
@@ -87,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--clients", default="1,8,32", help="K values: concurrent clients, comma-separated")
+    add_service_arguments(p)
+    p.add_argument("--concurrency", type=int, default=1, help="Celery worker pool processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config value for the web server and the worker (PRIORFORGE_KEY=VALUE), for experiments; "
                         "the documented figures use none")

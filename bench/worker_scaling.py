@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.common import emit, machine_info, markdown_table  # noqa: E402
-from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, cpu_cell,  # noqa: E402
+from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, add_service_arguments, cpu_cell,  # noqa: E402
                                       install_signal_handlers, phase_row, raw_speed, run_job, run_phase,
                                       running_service, stage_env)
 
@@ -58,24 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workers", default="1,2,4", help="P values: Celery pool processes, comma-separated")
     p.add_argument("--clients", type=int, default=32, help="K: concurrent clients of each timed phase")
-    p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
-    p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
-    p.add_argument("--min-jobs", type=int, default=16)
+    add_service_arguments(p)
     p.add_argument("--models", default="1,2,4,8", help="model versions loaded when the pool process's RSS is "
                                                         "recorded (the series runs 1..max)")
     p.add_argument("--bounded-cache", type=int, default=2,
                    help="also run the memory series with this MODEL_CACHE_SIZE (0: skip)")
-    p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
-    p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
-    p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
-    p.add_argument("--database-url", default=None,
-                   help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
-    p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
-    p.add_argument("--warmup", type=int, default=2, help="raw model: untimed calls")
-    p.add_argument("--repeats", type=int, default=20, help="raw model: timed calls (median)")
-    p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
-    p.add_argument("--json-out", default=None, help="also write the results JSON here")
     p.add_argument("--log-stage-times", action="store_true",
                    help="the worker logs each task's time per stage (PRIORFORGE_LOG_STAGE_TIMES=1; with --keep)")
     p.add_argument("--quick", action="store_true",
