@@ -49,6 +49,12 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
         "DEFAULT_MODEL": "digits",
+        # ?wait=S on the job and batch endpoints (app/job_events.py): the longest wait a request may ask for,
+        # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
+        # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
+        "JOB_WAIT_MAX_SECONDS": 60.0,
+        "JOB_WAIT_POLL_INTERVAL": 0.02,
+        "JOB_WAIT_RECHECK_INTERVAL": 1.0,
         "ENV": "development",  # PRIORFORGE_ENV=production refuses the development SECRET_KEY
         "SESSION_COOKIE_SAMESITE": "Lax",
         # admin sign-in throttle: failures counted per (user name, address) and per address in this window

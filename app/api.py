@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from app import services
+from app.job_events import parse_wait, wait_until_ended
+from app.models import FINAL_STATUSES
 from app.services import ApiError
 
 bp = Blueprint("api", __name__)
@@ -29,17 +31,39 @@ def _json_body() -> Any:
         raise ApiError(400, "malformed JSON in the request body") from None
 
 
+def _wait_seconds() -> float | None:
+    """The optional ``wait`` query parameter (seconds to wait for the job(s) to end); 422 if malformed."""
+    try:
+        return parse_wait(request.args.get("wait"), float(current_app.config["JOB_WAIT_MAX_SECONDS"]))
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field="wait") from None
+
+
 @bp.post("/jobs")
 def create_job():
+    wait = _wait_seconds()  # checked before anything is stored
     spec = services.validate_job(_json_body())
-    job = services.create_job(spec)
-    body = {"id": job.id, "url": services.job_to_dict(job)["url"], "status": job.status}
-    return jsonify(body), 202, {"Location": body["url"]}
+    job_id = services.create_job(spec)
+    url = url_for("api.get_job", job_id=job_id)
+    if wait is None:
+        return jsonify({"id": job_id, "url": url, "status": "queued"}), 202, {"Location": url}
+    # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s (202)
+    job = wait_until_ended(wait, _job_reader(job_id), [job_id])
+    return jsonify(services.job_to_dict(job)), 200 if job.status in FINAL_STATUSES else 202, {"Location": url}
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(services.job_to_dict(services.get_job(job_id)))
+    wait = _wait_seconds()
+    job = wait_until_ended(wait, _job_reader(job_id), [job_id]) if wait is not None else services.get_job(job_id)
+    return jsonify(services.job_to_dict(job))
+
+
+def _job_reader(job_id: str):
+    def read():
+        job = services.get_job(job_id)
+        return job, [] if job.status in FINAL_STATUSES else [job_id]
+    return read
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -71,7 +95,14 @@ def create_batch():
 
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str):
-    return jsonify(services.batch_to_dict(services.get_batch(batch_id)))
+    wait = _wait_seconds()
+
+    def read():
+        batch = services.get_batch(batch_id)
+        return batch, [job.id for job in batch.jobs if job.status not in FINAL_STATUSES]
+
+    batch = wait_until_ended(wait, read) if wait is not None else services.get_batch(batch_id)
+    return jsonify(services.batch_to_dict(batch))
 
 
 @bp.get("/models")

@@ -27,6 +27,12 @@ BAD = {"400": _error("malformed JSON"), "413": _error("request body too large"),
        "415": _error("wrong content type"), "422": _error("invalid request (message names the field or line)")}
 
 
+def _wait(what: str) -> dict[str, Any]:
+    return {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0},
+            "description": f"seconds to wait for {what} to end (succeeded, failed or canceled) before answering, "
+                           "at most JOB_WAIT_MAX_SECONDS (60 by default); instead of polling"}
+
+
 def spec() -> dict[str, Any]:
     from flask import current_app
 
@@ -105,13 +111,20 @@ def spec() -> dict[str, Any]:
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
     paths = {
         "/jobs": {"post": {
-            "summary": "Queue a generation job", "operationId": "createJob",
+            "summary": "Queue a generation job", "operationId": "createJob", "parameters": [_wait("the job")],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
-            "responses": {"202": _json("queued; poll the url", "JobCreated"), **BAD}}},
+            "responses": {"200": _json("with wait: the job, ended within the wait", "Job"),
+                          "202": {"description": "queued; poll the url (without wait: a JobCreated; with wait: "
+                                                 "the whole Job as it stood when the wait ran out)",
+                                  "content": {"application/json": {"schema": {"oneOf": [
+                                      {"$ref": "#/components/schemas/JobCreated"},
+                                      {"$ref": "#/components/schemas/Job"}]}}}}, **BAD}}},
         "/jobs/{job_id}": {"get": {
-            "summary": "A job's status, progress, images and error", "operationId": "getJob", "parameters": [job_id],
-            "responses": {"200": _json("the job", "Job"), "404": _error("no such job")}}},
+            "summary": "A job's status, progress, images and error", "operationId": "getJob",
+            "parameters": [job_id, _wait("the job")],
+            "responses": {"200": _json("the job", "Job"), "404": _error("no such job"),
+                          "422": _error("a bad wait")}}},
         "/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a queued or running job", "operationId": "cancelJob", "parameters": [job_id],
             "responses": {"200": _json("canceled", "Job"), "404": _error("no such job"),
@@ -131,8 +144,9 @@ def spec() -> dict[str, Any]:
             "responses": {"202": _json("queued", "Batch"), **BAD}}},
         "/batches/{batch_id}": {"get": {
             "summary": "A batch's combined status", "operationId": "getBatch",
-            "parameters": [_id("batch_id", "batch id")],
-            "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch")}}},
+            "parameters": [_id("batch_id", "batch id"), _wait("all the batch's jobs")],
+            "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch"),
+                          "422": _error("a bad wait")}}},
         "/models": {"get": {
             "summary": "The models being served", "operationId": "listModels",
             "responses": {"200": {"description": "serving model versions", "content": {"application/json": {

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from flask import current_app, url_for
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import joinedload
 
 from app.extensions import db
 from app.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, utcnow
@@ -307,13 +308,15 @@ def _job_from_spec(spec: JobSpec, **extra: Any) -> Job:
                n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(), **extra)
 
 
-def create_job(spec: JobSpec) -> Job:
-    """Store the job (committed first: the row is the source of truth), then send its message."""
+def create_job(spec: JobSpec) -> str:
+    """Store the job (committed first: the row is the source of truth), then send its message; its id."""
     job = _job_from_spec(spec)
     db.session.add(job)
+    db.session.flush()
+    job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
     db.session.commit()
-    send_jobs([job.id])
-    return job
+    send_jobs([job_id])
+    return job_id
 
 
 def create_batch(specs: list[JobSpec], source: str) -> Batch:
@@ -363,12 +366,15 @@ def cancel_job(job_id: str) -> Job:
     if result.rowcount == 0:
         db.session.refresh(job)
         raise ApiError(409, f"job {job_id} is already {job.status}", job_status=job.status)
+    from app.job_events import announce_finished
+
+    announce_finished([job_id])
     db.session.refresh(job)
     return job
 
 
 def get_job(job_id: str) -> Job:
-    job = db.session.get(Job, job_id)
+    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version)])  # job_to_dict reads both
     if job is None:
         raise ApiError(404, f"no job {job_id!r}")
     return job
@@ -407,6 +413,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     max_attempts = int(cfg["MAX_ATTEMPTS"])
     counts = {"requeued_running": 0, "failed_running": 0, "resent_queued": 0}
     to_send: list[str] = []
+    failed: list[str] = []
 
     stale = db.session.execute(select(Job.id, Job.attempts).where(
         Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < lease_cutoff))).all()
@@ -419,6 +426,8 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
                 error=f"the job was abandoned by its worker {attempts} times (worker died or hit the hard time "
                       f"limit of {cfg['TASK_TIME_LIMIT']} s); giving up"))
             counts["failed_running"] += res.rowcount
+            if res.rowcount:
+                failed.append(job_id)
         else:
             res = db.session.execute(update(Job).where(*cond).values(
                 status="queued", enqueued_at=now, claim_token=None, progress=0.0))
@@ -439,6 +448,10 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             to_send.append(job_id)
     if to_send:
         send_jobs(to_send)
+    if failed:
+        from app.job_events import announce_finished
+
+        announce_finished(failed)
     from app.trainings import reconcile_runs
 
     counts.update(reconcile_runs(now))

@@ -128,8 +128,8 @@ def submit_job():
         spec = services.validate_job(job_request_from_form(request.form))
     except ApiError as exc:
         return _render_form(values, exc.message, exc.status)
-    job = services.create_job(spec)
-    return redirect(url_for("web.job", job_id=job.id), code=303)
+    job_id = services.create_job(spec)
+    return redirect(url_for("web.job", job_id=job_id), code=303)
 
 
 # -- jobs -------------------------------------------------------------------------------------------

@@ -6,17 +6,20 @@ default, or PostgreSQL + Redis with ``--database-url`` / ``--redis-url`` (a fres
 server and dropped afterwards; the Redis keys get a unique ``BROKER_KEY_PREFIX`` and are deleted afterwards).
 It migrates, registers the shipped checkpoint ``models/digits-aae-cg`` as ``digits``, sends one warm-up job
 (the worker loads the model), then for each image count n and each number K of concurrent clients runs one
-phase: K threads share ``max(2K, 16)`` jobs (``--jobs-per-client``, ``--min-jobs``); each thread submits a job
-(``POST /api/v1/jobs``), polls it (``GET /api/v1/jobs/<id>``) until it has succeeded, and takes the next.
+phase: K threads share ``max(2K, 16)`` jobs (``--jobs-per-client``, ``--min-jobs``); each thread submits a job,
+waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
+
+* ``wait`` (the default): one request per job, ``POST /api/v1/jobs?wait=60``, answered when the job has
+  ended (app/job_events.py); the latency is exact.
+* ``poll``: ``POST /api/v1/jobs``, then ``GET /api/v1/jobs/<id>`` every ``max(--poll-ms, K * 1000 /
+  --max-poll-rate)`` ms (all clients together poll at most ``--max-poll-rate`` times a second, so polling
+  does not take the CPU the worker needs) until it has succeeded: latencies are rounded up by up to one
+  poll interval (10 ms at K = 1 by default), and each client sees at most one job per poll interval, the
+  closed-loop bound ``K * n / poll interval`` printed beside (no service can go faster).
 
 Per phase: throughput = images / wall time of the phase (first submit -> last success), and the latency of
-each job (submit -> the poll that saw ``succeeded``) at p50/p95/p99. Each client polls every
-``max(--poll-ms, K * 1000 / --max-poll-rate)`` ms (all clients together poll at most ``--max-poll-rate``
-times a second, so polling does not take the CPU the worker needs): latencies are rounded up by up to one
-poll interval (10 ms at K = 1 by default).
-
-Also per phase: the closed-loop bound ``K * n / poll interval`` (each client has one job in flight and sees it
-done at a poll: no service can go faster), and the CPU milliseconds per job of the web server, the worker
+each job (submit -> the answer that said ``succeeded``) at p50/p95/p99. Also the CPU milliseconds per job
+of the web server (gunicorn, ``--web-workers`` processes of ``--web-threads`` threads, as the Procfile), the worker
 (and of its main process alone) and this script's client threads (``/proc``, Linux), with "cores busy" =
 their CPU seconds / wall seconds.
 
@@ -73,9 +76,13 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
     p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
     p.add_argument("--min-jobs", type=int, default=16)
+    p.add_argument("--client-mode", choices=("wait", "poll"), default="wait",
+                   help="wait: one POST ?wait= per job; poll: POST, then GET every poll interval")
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
     p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--web-threads", type=int, default=16,
+                   help="threads per gunicorn worker (gthread, as the Procfile); a waiting client holds one")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
@@ -265,10 +272,24 @@ def health_ok(base: str) -> bool:
         return False
 
 
-def run_job(base: str, n: int, seed: int, poll_s: float, deadline: Deadline, model: str = MODEL) -> float:
-    """Submit one job and poll it until it has succeeded; the seconds from submit to that poll."""
+WAIT_S = 60  # the server's default JOB_WAIT_MAX_SECONDS
+
+
+def run_job(base: str, n: int, seed: int, poll_s: float | None, deadline: Deadline, model: str = MODEL) -> float:
+    """Submit one job and wait until it has succeeded; the seconds from submit to the answer that said so.
+    ``poll_s`` None: one ``POST ?wait=`` (again with ``GET ?wait=`` if a wait ran out); else poll every
+    ``poll_s``."""
     t0 = time.perf_counter()
-    status, body = http("POST", base + "/api/v1/jobs", {"model": model, "label": LABEL, "n": n, "seed": seed})
+    spec = {"model": model, "label": LABEL, "n": n, "seed": seed}
+    if poll_s is None:
+        status, job = http("POST", f"{base}/api/v1/jobs?wait={WAIT_S}", spec, timeout=WAIT_S + 30)
+        while status == 202 and job.get("status") in ("queued", "running"):
+            deadline.check(f"waiting for job {job['id']}")
+            status, job = http("GET", f"{base}{job['url']}?wait={WAIT_S}", timeout=WAIT_S + 30)
+        if job.get("status") != "succeeded":
+            raise RuntimeError(f"job -> {status} {job}")
+        return time.perf_counter() - t0
+    status, body = http("POST", base + "/api/v1/jobs", spec)
     if status != 202:
         raise RuntimeError(f"POST /api/v1/jobs -> {status} {body}")
     url = base + body["url"]
@@ -292,7 +313,7 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, deadline: Deadline,
+def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0: int, deadline: Deadline,
               groups: dict[str, int] | None = None) -> dict:
     latencies: list[float] = []
     errors: list[BaseException] = []
@@ -332,7 +353,7 @@ def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float, seed0: int, d
     cpu_ms = {name: round(seconds * 1e3 / jobs, 2) for name, seconds in {**cpu, "clients": clients_cpu}.items()}
     return {"cpu_ms_per_job": cpu_ms, "cpu_busy": round((sum(cpu.values()) + clients_cpu) / wall, 2),
             "clients": k, "n": n, "jobs": jobs, "images": jobs * n, "wall_s": round(wall, 3),
-            "images_per_s": round(jobs * n / wall, 2), "poll_ms": round(poll_s * 1e3, 1),
+            "images_per_s": round(jobs * n / wall, 2), "poll_ms": None if poll_s is None else round(poll_s * 1e3, 1),
             "p50_ms": round(percentile(latencies, 50) * 1e3, 1), "p95_ms": round(percentile(latencies, 95) * 1e3, 1),
             "p99_ms": round(percentile(latencies, 99) * 1e3, 1)}
 
@@ -498,14 +519,15 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         web = procs.start("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-                                  "--workers", str(args.web_workers), "app.wsgi:app"])
+                                  "--workers", str(args.web_workers), "--worker-class", "gthread",
+                                  "--threads", str(args.web_threads), "app.wsgi:app"])
         service = Service(base, env, procs, web, workdir)
         if concurrency is not None:
             service.start_worker(concurrency, deadline)  # both start at once
         if wait_web or concurrency is not None:
             service.wait_web(deadline)
         if concurrency is not None:
-            run_job(base, 1, 0, 0.05, deadline)  # warm-up: the worker loads the model
+            run_job(base, 1, 0, None, deadline)  # warm-up: the worker loads the model
         yield service
     finally:
         if procs is not None:
@@ -521,17 +543,18 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
 
 
 def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: int, deadline: Deadline) -> dict:
-    """One phase (K clients, n images a job) against a running service; also the closed-loop bound: each
-    client has one job in flight and sees it done at a poll, so img/s <= K * n / poll interval."""
+    """One phase (K clients, n images a job) against a running service; when the clients poll, also the
+    closed-loop bound: each client has one job in flight and sees it done at a poll, so img/s <= K * n / poll
+    interval."""
     jobs = max(args.jobs_per_client * k, args.min_jobs)
-    poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3
+    poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3 if args.client_mode == "poll" else None
     parent = service.groups["worker"]
     parent0 = group_cpu_seconds(parent, only_pid=parent)
     row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups)
     # the worker's main process (broker I/O, handing messages to the pool), apart from its pool processes
     row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
                                                  / jobs, 2)
-    row["client_bound_images_per_s"] = round(k * n / poll_s, 1)
+    row["client_bound_images_per_s"] = round(k * n / poll_s, 1) if poll_s else None
     service.procs.check_alive()
     return row
 
@@ -593,9 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     at_max_k = {r["n"]: r["ratio"] for r in rows if r["clients"] == max(clients)}
     headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "service/raw", "p50 ms", "p95 ms", "p99 ms",
                "poll ms", "client bound img/s", "CPU ms/job web / worker / clients", "cores busy"]
+    if args.client_mode == "wait":  # no polling, no bound from it
+        headers = [h for h in headers if h not in ("poll ms", "client bound img/s")]
     table = markdown_table(headers, [[r["n"], r["clients"], r["jobs"], r["images_per_s"], r["raw_images_per_s"],
-                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["poll_ms"],
-                                      r["client_bound_images_per_s"], cpu_cell(r), r["cpu_busy"]] for r in rows])
+                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+                                      *([r["poll_ms"], r["client_bound_images_per_s"]] if r["poll_ms"] else []),
+                                      cpu_cell(r), r["cpu_busy"]] for r in rows])
     table += (f"\n\nraw single image: {raw[1]['raw_ms']} ms; added p50 latency of a 1-image job at K=1: "
               f"{added} ms (goal < 50); service/raw at K={max(clients)}: "
               + ", ".join(f"n={n}: {v}" for n, v in at_max_k.items()) + " (goal >= 0.8)")
@@ -605,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                "goals": {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50},
                "settings": {"backend": "postgresql+redis" if args.database_url else "sqlite+embedded",
                             "clients": clients, "images": images, "web_workers": args.web_workers,
+                            "web_threads": args.web_threads, "client_mode": args.client_mode,
                             "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
                             "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,

@@ -36,6 +36,7 @@ from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
 from app.extensions import db
+from app.job_events import announce_finished
 from app.models import Image, Job, ModelVersion, image_id, utcnow
 from app.storage import image_key
 from workers.batching import JobSnapshot, stage_clock
@@ -228,7 +229,8 @@ def _lookup_statement() -> Any:
 
 
 # -- the task ---------------------------------------------------------------------------------------
-@shared_task(name="workers.tasks.generate_images", bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name="workers.tasks.generate_images", bind=True, acks_late=True, reject_on_worker_lost=True,
+             Strategy="workers.strategy:skip_settled_jobs")
 def generate_images(self: Any, job_id: str) -> str:
     if not LOG_STAGE_TIMES:
         return _generate_images(job_id)
@@ -284,6 +286,9 @@ def _generate_images(job_id: str) -> str:
         for member, member_token in lease.tokens.items():
             finish_failed(member, member_token, _readable(exc))
         return "failed"
+    finally:
+        # wake the requests waiting on these jobs (?wait=): whatever became of them, it is committed now
+        announce_finished(list(lease.tokens))
 
 
 def _readable(exc: BaseException) -> str:

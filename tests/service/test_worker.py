@@ -134,12 +134,26 @@ def test_worker_serves_reproducibly_survives_a_bad_model_and_ignores_duplicates(
     wait_status(app, marker, ("succeeded",))
     assert image_count(app, first) == 4 and files_of(config, first) == ["000.png", "001.png", "002.png", "003.png"]
     assert job_row(app, first).attempts == 1
+    # the duplicate was dropped by the worker's main process (workers/strategy.py): no task ran for it
+    assert "skipped (" not in worker.log_text()
 
     # a batch through the same worker
     resp = client.post("/api/v1/batches", json=[{"model": "tiny", "label": i, "n": 2} for i in range(3)])
     batch_url = resp.get_json()["url"]
     wait_for(lambda: client.get(batch_url).get_json()["status"] == "succeeded", 180, "the batch")
     assert client.get(batch_url).get_json()["counts"]["succeeded"] == 3
+
+    # waiting instead of polling (?wait=): the worker's announcement on Redis wakes the request. The
+    # re-read interval is longer than the wait, so only the notification can answer "succeeded"
+    waiting = make(JOB_WAIT_RECHECK_INTERVAL=600).test_client()
+    resp = waiting.post("/api/v1/jobs?wait=60", json={"model": "tiny", "label": "4", "n": 3, "seed": 7})
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert body["status"] == "succeeded" and [image["index"] for image in body["images"]] == [0, 1, 2]
+    assert resp.headers["Location"] == body["url"]
+    resp = waiting.post("/api/v1/batches", json=[{"model": "tiny", "label": i} for i in range(3)])
+    resp = waiting.get(f"{resp.get_json()['url']}?wait=60")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "succeeded", resp.get_json()
 
 
 def test_sigkill_mid_job_then_new_worker_finishes_it_exactly_once(service, start_worker):
@@ -228,6 +242,12 @@ def test_default_setup_sqlite_with_the_embedded_broker(tmp_path, checkpoints, st
     done = wait_status(app, job_id, ("succeeded", "failed"))
     assert done.status == "succeeded", done.error
     assert len(pixels(client, job_id)) == 3 and image_count(app, job_id) == 3
+    # ?wait= without Redis: the web process's database poll sees the job end (the re-read interval is
+    # longer than the wait, so nothing else could answer "succeeded")
+    app.config["JOB_WAIT_RECHECK_INTERVAL"] = 600
+    resp = client.post("/api/v1/jobs?wait=60", json={"label": "2", "n": 2})
+    assert resp.status_code == 200 and resp.get_json()["status"] == "succeeded", resp.get_json()
+    assert len(resp.get_json()["images"]) == 2
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

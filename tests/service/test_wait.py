@@ -1,0 +1,119 @@
+"""``?wait=S`` on the job and batch endpoints (app/job_events.py): validation, the answer after the wait runs
+out, and the wake-up when a job ends, by the database poll (embedded broker) and by Redis pub/sub. A job
+is ended here by the API's cancel from another thread; tests/service/test_worker.py covers a real worker's
+announcement. No test asserts a duration: the re-read interval is set longer than the wait, so an answer
+of "canceled" can only come from the wake-up path under test."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from app.extensions import db
+from tests.service.conftest import base_config, register_test_models, row_counts, wait_for
+
+
+def make_app(tmp_path, checkpoints, **overrides: Any):
+    from app import create_app
+    from app.migrate import upgrade
+
+    app = create_app(base_config(tmp_path, **overrides))
+    upgrade(app)
+    with app.app_context():
+        register_test_models(checkpoints)
+    return app
+
+
+def cancel_when_awaited(app, job_id: str) -> threading.Thread:
+    """Cancel the job from another thread once a request is waiting on it (as a client's cancel would)."""
+    from app import services
+    from app.job_events import watcher
+
+    def run() -> None:
+        with app.app_context():
+            wait_for(lambda: job_id in watcher().awaited(), 60, "the request to wait on the job", interval=0.02)
+            services.cancel_job(job_id)
+            db.session.remove()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "nan", "inf", "61", ""])
+def test_a_bad_wait_is_a_422_naming_it_and_stores_nothing(client, app, raw):
+    before = row_counts(app)
+    resp = client.post(f"/api/v1/jobs?wait={raw}", json={"label": "1"})
+    assert resp.status_code == 422 and resp.get_json()["field"] == "wait", resp.get_json()
+    assert "wait must be a number of seconds from 0 to 60" in resp.get_json()["error"]
+    assert row_counts(app) == before
+    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    resp = client.get(f"/api/v1/jobs/{job_id}?wait={raw}")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "wait"
+
+
+def test_when_the_wait_runs_out_the_job_comes_back_as_it_stands(client):
+    # no worker here: the job stays queued
+    resp = client.post("/api/v1/jobs?wait=0.2", json={"label": "1", "n": 2, "seed": 3})
+    assert resp.status_code == 202
+    body = resp.get_json()
+    assert body["status"] == "queued" and body["images"] == [] and body["n"] == 2 and body["seed"] == 3
+    assert resp.headers["Location"] == body["url"]
+    resp = client.get(f"{body['url']}?wait=0.2")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+    resp = client.get(f"{body['url']}?wait=0")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+    batch = client.post("/api/v1/batches", json=[{"label": 1}, {"label": 2}]).get_json()
+    resp = client.get(f"{batch['url']}?wait=0.2")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+
+
+def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, checkpoints):
+    app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600)
+    client = app.test_client()
+    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    thread = cancel_when_awaited(app, job_id)
+    resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
+    thread.join(30)
+    assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+
+    # a batch answers once all its jobs have ended
+    batch = client.post("/api/v1/batches", json=[{"label": 1}, {"label": 2}]).get_json()
+    threads = [cancel_when_awaited(app, job["id"]) for job in batch["jobs"]]
+    resp = client.get(f"{batch['url']}?wait=30")
+    for thread in threads:
+        thread.join(30)
+    assert resp.get_json()["status"] == "canceled" and resp.get_json()["counts"]["canceled"] == 2
+
+
+def test_with_redis_the_announcement_wakes_the_waiting_request(tmp_path, checkpoints, redis_url):
+    broker, prefix = redis_url
+    app = make_app(tmp_path, checkpoints, CELERY_BROKER_URL=broker, BROKER_KEY_PREFIX=prefix,
+                   JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
+    client = app.test_client()
+    try:
+        job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+        thread = cancel_when_awaited(app, job_id)
+        resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
+        thread.join(30)
+        assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+    finally:
+        app.extensions["celery"].pool.force_close_all()
+
+
+def test_the_watcher_wakes_only_the_requests_waiting_on_an_ended_job(app):
+    from app.job_events import JobWatcher
+
+    watcher = JobWatcher(app)
+    a, b = threading.Event(), threading.Event()
+    watcher._register(["j1", "j2"], a)
+    watcher._register(["j2", "j3"], b)
+    watcher.wake(["j1"])
+    assert a.is_set() and not b.is_set()
+    watcher.wake(["j3", "unknown"])
+    assert b.is_set()
+    watcher._unregister(["j1", "j2"], a)
+    watcher._unregister(["j2", "j3"], b)
+    assert watcher.awaited() == []
