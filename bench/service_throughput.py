@@ -104,8 +104,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the documented figures use none")
     p.add_argument("--log-stage-times", action="store_true",
                    help="the worker logs each task's time per stage (PRIORFORGE_LOG_STAGE_TIMES=1; with --keep)")
+    p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
+                   help="serve a freshly initialised class-conditional aae-cg of this image shape at its default "
+                        "size (e.g. 3x64x64) instead of models/digits-aae-cg: the speed of a bigger model (the "
+                        "weights do not change the speed; the images are noise)")
     p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
     args = p.parse_args(argv)
+    if args.untrained_shape:
+        try:
+            shape = tuple(int(x) for x in args.untrained_shape.lower().split("x"))
+            if len(shape) != 3 or min(shape) < 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--untrained-shape {args.untrained_shape!r}: expected CxHxW, e.g. 3x64x64")
+        args.untrained_shape = shape
     if args.quick:
         args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", "1", 2, 4
         args.warmup, args.repeats = 1, 5
@@ -359,13 +371,24 @@ def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0:
 
 
 # -- the raw model ------------------------------------------------------------------------------------
+def untrained_checkpoint(shape: tuple[int, int, int], folder: Path) -> Path:
+    """A class-conditional aae-cg of ``shape`` at its default size, freshly initialised (seed 0), saved with
+    the class names 0-9 (so label 7 exists): for speed only."""
+    from generation.checkpoint import save_checkpoint
+    from generation.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("aae-cg", image_shape=shape, condition="class", num_classes=10)
+    return save_checkpoint(model, folder, dataset="untrained (speed only)", class_names=[str(i) for i in range(10)])
+
+
 def raw_speed(batches: list[int], args: argparse.Namespace) -> dict[int, dict]:
     """Median wall/CPU time of sample_latents + decode at each batch, in this process, one thread."""
     from generation.base import Condition
     from generation.checkpoint import load_checkpoint
 
     device = torch.device("cpu")
-    model, info = load_checkpoint(CHECKPOINT, device=device)
+    model, info = load_checkpoint(getattr(args, "checkpoint", CHECKPOINT), device=device)
     condition = Condition("class", index=list(info.class_names).index(LABEL))
     out = {}
     with torch.inference_mode():
@@ -513,7 +536,7 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
             broker_url = f"sqla+sqlite:///{workdir / 'broker.sqlite3'}"
         env = service_env(workdir, db_url, broker_url, key_prefix)
         env.update(extra_env or {})
-        prepare_instance(env, [MODEL, *(models or [])])
+        prepare_instance(env, [MODEL, *(models or [])], getattr(args, "checkpoint", CHECKPOINT))
 
         procs = Processes(workdir, env)
         port = free_port()
@@ -595,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()
     previous = install_signal_handlers()
+    model_dir = None
     try:
+        args.checkpoint = CHECKPOINT
+        if args.untrained_shape:
+            model_dir = Path(tempfile.mkdtemp(prefix="pf-bench-model-"))
+            args.checkpoint = untrained_checkpoint(args.untrained_shape, model_dir)
         raw = raw_speed(sorted({1, *images}), args)
         rows = []
         with running_service(args, deadline, concurrency=args.concurrency, extra_env=stage_env(args)) as service:
@@ -610,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if model_dir is not None:
+            shutil.rmtree(model_dir, ignore_errors=True)
 
     single = next((r for r in rows if r["clients"] == 1 and r["n"] == 1), None)
     added = round(single["p50_ms"] - raw[1]["raw_ms"], 1) if single else None
@@ -632,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {"backend": "postgresql+redis" if args.database_url else "sqlite+embedded",
                             "clients": clients, "images": images, "web_workers": args.web_workers,
                             "web_threads": args.web_threads, "client_mode": args.client_mode,
+                            "model": "x".join(map(str, args.untrained_shape)) + " aae-cg, untrained"
+                                     if args.untrained_shape else "models/digits-aae-cg",
                             "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
                             "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,

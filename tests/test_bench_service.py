@@ -24,11 +24,13 @@ def positive(value) -> bool:
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_service_throughput_quick():
+@pytest.mark.parametrize("extra", [[], ["--client-mode", "poll", "--untrained-shape", "1x16x16"]],
+                         ids=["wait", "poll-untrained-model"])
+def test_service_throughput_quick(extra):
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
     res = subprocess.run([sys.executable, str(REPO / "bench" / "service_throughput.py"), "--quick",
-                          "--timeout", "500"], cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
+                          "--timeout", "500", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.lstrip().startswith("| ")  # the markdown table comes first
     payload = parse_json_line(res.stdout)
@@ -43,12 +45,19 @@ def test_service_throughput_quick():
         for key in ("images_per_s", "raw_images_per_s", "ratio", "wall_s", "p50_ms", "p95_ms", "p99_ms"):
             assert positive(row[key]), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-        assert positive(row["client_bound_images_per_s"]) and positive(row["cpu_busy"])
+        assert positive(row["cpu_busy"])
+        if extra:  # polling clients: each sees at most one job per poll interval
+            assert positive(row["poll_ms"]) and positive(row["client_bound_images_per_s"])
+        else:  # waiting clients: no poll, no bound from it
+            assert row["poll_ms"] is None and row["client_bound_images_per_s"] is None
         assert set(row["cpu_ms_per_job"]) == {"web", "worker", "clients", "worker_main"}
     assert [r["n"] for r in payload["raw"]] == [1] and positive(payload["raw"][0]["raw_ms"])
     assert isinstance(payload["added_latency_p50_ms"], float)
     assert set(payload["ratio_at_max_clients"]) == {"1"}
     assert payload["goals"] == {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50}
+    settings = payload["settings"]
+    assert settings["client_mode"] == ("poll" if extra else "wait")
+    assert settings["model"] == ("1x16x16 aae-cg, untrained" if extra else "models/digits-aae-cg")
 
 
 @pytest.mark.integration
