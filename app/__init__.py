@@ -49,6 +49,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
         "DEFAULT_MODEL": "digits",
+        "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
         # ?wait=S on the job and batch endpoints (app/job_events.py): the longest wait a request may ask for,
         # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
         # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
@@ -118,6 +119,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
     else:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
+        # one pooled connection per web server thread (gthread, WEB_THREADS = 16 in the Procfile): with the
+        # default 5, busy threads opened and closed "overflow" connections, a new PostgreSQL backend each time
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", int(app.config["DB_POOL_SIZE"]))
     os.makedirs(app.instance_path, exist_ok=True)
 
     db.init_app(app)

@@ -374,7 +374,9 @@ def cancel_job(job_id: str) -> Job:
 
 
 def get_job(job_id: str) -> Job:
-    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version)])  # job_to_dict reads both
+    # job_to_dict reads both; populate_existing: an expired copy in the session would be refreshed without
+    # the joined load (and the version then lazy-loaded in a second query)
+    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version)], populate_existing=True)
     if job is None:
         raise ApiError(404, f"no job {job_id!r}")
     return job
