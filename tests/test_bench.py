@@ -64,3 +64,13 @@ def test_quality_records_a_failing_backend(capsys, monkeypatch):
     payload = run_script(quality, ["--quick", "--backends", "vae", "--no-gaussian-baseline"], capsys)
     (row,) = payload["rows"]
     assert "boom" in row["error"]
+
+
+def test_lde_sampling_quick(capsys):
+    from bench import lde_sampling
+
+    payload = run_script(lde_sampling, ["--quick"], capsys)
+    assert [(r["shape"], r["batch"]) for r in payload["rows"]] == [("1x28x28", 1), ("1x28x28", 4)]
+    for row in payload["rows"]:
+        assert row["reference_ms"] > 0 and row["incremental_ms"] > 0
+        assert row["max_abs_diff"] < 1e-4  # the two samplers draw the same codes up to float rounding
