@@ -74,3 +74,22 @@ def test_lde_sampling_quick(capsys):
     for row in payload["rows"]:
         assert row["reference_ms"] > 0 and row["incremental_ms"] > 0
         assert row["max_abs_diff"] < 1e-4  # the two samplers draw the same codes up to float rounding
+
+
+def test_worker_timeline_reads_a_worker_log(tmp_path, capsys):
+    from bench import worker_timeline
+
+    log = tmp_path / "worker.log"
+    log.write_text(
+        "[2026-12-01 04:00:10,000: INFO/MainProcess] Task workers.tasks.generate_images[a] received\n"
+        "[2026-12-01 04:00:10,030: INFO/ForkPoolWorker-1] Task workers.tasks.generate_images[a] succeeded in "
+        "0.03s: 'succeeded'\n"
+        "[2026-12-01 04:00:10,040: INFO/MainProcess] Task workers.tasks.generate_images[b] received\n"
+        "[2026-12-01 04:00:10,041: INFO/ForkPoolWorker-1] Task workers.tasks.generate_images[b] succeeded in "
+        "0.001s: 'skipped (succeeded)'\n")
+    assert worker_timeline.main([str(log)]) == 0
+    payload = parse_json_line(capsys.readouterr().out)
+    assert (payload["real_tasks"], payload["noop_tasks"], payload["gaps"]) == (1, 1, 1)
+    assert payload["real_s"] == 0.03 and payload["noop_s"] == 0.001 and payload["gaps_s"] == 0.01
+    with pytest.raises(SystemExit):
+        worker_timeline.main([str(tmp_path / "missing.log")])

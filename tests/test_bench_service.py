@@ -106,3 +106,12 @@ def test_job_breakdown_quick():
         assert row["per_job_ms"]["total"] == pytest.approx(row["task_ms"]["total"] / row["batched_jobs"], abs=1e-2)
         assert row["commits_per_task"] == 2  # the claims, then the finish, whatever the batch
     assert rows[0]["noop_message_ms"] is None and positive(rows[1]["noop_message_ms"])
+
+
+@pytest.mark.parametrize("bad", ["3x64", "0x8x8", "axbxc"])
+def test_a_bad_untrained_shape_is_refused_naming_the_flag(bad, capsys):
+    from bench.service_throughput import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--untrained-shape", bad])
+    assert "--untrained-shape" in capsys.readouterr().err
