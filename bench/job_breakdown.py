@@ -62,14 +62,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
     p.add_argument("--label", default="", help="a free-form note stored in the JSON (e.g. before/after)")
+    p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
+                   help="a freshly initialised class-conditional aae-cg of this image shape instead of "
+                        "models/digits-aae-cg (as bench/service_throughput.py: the speed of a bigger model)")
     p.add_argument("--quick", action="store_true", help="n = 1; B = 1, 4; 1 warm-up, 2 repeats")
     args = p.parse_args(argv)
+    if args.untrained_shape:
+        from bench.service_throughput import parse_shape
+
+        args.untrained_shape = parse_shape(args.untrained_shape, p)
     if args.quick:
         args.images, args.batched, args.warmup, args.repeats = "1", "1,4", 1, 2
     return args
 
 
-def make_app(workdir: Path, db_url: str):
+def make_app(workdir: Path, db_url: str, checkpoint: Path = CHECKPOINT):
     from app import create_app
     from app.extensions import db
     from app.migrate import upgrade
@@ -81,7 +88,7 @@ def make_app(workdir: Path, db_url: str):
                       "DEVICE": "cpu", "DEFAULT_MODEL": MODEL})
     upgrade(app)
     with app.app_context():
-        register_model(MODEL, CHECKPOINT, serve=True)
+        register_model(MODEL, checkpoint, serve=True)
         db.session.remove()
     return app
 
@@ -194,12 +201,17 @@ def main(argv: list[str] | None = None) -> int:
             pg = (name, conninfo)
         else:
             db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
-        app = make_app(workdir, db_url)
+        checkpoint = CHECKPOINT
+        if args.untrained_shape:
+            from bench.service_throughput import untrained_checkpoint
+
+            checkpoint = untrained_checkpoint(args.untrained_shape, workdir / "model")
+        app = make_app(workdir, db_url, checkpoint)
         with app.app_context():
             from app.extensions import db
 
             counter = StatementCounter(db.engine)
-        config = {k: app.config[k] for k in ("BATCH_WAIT_MS", "BATCH_MAX_IMAGES", "GENERATE_CHUNK")}
+        config = {k: app.config[k] for k in ("BATCH_WAIT_MS", "BATCH_MAX_IMAGES", "GENERATE_CHUNK", "PNG_THREADS")}
         rows = []
         seed = 1
         for n in images:
@@ -238,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "job_breakdown", "machine": machine, "rows": rows, "stages": STAGES,
                "settings": {"backend": "postgresql" if args.database_url else "sqlite", "images": images,
                             "batched": batched, "warmup": args.warmup, "repeats": args.repeats,
-                            "quick": args.quick, "label": args.label, **config, **worker_settings(),
+                            "quick": args.quick, "label": args.label,
+                            "model": "x".join(map(str, args.untrained_shape)) + " aae-cg, untrained"
+                                     if args.untrained_shape else "models/digits-aae-cg",
+                            **config, **worker_settings(),
                             "command": " ".join(["job_breakdown.py",
                                                  *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}

@@ -6,8 +6,11 @@ default, or PostgreSQL + Redis with ``--database-url`` / ``--redis-url`` (a fres
 server and dropped afterwards; the Redis keys get a unique ``BROKER_KEY_PREFIX`` and are deleted afterwards).
 It migrates, registers the shipped checkpoint ``models/digits-aae-cg`` as ``digits``, sends one warm-up job
 (the worker loads the model), then for each image count n and each number K of concurrent clients runs one
-phase: K threads share ``max(2K, 16)`` jobs (``--jobs-per-client``, ``--min-jobs``); each thread submits a job,
-waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
+phase: first ``max(K, --phase-warmup)`` untimed jobs at the same K and n (the web server's threads and pooled
+database connections are opened, the clients' sockets too: without this a short phase measured start-up, not
+the steady state), then the timed part, where K threads share at least ``max(2K, 16)`` jobs
+(``--jobs-per-client``, ``--min-jobs``) and go on taking jobs until ``--min-seconds`` have passed; each thread
+submits a job, waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
 
 * ``wait`` (the default): one request per job, ``POST /api/v1/jobs?wait=60``, answered when the job has
   ended (app/job_events.py); the latency is exact.
@@ -76,6 +79,12 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
     p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
     p.add_argument("--min-jobs", type=int, default=16)
+    p.add_argument("--min-seconds", type=float, default=None,
+                   help="a timed phase goes on taking new jobs until it has run this long, for a steady state "
+                        "(default 5; 0 with --quick)")
+    p.add_argument("--phase-warmup", type=int, default=None,
+                   help="untimed jobs at the phase's K and n before it is timed, at least K (default 16; 1 with "
+                        "--quick)")
     p.add_argument("--client-mode", choices=("wait", "poll"), default="wait",
                    help="wait: one POST ?wait= per job; poll: POST, then GET every poll interval")
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
@@ -111,17 +120,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
     args = p.parse_args(argv)
     if args.untrained_shape:
-        try:
-            shape = tuple(int(x) for x in args.untrained_shape.lower().split("x"))
-            if len(shape) != 3 or min(shape) < 1:
-                raise ValueError
-        except ValueError:
-            p.error(f"--untrained-shape {args.untrained_shape!r}: expected CxHxW, e.g. 3x64x64")
-        args.untrained_shape = shape
+        args.untrained_shape = parse_shape(args.untrained_shape, p)
     if args.quick:
         args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", "1", 2, 4
         args.warmup, args.repeats = 1, 5
+    resolve_phase_defaults(args)
     return args
+
+
+def parse_shape(text: str, parser: argparse.ArgumentParser) -> tuple[int, int, int]:
+    """``--untrained-shape CxHxW`` as a tuple; a parser error naming the flag otherwise."""
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--untrained-shape {text!r}: expected CxHxW, e.g. 3x64x64")
+    return shape  # type: ignore[return-value]
+
+
+def resolve_phase_defaults(args: argparse.Namespace) -> None:
+    """--min-seconds and --phase-warmup when not given: a steady state (5 s after 16 untimed jobs), or a
+    smoke test's minimum with --quick."""
+    if args.min_seconds is None:
+        args.min_seconds = 0.0 if args.quick else 5.0
+    if args.phase_warmup is None:
+        args.phase_warmup = 1 if args.quick else 16
+    if args.min_seconds < 0:
+        raise SystemExit(f"--min-seconds {args.min_seconds}: must not be negative")
+    if args.phase_warmup < 0:
+        raise SystemExit(f"--phase-warmup {args.phase_warmup}: must not be negative")
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -326,16 +354,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0: int, deadline: Deadline,
-              groups: dict[str, int] | None = None) -> dict:
+              groups: dict[str, int] | None = None, min_seconds: float = 0.0) -> dict:
+    """K client threads run at least ``jobs`` jobs, and go on starting new ones until ``min_seconds`` have
+    passed; throughput, latency percentiles and CPU per job of the ``groups`` (name -> process group)."""
     latencies: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
-    counter = iter(range(jobs))
+    started = [0]
+    t0 = 0.0
+
+    def next_index() -> int | None:
+        with lock:
+            i = started[0]
+            if i >= jobs and time.perf_counter() - t0 >= min_seconds:
+                return None
+            started[0] += 1
+            return i
 
     def client() -> None:
         while not errors:
-            with lock:
-                i = next(counter, None)
+            i = next_index()
             if i is None:
                 return
             try:
@@ -361,6 +399,7 @@ def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0:
     cpu = {name: group_cpu_seconds(pgid) - cpu0[name] for name, pgid in groups.items()}
     if errors:
         raise errors[0]
+    jobs = len(latencies)
     # CPU milliseconds per job of each side (the web server, the worker, the client threads of this process)
     cpu_ms = {name: round(seconds * 1e3 / jobs, 2) for name, seconds in {**cpu, "clients": clients_cpu}.items()}
     return {"cpu_ms_per_job": cpu_ms, "cpu_busy": round((sum(cpu.values()) + clients_cpu) / wall, 2),
@@ -571,12 +610,17 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
     interval."""
     jobs = max(args.jobs_per_client * k, args.min_jobs)
     poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3 if args.client_mode == "poll" else None
+    warmup = max(k, getattr(args, "phase_warmup", 0))
+    if warmup:  # untimed: threads, pooled connections and sockets opened at this K (seeds after the timed ones)
+        run_phase(service.base, k, n, warmup, poll_s, seed + 10**6, deadline)
     parent = service.groups["worker"]
     parent0 = group_cpu_seconds(parent, only_pid=parent)
-    row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups)
+    row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups,
+                    min_seconds=getattr(args, "min_seconds", 0.0))
+    row["warmup_jobs"] = warmup
     # the worker's main process (broker I/O, handing messages to the pool), apart from its pool processes
     row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
-                                                 / jobs, 2)
+                                                 / row["jobs"], 2)
     row["client_bound_images_per_s"] = round(k * n / poll_s, 1) if poll_s else None
     service.procs.check_alive()
     return row
@@ -667,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                             "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
                             "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
+                            "min_seconds": args.min_seconds, "phase_warmup": args.phase_warmup,
                             "command": " ".join(["service_throughput.py",
                                                  *(argv if argv is not None else sys.argv[1:])])},
                "wall_seconds": round(time.perf_counter() - started, 1)}

@@ -46,8 +46,8 @@ import torch  # noqa: E402
 
 from bench.common import emit, machine_info, markdown_table  # noqa: E402
 from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, add_service_arguments, cpu_cell,  # noqa: E402
-                                      install_signal_handlers, phase_row, raw_speed, run_job, run_phase,
-                                      running_service, stage_env)
+                                      install_signal_handlers, phase_row, raw_speed, resolve_phase_defaults,
+                                      run_job, run_phase, running_service, stage_env)
 
 # The model is loaded by the first real job of each pool process; a batched job's own message is a no-op and
 # loads nothing, so warming up takes rounds of concurrent jobs (see warm_pool).
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workers, args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", 4, "1", 2, 8
         args.models, args.bounded_cache, args.warmup, args.repeats = "1,2", 0, 1, 5
         args.web_workers = 1
+    resolve_phase_defaults(args)
     return args
 
 
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                             "web_workers": args.web_workers, "web_threads": args.web_threads,
                             "client_mode": args.client_mode, "poll_ms": args.poll_ms,
                             "max_poll_rate": args.max_poll_rate, "quick": args.quick,
+                            "min_seconds": args.min_seconds, "phase_warmup": args.phase_warmup,
                             "worker_processes": "one Celery worker, --concurrency P (prefork pool)",
                             "command": " ".join(["worker_scaling.py",
                                                  *(argv if argv is not None else sys.argv[1:])])},

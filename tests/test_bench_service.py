@@ -24,8 +24,8 @@ def positive(value) -> bool:
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("extra", [[], ["--client-mode", "poll", "--untrained-shape", "1x16x16"]],
-                         ids=["wait", "poll-untrained-model"])
+@pytest.mark.parametrize("extra", [["--min-seconds", "1"], ["--client-mode", "poll", "--untrained-shape", "1x16x16"]],
+                         ids=["wait-1s-phases", "poll-untrained-model"])
 def test_service_throughput_quick(extra):
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
@@ -33,6 +33,7 @@ def test_service_throughput_quick(extra):
                           "--timeout", "500", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.lstrip().startswith("| ")  # the markdown table comes first
+    polling = "poll" in extra
     payload = parse_json_line(res.stdout)
     assert payload["benchmark"] == "service_throughput"
     machine = payload["machine"]
@@ -46,18 +47,24 @@ def test_service_throughput_quick(extra):
             assert positive(row[key]), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert positive(row["cpu_busy"])
-        if extra:  # polling clients: each sees at most one job per poll interval
+        if polling:  # polling clients: each sees at most one job per poll interval
             assert positive(row["poll_ms"]) and positive(row["client_bound_images_per_s"])
         else:  # waiting clients: no poll, no bound from it
             assert row["poll_ms"] is None and row["client_bound_images_per_s"] is None
         assert set(row["cpu_ms_per_job"]) == {"web", "worker", "clients", "worker_main"}
+        assert row["warmup_jobs"] == row["clients"]  # --quick: one untimed job per client first
+        if polling:
+            assert row["jobs"] == 4
+        else:  # --min-seconds 1: the clients go on taking jobs until the phase has run a second
+            assert row["wall_s"] >= 1.0 and row["jobs"] >= 4
     assert [r["n"] for r in payload["raw"]] == [1] and positive(payload["raw"][0]["raw_ms"])
     assert isinstance(payload["added_latency_p50_ms"], float)
     assert set(payload["ratio_at_max_clients"]) == {"1"}
     assert payload["goals"] == {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50}
     settings = payload["settings"]
-    assert settings["client_mode"] == ("poll" if extra else "wait")
-    assert settings["model"] == ("1x16x16 aae-cg, untrained" if extra else "models/digits-aae-cg")
+    assert settings["client_mode"] == ("poll" if polling else "wait")
+    assert settings["model"] == ("1x16x16 aae-cg, untrained" if polling else "models/digits-aae-cg")
+    assert (settings["min_seconds"], settings["phase_warmup"]) == (0.0 if polling else 1.0, 1)
 
 
 @pytest.mark.integration
@@ -115,3 +122,11 @@ def test_a_bad_untrained_shape_is_refused_naming_the_flag(bad, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--untrained-shape", bad])
     assert "--untrained-shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--min-seconds", "--phase-warmup"])
+def test_negative_phase_settings_are_refused_naming_the_flag(flag):
+    from bench.service_throughput import parse_args
+
+    with pytest.raises(SystemExit, match=flag):
+        parse_args([flag, "-1"])
