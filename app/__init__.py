@@ -36,6 +36,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
         # when none is queued, how long a task waits for some to arrive (0: a lone job is never delayed)
         "BATCH_WAIT_MS": 0,
+        # threads per worker pool process that encode and write a task's PNGs while its next pass decodes
+        # (0: inline, in the task's thread)
+        "PNG_THREADS": 1,
         "INFERENCE_PRECISION": "auto",  # fp32 | bf16 | fp16 | auto (fp32 on CPU, bf16/fp16 autocast on CUDA)
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
@@ -111,6 +114,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     check_secret_key(app)
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    png_threads = app.config["PNG_THREADS"]
+    if isinstance(png_threads, bool) or not isinstance(png_threads, int) or png_threads < 0:
+        raise ValueError(f"PNG_THREADS must be a whole number from 0 (inline) up, got {png_threads!r}")
     if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
         app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})

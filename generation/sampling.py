@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
@@ -146,13 +146,19 @@ def decode_fixed_passes(model: GenerativeModel, latents: Tensor, condition: Cond
     on how many rows share the pass. With every pass the same size, a code decodes to the same pixels
     whichever other codes it is batched with (checked on CPU: bit-identical at any position of the pass).
     """
+    return torch.cat(list(iter_decode_passes(model, latents, condition, pass_size)))
+
+
+def iter_decode_passes(model: GenerativeModel, latents: Tensor, condition: Condition | None,
+                       pass_size: int) -> Iterator[Tensor]:
+    """The passes of :func:`decode_fixed_passes` one at a time: images ``(rows, C, H, W)`` on the CPU, in
+    order, so a caller can use the first rows while the next pass decodes. Runs in the caller's inference
+    mode and autocast (each ``next()`` decodes one pass)."""
     model.eval()
     total = latents.shape[0]  # latents: (N, latent_dim)
-    out = []
     for start in range(0, total, pass_size):
         part = latents[start:start + pass_size].to(model.device)
         rows = part.shape[0]
         if rows < pass_size:
             part = torch.cat([part, part.new_zeros(pass_size - rows, *part.shape[1:])])
-        out.append(model.decode(part, condition)[:rows].float().cpu())  # (rows, C, H, W)
-    return torch.cat(out)
+        yield model.decode(part, condition)[:rows].float().cpu()

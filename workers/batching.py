@@ -2,16 +2,17 @@
 
 Each job draws its latents exactly as it does alone (image *i* from a CPU generator seeded ``seed + i``), the
 codes of all jobs are concatenated and decoded in passes of a fixed size
-(:func:`generation.sampling.decode_fixed_passes`), and the images are split back per job. A fixed pass size
-is what makes a job's pixels independent of the jobs it is batched with: CPU kernels choose their blocking
-by batch size, so a pass of 1 row and a pass of 64 rows can round one pixel differently.
+(:func:`generation.sampling.decode_fixed_passes`), and the images are split back per job, each handed on as
+soon as its last row is decoded. A fixed pass size is what makes a job's pixels independent of the jobs it is
+batched with: CPU kernels choose their blocking by batch size, so a pass of 1 row and a pass of 64 rows can
+round one pixel differently.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -23,7 +24,7 @@ from torch import Tensor
 from app.extensions import db
 from app.models import Job
 from generation.base import Condition, GenerativeModel
-from generation.sampling import decode_fixed_passes, decode_group_key
+from generation.sampling import decode_group_key, iter_decode_passes
 
 
 class StageClock:
@@ -81,11 +82,14 @@ def job_latents(model: GenerativeModel, request: JobRequest) -> Tensor:
 
 @torch.inference_mode()
 def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: int,
-                after_pass: Callable[[], None] | None = None, precision: str = "fp32") -> list[Tensor]:
+                after_pass: Callable[[], None] | None = None, precision: str = "fp32",
+                on_ready: Callable[[int, Tensor], None] | None = None) -> list[Tensor]:
     """Images ``(n, C, H, W)`` in [-1, 1] per request, the codes of all requests decoded together.
 
     Requests whose decoder needs the condition (``decode_group_key`` not None) are decoded with the other
     requests of the same condition only. ``after_pass`` runs between groups (lease checks, progress).
+    ``on_ready(i, images)`` runs as soon as the last row of request ``i`` is decoded, before the next pass:
+    the worker starts encoding and writing that job's images while the next pass decodes.
     ``precision`` (resolved: fp32, bf16 or fp16) is the decoder's autocast; codes are always drawn in fp32.
     """
     from generation.precision import autocast
@@ -99,11 +103,20 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
     out: list[Tensor | None] = [None] * len(requests)
     for key, members in groups.items():
         condition = None if key is None else requests[members[0]].condition
-        with stage_clock("decode"), autocast(model.device, precision):
-            images = decode_fixed_passes(model, torch.cat([latents[i] for i in members]), condition,
-                                         max(1, pass_size))  # (sum n, C, H, W)
-        for i, part in zip(members, images.split([requests[i].n for i in members])):
-            out[i] = part
+        passes = iter_decode_passes(model, torch.cat([latents[i] for i in members]), condition, max(1, pass_size))
+        waiting = deque(members)  # requests of this group not complete yet, in row order
+        decoded: list[Tensor] = []  # decoded rows not handed out yet
+        while waiting:
+            with stage_clock("decode"), autocast(model.device, precision):
+                piece = next(passes)  # (rows, C, H, W)
+            decoded.append(piece)
+            while waiting and sum(part.shape[0] for part in decoded) >= requests[waiting[0]].n:
+                i = waiting.popleft()
+                rows = torch.cat(decoded) if len(decoded) > 1 else decoded[0]
+                out[i], rest = rows[:requests[i].n], rows[requests[i].n:]
+                decoded = [rest] if rest.shape[0] else []
+                if on_ready is not None:
+                    on_ready(i, out[i])
         if after_pass is not None:
             with stage_clock("progress"):
                 after_pass()

@@ -40,6 +40,7 @@ from app.job_events import announce_finished
 from app.models import Image, Job, ModelVersion, image_id, utcnow
 from app.storage import image_key
 from workers.batching import JobSnapshot, stage_clock
+from workers.image_writer import ImageWriter
 
 log = logging.getLogger(__name__)
 
@@ -405,10 +406,22 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
             lease.renew(one_transaction=True, progress=min(0.99, groups_done[0] / max(1, groups)))
         lease.check()  # after the last group, the fenced final transaction finds a canceled job anyway
 
-    with _stage("generation failed"):
-        images = decode_jobs(model, [request for _, request in members], int(cfg["GENERATE_CHUNK"]), after_pass,
-                             precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device))
-    outcomes.update(_store_and_finish(version, members, images, lease))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    writer = ImageWriter(int(cfg["PNG_THREADS"]))
+
+    def on_ready(index: int, job_images: Any) -> None:  # a job's rows are decoded: encode and write them now
+        job, request = members[index]
+        if job.id in lease.live():
+            writer.submit(job.id, functools.partial(_encode_and_store, app, version, job, request, job_images))
+
+    try:
+        with _stage("generation failed"):
+            images = decode_jobs(model, [request for _, request in members], int(cfg["GENERATE_CHUNK"]),
+                                 after_pass, precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]),
+                                                                         model.device), on_ready=on_ready)
+        outcomes.update(_store_and_finish(members, images, lease, writer))
+    finally:
+        writer.wait_all()  # no write outlives the task (a cleanup or the next task comes after it)
     return outcomes
 
 
@@ -451,28 +464,39 @@ def _encode_pngs(version: VersionSnapshot, job: JobSnapshot, request: Any, image
     return out
 
 
-def _store_and_finish(version: VersionSnapshot, members: list[tuple[JobSnapshot, Any]], images: list[Any],
-                      lease: Lease) -> dict[str, str]:
-    """Write the jobs' PNGs, then, in ONE transaction, each job's status change (fenced by its claim token)
-    with its image rows: a job's rows and its ``succeeded`` commit together, so they appear exactly once.
-    A job that is no longer ours (canceled, taken over) gets no rows; its files are removed."""
-    storage = current_app.extensions["priorforge_storage"]
+def _encode_and_store(app: Any, version: VersionSnapshot, job: JobSnapshot, request: Any,
+                      images: Any) -> list[str]:
+    """Encode a job's PNGs and write them (on an ImageWriter thread, or inline); their storage keys."""
+    import torch
+
+    with app.app_context(), torch.inference_mode():
+        with stage_clock("png"):
+            files = _encode_pngs(version, job, request, images)
+        with stage_clock("storage"):
+            app.extensions["priorforge_storage"].put_many(files)
+    return [key for key, _data in files]
+
+
+def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any], lease: Lease,
+                      writer: ImageWriter) -> dict[str, str]:
+    """Collect the jobs' written PNGs (``writer``), then, in ONE transaction, each job's status change (fenced
+    by its claim token) with its image rows: a job's rows and its ``succeeded`` commit together, so they
+    appear exactly once. A job that is no longer ours (canceled, taken over) gets no rows; its files are
+    removed once its write has ended."""
     outcomes: dict[str, str] = {}
     stored: list[tuple[JobSnapshot, list[dict[str, Any]]]] = []
     for (job, request), job_images in zip(members, images):
-        if job.id not in lease.live():
+        if job.id not in lease.live() or not writer.submitted(job.id):
+            writer.wait(job.id)
             _remove_unrecorded_files(job.id)
             outcomes[job.id] = "aborted"
             continue
         with _stage("generation failed"):
-            with stage_clock("png"):
-                files = _encode_pngs(version, job, request, job_images)
-            with stage_clock("storage"):
-                storage.put_many(files)
+            keys = writer.result(job.id)
         height, width = (int(side) for side in job_images.shape[-2:])  # (n, C, H, W)
         rows = [{"id": image_id(job.id, i), "job_id": job.id, "index": i, "storage_key": key,
                  "width": width, "height": height, "seed": request.seed + i}
-                for i, (key, _data) in enumerate(files)]
+                for i, key in enumerate(keys)]
         stored.append((job, rows))
 
     with stage_clock("finish"):

@@ -141,3 +141,82 @@ def test_real_worker_batches_jobs_submitted_at_once(tmp_path, checkpoints, start
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+def test_each_job_is_handed_on_as_soon_as_its_last_row_is_decoded(digits):
+    """``on_ready`` gets each request's images (the same tensors decode_jobs returns) right after the pass
+    that decodes its last row, before the next pass: the worker encodes them while the next pass runs."""
+    from workers.batching import JobRequest, decode_jobs
+
+    passes = []
+    decode = digits.decode
+
+    def counting_decode(codes, condition=None):
+        passes.append(codes.shape[0])
+        return decode(codes, condition)
+
+    requests = [JobRequest(Condition("class", index=label), n, seed)
+                for label, n, seed in [(3, 5, 1), (0, 12, 2), (9, 1, 3), (1, 20, 4)]]  # rows end at 5, 17, 18, 38
+    ready: list[tuple[int, int, torch.Tensor]] = []
+    digits.decode = counting_decode
+    try:
+        images = decode_jobs(digits, requests, 8, on_ready=lambda i, x: ready.append((i, len(passes), x)))
+    finally:
+        del digits.decode  # back to the class's method
+    assert passes == [8] * 5  # 38 rows in passes of 8, the last one padded
+    assert [(i, seen) for i, seen, _ in ready] == [(0, 1), (1, 3), (2, 3), (3, 5)]
+    for i, _seen, handed in ready:
+        assert torch.equal(handed, images[i]) and handed.shape[0] == requests[i].n
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_stored_pngs_are_byte_identical_whatever_png_threads(app, threads):
+    """Encoding on writer threads (PNG_THREADS > 0) stores the very bytes the inline path (0) stores."""
+    from workers.tasks import generate_images
+
+    def run(png_threads: int) -> list[list[bytes]]:
+        app.config.update(PNG_THREADS=png_threads)
+        jobs = [_queued_job(app, **spec) for spec in SPECS]
+        with app.app_context():
+            assert generate_images.run(jobs[0]) == "succeeded"
+            assert [generate_images.run(job_id) for job_id in jobs[1:]] == ["skipped (succeeded)"] * 3
+            storage = app.extensions["priorforge_storage"]
+            out = []
+            for job_id in jobs:
+                job = db.session.get(Job, job_id)
+                assert job.status == "succeeded" and len(job.images) == job.n
+                # the job id is in the PNG's text chunks: compare the pixels and the parameters but the id
+                out.append([_without_job_id(storage.get(image.storage_key)) for image in job.images])
+            return out
+
+    assert run(threads) == run(0)
+
+
+def _without_job_id(png: bytes) -> tuple[bytes, dict]:
+    with PILImage.open(io.BytesIO(png)) as picture:
+        params = dict(picture.text)  # type: ignore[attr-defined]
+        pixels = picture.tobytes()
+    params.pop("job_id")
+    params.pop("priorforge")
+    return pixels, params
+
+
+def test_a_failing_encode_on_a_writer_thread_fails_the_jobs_readably_and_stores_nothing(app, monkeypatch):
+    import workers.tasks as tasks
+
+    app.config.update(PNG_THREADS=1)
+    jobs = [_queued_job(app, **spec) for spec in SPECS]
+    encode = tasks._encode_pngs
+
+    def failing_encode(version, job, request, images):
+        if job.id == jobs[1]:
+            raise OSError("disk full (simulated)")
+        return encode(version, job, request, images)
+
+    monkeypatch.setattr(tasks, "_encode_pngs", failing_encode)
+    with app.app_context():
+        assert tasks.generate_images.run(jobs[0]) == "failed"
+        for job_id in jobs:
+            job = db.session.get(Job, job_id)
+            assert job.status == "failed" and "disk full (simulated)" in job.error, (job.status, job.error)
+            assert job.images == []  # no row points at a file: the finish never ran
