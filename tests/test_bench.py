@@ -76,6 +76,28 @@ def test_lde_sampling_quick(capsys):
         assert row["max_abs_diff"] < 1e-4  # the two samplers draw the same codes up to float rounding
 
 
+def test_png_pipeline_quick(capsys):
+    from bench import png_pipeline
+
+    payload = run_script(png_pipeline, ["--quick", "--threads", "0,1"], capsys)
+    rows = payload["rows"]
+    assert [(r["png_threads"], r["n"], r["batched_jobs"]) for r in rows] == [(0, 16, 1), (1, 16, 1)]
+    for row in rows:
+        assert row["task_wall_ms"] > 0 and row["task_cpu_ms"] > 0
+        assert row["wall_ms_per_image"] == pytest.approx(row["task_wall_ms"] / 16, rel=1e-2)
+    assert rows[0]["wall_vs_first"] == rows[0]["cpu_vs_first"] == 1
+    assert payload["settings"]["model"] == "models/digits-aae-cg"
+
+
+@pytest.mark.parametrize("bad", ["-1", "a", ""])
+def test_png_pipeline_refuses_bad_threads_naming_the_flag(bad, capsys):
+    from bench import png_pipeline
+
+    with pytest.raises(SystemExit):
+        png_pipeline.parse_args(["--threads", bad])
+    assert "--threads" in capsys.readouterr().err
+
+
 def test_worker_timeline_reads_a_worker_log(tmp_path, capsys):
     from bench import worker_timeline
 
