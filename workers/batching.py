@@ -83,13 +83,14 @@ def job_latents(model: GenerativeModel, request: JobRequest) -> Tensor:
 @torch.inference_mode()
 def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: int,
                 after_pass: Callable[[], None] | None = None, precision: str = "fp32",
-                on_ready: Callable[[int, Tensor], None] | None = None) -> list[Tensor]:
+                on_ready: Callable[[int, Tensor, bool], None] | None = None) -> list[Tensor]:
     """Images ``(n, C, H, W)`` in [-1, 1] per request, the codes of all requests decoded together.
 
     Requests whose decoder needs the condition (``decode_group_key`` not None) are decoded with the other
     requests of the same condition only. ``after_pass`` runs between groups (lease checks, progress).
-    ``on_ready(i, images)`` runs as soon as the last row of request ``i`` is decoded, before the next pass:
-    the worker starts encoding and writing that job's images while the next pass decodes.
+    ``on_ready(i, images, final)`` runs as soon as the last row of request ``i`` is decoded, before the next
+    pass: the worker starts encoding and writing that job's images while the next pass decodes; ``final`` says
+    no pass follows (nothing left to overlap with).
     ``precision`` (resolved: fp32, bf16 or fp16) is the decoder's autocast; codes are always drawn in fp32.
     """
     from generation.precision import autocast
@@ -101,6 +102,7 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
     for i, request in enumerate(requests):
         groups.setdefault(decode_group_key(model, request.condition), []).append(i)
     out: list[Tensor | None] = [None] * len(requests)
+    last_request = list(groups.values())[-1][-1] if groups else None  # its rows come out of the last pass
     for key, members in groups.items():
         condition = None if key is None else requests[members[0]].condition
         passes = iter_decode_passes(model, torch.cat([latents[i] for i in members]), condition, max(1, pass_size))
@@ -116,7 +118,7 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
                 out[i], rest = rows[:requests[i].n], rows[requests[i].n:]
                 decoded = [rest] if rest.shape[0] else []
                 if on_ready is not None:
-                    on_ready(i, out[i])
+                    on_ready(i, out[i], i == last_request)
         if after_pass is not None:
             with stage_clock("progress"):
                 after_pass()

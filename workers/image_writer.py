@@ -2,7 +2,9 @@
 
 The generation task hands each job to an :class:`ImageWriter` as soon as the job's last row is decoded
 (:func:`workers.batching.decode_jobs`, ``on_ready``); with ``PNG_THREADS`` > 0 the PNG encoding and the file
-writes run on that many threads of the pool process while the next pass decodes. Both sides spend most of
+writes run on that many threads of the pool process while the next pass decodes. The jobs of the task's last
+pass are stored by the task's own thread: no decode is left to overlap with, and a hand-off to a thread would
+only add latency (a lone job never touches the threads). Both sides spend most of
 their time outside the GIL (PyTorch's kernels, zlib in Pillow's encoder, file I/O), so a worker process of one
 pool slot can keep a second core busy. ``PNG_THREADS`` = 0 runs the same work inline, in the task's thread.
 
@@ -43,8 +45,9 @@ class ImageWriter:
         self.threads = threads
         self._futures: dict[str, Future] = {}
 
-    def submit(self, job_id: str, work: Callable[[], T]) -> None:
-        if self.threads == 0:
+    def submit(self, job_id: str, work: Callable[[], T], *, inline: bool = False) -> None:
+        """Run ``work`` for the job: on a thread, or here and now with ``inline`` (or 0 threads)."""
+        if inline or self.threads == 0:
             future: Future = Future()
             try:
                 future.set_result(work())

@@ -409,10 +409,11 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     writer = ImageWriter(int(cfg["PNG_THREADS"]))
 
-    def on_ready(index: int, job_images: Any) -> None:  # a job's rows are decoded: encode and write them now
+    def on_ready(index: int, job_images: Any, final: bool) -> None:  # a job's rows are decoded: store them now
         job, request = members[index]
-        if job.id in lease.live():
-            writer.submit(job.id, functools.partial(_encode_and_store, app, version, job, request, job_images))
+        if job.id in lease.live():  # after the last pass, a thread would overlap nothing: the task does it
+            writer.submit(job.id, functools.partial(_encode_and_store, app, version, job, request, job_images),
+                          inline=final)
 
     try:
         with _stage("generation failed"):

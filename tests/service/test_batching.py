@@ -7,6 +7,7 @@ solo runs give identical uint8 pixels, on the shipped checkpoint and through a r
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,22 +161,36 @@ def test_each_job_is_handed_on_as_soon_as_its_last_row_is_decoded(digits):
     ready: list[tuple[int, int, torch.Tensor]] = []
     digits.decode = counting_decode
     try:
-        images = decode_jobs(digits, requests, 8, on_ready=lambda i, x: ready.append((i, len(passes), x)))
+        images = decode_jobs(digits, requests, 8,
+                             on_ready=lambda i, x, final: ready.append((i, len(passes), x, final)))
     finally:
         del digits.decode  # back to the class's method
     assert passes == [8] * 5  # 38 rows in passes of 8, the last one padded
-    assert [(i, seen) for i, seen, _ in ready] == [(0, 1), (1, 3), (2, 3), (3, 5)]
-    for i, _seen, handed in ready:
+    assert [(i, seen, final) for i, seen, _, final in ready] == \
+        [(0, 1, False), (1, 3, False), (2, 3, False), (3, 5, True)]  # only the last one has no pass after it
+    for i, _seen, handed, _final in ready:
         assert torch.equal(handed, images[i]) and handed.shape[0] == requests[i].n
 
 
 @pytest.mark.parametrize("threads", [0, 1, 2])
-def test_stored_pngs_are_byte_identical_whatever_png_threads(app, threads):
-    """Encoding on writer threads (PNG_THREADS > 0) stores the very bytes the inline path (0) stores."""
+def test_stored_pngs_are_byte_identical_whatever_png_threads(app, monkeypatch, threads):
+    """Encoding on writer threads (PNG_THREADS > 0) stores the very bytes the inline path (0) stores. Passes
+    of 4 rows: the jobs end in different passes, so all but the last pass's are stored on the threads."""
+    import workers.tasks as tasks
     from workers.tasks import generate_images
 
+    encoded_on: list[int] = []
+    encode = tasks._encode_pngs
+
+    def recording_encode(*args):
+        encoded_on.append(threading.get_ident())
+        return encode(*args)
+
+    monkeypatch.setattr(tasks, "_encode_pngs", recording_encode)
+
     def run(png_threads: int) -> list[list[bytes]]:
-        app.config.update(PNG_THREADS=png_threads)
+        app.config.update(PNG_THREADS=png_threads, GENERATE_CHUNK=4)
+        encoded_on.clear()
         jobs = [_queued_job(app, **spec) for spec in SPECS]
         with app.app_context():
             assert generate_images.run(jobs[0]) == "succeeded"
@@ -187,7 +202,10 @@ def test_stored_pngs_are_byte_identical_whatever_png_threads(app, threads):
                 assert job.status == "succeeded" and len(job.images) == job.n
                 # the job id is in the PNG's text chunks: compare the pixels and the parameters but the id
                 out.append([_without_job_id(storage.get(image.storage_key)) for image in job.images])
-            return out
+        off_the_task = sum(ident != threading.get_ident() for ident in encoded_on)
+        # rows end at 1, 6, 9, 10 of passes of 4: the first three jobs are handed to a thread, the last is not
+        assert (len(encoded_on), off_the_task) == (4, 3 if png_threads else 0)
+        return out
 
     assert run(threads) == run(0)
 
@@ -204,7 +222,7 @@ def _without_job_id(png: bytes) -> tuple[bytes, dict]:
 def test_a_failing_encode_on_a_writer_thread_fails_the_jobs_readably_and_stores_nothing(app, monkeypatch):
     import workers.tasks as tasks
 
-    app.config.update(PNG_THREADS=1)
+    app.config.update(PNG_THREADS=1, GENERATE_CHUNK=4)  # the failing job (rows 2-6) is stored on the thread
     jobs = [_queued_job(app, **spec) for spec in SPECS]
     encode = tasks._encode_pngs
 

@@ -34,6 +34,14 @@ def test_results_and_exceptions_come_back_per_job(threads):
     assert (ran_on["a"] == caller) == (threads == 0)  # inline only at 0
 
 
+def test_inline_work_runs_in_the_callers_thread_even_with_threads():
+    writer = ImageWriter(2)
+    writer.submit("last", lambda: threading.get_ident(), inline=True)
+    writer.submit("earlier", lambda: threading.get_ident())
+    writer.wait_all()
+    assert writer.result("last") == threading.get_ident() != writer.result("earlier")
+
+
 def test_wait_all_waits_for_running_work():
     writer = ImageWriter(2)
     release, started, finished = threading.Event(), threading.Event(), []
