@@ -35,7 +35,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +93,44 @@ def make_app(workdir: Path, db_url: str, checkpoint: Path = CHECKPOINT):
         register_model(MODEL, checkpoint, serve=True)
         db.session.remove()
     return app
+
+
+@contextmanager
+def task_instance(args: argparse.Namespace, prefix: str) -> Iterator[Any]:
+    """The app on a fresh temporary instance: SQLite in a temporary folder, or a fresh database on the
+    PostgreSQL server of ``args.database_url``; the shipped checkpoint, or an untrained aae-cg of
+    ``args.untrained_shape``, registered as ``digits``. Everything is removed (the database dropped) on the
+    way out."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    pg = None
+    try:
+        if args.database_url:
+            from bench.service_throughput import create_pg_database
+
+            db_url, name, conninfo = create_pg_database(args.database_url)
+            pg = (name, conninfo)
+        else:
+            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
+        checkpoint = CHECKPOINT
+        if args.untrained_shape:
+            from bench.service_throughput import untrained_checkpoint
+
+            checkpoint = untrained_checkpoint(args.untrained_shape, workdir / "model")
+        app = make_app(workdir, db_url, checkpoint)
+        try:
+            yield app
+        finally:
+            with app.app_context():
+                from app.extensions import db
+
+                db.session.remove()
+                db.engine.dispose()
+    finally:
+        if pg is not None:
+            from bench.service_throughput import drop_pg_database
+
+            drop_pg_database(*pg)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def queued_jobs(app, n: int, count: int, seed: int) -> list[str]:
@@ -191,22 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     batched = [int(x) for x in args.batched.split(",") if x]
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="pf-bench-breakdown-"))
-    pg = None
-    try:
-        if args.database_url:
-            from bench.service_throughput import create_pg_database
-
-            db_url, name, conninfo = create_pg_database(args.database_url)
-            pg = (name, conninfo)
-        else:
-            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
-        checkpoint = CHECKPOINT
-        if args.untrained_shape:
-            from bench.service_throughput import untrained_checkpoint
-
-            checkpoint = untrained_checkpoint(args.untrained_shape, workdir / "model")
-        app = make_app(workdir, db_url, checkpoint)
+    with task_instance(args, "pf-bench-breakdown-") as app:
         with app.app_context():
             from app.extensions import db
 
@@ -220,17 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # more than one task would take them
                 rows.append(run_case(app, n, b, args, seed, counter))
                 seed += 100_000
-        with app.app_context():
-            from app.extensions import db
-
-            db.session.remove()
-            db.engine.dispose()
-    finally:
-        if pg is not None:
-            from bench.service_throughput import drop_pg_database
-
-            drop_pg_database(*pg)
-        shutil.rmtree(workdir, ignore_errors=True)
 
     headers = ["n", "B", "per", *STAGES, "other", "total", "no-op msg", "SQL statements", "commits"]
     table_rows = []

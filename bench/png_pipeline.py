@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.common import emit, machine_info, markdown_table  # noqa: E402
-from bench.job_breakdown import CHECKPOINT, make_app, queued_jobs  # noqa: E402
+from bench.job_breakdown import queued_jobs, task_instance  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,23 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     batched = [int(x) for x in args.batched.split(",") if x]
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="pf-bench-png-"))
-    pg = None
     rows: list[dict] = []
-    try:
-        if args.database_url:
-            from bench.service_throughput import create_pg_database
-
-            db_url, name, conninfo = create_pg_database(args.database_url)
-            pg = (name, conninfo)
-        else:
-            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
-        checkpoint = CHECKPOINT
-        if args.untrained_shape:
-            from bench.service_throughput import untrained_checkpoint
-
-            checkpoint = untrained_checkpoint(args.untrained_shape, workdir / "model")
-        app = make_app(workdir, db_url, checkpoint)
+    with task_instance(args, "pf-bench-png-") as app:
         seed = 1
         for n in images:
             for b in batched:
@@ -133,17 +116,6 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # more than one task would take them
                 rows.extend(run_case(app, n, b, args, seed))
                 seed += 1_000_000
-        with app.app_context():
-            from app.extensions import db
-
-            db.session.remove()
-            db.engine.dispose()
-    finally:
-        if pg is not None:
-            from bench.service_throughput import drop_pg_database
-
-            drop_pg_database(*pg)
-        shutil.rmtree(workdir, ignore_errors=True)
 
     model = ("x".join(map(str, args.untrained_shape)) + " aae-cg, untrained") if args.untrained_shape \
         else "models/digits-aae-cg"
