@@ -104,13 +104,9 @@ def task_instance(args: argparse.Namespace, prefix: str) -> Iterator[Any]:
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     pg = None
     try:
-        if args.database_url:
-            from bench.service_throughput import create_pg_database
+        from bench.service_throughput import instance_database
 
-            db_url, name, conninfo = create_pg_database(args.database_url)
-            pg = (name, conninfo)
-        else:
-            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
+        db_url, pg = instance_database(args.database_url, workdir)
         checkpoint = CHECKPOINT
         if args.untrained_shape:
             from bench.service_throughput import untrained_checkpoint

@@ -6,9 +6,9 @@ default, or PostgreSQL + Redis with ``--database-url`` / ``--redis-url`` (a fres
 server and dropped afterwards; the Redis keys get a unique ``BROKER_KEY_PREFIX`` and are deleted afterwards).
 It migrates, registers the shipped checkpoint ``models/digits-aae-cg`` as ``digits``, sends one warm-up job
 (the worker loads the model), then for each image count n and each number K of concurrent clients runs one
-phase: first ``max(K, --phase-warmup)`` untimed jobs at the same K and n (the web server's threads and pooled
-database connections are opened, the clients' sockets too: without this a short phase measured start-up, not
-the steady state), then the timed part, where K threads share at least ``max(2K, 16)`` jobs
+phase: first ``max(K, --phase-warmup)`` untimed jobs (none with 0) at the same K and n (the web server's
+threads and pooled database connections are opened, the clients' sockets too: without this a short phase
+measured start-up, not the steady state), then the timed part, where K threads share at least ``max(2K, 16)`` jobs
 (``--jobs-per-client``, ``--min-jobs``) and go on taking jobs until ``--min-seconds`` have passed; each thread
 submits a job, waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
 
@@ -84,7 +84,7 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 5; 0 with --quick)")
     p.add_argument("--phase-warmup", type=int, default=None,
                    help="untimed jobs at the phase's K and n before it is timed, at least K (default 16; 1 with "
-                        "--quick)")
+                        "--quick; 0: none, a cold phase)")
     p.add_argument("--client-mode", choices=("wait", "poll"), default="wait",
                    help="wait: one POST ?wait= per job; poll: POST, then GET every poll interval")
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
@@ -271,6 +271,15 @@ def create_pg_database(url: str) -> tuple[str, str, str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     fresh = admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
     return fresh, name, conninfo
+
+
+def instance_database(database_url: str | None, workdir: Path) -> tuple[str, tuple[str, str] | None]:
+    """(database URL of a fresh instance, (name, admin conninfo) to drop afterwards or None): a fresh
+    database on the PostgreSQL server of ``database_url``, or a SQLite file in ``workdir``."""
+    if database_url:
+        url, name, conninfo = create_pg_database(database_url)
+        return url, (name, conninfo)
+    return f"sqlite:///{workdir / 'priorforge.sqlite3'}", None
 
 
 def drop_pg_database(name: str, conninfo: str) -> None:
@@ -564,11 +573,7 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
     key_prefix = None
     procs: Processes | None = None
     try:
-        if args.database_url:
-            db_url, name, conninfo = create_pg_database(args.database_url)
-            pg = (name, conninfo)
-        else:
-            db_url = f"sqlite:///{workdir / 'priorforge.sqlite3'}"
+        db_url, pg = instance_database(args.database_url, workdir)
         if args.redis_url:
             broker_url, key_prefix = args.redis_url, f"pfbench-{uuid.uuid4().hex[:10]}:"
         else:
@@ -610,7 +615,8 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
     interval."""
     jobs = max(args.jobs_per_client * k, args.min_jobs)
     poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3 if args.client_mode == "poll" else None
-    warmup = max(k, getattr(args, "phase_warmup", 0))
+    phase_warmup = getattr(args, "phase_warmup", 0)
+    warmup = max(k, phase_warmup) if phase_warmup else 0  # 0: none (a cold phase, as before the fourth round)
     if warmup:  # untimed: threads, pooled connections and sockets opened at this K (seeds after the timed ones)
         run_phase(service.base, k, n, warmup, poll_s, seed + 10**6, deadline)
     parent = service.groups["worker"]

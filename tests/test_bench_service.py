@@ -115,13 +115,22 @@ def test_job_breakdown_quick():
     assert rows[0]["noop_message_ms"] is None and positive(rows[1]["noop_message_ms"])
 
 
+@pytest.mark.parametrize("script", ["service_throughput", "job_breakdown", "png_pipeline"])
 @pytest.mark.parametrize("bad", ["3x64", "0x8x8", "axbxc"])
-def test_a_bad_untrained_shape_is_refused_naming_the_flag(bad, capsys):
-    from bench.service_throughput import parse_args
+def test_a_bad_untrained_shape_is_refused_naming_the_flag(script, bad, capsys):
+    import importlib
 
+    parse_args = importlib.import_module(f"bench.{script}").parse_args
     with pytest.raises(SystemExit):
         parse_args(["--untrained-shape", bad])
     assert "--untrained-shape" in capsys.readouterr().err
+
+
+def test_phase_warmup_zero_means_a_cold_phase():
+    from bench.service_throughput import parse_args
+
+    args = parse_args(["--phase-warmup", "0", "--min-seconds", "0"])
+    assert (args.phase_warmup, args.min_seconds) == (0, 0.0)
 
 
 @pytest.mark.parametrize("flag", ["--min-seconds", "--phase-warmup"])
