@@ -43,6 +43,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
         "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
+        # without Redis: a publish wakes the embedded broker's worker and a job's end wakes its waiting requests
+        # at once, through Unix sockets on this machine (app/doorbell.py); the polls above and below stay
+        "LOCAL_WAKEUPS": True,
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
         "HEARTBEAT_INTERVAL": 5.0,  # a running job's lease is renewed this often
@@ -117,6 +120,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     png_threads = app.config["PNG_THREADS"]
     if isinstance(png_threads, bool) or not isinstance(png_threads, int) or png_threads < 0:
         raise ValueError(f"PNG_THREADS must be a whole number from 0 (inline) up, got {png_threads!r}")
+    if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
+        raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
+    app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
     if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
         app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})

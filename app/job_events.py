@@ -8,7 +8,9 @@ seconds, whichever comes first. How a waiting request learns that a job ended:
   thread that wakes the requests waiting on those ids.
 * **Any other broker (the embedded one):** one thread per web process reads, every
   ``JOB_WAIT_POLL_INTERVAL`` seconds and only while someone waits, which of the awaited jobs are final, with
-  one query for all of them, and wakes their requests.
+  one query for all of them, and wakes their requests. Whoever ends a job on this machine also rings a
+  doorbell (:mod:`app.doorbell`, ``LOCAL_WAKEUPS``) with its id, which wakes those requests at once; the poll
+  finds the jobs ended elsewhere.
 
 The row stays the truth: a wake-up only says "look again", and a waiting request also re-reads its jobs at
 least every ``JOB_WAIT_RECHECK_INTERVAL`` seconds, so a lost notification (a Redis reconnect) costs at most
@@ -27,6 +29,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from app.doorbell import MAX_DATAGRAM, Doorbell
 from app.extensions import db
 from app.models import FINAL_STATUSES, Job
 
@@ -47,6 +50,7 @@ def channel_name(config: Any) -> str:
 
 
 _publishers: dict[str, Any] = {}
+_doorbells: dict[tuple[str, bool], Doorbell] = {}
 _publishers_lock = threading.Lock()
 
 
@@ -62,13 +66,42 @@ def _publisher(url: str) -> Any:
         return client
 
 
+def jobs_doorbell(config: Any) -> Doorbell:
+    """The doorbell of the web processes that share this database (disabled with ``LOCAL_WAKEUPS`` off)."""
+    key = str(config["SQLALCHEMY_DATABASE_URI"])
+    enabled = bool(config.get("LOCAL_WAKEUPS", True))
+    with _publishers_lock:
+        found = _doorbells.get((key, enabled))
+        if found is None:
+            found = _doorbells[(key, enabled)] = Doorbell.for_key("jobs", key, enabled)
+        return found
+
+
+def id_datagrams(job_ids: list[str]) -> list[bytes]:
+    """Comma-separated ids, cut between ids into datagrams a listener reads whole."""
+    datagrams, current = [], b""
+    for job_id in job_ids:
+        encoded = job_id.encode()
+        if current and len(current) + 1 + len(encoded) > MAX_DATAGRAM:
+            datagrams.append(current)
+            current = b""
+        current = encoded if not current else current + b"," + encoded
+    return datagrams + [current] if current else datagrams
+
+
 def announce_finished(job_ids: Iterable[str], config: Any = None) -> None:
     """Tell waiting requests that these jobs may have ended (call after the commit). Never raises: without the
-    notification a waiting request still sees the job at its next re-read."""
+    notification a waiting request still sees the job at its next re-read (or poll)."""
     ids = [job_id for job_id in job_ids if job_id]
     config = config if config is not None else current_app.config
     url = redis_url(config)
-    if not ids or url is None:
+    if not ids:
+        return
+    if url is None:
+        try:
+            jobs_doorbell(config).ring(id_datagrams(ids))
+        except Exception as exc:  # the database poll covers it
+            log.warning("could not ring for %d finished job(s): %s", len(ids), exc)
         return
     try:
         _publisher(url).publish(channel_name(config), ",".join(ids))
@@ -205,16 +238,28 @@ class JobWatcher:
                 time.sleep(1.0)
 
     def _poll(self) -> None:
-        while True:
-            self._someone_waits.wait()
-            try:
-                with self.app.app_context():
-                    awaited = self.awaited()
-                    if awaited:
-                        self.wake(final_job_ids(awaited))
-            except Exception as exc:  # a database hiccup: the next poll tries again
-                log.warning("job notifications: poll failed (%s)", exc)
-            time.sleep(self.poll_interval)
+        listener = jobs_doorbell(self.app.config).listen()  # None: no doorbell, the poll alone
+        try:
+            while True:
+                self._someone_waits.wait()
+                try:
+                    with self.app.app_context():
+                        awaited = self.awaited()
+                        if awaited:
+                            self.wake(final_job_ids(awaited))
+                except Exception as exc:  # a database hiccup: the next poll tries again
+                    log.warning("job notifications: poll failed (%s)", exc)
+                if listener is None:
+                    time.sleep(self.poll_interval)
+                    continue
+                # until the next poll, wake the requests of every id rung on this machine
+                deadline = time.monotonic() + self.poll_interval
+                while (remaining := deadline - time.monotonic()) > 0:
+                    for datagram in listener.wait(remaining):
+                        self.wake(datagram.decode(errors="replace").split(","))
+        finally:
+            if listener is not None:
+                listener.close()
 
 
 def watcher() -> JobWatcher:

@@ -30,6 +30,11 @@ def celery_config(app: Flask) -> dict:
         from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
 
         SQLAlchemyTransport.polling_interval = float(config["BROKER_POLLING_INTERVAL"])
+        if config["LOCAL_WAKEUPS"]:  # a publish on this machine wakes the worker at once (the poll stays)
+            from workers import embedded_broker
+
+            embedded_broker.register()
+            broker = embedded_broker.broker_url(broker)
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,

@@ -1,8 +1,9 @@
 """``?wait=S`` on the job and batch endpoints (app/job_events.py): validation, the answer after the wait runs
 out, and the wake-up when a job ends, by the database poll (embedded broker) and by Redis pub/sub. A job
 is ended here by the API's cancel from another thread; tests/service/test_worker.py covers a real worker's
-announcement. No test asserts a duration: the re-read interval is set longer than the wait, so an answer
-of "canceled" can only come from the wake-up path under test."""
+announcement. No test asserts a duration: the re-read interval is set longer than the wait, and the test
+records the ids the watcher was woken for, so a "canceled" that only the final re-read at the end of the wait
+found does not pass."""
 
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def cancel_when_awaited(app, job_id: str) -> threading.Thread:
     return thread
 
 
+def record_wakes(app) -> list[str]:
+    """The job ids this app's watcher is woken for, from now on (by whichever path)."""
+    from app.job_events import watcher
+
+    with app.app_context():
+        found = watcher()
+    woken: list[str] = []
+    wake = found.wake
+
+    def recording(job_ids):
+        job_ids = list(job_ids)
+        woken.extend(job_ids)
+        return wake(job_ids)
+
+    found.wake = recording
+    return woken
+
+
 @pytest.mark.parametrize("raw", ["abc", "-1", "nan", "inf", "61", ""])
 def test_a_bad_wait_is_a_422_naming_it_and_stores_nothing(client, app, raw):
     before = row_counts(app)
@@ -71,13 +90,15 @@ def test_when_the_wait_runs_out_the_job_comes_back_as_it_stands(client):
 
 
 def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, checkpoints):
-    app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600)
+    app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, LOCAL_WAKEUPS=False)
     client = app.test_client()
+    woken = record_wakes(app)
     job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
     thread = cancel_when_awaited(app, job_id)
     resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
     thread.join(30)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+    assert job_id in woken
 
     # a batch answers once all its jobs have ended
     batch = client.post("/api/v1/batches", json=[{"label": 1}, {"label": 2}]).get_json()
@@ -88,17 +109,33 @@ def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, che
     assert resp.get_json()["status"] == "canceled" and resp.get_json()["counts"]["canceled"] == 2
 
 
+def test_without_redis_the_doorbell_wakes_the_waiting_request(tmp_path, checkpoints, monkeypatch):
+    # the database poll finds nothing (and would come only every 10 min): a wake-up can only be the ring
+    monkeypatch.setattr("app.job_events.final_job_ids", lambda job_ids: set())
+    app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
+    client = app.test_client()
+    woken = record_wakes(app)
+    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    thread = cancel_when_awaited(app, job_id)
+    resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
+    thread.join(30)
+    assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+    assert woken == [job_id]
+
+
 def test_with_redis_the_announcement_wakes_the_waiting_request(tmp_path, checkpoints, redis_url):
     broker, prefix = redis_url
     app = make_app(tmp_path, checkpoints, CELERY_BROKER_URL=broker, BROKER_KEY_PREFIX=prefix,
                    JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
     client = app.test_client()
+    woken = record_wakes(app)
     try:
         job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
         thread = cancel_when_awaited(app, job_id)
         resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
         thread.join(30)
         assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+        assert woken == [job_id]
     finally:
         app.extensions["celery"].pool.force_close_all()
 

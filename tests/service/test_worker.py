@@ -251,3 +251,36 @@ def test_default_setup_sqlite_with_the_embedded_broker(tmp_path, checkpoints, st
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+def test_without_servers_the_worker_listens_and_its_rings_wake_the_waiting_request(
+        tmp_path, checkpoints, start_worker, monkeypatch):
+    """LOCAL_WAKEUPS (app/doorbell.py) in the real processes: the worker's consumer has its socket in the
+    broker's doorbell folder (tests/service/test_doorbell.py shows what a ring does to it; the worker's own
+    loop also looks every 2 s, so its wake-up cannot be told apart here), and a job's end, rung by the worker,
+    wakes the request waiting on it: the web process's database poll finds nothing here (patched) and comes
+    every hour, and the test records the wake-up. A clean stop removes the worker's socket."""
+    from app.doorbell import folder_for
+    from tests.service.test_wait import record_wakes
+
+    app, config = sqlite_app_for_worker(tmp_path, checkpoints)
+    hour = {"JOB_WAIT_POLL_INTERVAL": 3600, "JOB_WAIT_RECHECK_INTERVAL": 3600}
+    config.update(hour)
+    app.config.update(hour)
+    monkeypatch.setattr("app.job_events.final_job_ids", lambda job_ids: set())
+    woken = record_wakes(app)
+    client = app.test_client()
+    worker = start_worker(config)
+    broker_folder = folder_for("broker", config["CELERY_BROKER_URL"].split("+", 1)[1])
+    # the consumer binds its socket on its first wait, just after the worker says it is ready
+    wait_for(lambda: broker_folder.is_dir() and list(broker_folder.iterdir()), 30, "the worker to listen",
+             interval=0.05)
+    for label in ("3", "4"):
+        resp = client.post("/api/v1/jobs?wait=60", json={"label": label, "n": 2})
+        assert resp.status_code == 200 and resp.get_json()["status"] == "succeeded", resp.get_json()
+        assert resp.get_json()["id"] in woken
+    worker.stop()
+    assert not broker_folder.exists() or not list(broker_folder.iterdir())
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
