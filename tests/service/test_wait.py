@@ -61,6 +61,18 @@ def record_wakes(app) -> list[str]:
     return woken
 
 
+def wait_while_another_thread_cancels(app) -> tuple[Any, str, list[str]]:
+    """Submit a job, wait on it (?wait=30) while another thread cancels it: (the answer, the job's id, the ids
+    the watcher was woken for)."""
+    client = app.test_client()
+    woken = record_wakes(app)
+    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    thread = cancel_when_awaited(app, job_id)
+    resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
+    thread.join(30)
+    return resp, job_id, woken
+
+
 @pytest.mark.parametrize("raw", ["abc", "-1", "nan", "inf", "61", ""])
 def test_a_bad_wait_is_a_422_naming_it_and_stores_nothing(client, app, raw):
     before = row_counts(app)
@@ -91,16 +103,12 @@ def test_when_the_wait_runs_out_the_job_comes_back_as_it_stands(client):
 
 def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, checkpoints):
     app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, LOCAL_WAKEUPS=False)
-    client = app.test_client()
-    woken = record_wakes(app)
-    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
-    thread = cancel_when_awaited(app, job_id)
-    resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
-    thread.join(30)
+    resp, job_id, woken = wait_while_another_thread_cancels(app)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
     assert job_id in woken
 
     # a batch answers once all its jobs have ended
+    client = app.test_client()
     batch = client.post("/api/v1/batches", json=[{"label": 1}, {"label": 2}]).get_json()
     threads = [cancel_when_awaited(app, job["id"]) for job in batch["jobs"]]
     resp = client.get(f"{batch['url']}?wait=30")
@@ -113,12 +121,7 @@ def test_without_redis_the_doorbell_wakes_the_waiting_request(tmp_path, checkpoi
     # the database poll finds nothing (and would come only every 10 min): a wake-up can only be the ring
     monkeypatch.setattr("app.job_events.final_job_ids", lambda job_ids: set())
     app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
-    client = app.test_client()
-    woken = record_wakes(app)
-    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
-    thread = cancel_when_awaited(app, job_id)
-    resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
-    thread.join(30)
+    resp, job_id, woken = wait_while_another_thread_cancels(app)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
     assert woken == [job_id]
 
@@ -127,13 +130,8 @@ def test_with_redis_the_announcement_wakes_the_waiting_request(tmp_path, checkpo
     broker, prefix = redis_url
     app = make_app(tmp_path, checkpoints, CELERY_BROKER_URL=broker, BROKER_KEY_PREFIX=prefix,
                    JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
-    client = app.test_client()
-    woken = record_wakes(app)
     try:
-        job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
-        thread = cancel_when_awaited(app, job_id)
-        resp = client.get(f"/api/v1/jobs/{job_id}?wait=30")
-        thread.join(30)
+        resp, job_id, woken = wait_while_another_thread_cancels(app)
         assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
         assert woken == [job_id]
     finally:
