@@ -176,7 +176,10 @@ class Doorbell:
             if not _private_folder(self.folder):
                 return None
             try:
-                return Listener(self.folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}")
+                listener = Listener(self.folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}")
+                # removes the sockets of killed processes (the other listeners look once, for nothing)
+                self.ring(skip=listener.path)
+                return listener
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -184,7 +187,7 @@ class Doorbell:
                 return None
         return None
 
-    def ring(self, payloads: list[bytes] | None = None) -> None:
+    def ring(self, payloads: list[bytes] | None = None, skip: Path | None = None) -> None:
         """Send each payload (one datagram each, at most MAX_DATAGRAM bytes; default: one empty datagram) to
         every listener. Never blocks, nor raises for a delivery problem; removes the sockets of processes that are gone."""
         if self.folder is None:
@@ -195,7 +198,8 @@ class Doorbell:
         try:
             if not _ours(self.folder.lstat()):
                 return  # nobody of ours listens there
-            entries = [entry.path for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX)]
+            entries = [entry.path for entry in os.scandir(self.folder)
+                       if entry.name.endswith(SUFFIX) and entry.path != str(skip)]
         except OSError:  # no folder: nobody listens yet
             return
         for path in entries:

@@ -24,17 +24,16 @@ def celery_config(app: Flask) -> dict:
         if config.get("BROKER_KEY_PREFIX"):
             transport_options["global_keyprefix"] = config["BROKER_KEY_PREFIX"]
     elif broker.startswith("sqla+"):
-        # The embedded broker is a table the worker polls; kombu's default interval (1 s) added a second to
-        # every job. Its SQLAlchemy transport hands every transport option to create_engine(), so the
-        # interval can't go there: set the transport class's own attribute (one broker per process).
-        from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+        # The embedded broker (workers/embedded_broker.py: kombu's SQLAlchemy transport with a doorbell) is a
+        # table the worker polls; kombu's default interval (1 s) added a second to every job. That transport
+        # hands every transport option to create_engine(), so the settings can't go there: set the
+        # transport class's own attributes (one broker per process).
+        from workers import embedded_broker
 
-        SQLAlchemyTransport.polling_interval = float(config["BROKER_POLLING_INTERVAL"])
-        if config["LOCAL_WAKEUPS"]:  # a publish on this machine wakes the worker at once (the poll stays)
-            from workers import embedded_broker
-
-            embedded_broker.register()
-            broker = embedded_broker.broker_url(broker)
+        embedded_broker.Transport.polling_interval = float(config["BROKER_POLLING_INTERVAL"])
+        embedded_broker.Transport.local_wakeups = bool(config["LOCAL_WAKEUPS"])
+        embedded_broker.register()
+        broker = embedded_broker.broker_url(broker)
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,

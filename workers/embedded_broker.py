@@ -11,6 +11,11 @@ broker URL: every publish on this machine rings it after its commit, and an ackn
 acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
 cannot ring (on another machine, when the broker table is on a database server) is found as before.
 Everything else (tables, messages, fetching) is kombu's.
+
+On SQLite the broker's file is also switched to write-ahead logging, as the app's database is (app/__init__.py):
+the web processes' publishes and the worker's fetches then no longer create and delete a rollback journal at
+each commit, and readers do not wait for the writer. Commits still reach the disk (``synchronous`` stays
+FULL), so an accepted job's message survives a power cut. Measured in docs/benchmarks.md, "Fifth round".
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from time import monotonic
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
+from sqlalchemy import event
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.transport.virtual import Empty
 
@@ -42,7 +48,19 @@ def broker_url(url: str) -> str:
     return ALIAS + url[len("sqla"):] if url.startswith("sqla+") else url
 
 
+def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 class Channel(kombu_sqla.Channel):
+    def _engine_from_config(self) -> Any:
+        engine = super()._engine_from_config()
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _write_ahead_log)
+        return engine
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         super()._put(queue, payload, **kwargs)  # committed when this returns
         self.connection.doorbell.ring()
@@ -58,10 +76,11 @@ class Channel(kombu_sqla.Channel):
 
 class Transport(kombu_sqla.Transport):
     Channel = Channel
+    local_wakeups = True  # LOCAL_WAKEUPS (workers.celery_config sets it); False: kombu's polling alone
 
     def __init__(self, client: Any, **kwargs: Any):
         super().__init__(client, **kwargs)
-        self.doorbell = Doorbell.for_key("broker", str(client.hostname))
+        self.doorbell = Doorbell.for_key("broker", str(client.hostname), enabled=self.local_wakeups)
         self._listener: Listener | None = None
 
     def _own_listener(self) -> Listener | None:

@@ -31,6 +31,7 @@ def sockets_in(folder: Path) -> list[str]:
 def test_a_ring_reaches_every_listener_with_its_payloads(bell):
     first, second = bell.listen(), bell.listen()
     try:
+        assert first.drain() == [b""]  # the second's sweep for stale sockets on arrival
         bell.ring([b"a,b", b"c"])
         assert first.wait(5) == [b"a,b", b"c"]
         assert second.wait(5) == [b"a,b", b"c"]
@@ -71,6 +72,14 @@ def test_a_stale_socket_is_removed_and_the_last_listener_removes_the_folders(bel
     assert stale.name in sockets_in(bell.folder)
     bell.ring()
     assert sockets_in(bell.folder) == [listener.path.name]
+    assert listener.drain() == [b""]
+    stale_again = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale_again.bind(str(stale))
+    stale_again.close()
+    newcomer = bell.listen()  # a new listener sweeps too, and does not ring itself
+    assert sockets_in(bell.folder) == sorted([listener.path.name, newcomer.path.name])
+    assert listener.wait(5) == [b""] and newcomer.drain() == []
+    newcomer.close()
     listener.close()
     assert not bell.folder.exists() and not bell.folder.parent.exists()
     bell.ring()  # nobody listens: nothing happens
@@ -256,14 +265,34 @@ def test_an_ack_wakes_the_consumer_for_the_next_message(broker_url):
         consumer.close()
 
 
-def test_celery_config_uses_the_doorbell_only_for_the_embedded_broker(tmp_path):
+def test_local_wakeups_switches_the_embedded_brokers_doorbell(tmp_path):
+    from kombu import Connection
+
     from app import create_app
     from tests.service.conftest import base_config
     from workers import celery_config
 
-    on = celery_config(create_app(base_config(tmp_path)))
-    assert on["broker_url"].startswith("sqladoorbell+sqlite:///")
-    off = celery_config(create_app(base_config(tmp_path, LOCAL_WAKEUPS=False)))
-    assert off["broker_url"].startswith("sqla+sqlite:///")
-    redis = celery_config(create_app(base_config(tmp_path, CELERY_BROKER_URL="redis://127.0.0.1:6379/0")))
-    assert redis["broker_url"] == "redis://127.0.0.1:6379/0"
+    try:
+        on = celery_config(create_app(base_config(tmp_path)))
+        assert on["broker_url"].startswith("sqladoorbell+sqlite:///")
+        with Connection(on["broker_url"]) as connection:
+            assert connection.transport.doorbell.enabled
+        off = celery_config(create_app(base_config(tmp_path, LOCAL_WAKEUPS=False)))
+        assert off["broker_url"] == on["broker_url"]  # the same transport, without the doorbell
+        with Connection(off["broker_url"]) as connection:
+            assert not connection.transport.doorbell.enabled
+            assert connection.transport._own_listener() is None  # it polls, as kombu does
+        redis = celery_config(create_app(base_config(tmp_path, CELERY_BROKER_URL="redis://127.0.0.1:6379/0")))
+        assert redis["broker_url"] == "redis://127.0.0.1:6379/0"
+    finally:
+        from workers.embedded_broker import Transport
+
+        Transport.local_wakeups = True  # a class attribute: leave it as the default app sets it
+
+
+def test_the_brokers_sqlite_file_uses_write_ahead_logging(tmp_path, broker_url):
+    import sqlite3
+
+    publish(broker_url, {"n": 1})
+    with sqlite3.connect(tmp_path / "broker.sqlite3") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

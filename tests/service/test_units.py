@@ -238,12 +238,12 @@ def test_broker_transport_options_per_broker(app):
     """The embedded broker is polled quickly; Redis gets a visibility timeout above the hard time limit."""
     from workers import celery_config
 
-    from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+    from workers.embedded_broker import Transport as EmbeddedTransport
 
     embedded = celery_config(app)
     assert app.config["CELERY_BROKER_URL"].startswith("sqla+")
     assert embedded["broker_transport_options"] == {}  # all of them would go to create_engine()
-    assert SQLAlchemyTransport.polling_interval == 0.05
+    assert EmbeddedTransport.polling_interval == 0.05
     app.config["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/0"
     options = celery_config(app)["broker_transport_options"]
     assert "polling_interval" not in options
