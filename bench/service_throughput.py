@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywh
 
 import torch  # noqa: E402
 
+from app.doorbell import sweep  # noqa: E402
 from bench.common import emit, machine_info, markdown_table, time_call  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "digits-aae-cg"
@@ -572,6 +573,7 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
     pg: tuple[str, str] | None = None
     key_prefix = None
     procs: Processes | None = None
+    db_url = broker_url = None
     try:
         db_url, pg = instance_database(args.database_url, workdir)
         if args.redis_url:
@@ -599,6 +601,9 @@ def running_service(args: argparse.Namespace, deadline: Deadline, *, concurrency
     finally:
         if procs is not None:
             procs.stop_all()
+        for url in (db_url, broker_url and broker_url.split("+", 1)[-1]):  # sockets of a killed process
+            if url:
+                sweep(url)
         try:
             if key_prefix and args.redis_url:
                 delete_redis_keys(args.redis_url, key_prefix)

@@ -330,3 +330,9 @@ def start_worker(tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+    from app.doorbell import sweep
+
+    for worker in workers:  # the sockets of a killed worker (its broker folder) are not left in /tmp
+        for key in ("SQLALCHEMY_DATABASE_URI", "CELERY_BROKER_URL"):
+            url = str(worker.config.get(key) or "")
+            sweep(url.split("+", 1)[1] if url.startswith("sqla+") else url)

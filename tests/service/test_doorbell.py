@@ -296,3 +296,25 @@ def test_the_brokers_sqlite_file_uses_write_ahead_logging(tmp_path, broker_url):
     publish(broker_url, {"n": 1})
     with sqlite3.connect(tmp_path / "broker.sqlite3") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sweep_removes_what_killed_processes_left_and_keeps_live_listeners():
+    from app.doorbell import sweep
+
+    key = f"sweep-{uuid.uuid4().hex}"
+    live = Doorbell.for_key("jobs", key).listen()
+    broker = Doorbell.for_key("broker", key)
+    orphan = broker.listen()
+    # as if its process had been killed: the file stays, but nothing reads it any more
+    dead_path = orphan.path
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead_path.unlink()
+    dead.bind(str(dead_path))
+    dead.close()
+    sweep(key)
+    assert not broker.folder.exists()  # only a dead socket was there
+    assert sockets_in(live.path.parent) == [live.path.name]
+    live.close()
+    assert not live.path.parent.parent.exists()
+    sweep(key)  # nothing left: no error
+    orphan.close()
