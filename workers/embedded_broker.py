@@ -26,9 +26,9 @@ from time import monotonic
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
-from sqlalchemy import event
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.transport.virtual import Empty
+from sqlalchemy import event
 
 from app.doorbell import Doorbell, Listener
 
