@@ -172,7 +172,7 @@ class Doorbell:
         """A new socket in the folder for this process (close it when done), or None when disabled."""
         if self.folder is None:
             return None
-        for attempt in range(2):  # the folder may vanish in between, when the last other listener closes
+        for _ in range(2):  # the folder may vanish in between, when the last other listener closes
             if not _private_folder(self.folder):
                 return None
             try:
@@ -189,7 +189,8 @@ class Doorbell:
 
     def ring(self, payloads: list[bytes] | None = None, skip: Path | None = None) -> None:
         """Send each payload (one datagram each, at most MAX_DATAGRAM bytes; default: one empty datagram) to
-        every listener. Never blocks, nor raises for a delivery problem; removes the sockets of processes that are gone."""
+        every listener but ``skip``. Never blocks, nor raises for a delivery problem; removes the sockets of
+        processes that are gone."""
         if self.folder is None:
             return
         pieces = payloads or [b""]
