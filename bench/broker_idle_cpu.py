@@ -6,6 +6,7 @@ worker (``-Q generate --concurrency 1``, no reconciliation timer) on a fresh ins
 reads the CPU time of its process group over ``--seconds``. Prints a table and a ``BENCH_JSON`` line.
 
     python bench/broker_idle_cpu.py --intervals 0.05 0.02 0.01 0.005 --json-out bench/results/broker_idle_cpu.json
+    python bench/broker_idle_cpu.py --intervals 0.05 --local-wakeups both   # LOCAL_WAKEUPS on and off
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.doorbell import sweep  # noqa: E402
 from bench.common import emit, markdown_table  # noqa: E402
 
 
@@ -46,23 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intervals", type=float, nargs="+", default=[0.05, 0.02, 0.01, 0.005])
     p.add_argument("--settle", type=float, default=25.0, help="seconds to let the workers start")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of idle time measured")
+    p.add_argument("--local-wakeups", choices=["on", "off", "both"], default="on",
+                   help="LOCAL_WAKEUPS of the workers; both: one worker of each per interval, side by side")
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
+    modes = {"on": ["on"], "off": ["off"], "both": ["on", "off"]}[args.local_wakeups]
+    settings = [(interval, mode) for interval in args.intervals for mode in modes]
     workdirs, workers = [], {}
     try:
-        for interval in args.intervals:
+        for interval, mode in settings:
             workdir = Path(tempfile.mkdtemp(prefix="pf-bench-idle-"))
             workdirs.append(workdir)
             env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORFORGE_")}
             env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                        PRIORFORGE_SQLALCHEMY_DATABASE_URI=f"sqlite:///{workdir / 'priorforge.sqlite3'}",
                        PRIORFORGE_CELERY_BROKER_URL=f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
-                       PRIORFORGE_BROKER_POLLING_INTERVAL=str(interval), PRIORFORGE_RECONCILE_INTERVAL="0")
+                       PRIORFORGE_BROKER_POLLING_INTERVAL=str(interval), PRIORFORGE_RECONCILE_INTERVAL="0",
+                       PRIORFORGE_LOCAL_WAKEUPS="true" if mode == "on" else "false")
             subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)
-            workers[interval] = subprocess.Popen(
+            workers[(interval, mode)] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate",
-                 "--concurrency", "1", "--without-mingle", "--without-gossip", "-n", f"idle-{interval}@%h"],
+                 "--concurrency", "1", "--without-mingle", "--without-gossip", "-n", f"idle-{interval}-{mode}@%h"],
                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(args.settle)
         start = {i: group_cpu_seconds(w.pid) for i, w in workers.items()}
@@ -76,11 +83,16 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(worker.pid, signal.SIGTERM)
                 worker.wait(60)
         for workdir in workdirs:
+            sweep(f"sqlite:///{workdir / 'broker.sqlite3'}")  # a socket left by a worker that had to be killed
             shutil.rmtree(workdir, ignore_errors=True)
-    rows = [(f"{i * 1000:g}", f"{share[i]:.3f}", f"{share[i] / share[args.intervals[0]]:.2f}") for i in args.intervals]
-    table = markdown_table(["poll interval ms", "idle CPU (cores)", f"vs {args.intervals[0] * 1000:g} ms"], rows)
+    first = settings[0]
+    rows = [(f"{i * 1000:g}", mode, f"{share[(i, mode)]:.3f}", f"{share[(i, mode)] / share[first]:.2f}")
+            for i, mode in settings]
+    table = markdown_table(["poll interval ms", "local wake-ups", "idle CPU (cores)",
+                            f"vs {first[0] * 1000:g} ms, {first[1]}"], rows)
     emit(table, {"bench": "broker_idle_cpu", "seconds": wall, "cpu_cores": os.cpu_count(),
-                 "load_average": os.getloadavg(), "idle_cpu_cores": {str(i): share[i] for i in args.intervals}},
+                 "load_average": os.getloadavg(),
+                 "idle_cpu_cores": {f"{i} {mode}": share[(i, mode)] for i, mode in settings}},
          args.json_out)
     return 0
 

@@ -139,3 +139,26 @@ def test_negative_phase_settings_are_refused_naming_the_flag(flag):
 
     with pytest.raises(SystemExit, match=flag):
         parse_args([flag, "-1"])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_broker_idle_cpu_with_and_without_local_wakeups():
+    """Two idle workers side by side (LOCAL_WAKEUPS on and off); their folders and sockets are gone after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORFORGE_")}
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "broker_idle_cpu.py"), "--intervals", "0.05",
+                          "--local-wakeups", "both", "--settle", "8", "--seconds", "1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    payload = parse_json_line(res.stdout)
+    assert set(payload["idle_cpu_cores"]) == {"0.05 on", "0.05 off"}
+    assert all(value >= 0 for value in payload["idle_cpu_cores"].values())
+    assert "| 50 | on |" in res.stdout and "| 50 | off |" in res.stdout
+
+
+def test_broker_idle_cpu_refuses_a_bad_local_wakeups(capsys):
+    from bench import broker_idle_cpu
+
+    with pytest.raises(SystemExit):
+        broker_idle_cpu.main(["--local-wakeups", "maybe"])
+    assert "--local-wakeups" in capsys.readouterr().err
