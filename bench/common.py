@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,6 +20,17 @@ JSON_PREFIX = "BENCH_JSON "
 # config fields that shrink a model for --quick runs (each backend takes the ones its config has)
 TINY_MODEL = {"base_channels": 8, "hidden_dim": 32, "disc_hidden": 32, "max_channels": 16, "coupling_hidden": 16,
               "num_mixtures": 4, "lde_max_channels": 16, "code_disc_hidden": [32, 32]}
+
+
+def counts(text: str) -> list[int]:
+    """An argparse ``type``: whole numbers >= 1, comma-separated (``"1,8,32"``); argparse names the flag."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1, comma-separated, got {text!r}")
+    return values
 
 
 def pick_device(name: str) -> torch.device:

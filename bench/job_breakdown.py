@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.common import emit, machine_info, markdown_table  # noqa: E402
+from bench.common import counts, emit, machine_info, markdown_table  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
@@ -56,8 +56,8 @@ STAGES = ["lookup", "claim", "model", "batch_wait", "companions", "members", "la
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
-    p.add_argument("--batched", default="1,4,32", help="B values: jobs decoded together, comma-separated")
+    p.add_argument("--images", type=counts, default="1,16", help="n values: images per job, comma-separated")
+    p.add_argument("--batched", type=counts, default="1,4,32", help="B values: jobs decoded together, comma-separated")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--warmup", type=int, default=2)
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.untrained_shape = parse_shape(args.untrained_shape, p)
     if args.quick:
-        args.images, args.batched, args.warmup, args.repeats = "1", "1,4", 1, 2
+        args.images, args.batched, args.warmup, args.repeats = [1], [1, 4], 1, 2
     return args
 
 
@@ -171,7 +171,7 @@ def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int, cou
 
     samples: list[dict[str, float]] = []
     noops: list[float] = []
-    counts: list[tuple[int, int]] = []
+    tallies: list[tuple[int, int]] = []
     for r in range(args.warmup + args.repeats):
         jobs = queued_jobs(app, n, batched, seed + r * 1000)
         with app.app_context():
@@ -201,7 +201,7 @@ def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int, cou
         sample["other"] = wall - sum(sample.values())
         sample["total"] = wall
         samples.append(sample)
-        counts.append((statements, commits))
+        tallies.append((statements, commits))
         if batched > 1:
             noops.append(noop)
     medians = {key: statistics.median(s[key] for s in samples) for key in [*STAGES, "other", "total"]}
@@ -210,7 +210,7 @@ def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int, cou
            "per_job_ms": {k: round(v * 1e3 / batched, 3) for k, v in medians.items()},
            "per_image_ms": {k: round(v * 1e3 / (batched * n), 3) for k, v in medians.items()},
            "noop_message_ms": round(statistics.median(noops) * 1e3, 3) if noops else None,
-           "statements_per_task": max(c[0] for c in counts), "commits_per_task": max(c[1] for c in counts)}
+           "statements_per_task": max(c[0] for c in tallies), "commits_per_task": max(c[1] for c in tallies)}
     return row
 
 
@@ -223,8 +223,7 @@ def worker_settings() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    images = [int(x) for x in args.images.split(",") if x]
-    batched = [int(x) for x in args.batched.split(",") if x]
+    images, batched = args.images, args.batched
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()
     with task_instance(args, "pf-bench-breakdown-") as app:

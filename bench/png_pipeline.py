@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.common import emit, machine_info, markdown_table  # noqa: E402
+from bench.common import counts, emit, machine_info, markdown_table  # noqa: E402
 from bench.job_breakdown import queued_jobs, task_instance  # noqa: E402
 
 
@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--threads", default="0,1,2", help="PNG_THREADS values, comma-separated (the first is the "
                                                        "reference of the ratios)")
-    p.add_argument("--images", default="1,16", help="n values: images per job")
-    p.add_argument("--batched", default="4", help="B values: jobs decoded together by one task")
+    p.add_argument("--images", type=counts, default="1,16", help="n values: images per job")
+    p.add_argument("--batched", type=counts, default="4", help="B values: jobs decoded together by one task")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.untrained_shape = parse_shape(args.untrained_shape, p)
     if args.quick:
-        args.images, args.batched, args.warmup, args.repeats = "16", "1", 1, 1
+        args.images, args.batched, args.warmup, args.repeats = [16], [1], 1, 1
     return args
 
 
@@ -103,8 +103,7 @@ def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    images = [int(x) for x in args.images.split(",") if x]
-    batched = [int(x) for x in args.batched.split(",") if x]
+    images, batched = args.images, args.batched
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()
     rows: list[dict] = []

@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywh
 import torch  # noqa: E402
 
 from app.doorbell import sweep  # noqa: E402
-from bench.common import emit, machine_info, markdown_table, time_call  # noqa: E402
+from bench.common import counts, emit, machine_info, markdown_table, time_call  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
@@ -77,7 +77,7 @@ MODEL, LABEL = "digits", "7"
 
 def add_service_arguments(p: argparse.ArgumentParser) -> None:
     """The options this script shares with bench/worker_scaling.py: jobs, clients' polling, the servers."""
-    p.add_argument("--images", default="1,16", help="n values: images per job, comma-separated")
+    p.add_argument("--images", type=counts, default="1,16", help="n values: images per job, comma-separated")
     p.add_argument("--jobs-per-client", type=int, default=2, help="jobs per phase = max(this * K, --min-jobs)")
     p.add_argument("--min-jobs", type=int, default=16)
     p.add_argument("--min-seconds", type=float, default=None,
@@ -106,7 +106,7 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--clients", default="1,8,32", help="K values: concurrent clients, comma-separated")
+    p.add_argument("--clients", type=counts, default="1,8,32", help="K values: concurrent clients, comma-separated")
     add_service_arguments(p)
     p.add_argument("--concurrency", type=int, default=1, help="Celery worker pool processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.untrained_shape:
         args.untrained_shape = parse_shape(args.untrained_shape, p)
     if args.quick:
-        args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", "1", 2, 4
+        args.clients, args.images, args.jobs_per_client, args.min_jobs = [1, 2], [1], 2, 4
         args.warmup, args.repeats = 1, 5
     resolve_phase_defaults(args)
     return args
@@ -667,8 +667,7 @@ def install_signal_handlers() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     deadline = Deadline(args.timeout)
-    clients = [int(x) for x in args.clients.split(",") if x]
-    images = [int(x) for x in args.images.split(",") if x]
+    clients, images = args.clients, args.images
     torch.set_num_threads(1)
     machine = machine_info(torch.device("cpu"))
     started = time.perf_counter()

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.common import emit, machine_info, markdown_table  # noqa: E402
+from bench.common import counts, emit, machine_info, markdown_table  # noqa: E402
 from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, add_service_arguments, cpu_cell,  # noqa: E402
                                       install_signal_handlers, phase_row, raw_speed, resolve_phase_defaults,
                                       run_job, run_phase, running_service, stage_env)
@@ -56,11 +56,12 @@ from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, add_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workers", default="1,2,4", help="P values: Celery pool processes, comma-separated")
+    p.add_argument("--workers", type=counts, default="1,2,4",
+                   help="P values: Celery pool processes, comma-separated")
     p.add_argument("--clients", type=int, default=32, help="K: concurrent clients of each timed phase")
     add_service_arguments(p)
-    p.add_argument("--models", default="1,2,4,8", help="model versions loaded when the pool process's RSS is "
-                                                        "recorded (the series runs 1..max)")
+    p.add_argument("--models", type=counts, default="1,2,4,8",
+                   help="model versions loaded when the pool process's RSS is recorded (the series runs 1..max)")
     p.add_argument("--bounded-cache", type=int, default=2,
                    help="also run the memory series with this MODEL_CACHE_SIZE (0: skip)")
     p.add_argument("--log-stage-times", action="store_true",
@@ -70,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "1 web worker")
     args = p.parse_args(argv)
     if args.quick:
-        args.workers, args.clients, args.images, args.jobs_per_client, args.min_jobs = "1,2", 4, "1", 2, 8
-        args.models, args.bounded_cache, args.warmup, args.repeats = "1,2", 0, 1, 5
+        args.workers, args.clients, args.images, args.jobs_per_client, args.min_jobs = [1, 2], 4, [1], 2, 8
+        args.models, args.bounded_cache, args.warmup, args.repeats = [1, 2], 0, 1, 5
         args.web_workers = 1
     resolve_phase_defaults(args)
     return args
@@ -207,9 +208,7 @@ def warm_pool(service: Service, procs: int, fresh: dict[int, float | None], dead
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     deadline = Deadline(args.timeout)
-    workers = [int(x) for x in args.workers.split(",") if x]
-    images = [int(x) for x in args.images.split(",") if x]
-    record = {int(x) for x in args.models.split(",") if x}
+    workers, images, record = args.workers, args.images, set(args.models)
     max_models = max(record)
     torch.set_num_threads(1)
     machine = machine_info(torch.device("cpu"))

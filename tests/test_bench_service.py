@@ -115,6 +115,30 @@ def test_job_breakdown_quick():
     assert rows[0]["noop_message_ms"] is None and positive(rows[1]["noop_message_ms"])
 
 
+@pytest.mark.parametrize(("script", "flag"), [
+    ("service_throughput", "--images"), ("service_throughput", "--clients"), ("worker_scaling", "--workers"),
+    ("worker_scaling", "--models"), ("job_breakdown", "--batched"), ("png_pipeline", "--images")])
+@pytest.mark.parametrize("bad", ["a,b", "0", "1,-2", ""])
+def test_a_bad_count_list_is_refused_naming_the_flag(script, flag, bad, capsys):
+    import importlib
+
+    parse_args = importlib.import_module(f"bench.{script}").parse_args
+    with pytest.raises(SystemExit):
+        parse_args([flag, bad])
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "expected whole numbers >= 1" in err
+
+
+def test_count_lists_parse_to_numbers():
+    from bench.common import counts
+    from bench.service_throughput import parse_args
+
+    assert counts("1, 8,32") == [1, 8, 32]
+    args = parse_args(["--clients", "4,2"])
+    assert args.clients == [4, 2] and args.images == [1, 16]
+    assert parse_args(["--quick"]).clients == [1, 2]
+
+
 @pytest.mark.parametrize("script", ["service_throughput", "job_breakdown", "png_pipeline"])
 @pytest.mark.parametrize("bad", ["3x64", "0x8x8", "axbxc"])
 def test_a_bad_untrained_shape_is_refused_naming_the_flag(script, bad, capsys):
