@@ -26,11 +26,14 @@ of the web server (gunicorn, ``--web-workers`` processes of ``--web-threads`` th
 (and of its main process alone) and this script's client threads (``/proc``, Linux), with "cores busy" =
 their CPU seconds / wall seconds.
 
-In the same run, before the servers start, the raw model is timed in this process: the checkpoint loaded on
-the CPU, ``sample_latents`` + ``decode`` at batch n, single thread, median of ``--repeats`` (as
-``bench/sampling_speed.py``). The ratio service/raw compares the two at the same n, and the added latency of
-one 1-image job at K = 1 is the service p50 minus the raw time of one image. The worker runs with
-``OMP_NUM_THREADS=1`` too. Goals (issue 7): service/raw >= 0.8 at K = 32, added p50 < 50 ms.
+In the same run the raw model is timed in this process: the checkpoint loaded on the CPU, ``sample_latents``
++ ``decode`` at batch n, single thread, median of ``--repeats`` (as ``bench/sampling_speed.py``); once before
+the servers start (the ``raw`` list), then just before and just after each phase at its n, the servers up and
+idle. A phase's ratio service/raw divides by the mean of the two times around it, so a drift of the shared
+machine's speed between the start and the phase does not show up as the service's cost; ``raw drift`` (the
+raw speed after the phase / before it - 1) shows how far the speed moved during the phase. The added latency
+of one 1-image job at K = 1 is the service p50 minus the raw time of one image around that phase. The worker
+runs with ``OMP_NUM_THREADS=1`` too. Goals (issue 7): service/raw >= 0.8 at K = 32, added p50 < 50 ms.
 
     python bench/service_throughput.py                       # SQLite + embedded broker
     python bench/service_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -69,7 +73,7 @@ sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywh
 import torch  # noqa: E402
 
 from app.doorbell import sweep  # noqa: E402
-from bench.common import counts, emit, machine_info, markdown_table, time_call  # noqa: E402
+from bench.common import Timing, counts, emit, machine_info, markdown_table, time_call  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
@@ -97,7 +101,10 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--redis-url", default=None, help="Redis broker (keys get a unique prefix, deleted afterwards)")
     p.add_argument("--warmup", type=int, default=2, help="raw model: untimed calls")
-    p.add_argument("--repeats", type=int, default=20, help="raw model: timed calls (median)")
+    p.add_argument("--repeats", type=int, default=20, help="raw model: timed calls (median), at least")
+    p.add_argument("--raw-min-seconds", type=float, default=None,
+                   help="raw model: more timed calls when --repeats would take less than this, so a fast model's "
+                        "median is not one moment's load (default 0.3; 0.05 with --quick)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
@@ -141,12 +148,16 @@ def parse_shape(text: str, parser: argparse.ArgumentParser) -> tuple[int, int, i
 
 
 def resolve_phase_defaults(args: argparse.Namespace) -> None:
-    """--min-seconds and --phase-warmup when not given: a steady state (5 s after 16 untimed jobs), or a
-    smoke test's minimum with --quick."""
+    """--min-seconds, --phase-warmup and --raw-min-seconds when not given: a steady state (5 s after 16
+    untimed jobs), or a smoke test's minimum with --quick."""
     if args.min_seconds is None:
         args.min_seconds = 0.0 if args.quick else 5.0
     if args.phase_warmup is None:
         args.phase_warmup = 1 if args.quick else 16
+    if getattr(args, "raw_min_seconds", None) is None:
+        args.raw_min_seconds = 0.05 if args.quick else 0.3
+    if args.raw_min_seconds < 0:
+        raise SystemExit(f"--raw-min-seconds {args.raw_min_seconds}: must not be negative")
     if args.min_seconds < 0:
         raise SystemExit(f"--min-seconds {args.min_seconds}: must not be negative")
     if args.phase_warmup < 0:
@@ -431,27 +442,60 @@ def untrained_checkpoint(shape: tuple[int, int, int], folder: Path) -> Path:
     return save_checkpoint(model, folder, dataset="untrained (speed only)", class_names=[str(i) for i in range(10)])
 
 
-def raw_speed(batches: list[int], args: argparse.Namespace) -> dict[int, dict]:
-    """Median wall/CPU time of sample_latents + decode at each batch, in this process, one thread."""
-    from generation.base import Condition
-    from generation.checkpoint import load_checkpoint
+class RawModel:
+    """The served checkpoint loaded once in this process (CPU, one thread); :meth:`time` gives the median
+    wall/CPU time of ``sample_latents`` + ``decode`` at batch n (as ``bench/sampling_speed.py``), over at
+    least ``repeats`` calls and at least ``min_seconds`` of calls each."""
 
-    device = torch.device("cpu")
-    model, info = load_checkpoint(getattr(args, "checkpoint", CHECKPOINT), device=device)
-    condition = Condition("class", index=list(info.class_names).index(LABEL))
-    out = {}
-    with torch.inference_mode():
-        for n in batches:
+    def __init__(self, checkpoint: Path, warmup: int, repeats: int, min_seconds: float = 0.0):
+        from generation.base import Condition
+        from generation.checkpoint import load_checkpoint
+
+        self.device = torch.device("cpu")
+        self.model, info = load_checkpoint(checkpoint, device=self.device)
+        self.condition = Condition("class", index=list(info.class_names).index(LABEL))
+        self.warmup, self.repeats, self.min_seconds = warmup, repeats, min_seconds
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RawModel:
+        return cls(getattr(args, "checkpoint", CHECKPOINT), args.warmup, args.repeats,
+                   getattr(args, "raw_min_seconds", 0.0))
+
+    def _median(self, fn: Callable[[], object]) -> Timing:
+        probe = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - probe, 1e-6)
+        repeats = max(self.repeats, min(10_000, math.ceil(self.min_seconds / one)))
+        return time_call(fn, self.device, warmup=self.warmup, repeats=repeats)
+
+    def time(self, n: int) -> dict:
+        model, condition = self.model, self.condition
+        with torch.inference_mode():
             generator = torch.Generator().manual_seed(0)
             latents = model.sample_latents(n, condition, generator)
-            t_lat = time_call(lambda: model.sample_latents(n, condition, generator), device,
-                              warmup=args.warmup, repeats=args.repeats)
-            t_dec = time_call(lambda: model.decode(latents, condition), device,
-                              warmup=args.warmup, repeats=args.repeats)
-            wall, cpu = t_lat.wall + t_dec.wall, t_lat.cpu + t_dec.cpu
-            out[n] = {"n": n, "raw_ms": round(wall * 1e3, 3), "raw_cpu_ms": round(cpu * 1e3, 3),
-                      "raw_images_per_s": round(n / wall, 1)}
-    return out
+            t_lat = self._median(lambda: model.sample_latents(n, condition, generator))
+            t_dec = self._median(lambda: model.decode(latents, condition))
+        wall, cpu = t_lat.wall + t_dec.wall, t_lat.cpu + t_dec.cpu
+        return {"n": n, "raw_ms": round(wall * 1e3, 3), "raw_cpu_ms": round(cpu * 1e3, 3),
+                "raw_images_per_s": round(n / wall, 1)}
+
+
+def bracketed_phase(service: Service, args: argparse.Namespace, raw: RawModel, k: int, n: int, seed: int,
+                    deadline: Deadline) -> dict:
+    """:func:`phase_row`, with the raw model timed at the same n just before and just after it (the servers
+    up and idle). Its ratio divides by their mean, so a machine whose speed drifts between the start of the
+    run and the phase (these shared cores do, by 10% or more within minutes) moves both sides alike;
+    ``raw_drift`` (the raw speed after / before - 1) says how far it moved across the phase itself."""
+    service.wait_worker_idle(deadline, quiet=0.3)  # the last phase's trailing messages are done
+    before = raw.time(n)
+    row = phase_row(service, args, k, n, seed, deadline)
+    after = raw.time(n)
+    raw_ms = (before["raw_ms"] + after["raw_ms"]) / 2
+    row.update(raw_ms=round(raw_ms, 3), raw_images_per_s=round(n / raw_ms * 1e3, 1),
+               raw_before_images_per_s=before["raw_images_per_s"], raw_after_images_per_s=after["raw_images_per_s"],
+               raw_drift=round(before["raw_ms"] / after["raw_ms"] - 1, 3))
+    row["ratio"] = round(row["images_per_s"] / row["raw_images_per_s"], 3)
+    return row
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -678,16 +722,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.untrained_shape:
             model_dir = Path(tempfile.mkdtemp(prefix="pf-bench-model-"))
             args.checkpoint = untrained_checkpoint(args.untrained_shape, model_dir)
-        raw = raw_speed(sorted({1, *images}), args)
+        raw_model = RawModel.from_args(args)
+        raw = {n: raw_model.time(n) for n in sorted({1, *images})}  # before the servers start
         rows = []
         with running_service(args, deadline, concurrency=args.concurrency, extra_env=stage_env(args)) as service:
             seed = 1000
             for n in images:
                 for k in clients:
-                    row = phase_row(service, args, k, n, seed, deadline)
+                    row = bracketed_phase(service, args, raw_model, k, n, seed, deadline)
                     seed += row["jobs"] * n
-                    row.update(raw_images_per_s=raw[n]["raw_images_per_s"], raw_ms=raw[n]["raw_ms"])
-                    row["ratio"] = round(row["images_per_s"] / raw[n]["raw_images_per_s"], 3)
                     rows.append(row)
     finally:
         for s, handler in previous.items():
@@ -696,18 +739,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(model_dir, ignore_errors=True)
 
     single = next((r for r in rows if r["clients"] == 1 and r["n"] == 1), None)
-    added = round(single["p50_ms"] - raw[1]["raw_ms"], 1) if single else None
+    added = round(single["p50_ms"] - single["raw_ms"], 1) if single else None  # the raw time around that phase
     at_max_k = {r["n"]: r["ratio"] for r in rows if r["clients"] == max(clients)}
-    headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "service/raw", "p50 ms", "p95 ms", "p99 ms",
+    headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "raw drift", "service/raw", "p50 ms", "p95 ms",
+               "p99 ms",
                "poll ms", "client bound img/s", "CPU ms/job web / worker / clients", "cores busy"]
     if args.client_mode == "wait":  # no polling, no bound from it
         headers = [h for h in headers if h not in ("poll ms", "client bound img/s")]
     table = markdown_table(headers, [[r["n"], r["clients"], r["jobs"], r["images_per_s"], r["raw_images_per_s"],
-                                      r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+                                      r["raw_drift"], r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
                                       *([r["poll_ms"], r["client_bound_images_per_s"]] if r["poll_ms"] else []),
                                       cpu_cell(r), r["cpu_busy"]] for r in rows])
-    table += (f"\n\nraw single image: {raw[1]['raw_ms']} ms; added p50 latency of a 1-image job at K=1: "
-              f"{added} ms (goal < 50); service/raw at K={max(clients)}: "
+    table += (f"\n\nraw single image: {raw[1]['raw_ms']} ms before the servers started; added p50 latency of a "
+              f"1-image job at K=1: {added} ms (goal < 50); service/raw at K={max(clients)}: "
               + ", ".join(f"n={n}: {v}" for n, v in at_max_k.items()) + " (goal >= 0.8)")
     payload = {"benchmark": "service_throughput", "machine": machine, "rows": rows,
                "raw": [raw[n] for n in sorted(raw)], "added_latency_p50_ms": added,
@@ -720,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
                                      if args.untrained_shape else "models/digits-aae-cg",
                             "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
-                            "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
+                            "warmup": args.warmup, "repeats": args.repeats,
+                            "raw_min_seconds": args.raw_min_seconds, "quick": args.quick,
                             "min_seconds": args.min_seconds, "phase_warmup": args.phase_warmup,
                             "command": " ".join(["service_throughput.py",
                                                  *(argv if argv is not None else sys.argv[1:])])},

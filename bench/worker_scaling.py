@@ -19,7 +19,8 @@ version, so its own entry in a worker's model cache).
   ``--clients`` concurrent clients as in ``service_throughput.py`` (images/s, latency percentiles, CPU time
   of the web server, the worker and the clients per job). The web server (``--web-workers`` gunicorn
   workers) and the database stay the same; the worker is restarted for each P. Ratios: img/s vs P = 1, and
-  vs the raw model at the same n (timed in this process first, as ``service_throughput.py`` does).
+  vs the raw model at the same n (timed in this process just before and after each phase, as
+  ``service_throughput.py`` does; ``raw_drift`` shows how far the machine's speed moved across the phase).
 
 The machine's CPU core count is recorded (``cpu_cores``, and ``usable_cores``: the CPUs this process may
 run on): on a CPU-only machine every pool process, the web server and the clients share those cores.
@@ -45,9 +46,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.common import counts, emit, machine_info, markdown_table  # noqa: E402
-from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, Service, add_service_arguments, cpu_cell,  # noqa: E402
-                                      install_signal_handlers, phase_row, raw_speed, resolve_phase_defaults,
-                                      run_job, run_phase, running_service, stage_env)
+from bench.service_throughput import (CHECKPOINT, MODEL, Deadline, RawModel, Service,  # noqa: E402
+                                      add_service_arguments, bracketed_phase, cpu_cell, install_signal_handlers,
+                                      resolve_phase_defaults, run_job, run_phase, running_service, stage_env)
 
 # The model is loaded by the first real job of each pool process; a batched job's own message is a no-op and
 # loads nothing, so warming up takes rounds of concurrent jobs (see warm_pool).
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     scaling: list[dict] = []
     memory: list[dict] = []
     try:
-        raw = raw_speed(sorted(set(images)), args)
+        raw_model = RawModel.from_args(args)
+        raw = {n: raw_model.time(n) for n in sorted(set(images))}  # before the servers start
         progress("raw model timed")
         extra = [f"{MODEL}-{m}" for m in range(2, max_models + 1)]
         with running_service(args, deadline, concurrency=None, models=extra, wait_web=False,
@@ -244,11 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed = warm_pool(service, procs, fresh, deadline, seed)
                     progress("pool warm")
                     for n in images:
-                        row = phase_row(service, args, args.clients, n, seed, deadline)
+                        row = bracketed_phase(service, args, raw_model, args.clients, n, seed, deadline)
                         seed += row["jobs"] * n
                         service.wait_worker_idle(deadline)
-                        row.update(pool_processes=procs, raw_images_per_s=raw[n]["raw_images_per_s"],
-                                   ratio_vs_raw=round(row["images_per_s"] / raw[n]["raw_images_per_s"], 3),
+                        row.update(pool_processes=procs, ratio_vs_raw=row.pop("ratio"),
                                    pool_rss_mib=[rss_mib(pid) for pid in pool])
                         scaling.append(row)
                         progress(f"P={procs} n={n}: {row['images_per_s']} img/s")
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                             "web_workers": args.web_workers, "web_threads": args.web_threads,
                             "client_mode": args.client_mode, "poll_ms": args.poll_ms,
                             "max_poll_rate": args.max_poll_rate, "quick": args.quick,
+                            "warmup": args.warmup, "repeats": args.repeats, "raw_min_seconds": args.raw_min_seconds,
                             "min_seconds": args.min_seconds, "phase_warmup": args.phase_warmup,
                             "worker_processes": "one Celery worker, --concurrency P (prefork pool)",
                             "command": " ".join(["worker_scaling.py",

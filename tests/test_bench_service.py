@@ -22,6 +22,17 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def assert_raw_around_phase(row: dict, ratio: float) -> None:
+    """The raw model was timed just before and after the phase; the ratio divides by the mean of the two times,
+    so the raw speed it uses lies between them, and the drift is their quotient."""
+    before, after = row["raw_before_images_per_s"], row["raw_after_images_per_s"]
+    assert positive(before) and positive(after)
+    mean_ms = (row["n"] / before + row["n"] / after) / 2 * 1e3
+    assert abs(row["raw_ms"] - mean_ms) <= 0.002 + 0.01 * mean_ms, row
+    assert min(before, after) * 0.99 <= row["raw_images_per_s"] <= max(before, after) * 1.01, row
+    assert abs(row["raw_drift"] - (after / before - 1)) <= 0.01 * (1 + abs(row["raw_drift"])), row
+    assert ratio == pytest.approx(row["images_per_s"] / row["raw_images_per_s"], rel=2e-3, abs=1e-3)
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("extra", [["--min-seconds", "1"], ["--client-mode", "poll", "--untrained-shape", "1x16x16"]],
@@ -47,6 +58,7 @@ def test_service_throughput_quick(extra):
             assert positive(row[key]), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert positive(row["cpu_busy"])
+        assert_raw_around_phase(row, row["ratio"])
         if polling:  # polling clients: each sees at most one job per poll interval
             assert positive(row["poll_ms"]) and positive(row["client_bound_images_per_s"])
         else:  # waiting clients: no poll, no bound from it
@@ -87,6 +99,7 @@ def test_worker_scaling_quick():
         assert len(row["pool_rss_mib"]) == row["pool_processes"] and all(positive(v) for v in row["pool_rss_mib"])
         for key in ("images_per_s", "ratio_vs_first", "ratio_vs_raw", "p50_ms", "wall_s"):
             assert positive(row[key]), (key, row)
+        assert_raw_around_phase(row, row["ratio_vs_raw"])
         assert set(row["cpu_ms_per_job"]) == {"web", "worker", "clients", "worker_main"}
     assert rows[0]["ratio_vs_first"] == 1
     memory = payload["memory"]
@@ -154,10 +167,27 @@ def test_phase_warmup_zero_means_a_cold_phase():
     from bench.service_throughput import parse_args
 
     args = parse_args(["--phase-warmup", "0", "--min-seconds", "0"])
-    assert (args.phase_warmup, args.min_seconds) == (0, 0.0)
+    assert (args.phase_warmup, args.min_seconds, args.raw_min_seconds) == (0, 0.0, 0.3)
+    assert parse_args(["--quick"]).raw_min_seconds == 0.05
 
 
-@pytest.mark.parametrize("flag", ["--min-seconds", "--phase-warmup"])
+def test_raw_model_times_enough_calls_to_fill_raw_min_seconds(monkeypatch):
+    """A fast model gets more timed calls than --repeats, up to --raw-min-seconds of them; a slow one --repeats."""
+    import bench.service_throughput as st
+
+    calls: list[int] = []
+    monkeypatch.setattr(st, "time_call", lambda fn, device, *, warmup, repeats: calls.append(repeats)
+                        or st.Timing(0.001, 0.001))
+    raw = st.RawModel(st.CHECKPOINT, warmup=0, repeats=5, min_seconds=0.0)
+    row = raw.time(1)
+    assert calls == [5, 5] and row["raw_ms"] == 2.0 and row["raw_images_per_s"] == 500.0
+    calls.clear()
+    raw.min_seconds = 1.0  # the shipped model takes well under 0.1 s a call
+    raw.time(1)
+    assert all(10 < repeats <= 10_000 for repeats in calls), calls
+
+
+@pytest.mark.parametrize("flag", ["--min-seconds", "--phase-warmup", "--raw-min-seconds"])
 def test_negative_phase_settings_are_refused_naming_the_flag(flag):
     from bench.service_throughput import parse_args
 
