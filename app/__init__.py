@@ -32,7 +32,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_PROMPT_LENGTH": 500,
         "DEVICE": "auto",
         "MODEL_CACHE_SIZE": 2,  # loaded models kept per worker process (LRU)
-        "GENERATE_CHUNK": 16,  # rows per decode pass; always this many (padded), so pixels never depend on batching
+        # rows per decode pass; always this many (padded), so pixels never depend on batching. A lone 1-image job
+        # decodes this many rows: on a CPU, 8 instead of 16 cut that job's added latency by 40% on a 64x64 model
+        # with batched throughput within noise (docs/benchmarks.md, sixth round); a GPU likely wants more
+        "GENERATE_CHUNK": 8,
         "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
         # when none is queued, how long a task waits for some to arrive (0: a lone job is never delayed)
         "BATCH_WAIT_MS": 0,
@@ -120,6 +123,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     png_threads = app.config["PNG_THREADS"]
     if isinstance(png_threads, bool) or not isinstance(png_threads, int) or png_threads < 0:
         raise ValueError(f"PNG_THREADS must be a whole number from 0 (inline) up, got {png_threads!r}")
+    chunk = app.config["GENERATE_CHUNK"]
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"GENERATE_CHUNK must be a whole number of rows from 1 up, got {chunk!r}")
     if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
         raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
     app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])

@@ -43,7 +43,7 @@ def digits():
     return model.eval()  # BatchNorm in eval mode: a row's output does not depend on the other rows' values
 
 
-@pytest.mark.parametrize("pass_size", [16, 64])
+@pytest.mark.parametrize("pass_size", [8, 16, 64])
 def test_merged_decode_gives_each_job_its_solo_pixels(digits, pass_size):
     from workers.batching import JobRequest, decode_jobs
 
@@ -57,6 +57,15 @@ def test_merged_decode_gives_each_job_its_solo_pixels(digits, pass_size):
     # image i of a job depends on seed + i only: a 1-image job with seed 124 is image 1 of the (0, 5, 123) job
     single = decode_jobs(digits, [JobRequest(Condition("class", index=0), 1, 124)], pass_size)[0]
     assert png_pixels(single) == png_pixels(merged[1][1:2])
+
+
+@pytest.mark.parametrize("bad", [0, -8, "8", 8.0, True])
+def test_the_app_refuses_a_bad_generate_chunk_naming_it(tmp_path, bad):
+    from app import create_app
+    from tests.service.conftest import base_config
+
+    with pytest.raises(ValueError, match="GENERATE_CHUNK"):
+        create_app(base_config(tmp_path, GENERATE_CHUNK=bad))
 
 
 def _queued_job(app, **values) -> str:
