@@ -102,6 +102,13 @@ def _normalise_db_url(url: str) -> str:
     return url
 
 
+def _require_whole_number(config: Any, key: str, minimum: int, what: str) -> None:
+    """A ValueError naming ``key`` unless its value is an int (not a bool) of at least ``minimum``."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be a whole number {what}, got {value!r}")
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(default_config(app.instance_path))
@@ -120,12 +127,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     check_secret_key(app)
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    png_threads = app.config["PNG_THREADS"]
-    if isinstance(png_threads, bool) or not isinstance(png_threads, int) or png_threads < 0:
-        raise ValueError(f"PNG_THREADS must be a whole number from 0 (inline) up, got {png_threads!r}")
-    chunk = app.config["GENERATE_CHUNK"]
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"GENERATE_CHUNK must be a whole number of rows from 1 up, got {chunk!r}")
+    _require_whole_number(app.config, "PNG_THREADS", 0, "from 0 (inline) up")
+    _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
     if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
         raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
     app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
