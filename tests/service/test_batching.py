@@ -68,6 +68,16 @@ def test_the_app_refuses_a_bad_generate_chunk_naming_it(tmp_path, bad):
         create_app(base_config(tmp_path, GENERATE_CHUNK=bad))
 
 
+@pytest.mark.parametrize("bad", ["eight", "0", "2.5"])
+def test_a_bad_generate_chunk_from_the_environment_is_refused_naming_it(tmp_path, monkeypatch, bad):
+    from app import create_app
+    from tests.service.conftest import base_config
+
+    monkeypatch.setenv("PRIORFORGE_GENERATE_CHUNK", bad)
+    with pytest.raises(ValueError, match="GENERATE_CHUNK"):
+        create_app(base_config(tmp_path))
+
+
 def _queued_job(app, **values) -> str:
     from app.services import _job_from_spec, validate_job
 
