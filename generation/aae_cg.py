@@ -35,6 +35,9 @@ class AAEConfig(ModelConfig):
         hidden_dim: width of the fully connected layers of E and G.
         disc_hidden: width of D_I's fully connected layer (paper: 1000).
         code_disc_hidden: widths of D_C's hidden layers (paper: 1000, 500, 200).
+        aux_classes: text models only: an auxiliary class head on D_I with this many classes, trained on the
+            labels that the captioned images carry (TAC-GAN, Dash et al. 2017); 0 = none. It is a training aid:
+            sampling never reads it, and an exported model drops it with the discriminators.
     """
 
     latent_dim: int | None = None
@@ -43,8 +46,14 @@ class AAEConfig(ModelConfig):
     hidden_dim: int = 1024
     disc_hidden: int = 1000
     code_disc_hidden: tuple[int, ...] = (1000, 500, 200)
+    aux_classes: int = 0
 
     def __post_init__(self) -> None:
+        if self.aux_classes and self.condition != "text":
+            raise ValueError(f"aux_classes is for text models (a class-conditional model's Q already predicts "
+                             f"the label); got condition {self.condition!r}")
+        if self.aux_classes < 0:
+            raise ValueError(f"aux_classes must be 0 or more, got {self.aux_classes}")
         if self.latent_dim is None:
             self.latent_dim = 8 if self.condition == "cluster" and self.image_shape[0] == 1 else 64
         if self.noise_dim is None:
@@ -73,11 +82,12 @@ class ImageDiscriminator(nn.Module):
     """D_I: conv 4x4/s2 stages with LeakyReLU, FC ``disc_hidden``, FC 1; Q: FC ``q_dim`` on the same trunk.
 
     ``features`` (the last conv layer) is the learned similarity metric used for reconstruction. For text
-    models the condition vector is concatenated to the flattened features (a conditional D_I).
+    models the condition vector is concatenated to the flattened features (a conditional D_I), and an
+    optional auxiliary class head (``aux_classes``, TAC-GAN) shares the trunk too.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], base_channels: int, hidden: int, cond_dim: int,
-                 q_dim: int):
+                 q_dim: int, aux_classes: int = 0):
         super().__init__()
         num_stages, final_size = downsampling_stages(image_shape)
         layers: list[nn.Module] = []
@@ -90,19 +100,26 @@ class ImageDiscriminator(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(in_ch * final_size**2 + cond_dim, hidden), nn.LeakyReLU(0.2))
         self.real_fake = nn.Linear(hidden, 1)
         self.q_head = nn.Linear(hidden, q_dim) if q_dim else None
+        self.class_head = nn.Linear(hidden, aux_classes) if aux_classes else None
 
     def features(self, images: Tensor) -> Tensor:
         return self.conv(images).flatten(1)  # (B, C_last * s * s)
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """-> (real/fake logit ``(B,)``, Q output ``(B, q_dim)`` or None)."""
+        logit, q, _ = self.judge(images, cond)
+        return logit, q
+
+    def judge(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """-> (real/fake logit ``(B,)``, Q output or None, auxiliary class logits ``(B, aux_classes)`` or None)."""
         h = self.features(images)
         if self.cond_dim:
             assert cond is not None
             h = torch.cat([h, cond], dim=1)
         h = self.trunk(h)
         q = self.q_head(h) if self.q_head is not None else None
-        return self.real_fake(h).squeeze(1), q
+        aux = self.class_head(h) if self.class_head is not None else None
+        return self.real_fake(h).squeeze(1), q, aux
 
 
 class CodeDiscriminator(nn.Module):
@@ -140,7 +157,7 @@ class CodeGeneratorAAE(GenerativeModel):
         # D_I sees the condition only in the text setting; for labels/clusters Q recovers it (Eq. 7)
         self.image_discriminator = ImageDiscriminator(
             c.image_shape, c.base_channels, c.disc_hidden, cond_dim if c.condition == "text" else 0,
-            q_dim=cond_dim)
+            q_dim=cond_dim, aux_classes=c.aux_classes)
         # D_C is label-free in the unsupervised setting (paper Fig. 5)
         self.code_discriminator = CodeDiscriminator(
             c.latent_dim, cond_dim if c.condition in ("class", "text") else 0, c.code_disc_hidden)

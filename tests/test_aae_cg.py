@@ -96,3 +96,40 @@ def test_samples_differ_between_classes():
     a = model.sample(2, Condition("class", index=0), torch.Generator().manual_seed(0))
     b = model.sample(2, Condition("class", index=1), torch.Generator().manual_seed(0))
     assert not torch.equal(a, b)
+
+
+def test_text_model_aux_class_head_learns_the_labels_and_is_text_only(digits_train):
+    """TAC-GAN: with aux_classes, D_I's class head is trained on the captioned images' labels (real and
+    generated) and CG + G are pushed towards the caption's class; class models refuse the option."""
+    model = build_tiny("aae-cg", condition="text", text_dim=12, aux_classes=10)
+    assert model.image_discriminator.class_head.out_features == 10
+    trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False),
+                                      {"text_noise": 0.3})
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.randn(16, 12)
+    head_before, cg_before = snapshot(model.image_discriminator.class_head), snapshot(model.code_generator)
+    model.train()
+    losses = trainer.train_step(images, cond, labels)
+    assert "aux_cls" in losses and losses["aux_cls"] > 0
+    assert changed(head_before, model.image_discriminator.class_head) and changed(cg_before, model.code_generator)
+    unlabelled = digits_train.select(torch.arange(64))
+    unlabelled.labels = torch.full((64,), -1)
+    with pytest.raises(ValueError, match="aux_classes=10 needs a class label"):
+        trainer.prepare(unlabelled)
+    with pytest.raises(ValueError, match="aux_classes is for text models"):
+        AAEConfig(condition="class", aux_classes=10)
+
+
+def test_text_noise_changes_only_what_the_code_generator_sees(digits_train):
+    """Conditioning augmentation: the same step with text_noise > 0 moves CG differently from text_noise 0."""
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.randn(16, 12)
+    after = []
+    for noise in (0.0, 0.5):
+        model = build_tiny("aae-cg", condition="text", text_dim=12)
+        trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False),
+                                          {"text_noise": noise})
+        model.train()
+        trainer.train_step(images, cond, labels)
+        after.append(snapshot(model.code_generator))
+    assert any(not torch.equal(a, b) for a, b in zip(*after))

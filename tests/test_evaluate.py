@@ -101,6 +101,16 @@ def test_classifier_is_cached_and_loaded_the_second_time():
     assert get_classifier("digits", None, "cpu", max_steps=4, quiet=True).trained_now  # other settings: retrain
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_a_classifier_trained_on_first_use_inside_no_grad_code_trains(mode):
+    """The text-alignment metrics run under torch.no_grad(); the first one on a data set trains its classifier
+    there (bench/text_alignment.py crashed with 'element 0 of tensors does not require grad')."""
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context:
+        trained = get_classifier("digits", None, "cpu", max_steps=3, quiet=True)
+    assert trained.trained_now and trained.path.is_file()
+
+
 # -- evaluate_model ----------------------------------------------------------------------------------
 def test_evaluate_model_class_aae_on_digits_is_complete_and_deterministic(digits_classifier):
     model = tiny_aae("class")

@@ -37,6 +37,11 @@ class AAECodeGeneratorTrainer(Trainer):
         code_adv_weight: weight of the encoder's adversarial loss against D_C (Eq. 5/8).
         info_weight: weight of the mutual-information term (Eq. 7).
         real_q_weight: weight of Q's loss on real labelled images (class models only).
+        aux_class_weight: text models with ``aux_classes``: weight of the auxiliary class head's cross-entropy
+            (D_I on real and generated images, CG + G on generated ones; TAC-GAN).
+        text_noise: text models: standard deviation of Gaussian noise added to the condition vector fed to CG
+            (StackGAN's conditioning augmentation): nearby sentences map to the same images, so wording never
+            seen in training still lands on what it means. 0 = off.
         beta1: Adam beta1.
     """
 
@@ -48,6 +53,8 @@ class AAECodeGeneratorTrainer(Trainer):
         "code_adv_weight": 1.0,
         "info_weight": 1.0,
         "real_q_weight": 1.0,
+        "aux_class_weight": 1.0,
+        "text_noise": 0.0,
         "beta1": 0.5,
     }
     model: CodeGeneratorAAE
@@ -61,6 +68,12 @@ class AAECodeGeneratorTrainer(Trainer):
             "prior": adam([*m.code_generator.parameters(), *m.decoder.parameters()]),
             "autoencoder": adam([*m.encoder.parameters(), *m.decoder.parameters()]),
         }
+
+    def prepare(self, train_data) -> None:
+        k = self.model.config.aux_classes
+        if k and not bool(((train_data.labels >= 0) & (train_data.labels < k)).all()):
+            raise ValueError(f"aux_classes={k} needs a class label in 0..{k - 1} on every training image; "
+                             f"data set {train_data.name!r} has other labels (set aux_classes=0)")
 
     def _draw_conditions(self, cond: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
         """The condition vectors s fed to CG and the class targets for Q (None for text/none)."""
@@ -89,16 +102,19 @@ class AAECodeGeneratorTrainer(Trainer):
         s, q_targets = self._draw_conditions(cond, n)
         text = m.config.condition == "text"
         di_cond = s if text else None
+        aux = labels if m.config.aux_classes else None  # TAC-GAN: the caption's image's class
+        # conditioning augmentation (text): CG gets a noisy s; D_I, D_C and Q keep the clean one
+        s_gen = s + h["text_noise"] * self.randn(*s.shape) if text and h["text_noise"] else s
 
         # forward passes under self.autocast() (mixed precision when TrainConfig.amp is on; the BCE, CE and MSE
         # losses are computed in fp32 by autocast itself)
         # --- prior-improvement phase: D_I, then CG + G (Eq. 4, Eq. 7) ---
         with self.autocast():
             noise = self.randn(n, m.config.noise_dim)
-            z_c = m.code_generator(noise, s)  # (B, latent_dim)
+            z_c = m.code_generator(noise, s_gen)  # (B, latent_dim)
             fake = m.decoder(z_c)  # (B, C, H, W)
-            real_logit, real_q = m.image_discriminator(images, di_cond)
-            fake_logit, fake_q = m.image_discriminator(fake.detach(), di_cond)
+            real_logit, real_q, real_aux = m.image_discriminator.judge(images, di_cond)
+            fake_logit, fake_q, fake_aux = m.image_discriminator.judge(fake.detach(), di_cond)
             # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
             d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + \
                 h["info_weight"] * self._q_loss(fake_q, s, q_targets)
@@ -107,13 +123,17 @@ class AAECodeGeneratorTrainer(Trainer):
             if text:  # matching-aware: a real image with a mismatched caption counts as fake
                 wrong_logit, _ = m.image_discriminator(images, s.roll(1, dims=0))
                 d_loss = d_loss + _bce(wrong_logit, 0.0)
+            if aux is not None:
+                d_loss = d_loss + h["aux_class_weight"] * (F.cross_entropy(real_aux, aux) +
+                                                           F.cross_entropy(fake_aux, aux))
         self.backward_step(d_loss, "image_disc")
 
         with self.autocast():
-            gen_logit, gen_q = m.image_discriminator(fake, di_cond)
+            gen_logit, gen_q, gen_aux = m.image_discriminator.judge(fake, di_cond)
             info_loss = self._q_loss(gen_q, s, q_targets)
             gen_adv = _bce(gen_logit, 1.0)
-        self.backward_step(gen_adv + h["info_weight"] * info_loss, "prior")
+            aux_loss = F.cross_entropy(gen_aux, aux) if aux is not None else torch.zeros((), device=self.device)
+        self.backward_step(gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss, "prior")
 
         # --- AAE phase: D_C, then E + G (Eq. 5/8, Eq. 6) ---
         dc_cond = s if m.config.condition in ("class", "text") else None
@@ -135,6 +155,9 @@ class AAECodeGeneratorTrainer(Trainer):
         self.backward_step(ae_loss, "autoencoder")
         m.image_discriminator.zero_grad(set_to_none=True)  # D_I only judges; drop the grads it received
 
-        return {"d_img": d_loss.item(), "g_adv": gen_adv.item(),
+        out = {"d_img": d_loss.item(), "g_adv": gen_adv.item(),
                 "info": info_loss.item(), "d_code": dc_loss.item(), "rec_feat": feature_loss.item(),
                 "rec_pix": pixel_loss.item(), "e_adv": enc_adv.item()}
+        if aux is not None:
+            out["aux_cls"] = aux_loss.item()
+        return out

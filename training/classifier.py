@@ -196,7 +196,16 @@ def default_settings(dataset: str, image_shape: tuple[int, int, int]) -> Classif
 
 
 def train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device) -> ImageClassifier:
-    """Train a fresh classifier on ``data`` (labelled) with Adam and a one-cycle learning rate."""
+    """Train a fresh classifier on ``data`` (labelled) with Adam and a one-cycle learning rate.
+
+    Gradients are switched on here, whatever the caller's mode: the first evaluation of a data set trains its
+    classifier from inside ``torch.no_grad()`` / ``inference_mode()`` code such as the text-alignment metrics.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_classifier(data, settings, device)
+
+
+def _train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device) -> ImageClassifier:
     labelled = data.select(torch.nonzero(data.labels >= 0).squeeze(1))
     if len(labelled) < 2 or len(labelled.class_names) < 2:
         raise ValueError(f"data set {data.name!r}: the evaluation classifier needs labelled images of "
