@@ -145,6 +145,7 @@ class CodeGeneratorAAE(GenerativeModel):
     backend = "aae-cg"
     config_class = AAEConfig
     supported_conditions = ("none", "class", "cluster", "text")
+    training_only_modules = ("encoder", "image_discriminator", "code_discriminator")
 
     def __init__(self, config: AAEConfig):
         super().__init__(config)
@@ -181,6 +182,8 @@ class CodeGeneratorAAE(GenerativeModel):
         """Q's output on images: class/cluster logits ``(B, K)`` or the predicted text vector."""
         if self.config.condition == "none":
             raise ValueError("an unconditional model has no Q head")
+        if "image_discriminator" in getattr(self, "dropped_modules", ()):
+            raise ValueError("this inference-only export has no image discriminator, so no Q head")
         cond = None
         if self.config.condition == "text":  # D_I is conditional there; Q is read with a zero condition
             cond = torch.zeros(images.shape[0], self.config.text_dim, device=images.device)

@@ -114,6 +114,9 @@ class GenerativeModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     supported_conditions: ClassVar[tuple[str, ...]] = ("none",)
     has_encoder: ClassVar[bool] = True
+    #: submodules that only training (or encoding) uses; an inference-only export drops them
+    #: (:mod:`generation.export`), and the backend's ``sample_latents`` + ``decode`` must not touch them
+    training_only_modules: ClassVar[tuple[str, ...]] = ("encoder",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -155,6 +158,24 @@ class GenerativeModel(nn.Module):
         generator = generator or torch.Generator().manual_seed(0)
         latents = self.sample_latents(n, condition, generator)
         return self.decode(latents.to(self.device), condition)
+
+    # -- inference-only models (exports) -----------------------------------------------------------
+    @property
+    def inference_only(self) -> bool:
+        """True for a model loaded from an inference-only export (some training-only parts are absent)."""
+        return bool(getattr(self, "dropped_modules", ()))
+
+    def drop_modules(self, names: list[str] | tuple[str, ...]) -> None:
+        """Remove training-only submodules ``names`` (an export's); the model can still sample."""
+        unknown = sorted(set(names) - set(self.training_only_modules))
+        if unknown:
+            raise ValueError(f"{self.backend}: {unknown} are not training-only modules; "
+                             f"droppable: {', '.join(self.training_only_modules)}")
+        for name in names:
+            delattr(self, name)
+        self.dropped_modules = tuple(names)
+        if "encoder" in names:
+            self.has_encoder = False  # instance attribute: latent operations and the evaluation check it
 
     # -- helpers for subclasses -----------------------------------------------------------------
     @property

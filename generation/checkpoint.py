@@ -115,6 +115,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder} is not a complete checkpoint: {WEIGHTS_FILE} is missing")
+    dropped = (config.get("export") or {}).get("dropped_modules") or []
+    if dropped:  # an inference-only export (generation/export.py): its weights are what sampling needs
+        try:
+            model.drop_modules(dropped)
+        except ValueError as exc:
+            raise CheckpointError(f"{folder}: {exc}") from None
+    # half-precision exports are cast back to the model's float32 here; sampling always runs in float32
     model.load_state_dict(load_file(str(weights), device="cpu"))
     model.to(device).eval()
     known = {"format_version", "backend", "class_name", "model_config", "dataset", "image_shape", "class_names"}

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "priorforge.commands.sample",
     "priorforge.commands.latent",
     "priorforge.commands.evaluate",
+    "priorforge.commands.export",
     "priorforge.commands.service",
 ]
 

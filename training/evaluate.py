@@ -212,7 +212,7 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
             metrics.update(label_accuracy(predictions, groups, class_names, classifier))
         elif kind == "cluster":
             metrics.update(cluster_alignment(predictions, groups, model.config.num_classes, classifier))
-    if kind == "cluster" and hasattr(model, "predict_condition"):
+    if kind == "cluster" and hasattr(model, "predict_condition") and not model.inference_only:
         metrics.update(cluster_assignment(model, real))
     if kind == "text":
         metrics.update(_text_metrics(model, dataset, data_root, device, seed))
