@@ -38,6 +38,8 @@ class AAEConfig(ModelConfig):
         aux_classes: text models only: an auxiliary class head on D_I with this many classes, trained on the
             labels that the captioned images carry (TAC-GAN, Dash et al. 2017); 0 = none. It is a training aid:
             sampling never reads it, and an exported model drops it with the discriminators.
+        upsample: how the decoder doubles its feature maps: ``transpose`` (DCGAN) or ``nearest`` (up-sampling +
+            3x3 convolution; no checkerboard pattern, about twice the decoder's compute).
     """
 
     latent_dim: int | None = None
@@ -47,6 +49,7 @@ class AAEConfig(ModelConfig):
     disc_hidden: int = 1000
     code_disc_hidden: tuple[int, ...] = (1000, 500, 200)
     aux_classes: int = 0
+    upsample: str = "transpose"
 
     def __post_init__(self) -> None:
         if self.aux_classes and self.condition != "text":
@@ -153,7 +156,7 @@ class CodeGeneratorAAE(GenerativeModel):
         assert c.latent_dim is not None and c.noise_dim is not None
         cond_dim = c.condition_dim
         self.encoder = ConvEncoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
-        self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
+        self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim, upsample=c.upsample)
         self.code_generator = CodeGenerator(c.noise_dim, cond_dim, c.latent_dim)
         # D_I sees the condition only in the text setting; for labels/clusters Q recovers it (Eq. 7)
         self.image_discriminator = ImageDiscriminator(

@@ -66,11 +66,19 @@ class ConvEncoder(nn.Module):
         return self.head(h)
 
 
+UPSAMPLING = ("transpose", "nearest")
+
+
 class ConvDecoder(nn.Module):
-    """Vector ``(B, in_dim)`` -> image ``(B, C, H, W)``; tanh output in [-1, 1] unless ``output="logits"``."""
+    """Vector ``(B, in_dim)`` -> image ``(B, C, H, W)``; tanh output in [-1, 1] unless ``output="logits"``.
+
+    ``upsample``: ``transpose`` (DCGAN's 4x4 stride-2 transposed convolutions) or ``nearest`` (nearest-neighbour
+    up-sampling then a 3x3 convolution, which avoids the checkerboard pattern of uneven kernel overlap,
+    Odena et al. 2016, at about twice the decoder's compute).
+    """
 
     def __init__(self, image_shape: tuple[int, int, int], in_dim: int, base_channels: int = 64,
-                 hidden_dim: int = 1024, output: str = "tanh"):
+                 hidden_dim: int = 1024, output: str = "tanh", upsample: str = "transpose"):
         super().__init__()
         num_stages, final_size = downsampling_stages(image_shape)
         channels = list(reversed(stage_channels(num_stages, base_channels)))
@@ -86,7 +94,12 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         for i in range(num_stages):
             out_ch = channels[i + 1] if i + 1 < num_stages else image_shape[0]
-            layers.append(nn.ConvTranspose2d(channels[i], out_ch, 4, 2, 1))
+            if upsample == "transpose":
+                layers.append(nn.ConvTranspose2d(channels[i], out_ch, 4, 2, 1))
+            elif upsample == "nearest":
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels[i], out_ch, 3, 1, 1)]
+            else:
+                raise ValueError(f"upsample must be one of {', '.join(UPSAMPLING)}, got {upsample!r}")
             if i + 1 < num_stages:
                 layers += [nn.BatchNorm2d(out_ch), nn.ReLU()]
         if output == "tanh":

@@ -133,3 +133,12 @@ def test_text_noise_changes_only_what_the_code_generator_sees(digits_train):
         trainer.train_step(images, cond, labels)
         after.append(snapshot(model.code_generator))
     assert any(not torch.equal(a, b) for a, b in zip(*after))
+
+
+def test_nearest_upsampling_decoder_has_no_transposed_convolutions():
+    model = build_tiny("aae-cg", condition="class", num_classes=3, image_shape=(3, 32, 32), upsample="nearest")
+    kinds = {type(m).__name__ for m in model.decoder.modules()}
+    assert "ConvTranspose2d" not in kinds and {"Upsample", "Conv2d"} <= kinds
+    assert model.sample(2, Condition("class", index=1)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="upsample must be one of transpose, nearest"):
+        build_tiny("aae-cg", condition="class", upsample="bicubic")
