@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "priorforge.commands.latent",
     "priorforge.commands.evaluate",
     "priorforge.commands.export",
+    "priorforge.commands.zoo",
     "priorforge.commands.service",
 ]
 

@@ -1,0 +1,364 @@
+"""The shipped models ("the zoo"): one recipe per model, and the build that retrains, evaluates, exports and
+describes each of them.
+
+``priorforge zoo build --data-root ../shared/data`` (what ``scripts/build-models.sh`` runs) does, for every
+recipe (or the ones named with ``--only``):
+
+1. **train**: runs the recipe's ``priorforge train`` command in a subprocess with ``OMP_NUM_THREADS=1``, so
+   its budget is CPU minutes of one thread, the same on a busy and an idle machine; ``--jobs 2`` trains two
+   at a time. The command is recorded, as run, in the card;
+2. **evaluate**: the project's own evaluation on 5,000 samples (:func:`training.evaluate.evaluate_model`;
+   for text models also the text-alignment metrics per phrasing: training wording, held-out templates,
+   held-out templates and synonyms, :mod:`training.text_eval`);
+3. **export**: an inference-only, half-precision copy into ``models/<name>/`` (:mod:`generation.export`);
+4. **card**: ``card.json`` (what the service's Models page and ``GET /api/v1/models`` show), ``README.md``
+   (the same for people) and ``samples.png`` (one row per class, cluster or example prompt, drawn from the
+   exported model with fixed seeds).
+
+``--tiny`` runs the same steps with a few training steps, tiny networks and a small evaluation, into the
+folders given: a test uses it on a tiny copy of the data sets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "card.json"
+CARD_README = "README.md"
+EVAL_SAMPLES = 5000
+TINY_EVAL_SAMPLES = 40
+TEXT_PHRASINGS = ("train", "heldout", "heldout-synonyms")
+# tiny mode: every width-like option shrunk, two training steps
+TINY_OPTIONS = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 16, "code_disc_hidden": [16],
+                "coupling_hidden": 8, "flow_blocks": 1}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one shipped model is made.
+
+    Args:
+        name: the model's name in the service and its folder under ``models/``.
+        title: one line for people.
+        description: two or three sentences: what it makes and how well.
+        backend / dataset / condition: as for ``priorforge train``.
+        cpu_minutes: the training budget (``--max-cpu-minutes``, one thread).
+        options: model-config fields (``--set``).
+        hparams: training hyper-parameters (``--hparam``).
+        examples: what the form offers to try: labels, or 4-6 prompts for a text model.
+        default: the model a job gets when it names none (exactly one recipe).
+    """
+
+    name: str
+    title: str
+    description: str
+    backend: str
+    dataset: str
+    condition: str
+    cpu_minutes: float
+    options: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    examples: tuple[str, ...] = ()
+    default: bool = False
+
+    def train_args(self, data_root: str, out: str, tiny: bool = False) -> list[str]:
+        """The ``priorforge train`` arguments (after ``priorforge``)."""
+        budget = ["--max-steps", "2"] if tiny else ["--max-cpu-minutes", _number(self.cpu_minutes), "--epochs", "100"]
+        args = ["train", "--model", self.backend, "--dataset", self.dataset, "--condition", self.condition,
+                "--data-root", data_root, "--out", out, *budget, "--batch-size", "16" if tiny else "64",
+                "--seed", "0"]
+        options = {**self.options, **({k: v for k, v in TINY_OPTIONS.items() if k in self.options} if tiny else {})}
+        for key, value in options.items():
+            args += ["--set", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+        for key, value in self.hparams.items():
+            args += ["--hparam", f"{key}={json.dumps(value)}"]
+        return [*args, "--sample-every", "0", "--checkpoint-every", "0" if tiny else "1000", "--no-eval", "--quiet"]
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+MNIST_SIZES = {"base_channels": 32, "hidden_dim": 512, "disc_hidden": 512}
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        name="mnist", title="Handwritten digits (MNIST), by class",
+        description="The code-generator AAE with a class label: ask for a digit 0-9.",
+        backend="aae-cg", dataset="mnist", condition="class", cpu_minutes=25, options=dict(MNIST_SIZES),
+        examples=("7", "3", "0"), default=True),
+    Recipe(
+        name="fashion-text", title="Fashion-MNIST garments from a text prompt",
+        description="The code-generator AAE conditioned on a sentence: name a garment, and optionally its tone "
+                    "(dark or light) and cut (wide or narrow).",
+        backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=25,
+        options={**MNIST_SIZES, "aux_classes": 10}, hparams={"text_noise": 0.2},
+        examples=("a dark, wide pullover", "a light, narrow dress", "a pair of dark trousers", "a pale sneaker",
+                  "a dark ankle boot", "a light handbag")),
+    Recipe(
+        name="cifar10-text", title="CIFAR-10 photos from a text prompt (32x32 colour)",
+        description="The code-generator AAE conditioned on a sentence naming one of CIFAR-10's ten kinds of "
+                    "object and, optionally, its colour.",
+        backend="aae-cg", dataset="cifar10-captions", condition="text", cpu_minutes=60,
+        options={**MNIST_SIZES, "aux_classes": 10, "upsample": "nearest"}, hparams={"text_noise": 0.2},
+        examples=("a red car", "a photo of a white ship", "a green frog", "a brown horse", "a blue airplane",
+                  "a yellow truck")),
+    Recipe(
+        name="mnist-clusters", title="Handwritten digits (MNIST), by learned cluster",
+        description="The unsupervised code-generator AAE: trained without labels, it found 10 clusters of its "
+                    "own; ask for a cluster (its card says which digits each one holds).",
+        backend="aae-cg", dataset="mnist", condition="cluster", cpu_minutes=15, options=dict(MNIST_SIZES),
+        examples=("0", "4", "8")),
+    Recipe(
+        name="fashion-glf", title="Fashion-MNIST garments by class, generative latent flow",
+        description="The GLF backend (an autoencoder and a normalising flow on its codes) with a class label: "
+                    "stable, non-adversarial training and fast sampling.",
+        backend="glf", dataset="fashion-mnist", condition="class", cpu_minutes=15,
+        options={"base_channels": 32, "hidden_dim": 512}, examples=("Sneaker", "Bag", "Dress")),
+)
+
+
+def recipe_names() -> list[str]:
+    return [r.name for r in RECIPES]
+
+
+def select(names: list[str] | None) -> list[Recipe]:
+    """The recipes named (all of them for None); a ValueError lists the valid names."""
+    if not names:
+        return list(RECIPES)
+    unknown = sorted(set(names) - set(recipe_names()))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; the shipped models are: {', '.join(recipe_names())}")
+    return [r for r in RECIPES if r.name in names]
+
+
+# -- 1. train -----------------------------------------------------------------------------------------
+def train(recipe: Recipe, data_root: str, work_dir: Path, tiny: bool, log=print,
+          reuse: bool = False) -> dict[str, Any]:
+    """Run the recipe's training command; returns what the card records about it. With ``reuse``, a finished
+    training of the same recipe already in ``work_dir`` is taken instead (its recorded settings must match)."""
+    out = work_dir / recipe.name
+    args = recipe.train_args(data_root, str(out), tiny)
+    command = "OMP_NUM_THREADS=1 priorforge " + shlex.join(args)
+    if reuse and (out / "metrics.json").is_file():
+        check_trained_by(recipe, out, tiny)
+        metrics = json.loads((out / "metrics.json").read_text())
+        log(f"[{recipe.name}] reusing the finished training in {out}")
+        return {"command": command, "steps": metrics["steps"], "cpu_seconds": metrics["cpu_seconds"],
+                "wall_seconds": metrics["train_seconds"], "budget_cpu_minutes": recipe.cpu_minutes}
+    log(f"[{recipe.name}] training: {command}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    with open(work_dir / f"{recipe.name}.train.log", "w") as log_file:
+        done = subprocess.run([sys.executable, "-m", "priorforge.cli", *args], env=env, stdout=log_file,
+                              stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = (work_dir / f"{recipe.name}.train.log").read_text()[-2000:]
+        raise RuntimeError(f"[{recipe.name}] training failed (exit {done.returncode}):\n{tail}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"command": command, "steps": metrics["steps"], "cpu_seconds": metrics["cpu_seconds"],
+            "wall_seconds": round(time.perf_counter() - started, 1), "budget_cpu_minutes": recipe.cpu_minutes}
+
+
+def check_trained_by(recipe: Recipe, folder: Path, tiny: bool) -> None:
+    """Raise unless the checkpoint in ``folder`` was trained with ``recipe``'s settings."""
+    config = json.loads((folder / "config.json").read_text())
+    training = config.get("training", {})
+    expected_cpu = None if tiny else recipe.cpu_minutes * 60
+    problems = []
+    if config.get("backend") != recipe.backend or config.get("condition") != recipe.condition:
+        problems.append(f"a {config.get('backend')}/{config.get('condition')} model")
+    if config.get("dataset") != recipe.dataset:
+        problems.append(f"data set {config.get('dataset')!r}")
+    if training.get("max_cpu_seconds") != expected_cpu or training.get("seed") != 0:
+        problems.append(f"budget {training.get('max_cpu_seconds')} CPU s, seed {training.get('seed')}")
+    options = {k: v for k, v in recipe.options.items() if not tiny or k not in TINY_OPTIONS}
+    for key, value in options.items():
+        saved = config.get("model_config", {}).get(key)
+        if json.dumps(saved) != json.dumps(value):
+            problems.append(f"{key}={saved!r}")
+    for key, value in recipe.hparams.items():
+        if training.get("hparams", {}).get(key) != value:
+            problems.append(f"hparam {key}={training.get('hparams', {}).get(key)!r}")
+    if problems:
+        raise ValueError(f"[{recipe.name}] {folder} was not trained by this recipe ({'; '.join(problems)}); "
+                         "remove it or build without reuse")
+
+
+# -- 2. evaluate --------------------------------------------------------------------------------------
+def evaluate(recipe: Recipe, checkpoint: Path, data_root: str, tiny: bool) -> dict[str, Any]:
+    """The project's evaluation of a trained checkpoint (5,000 samples; text models per phrasing too)."""
+    import torch
+
+    from generation.checkpoint import load_checkpoint
+    from training.evaluate import evaluate_model, image_dataset_name
+    from training.text_eval import alignment_prompts, captioned_name, text_alignment_metrics
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model, info = load_checkpoint(checkpoint)
+    n = TINY_EVAL_SAMPLES if tiny else EVAL_SAMPLES
+    if tiny:  # a classifier of a few steps: the tiny data sets are too small for the default epochs
+        from training.classifier import get_classifier
+
+        get_classifier(image_dataset_name(info.dataset), data_root, "cpu", max_steps=5, quiet=True,
+                       image_shape=tuple(model.config.image_shape))
+    started = time.process_time()
+    metrics = evaluate_model(model, dataset=info.dataset, class_names=info.class_names, data_root=data_root,
+                             device="cpu", n_samples=n, seed=0)
+    if recipe.condition == "text" and captioned_name(info.dataset):
+        prompts = len(alignment_prompts(captioned_name(info.dataset)))
+        per_prompt = max(1, math.ceil(n / prompts))
+        metrics["text_alignment_by_phrasing"] = {
+            phrasing: text_alignment_metrics(model, dataset=info.dataset, data_root=data_root, device="cpu", seed=0,
+                                             n_per_prompt=per_prompt, phrasing=phrasing)
+            for phrasing in TEXT_PHRASINGS}
+    metrics["evaluation_cpu_seconds"] = round(time.process_time() - started, 1)
+    return metrics
+
+
+def summary(recipe: Recipe, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few figures a card and ``GET /api/v1/models`` show."""
+    keys = ("label_accuracy", "feature_fid", "precision", "recall", "cluster_sample_purity",
+            "cluster_classes_covered", "cluster_nmi", "cluster_accuracy")
+    out = {k: _round(metrics[k]) for k in keys if metrics.get(k) is not None}
+    for phrasing, m in (metrics.get("text_alignment_by_phrasing") or {}).items():
+        out[f"text_class_accuracy[{phrasing}]"] = _round(m["text_class_accuracy"])
+        for attr, value in m["text_attribute_accuracy_per_attribute"].items():
+            out[f"text_{attr}_accuracy[{phrasing}]"] = _round(value)
+    return out
+
+
+def _round(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def cluster_names(metrics: dict[str, Any]) -> dict[str, str]:
+    """Cluster id -> what its samples mostly are ("mostly 7 (58%)"), from the evaluation."""
+    out = {}
+    for k, entry in (metrics.get("cluster_alignment") or {}).items():
+        out[k] = f"mostly {entry['majority_class']} ({entry['purity']:.0%})"
+    return out
+
+
+# -- 3. export and 4. card --------------------------------------------------------------------------
+def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, training: dict[str, Any],
+                        metrics: dict[str, Any], tiny: bool) -> Path:
+    """Export the checkpoint into ``models_dir/<name>`` and write its card and sample grid."""
+    from generation.checkpoint import load_checkpoint, write_json_atomic
+    from generation.export import export_checkpoint, folder_size
+
+    target = models_dir / recipe.name
+    export = export_checkpoint(checkpoint, target, precision="fp16")
+    write_json_atomic(target / "metrics.json", {"training": training, "evaluation": metrics})
+    model, info = load_checkpoint(target)
+    write_sample_grid(model, info, recipe, target / "samples.png")
+    card = {
+        "name": recipe.name, "title": recipe.title, "description": recipe.description,
+        "backend": recipe.backend, "condition": recipe.condition, "dataset": info.dataset,
+        "image_shape": list(info.image_shape), "default": recipe.default, "examples": list(recipe.examples),
+        "labels": list(info.class_names) if recipe.condition == "class" else [],
+        "clusters": cluster_names(metrics) if recipe.condition == "cluster" else {},
+        "metrics": summary(recipe, metrics), "evaluation_samples": TINY_EVAL_SAMPLES if tiny else EVAL_SAMPLES,
+        "training": training,
+        "export": {"command": f"priorforge export {checkpoint} --out models/{recipe.name}",
+                   "precision": export["precision"], "max_abs_pixel_diff": export["max_abs_pixel_diff"]},
+        "samples": "samples.png", "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tiny": tiny,
+    }
+    (target / CARD_README).write_text(render_card(card))
+    write_json_atomic(target / CARD_FILE, card)
+    card["size_bytes"] = folder_size(target)
+    write_json_atomic(target / CARD_FILE, card)
+    return target
+
+
+def sample_grid_rows(recipe: Recipe, model, info) -> list[tuple[str, Any]]:
+    """``(row caption, Condition)`` per row of a card's grid: every class or cluster, or each example prompt."""
+    from generation.base import Condition
+    from generation.text_encoder import encode_prompt_for_checkpoint
+
+    if recipe.condition in ("class", "cluster"):
+        names = info.class_names if recipe.condition == "class" else [str(k) for k in range(model.config.num_classes)]
+        return [(name, Condition(recipe.condition, index=k)) for k, name in enumerate(names)]
+    if recipe.condition == "text":
+        return [(p, Condition("text", embedding=encode_prompt_for_checkpoint(model, info, p), prompt=p))
+                for p in recipe.examples]
+    return [("", Condition("none"))]
+
+
+def write_sample_grid(model, info, recipe: Recipe, path: Path, per_row: int = 10) -> Path:
+    """The card's picture: one row per class/cluster/prompt, row k drawn with seed k."""
+    import torch
+
+    from generation.sampling import generate, save_png
+
+    rows = sample_grid_rows(recipe, model, info)
+    images = torch.cat([generate(model, per_row, condition, seed=k) for k, (_, condition) in enumerate(rows)])
+    return save_png(images, path, {"model": recipe.name, "rows": json.dumps([c for c, _ in rows])}, nrow=per_row)
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The card as Markdown (``models/<name>/README.md``)."""
+    t = card["training"]
+    lines = [f"# {card['name']}: {card['title']}", "", card["description"], "",
+             "![samples](samples.png)", "",
+             f"- Backend `{card['backend']}`, condition `{card['condition']}`, data set `{card['dataset']}`, "
+             f"images {'x'.join(map(str, card['image_shape']))}.",
+             f"- Training: {t['steps']} steps in {t['cpu_seconds'] / 60:.1f} CPU minutes (one thread; budget "
+             f"{_number(t['budget_cpu_minutes'])}).",
+             f"- Weights: {card['export']['precision']}, inference only; the pixels stay within "
+             f"{card['export']['max_abs_pixel_diff']} of 255 levels of the full-precision model.", ""]
+    if card["examples"]:
+        lines += ["Try: " + ", ".join(f"`{e}`" for e in card["examples"]), ""]
+    if card["clusters"]:
+        lines += ["| cluster | samples |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in card["clusters"].items()] + [""]
+    lines += [f"## Metrics ({card['evaluation_samples']} samples, the project's own evaluation)", "",
+              "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
+    lines += ["", "All figures, per class and per phrasing: `metrics.json`. How they are measured: "
+              "docs/results.md.", "", "## Recipe", "", "```bash", t["command"], card["export"]["command"], "```",
+              "", "Rebuild every shipped model: `bash scripts/build-models.sh` (or `--only "
+              f"{card['name']}`).", ""]
+    return "\n".join(lines)
+
+
+# -- the whole build ----------------------------------------------------------------------------------
+def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, models_dir: str | Path,
+          tiny: bool = False, jobs: int = 1, reuse: bool = False, log=print) -> list[Path]:
+    """Train (``jobs`` at a time), evaluate, export and describe the named recipes; returns their folders."""
+    recipes = select(names)
+    if sum(r.default for r in RECIPES) != 1:
+        raise ValueError("exactly one recipe must be the default model")
+    work, models = Path(work_dir), Path(models_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    models.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        trained = list(pool.map(lambda r: train(r, data_root, work, tiny, log, reuse), recipes))
+    folders = []
+    for recipe, training in zip(recipes, trained):
+        log(f"[{recipe.name}] evaluating")
+        metrics = evaluate(recipe, work / recipe.name, data_root, tiny)
+        folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
+        log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
+    return folders
+
+
+def read_card(folder: str | Path) -> dict[str, Any] | None:
+    """``card.json`` of a model folder, or None (no torch needed)."""
+    path = Path(folder) / CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+__all__ = ["RECIPES", "Recipe", "build", "read_card", "recipe_names", "render_card", "select"]
