@@ -288,3 +288,29 @@ def test_text_alignment_metrics_run_on_a_tiny_model():
     assert 0 <= out["text_alignment"] <= out["text_class_accuracy"]
     note = text_alignment_metrics(model, dataset="oxford102-flowers", data_root=None, device="cpu")
     assert "no attribute extractor" in note["text_alignment_note"]
+
+
+class FeatureClassifier:
+    """features = the images' mean brightness repeated: enough to tell varied from identical samples."""
+    class_names = list(C.FASHION_CLASSES)
+
+    def features_and_logits(self, images):
+        f = images.flatten(1).mean(1, keepdim=True).double().repeat(1, 4)
+        return f, torch.zeros(len(images), 10, dtype=torch.float64)
+
+
+def test_sample_diversity_is_one_for_real_like_spread_and_zero_for_copies(monkeypatch):
+    from training import data as D
+    from training.text_eval import mean_pairwise_distance, sample_diversity
+
+    assert mean_pairwise_distance(torch.tensor([[0.0], [3.0], [6.0]])) == pytest.approx(4.0)
+    levels = torch.tensor([0, 60, 120, 180], dtype=torch.uint8)
+    real = ImageData("fashion-mnist", levels.repeat(10)[:, None, None, None].expand(-1, 1, 28, 28).clone(),
+                     torch.arange(10).repeat_interleave(4), list(C.FASHION_CLASSES))
+    monkeypatch.setattr(D, "load_dataset", lambda *a, **k: real)
+    features, _ = FeatureClassifier().features_and_logits(
+        (levels.float() / 127.5 - 1)[:, None, None, None].expand(-1, 1, 28, 28))
+    varied = sample_diversity(torch.cat([features, features[:1].repeat(4, 1)]), ["Bag"] * 4 + ["Coat"] * 4, 4,
+                              FeatureClassifier(), "fashion-mnist-captions", "unused")
+    assert varied["text_diversity_per_class"] == {"Bag": pytest.approx(1.0), "Coat": 0.0}
+    assert varied["text_diversity"] == pytest.approx(0.5)

@@ -65,6 +65,8 @@ def text_alignment_metrics(model: GenerativeModel, *, dataset: str, data_root: s
         ``text_alignment`` (class and attributes match), ``text_attribute_accuracy_per_attribute`` and
         ``text_attribute_table``: per attribute and requested value, the share of samples showing each value
         (the diagonal is the accuracy; ``all_prompts`` is the share over every prompt, the baseline).
+        With the cached classifier, ``data_root`` and more than one sample per prompt, also
+        ``text_diversity`` (:func:`sample_diversity`).
     """
     from generation.text_encoder import encode_texts
 
@@ -85,11 +87,51 @@ def text_alignment_metrics(model: GenerativeModel, *, dataset: str, data_root: s
 
         classifier = get_classifier(name.removesuffix("-captions"), data_root, device,
                                     image_shape=tuple(model.config.image_shape))
-    predicted = _predict(classifier, to_float(images))
+    features = None
+    if hasattr(classifier, "features_and_logits"):
+        features, logits = classifier.features_and_logits(to_float(images))
+        predicted = logits.argmax(1)
+    else:
+        predicted = _predict(classifier, to_float(images))
     class_names = list(getattr(classifier, "class_names", CLASS_NAMES[name]))
     class_ok = torch.tensor([class_names[int(p)].lower() == c.lower() for p, c in zip(predicted, classes)])
     found = image_attributes(name, images, _label_index(classes, CLASS_NAMES[name]), CLASS_NAMES[name])
-    return _summarise(name, prompts, n_per_prompt, class_ok, found, phrasing)
+    out = _summarise(name, prompts, n_per_prompt, class_ok, found, phrasing)
+    if features is not None and n_per_prompt > 1 and data_root is not None:
+        out.update(sample_diversity(features, classes, n_per_prompt, classifier, name, data_root))
+    return out
+
+
+def mean_pairwise_distance(features: Tensor) -> float:
+    """Mean Euclidean distance between the rows of ``features`` (every unordered pair)."""
+    n = len(features)
+    if n < 2:
+        return 0.0
+    return float(torch.pdist(features.double()).sum() / (n * (n - 1) / 2))
+
+
+def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, classifier: Any, name: str,
+                     data_root: str, real_per_class: int = 200) -> dict[str, Any]:
+    """How varied one prompt's samples are: the mean pairwise distance of their classifier features, divided
+    by the same for real test images of the prompt's class (1 = as varied as real images of that kind; a
+    model that draws one image per prompt gives 0). Averaged over prompts, and per class."""
+    from training.data import load_dataset
+    from training.evaluate import image_dataset_name
+
+    test = load_dataset(image_dataset_name(name), data_root, "test")
+    real_spread: dict[str, float] = {}
+    for k, cls in enumerate(CLASS_NAMES[name]):
+        rows = torch.nonzero(test.labels == k).squeeze(1)[:real_per_class]
+        real_features, _ = classifier.features_and_logits(to_float(test.images[rows]))
+        real_spread[cls] = mean_pairwise_distance(real_features)
+    ratios: dict[str, list[float]] = {}
+    for start in range(0, len(classes), n_per_prompt):
+        cls = classes[start]
+        spread = mean_pairwise_distance(features[start:start + n_per_prompt])
+        ratios.setdefault(cls, []).append(spread / max(real_spread[cls], 1e-12))
+    per_class = {cls: round(sum(v) / len(v), 4) for cls, v in ratios.items()}
+    overall = sum(sum(v) for v in ratios.values()) / sum(len(v) for v in ratios.values())
+    return {"text_diversity": round(overall, 4), "text_diversity_per_class": per_class}
 
 
 def _predict(classifier: Any, images: Tensor) -> Tensor:
