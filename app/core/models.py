@@ -10,7 +10,8 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, I
     UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.extensions import db
+from app.core.errors import ApiError
+from app.core.extensions import db
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL_STATUSES = ("succeeded", "failed", "canceled")
@@ -18,6 +19,26 @@ FINAL_STATUSES = ("succeeded", "failed", "canceled")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (they are stored in UTC); make them aware."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def iso(dt: datetime | None) -> str | None:
+    dt = aware(dt)
+    return dt.isoformat(timespec="seconds") if dt else None
+
+
+def get_or_404(model: type[Any], key: Any, what: str) -> Any:
+    """The row of ``model`` with primary key ``key``; ``ApiError(404)`` "no <what> <key>" otherwise."""
+    row = db.session.get(model, key)
+    if row is None:
+        raise ApiError(404, f"no {what} {key!r}")
+    return row
 
 
 def new_id() -> str:
@@ -116,7 +137,8 @@ def image_id(job_id: str, index: int) -> str:
 
 # -- access control and data sets (issue 6) --------------------------------------------------------
 class User(db.Model):
-    """A person who signs in to the admin pages; ``password_hash`` is an argon2id hash (:mod:`app.auth`)."""
+    """A person who signs in to the admin pages; ``password_hash`` is an argon2id hash
+    (:mod:`app.services.accounts`)."""
 
     __tablename__ = "users"
 
@@ -175,7 +197,7 @@ class TrainingRun(db.Model):
 
     The row is the source of truth, as for jobs: the claim token fences every write of the attempt that holds
     the run, ``heartbeat_at`` is its lease, and ``output_dir`` holds the checkpoint a new attempt resumes from.
-    ``settings`` is the validated request (:func:`app.trainings.validate_training`).
+    ``settings`` is the validated request (:func:`app.services.trainings.validate_training`).
     """
 
     __tablename__ = "training_runs"
@@ -215,7 +237,8 @@ class TrainingRun(db.Model):
 
 
 class LoginFailure(db.Model):
-    """A failed admin sign-in, kept for LOGIN_WINDOW_SECONDS to throttle password guessing (:mod:`app.auth`)."""
+    """A failed admin sign-in, kept for LOGIN_WINDOW_SECONDS to throttle password guessing
+    (:mod:`app.services.accounts`)."""
 
     __tablename__ = "login_failures"
     __table_args__ = (Index("ix_login_failures_remote_addr_at", "remote_addr", "at"),)

@@ -8,9 +8,9 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask
 
-from app.extensions import db
+from app.core.extensions import db
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config() -> Config:

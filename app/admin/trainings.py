@@ -1,7 +1,7 @@
-"""Admin routes for training runs and model promotion (issue 6), on the admin blueprints of :mod:`app.admin`
-(so its access hook guards every one of them): JSON under ``/api/v1/admin`` (bearer tokens), HTML under
-``/admin`` (session login, CSRF on the forms). The run page polls ``/admin/trainings/<id>.json`` (a GET
-read with the session) for live progress.
+"""Admin routes for training runs and model promotion, on the admin blueprints (so their access hook guards
+every one of them): JSON under ``/api/v1/admin`` (bearer tokens), HTML under ``/admin`` (session sign-in, CSRF
+on the forms). The run page polls ``/admin/trainings/<id>.json`` (a GET read with the session) for live
+progress.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from typing import Any
 
 from flask import g, jsonify, redirect, render_template, request, send_file, url_for
 
-from app import trainings
-from app.admin import api_bp, bp
-from app.services import ApiError
+from app.admin.blueprints import api_bp, bp
+from app.admin.views import run_to_dict
+from app.core.errors import ApiError
+from app.core.http import json_body
+from app.services import models, trainings
+from app.services.datasets import builtin_datasets, uploaded_datasets
+from priorforge.spec.backends import backend_names
 
 # form fields that hold numbers (blank: the default), and the checkbox
 INT_FIELDS = ("max_steps", "batch_size", "seed", "image_size", "channels", "clusters", "checkpoint_every",
@@ -24,49 +28,44 @@ FLOAT_FIELDS = ("lr", "max_cpu_minutes")
 # -- JSON ----------------------------------------------------------------------------------------------
 @api_bp.get("/trainings")
 def list_trainings():
-    return jsonify({"trainings": [trainings.run_to_dict(r) for r in trainings.list_runs()]})
+    return jsonify({"trainings": [run_to_dict(r) for r in trainings.list_runs()]})
 
 
 @api_bp.post("/trainings")
 def create_training():
-    from app.api import _json_body
-
-    settings = trainings.validate_training(_json_body())
+    settings = trainings.validate_training(json_body())
     run = trainings.create_run(settings, g.admin_user)
-    body = trainings.run_to_dict(run)
+    body = run_to_dict(run)
     return jsonify(body), 202, {"Location": body["url"]}
 
 
 @api_bp.get("/trainings/<run_id>")
 def get_training(run_id: str):
-    return jsonify(trainings.run_to_dict(trainings.get_run(run_id), history=True))
+    return jsonify(run_to_dict(trainings.get_run(run_id), history=True))
 
 
 @api_bp.post("/trainings/<run_id>/cancel")
 def cancel_training(run_id: str):
-    return jsonify(trainings.run_to_dict(trainings.cancel_run(run_id)))
+    return jsonify(run_to_dict(trainings.cancel_run(run_id)))
 
 
 @api_bp.get("/models")
 def list_model_versions():
-    return jsonify({"versions": [trainings.version_to_dict(v) for v in trainings.list_versions()]})
+    return jsonify({"versions": [models.version_to_dict(v) for v in models.list_versions()]})
 
 
 @api_bp.get("/models/<int:version_id>/compare")
 def compare_model_version(version_id: int):
-    return jsonify(trainings.compare(version_id))
+    return jsonify(models.compare(version_id))
 
 
 @api_bp.post("/models/<int:version_id>/promote")
 def promote_model_version(version_id: int):
-    return jsonify(trainings.version_to_dict(trainings.promote(version_id)))
+    return jsonify(models.version_to_dict(models.promote(version_id)))
 
 
 # -- HTML ----------------------------------------------------------------------------------------------
 def _form_choices() -> dict[str, Any]:
-    from app.uploads import builtin_datasets, uploaded_datasets
-    from generation.registry import backend_names
-
     return {"backends": backend_names(),
             "datasets": [d["name"] for d in builtin_datasets() if d["available"]]
             + [d.name for d in uploaded_datasets()]}
@@ -121,12 +120,12 @@ def start_training():
 @bp.get("/trainings/<run_id>")
 def training_page(run_id: str):
     run = trainings.get_run(run_id)
-    return render_template("admin/training.html", run=run, body=trainings.run_to_dict(run, history=True))
+    return render_template("admin/training.html", run=run, body=run_to_dict(run, history=True))
 
 
 @bp.get("/trainings/<run_id>.json")
 def training_json(run_id: str):
-    return jsonify(trainings.run_to_dict(trainings.get_run(run_id), history=True))
+    return jsonify(run_to_dict(trainings.get_run(run_id), history=True))
 
 
 @bp.get("/trainings/<run_id>/sample.png")
@@ -145,16 +144,16 @@ def cancel_training_form(run_id: str):
 
 @bp.get("/models")
 def models_page():
-    versions = trainings.list_versions()
+    versions = models.list_versions()
     return render_template("admin/models.html", versions=versions)
 
 
 @bp.get("/models/<int:version_id>")
 def model_version_page(version_id: int):
-    return render_template("admin/model_version.html", comparison=trainings.compare(version_id))
+    return render_template("admin/model_version.html", comparison=models.compare(version_id))
 
 
 @bp.post("/models/<int:version_id>/promote")
 def promote_form(version_id: int):
-    trainings.promote(version_id)
+    models.promote(version_id)
     return redirect(url_for("admin.model_version_page", version_id=version_id), code=303)

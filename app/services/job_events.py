@@ -9,13 +9,13 @@ seconds, whichever comes first. How a waiting request learns that a job ended:
 * **Any other broker (the embedded one):** one thread per web process reads, every
   ``JOB_WAIT_POLL_INTERVAL`` seconds and only while someone waits, which of the awaited jobs are final, with
   one query for all of them, and wakes their requests. Whoever ends a job on this machine also rings a
-  doorbell (:mod:`app.doorbell`, ``LOCAL_WAKEUPS``) with its id, which wakes those requests at once; the poll
+  doorbell (:mod:`app.core.doorbell`, ``LOCAL_WAKEUPS``) with its id, which wakes those requests at once; the poll
   finds the jobs ended elsewhere.
 
 The row stays the truth: a wake-up only says "look again", and a waiting request also re-reads its jobs at
 least every ``JOB_WAIT_RECHECK_INTERVAL`` seconds, so a lost notification (a Redis reconnect) costs at most
 that much latency, never a wrong answer. A waiting request holds no database connection while it sleeps, so
-many of them do not exhaust the connection pool (they do hold a web server thread: see the README).
+many of them do not exhaust the connection pool (they do hold a web server thread: docs/service.md).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterable, TypeVar
 from flask import Flask, current_app
 from sqlalchemy import select
 
-from app.doorbell import MAX_DATAGRAM, Doorbell
-from app.extensions import db
-from app.models import FINAL_STATUSES, Job
+from app.core.doorbell import MAX_DATAGRAM, Doorbell
+from app.core.extensions import db
+from app.core.models import FINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Read-only queries for the HTML pages: the image gallery (filters + pagination) and small display helpers.
 
-Everything here reads; creating and validating jobs stays in :mod:`app.services`, shared with the JSON API.
+Everything here reads; creating and validating jobs is :mod:`app.services.jobs`, shared with the JSON API.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
-from app.extensions import db
-from app.models import Image, Job, ModelVersion
+from app.core.extensions import db
+from app.core.models import Image, Job, ModelVersion
 
 DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 96

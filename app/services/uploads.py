@@ -4,13 +4,13 @@ Everything is checked before a data set is stored, and an upload is all or nothi
 
 1. The archive's directory (no byte is decompressed yet): member count, names (no absolute paths, drive
    letters, backslashes or ``..``: zip-slip), no symlinks or encrypted members, the image extensions of
-   :data:`training.data.IMAGE_EXTENSIONS`, the layout, the image count, the SUM of the declared
+   :data:`priorforge.spec.datasets.IMAGE_EXTENSIONS`, the layout, the image count, the SUM of the declared
    uncompressed sizes and each big member's compression ratio (zip bombs).
 2. Extraction into a staging folder inside ``DATASET_ROOT`` (same file system), streamed in chunks with a
    hard byte cap per member and in total, whatever the headers declare; paths are rebuilt from the checked
    name parts, never taken from the archive as they are.
 3. Each image must decode (Pillow ``verify`` then ``load``) within the configured dimensions;
-   ``captions.jsonl`` must pass :func:`training.captions.parse_captions_jsonl` and name only extracted images.
+   ``captions.jsonl`` must pass :func:`priorforge.spec.captions.parse_captions_jsonl` and name only extracted images.
 4. An atomic ``rename`` of the staging folder to ``DATASET_ROOT/<name>``, then the database row.
 
 Any problem raises :class:`UploadRejected` (HTTP 422, or 413 for size limits) with the list of rejected
@@ -27,24 +27,23 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
 from flask import current_app
 from sqlalchemy import select
 
-from app.extensions import db
-from app.models import Dataset, User
-from app.services import ApiError
-from training.data import IMAGE_EXTENSIONS
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import Dataset, User
+from app.services.datasets import BUILTIN
+from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
+from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
 
-CAPTIONS_FILE = "captions.jsonl"  # training.captions.CAPTIONS_FILE (that module imports torch)
 IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # archivers' metadata: skipped, reported as ignored
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # a member this big must not be compressed more than DATASET_MAX_RATIO
 CHUNK = 64 * 1024
 PIL_FORMATS = {"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"}
-BUILTIN = ("mnist", "fashion-mnist", "cifar10", "digits")
-
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Plan:
 
 
 def limit(key: str) -> int:
-    """A ``DATASET_MAX_*`` setting (defaults in :func:`app.default_config`)."""
+    """A ``DATASET_MAX_*`` setting (defaults in :func:`app.core.config.default_config`)."""
     return int(current_app.config[key])
 
 
@@ -230,9 +229,6 @@ def _check_contents(plan: Plan, staging: Path) -> tuple[list[str], int]:
 
 
 def _check_captions(plan: Plan, staging: Path) -> tuple[list[str], int]:
-    from training.captions import parse_captions_jsonl
-    from training.data import DatasetError
-
     try:
         entries = parse_captions_jsonl(staging)
     except DatasetError as exc:
@@ -303,38 +299,3 @@ def store_upload(name: str, stream: IO[bytes], filename: str, user: User | None)
         raise
     row.ignored = plan.ignored  # type: ignore[attr-defined]  # reported once, not stored
     return row
-
-
-# -- views ---------------------------------------------------------------------------------------------
-def dataset_to_dict(row: Dataset) -> dict[str, Any]:
-    from app.services import iso
-
-    body = {"name": row.name, "layout": row.layout, "images": row.images, "classes": row.classes,
-            "class_names": row.class_names, "captions": row.captions, "size_bytes": row.size_bytes,
-            "source": row.source, "created_at": iso(row.created_at), "builtin": False}
-    if hasattr(row, "ignored"):
-        body["ignored"] = row.ignored
-    return body
-
-
-def uploaded_datasets() -> list[Dataset]:
-    return list(db.session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())))
-
-
-def builtin_datasets() -> list[dict[str, Any]]:
-    """The built-in data sets and whether ``DATA_ROOT`` holds them (``digits`` ships with scikit-learn)."""
-    data_root = current_app.config.get("DATA_ROOT")
-    root = Path(data_root).expanduser() if data_root else None
-    where = {
-        "mnist": ("MNIST/raw", "mnist"),
-        "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist"),
-        "cifar10": ("cifar-10-batches-py", "cifar10-jpeg"),
-    }
-    out = []
-    for name in BUILTIN:
-        if name == "digits":
-            available = True
-        else:
-            available = root is not None and any((root / sub).is_dir() for sub in where[name])
-        out.append({"name": name, "builtin": True, "available": available})
-    return out

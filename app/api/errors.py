@@ -7,7 +7,8 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from app.services import ApiError
+from app.core.errors import ApiError
+from app.core.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        from app.extensions import db
-
         db.session.rollback()
         if not _wants_json():
             return InternalServerError()

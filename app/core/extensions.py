@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -21,3 +22,4 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+csrf = CSRFProtect()  # bound by app.create_app; the JSON API blueprints are exempt

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import JOB_STATUSES, TRAINING_STATUSES
-from app.services import JOB_FIELDS, MAX_SEED
-from app.trainings import TRAINING_FIELDS
+from app.core.models import JOB_STATUSES, TRAINING_STATUSES
+from app.services.jobs import JOB_FIELDS, MAX_SEED
+from app.services.trainings import TRAINING_FIELDS
 
 
 def _error(description: str) -> dict[str, Any]:

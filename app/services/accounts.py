@@ -1,9 +1,8 @@
-"""Access control: argon2id password hashes, session login for the admin pages, bearer tokens for scripts.
+"""Accounts: argon2id password hashes, users, bearer tokens for scripts, and the sign-in throttle.
 
-* HTML admin pages (``/admin``) use the Flask session (signed with ``SECRET_KEY``); an anonymous caller is
-  redirected to ``/admin/login``, a signed-in non-admin gets 403. Their forms carry Flask-WTF's CSRF token.
-* The admin JSON API (``/api/v1/admin``) reads ONLY ``Authorization: Bearer <token>`` (never the session
-  cookie), so it needs no CSRF token: 401 without a valid token, 403 for a non-admin's token.
+* The admin pages sign a person in with the Flask session (:mod:`app.admin.sessions`) after
+  :func:`authenticate`; the admin JSON API reads ONLY ``Authorization: Bearer <token>``
+  (:func:`bearer_user`).
 * A token is ``pf_`` + 43 URL-safe characters (256 random bits); only its SHA-256 is stored.
 """
 
@@ -17,35 +16,17 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import Flask, session
-from flask_wtf.csrf import CSRFProtect
+from flask import current_app
 from sqlalchemy import delete, select
 
-from app.extensions import db
-from app.models import ApiToken, LoginFailure, User, utcnow
-from app.services import ApiError
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import ApiToken, LoginFailure, User, utcnow
 
-DEV_SECRET_KEYS = {"", "dev", "change-me", "secret"}
-MIN_SECRET_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 10
 TOKEN_PREFIX = "pf_"
-SESSION_KEY = "admin_user_id"
-
-csrf = CSRFProtect()  # bound in create_app; the JSON API blueprints are exempt
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 _DUMMY_HASH = _hasher.hash("not a real password")  # verified against for unknown names (same timing)
-
-
-def check_secret_key(app: Flask) -> None:
-    """Refuse to start in production (``ENV=production``, i.e. ``PRIORFORGE_ENV=production``) with the
-    development key or a short one: session cookies signed with a known key can be forged."""
-    if str(app.config.get("ENV", "development")).lower() != "production":
-        return
-    key = app.config.get("SECRET_KEY")
-    if not isinstance(key, (str, bytes)) or key in DEV_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH:
-        raise RuntimeError(
-            f"PRIORFORGE_ENV=production needs PRIORFORGE_SECRET_KEY set to a random value of at least "
-            f"{MIN_SECRET_KEY_LENGTH} characters (python -c 'import secrets; print(secrets.token_hex(32))')")
 
 
 # -- passwords --------------------------------------------------------------------------------------
@@ -84,21 +65,6 @@ def create_user(username: str, password: str, *, is_admin: bool = True) -> User:
     db.session.add(user)
     db.session.commit()
     return user
-
-
-# -- sessions ---------------------------------------------------------------------------------------
-def login(user: User) -> None:
-    session.clear()  # a fresh session on sign-in (no fixation of a pre-login session)
-    session[SESSION_KEY] = user.id
-
-
-def logout() -> None:
-    session.clear()
-
-
-def session_user() -> User | None:
-    user_id = session.get(SESSION_KEY)
-    return db.session.get(User, user_id) if isinstance(user_id, int) else None
 
 
 # -- API tokens -------------------------------------------------------------------------------------
@@ -148,8 +114,6 @@ def bearer_user(header: str | None) -> User | None:
 
 # -- sign-in throttle ---------------------------------------------------------------------------------
 def _login_window() -> tuple[datetime, Any]:
-    from flask import current_app
-
     return utcnow() - timedelta(seconds=float(current_app.config["LOGIN_WINDOW_SECONDS"])), current_app.config
 
 

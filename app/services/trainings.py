@@ -1,30 +1,30 @@
-"""Training runs and model promotion (issue 6), shared by the admin API and the admin pages.
+"""Training runs, shared by the admin API and the admin pages: validating a request, the run's row and its
+message, cancelling, reconciliation, and reading its progress.
 
-A training run is a row (:class:`app.models.TrainingRun`) and a ``train_model`` message on the ``train`` queue;
-the worker (:mod:`workers.training_tasks`) claims the row, trains into the run's folder (checkpoints, sample
-grids, ``history.jsonl``), evaluates, and registers the checkpoint as a new model version that is NOT serving.
-Promotion makes a version the serving one of its name: new jobs resolve the serving version when they are
-created (:func:`app.services.validate_job`), so workers pick the change up without a restart, and a job already
-queued or running keeps the version it was created with.
+A training run is a row (:class:`app.core.models.TrainingRun`) and a ``train_model`` message on the ``train``
+queue; the worker (:mod:`workers.training_tasks`) claims the row, trains into the run's folder (checkpoints,
+sample grids, ``history.jsonl``), evaluates, and registers the checkpoint as a new model version that is NOT
+serving (:mod:`app.services.models` compares and promotes versions). Everything is checked here without
+importing a model: backends from :mod:`priorforge.spec.backends`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from flask import current_app, url_for
+from flask import current_app
 from sqlalchemy import or_, select, update
 
-from app.extensions import db
-from app.models import Dataset, ModelVersion, TrainingRun, User, utcnow
-from app.services import ApiError, _make_serving, iso, model_to_dict, send_messages
-
-log = logging.getLogger(__name__)
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import TrainingRun, User, get_or_404, utcnow
+from app.services.datasets import dataset_source
+from app.services.queue import send_runs
+from priorforge.spec.backends import SetupError, backend_names, check_condition, check_hparams, check_model_options
 
 TRAINING_FIELDS = {
     "backend": "backend name (aae-cg, lde, glf, pga, vae)",
@@ -49,52 +49,6 @@ TRAINING_FIELDS = {
 IMAGE_SIZES = (28, 8, 16, 32, 64, 128, 256)
 
 
-# -- data sets ----------------------------------------------------------------------------------------
-def dataset_source(name: str) -> dict[str, Any]:
-    """How a worker loads data set ``name``: ``loader`` (a name for :func:`training.data.load_dataset` or a
-    ``captions:<folder>``), ``data_root``, and what it offers (``labels``, ``captions``, ``images``)."""
-    from app.uploads import BUILTIN, builtin_datasets
-    from training.captions import CAPTIONED_DATASETS
-
-    data_root = current_app.config.get("DATA_ROOT")
-    if name in BUILTIN:
-        available = {d["name"]: d["available"] for d in builtin_datasets()}
-        if not available[name]:
-            raise ApiError(422, f"built-in data set {name!r} is not available: DATA_ROOT "
-                                f"({data_root or 'not set'}) does not hold it", field="dataset")
-        return {"loader": name, "data_root": data_root, "labels": True, "captions": False, "images": None}
-    if name in CAPTIONED_DATASETS:
-        if not data_root:
-            raise ApiError(422, f"data set {name!r} needs DATA_ROOT, which is not set", field="dataset")
-        return {"loader": name, "data_root": data_root, "labels": True, "captions": True, "images": None}
-    row = db.session.scalars(select(Dataset).where(Dataset.name == name)).first()
-    if row is None:
-        uploaded = list(db.session.scalars(select(Dataset.name)))
-        raise ApiError(422, f"unknown data set {name!r}; built-in: {', '.join(BUILTIN)}; uploaded: "
-                            f"{', '.join(uploaded) or 'none'}", field="dataset")
-    if row.layout == "captions":
-        return {"loader": f"captions:{row.path}", "data_root": None, "labels": False, "captions": True,
-                "images": row.images, **_image_defaults(Path(row.path))}
-    return {"loader": "imagefolder", "data_root": row.path, "labels": row.classes >= 2, "captions": False,
-            "images": row.images, **_image_defaults(Path(row.path))}
-
-
-def _image_defaults(folder: Path) -> dict[str, int]:
-    """The size and channels a run on an uploaded set uses unless told: from its first image (the header
-    only), the side rounded up to a size the models take (28 stays 28; at most 256), grey -> 1 channel."""
-    from PIL import Image
-
-    from training.data import IMAGE_EXTENSIONS
-
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            with Image.open(path) as img:
-                side, grey = max(img.size), img.mode in ("1", "L", "LA", "I", "I;16", "F")
-            size = 28 if side == 28 else next((s for s in (8, 16, 32, 64, 128) if s >= side), 256)
-            return {"default_image_size": size, "default_channels": 1 if grey else 3}
-    return {}
-
-
 # -- validation ---------------------------------------------------------------------------------------
 def _int(body: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
     value = body.get(key, default)
@@ -117,9 +71,6 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
 
 def validate_training(body: Any) -> dict[str, Any]:
     """Check a training request (decoded JSON); returns the settings a run stores. ApiError(422) if bad."""
-    from generation.registry import backend_names
-    from training.build import SetupError, check_hparams, check_model_options, model_class
-
     cfg = current_app.config
     if not isinstance(body, dict):
         raise ApiError(422, "a training request is a JSON object")
@@ -144,7 +95,7 @@ def validate_training(body: Any) -> dict[str, Any]:
         if not isinstance(body.get(key, {}), dict):
             raise ApiError(422, f"{key} must be an object of name: value", field=key)
     try:
-        model_class(backend, condition)
+        check_condition(backend, condition)
         model_options = check_model_options(backend, body.get("model_options", {}))
         hparams = check_hparams(backend, body.get("hparams", {}))
     except SetupError as exc:
@@ -197,18 +148,8 @@ def create_run(settings: dict[str, Any], user: User | None) -> TrainingRun:
     return run
 
 
-def send_runs(run_ids: Iterable[str]) -> int:
-    """One ``train_model`` message per run on the ``train`` queue (see :func:`app.services.send_messages`)."""
-    from workers.training_tasks import train_model
-
-    return send_messages(train_model, run_ids, "train", "training run")
-
-
 def get_run(run_id: str) -> TrainingRun:
-    run = db.session.get(TrainingRun, run_id)
-    if run is None:
-        raise ApiError(404, f"no training run {run_id!r}")
-    return run
+    return get_or_404(TrainingRun, run_id, "training run")
 
 
 def list_runs(limit: int = 50) -> list[TrainingRun]:
@@ -281,7 +222,7 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     return counts
 
 
-# -- progress views -----------------------------------------------------------------------------------------
+# -- progress -----------------------------------------------------------------------------------------------
 def read_history(run: TrainingRun, max_points: int = 400) -> list[dict[str, Any]]:
     """The run's losses per step from ``history.jsonl`` (steps redone after a resume count once, the last
     write wins), thinned to at most ``max_points`` evenly spaced steps (the last one always kept)."""
@@ -312,102 +253,3 @@ def latest_sample(run: TrainingRun) -> Path | None:
     if (folder / "samples.png").is_file() and run.status == "succeeded":
         return folder / "samples.png"
     return grids[-1] if grids else None
-
-
-def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
-    settings = {k: v for k, v in (run.settings or {}).items() if k != "source"}
-    body: dict[str, Any] = {
-        "id": run.id, "status": run.status, "phase": run.phase, "backend": run.backend, "dataset": run.dataset,
-        "condition": run.condition, "model_name": run.model_name, "settings": settings,
-        "step": run.step, "total_steps": run.total_steps, "epoch": run.epoch, "losses": run.losses or {},
-        "elapsed_seconds": round(run.elapsed_seconds or 0.0, 1),
-        "eta_seconds": None if run.eta_seconds is None else round(run.eta_seconds, 1),
-        "cancel_requested": run.cancel_requested, "attempts": run.attempts, "error": run.error,
-        "metrics": run.metrics or {}, "created_at": iso(run.created_at), "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "model_version": _version_ref(run.model_version) if run.model_version else None,
-        "url": url_for("admin_api.get_training", run_id=run.id),
-        "sample_url": url_for("admin.training_sample", run_id=run.id) if latest_sample(run) else None,
-        "sample_step": run.sample_step,
-    }
-    if history:
-        body["history"] = read_history(run)
-    return body
-
-
-# -- model versions and promotion ------------------------------------------------------------------------------
-def _version_ref(version: ModelVersion) -> dict[str, Any]:
-    return {"id": version.id, "name": version.name, "version": version.version, "serving": version.serving,
-            "compare_url": url_for("admin_api.compare_model_version", version_id=version.id),
-            "page_url": url_for("admin.model_version_page", version_id=version.id)}
-
-
-def version_to_dict(version: ModelVersion) -> dict[str, Any]:
-    return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path}
-
-
-def get_version(version_id: int) -> ModelVersion:
-    version = db.session.get(ModelVersion, version_id)
-    if version is None:
-        raise ApiError(404, f"no model version with id {version_id}")
-    return version
-
-
-def list_versions(name: str | None = None) -> list[ModelVersion]:
-    query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
-    if name:
-        query = query.where(ModelVersion.name == name)
-    return list(db.session.scalars(query))
-
-
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested metrics dict, keyed by dotted path (``evaluation.feature_fid``)."""
-    out: dict[str, float] = {}
-    for key, value in (metrics or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[name] = float(value)
-    return out
-
-
-# which way is better, for the metrics a person compares first (others are shown without a verdict)
-LOWER_IS_BETTER = ("feature_fid", "reconstruction_mse", "lde_test_nll")
-HIGHER_IS_BETTER = ("label_accuracy", "precision", "recall", "nmi", "best_match_accuracy")
-
-
-def _better(metric: str, candidate: float, serving: float) -> str | None:
-    leaf = metric.rsplit(".", 1)[-1]
-    if candidate == serving:
-        return "same"
-    if leaf in LOWER_IS_BETTER:
-        return "candidate" if candidate < serving else "serving"
-    if leaf in HIGHER_IS_BETTER:
-        return "candidate" if candidate > serving else "serving"
-    return None
-
-
-def compare(version_id: int) -> dict[str, Any]:
-    """A version's metrics beside those of the serving version of the same name."""
-    candidate = get_version(version_id)
-    serving = db.session.scalars(select(ModelVersion).where(ModelVersion.name == candidate.name,
-                                                            ModelVersion.serving.is_(True))).first()
-    mine = flat_metrics(candidate.metrics or {})
-    theirs = flat_metrics(serving.metrics or {}) if serving else {}
-    rows = []
-    for metric in sorted(set(mine) | set(theirs)):
-        a, b = mine.get(metric), theirs.get(metric)
-        rows.append({"metric": metric, "candidate": a, "serving": b,
-                     "better": _better(metric, a, b) if a is not None and b is not None else None})
-    return {"candidate": version_to_dict(candidate), "serving": version_to_dict(serving) if serving else None,
-            "metrics": rows}
-
-
-def promote(version_id: int) -> ModelVersion:
-    """Make this version the serving one of its name (also how a rollback is done: promote an earlier one)."""
-    version = get_version(version_id)
-    _make_serving(version)
-    db.session.commit()
-    log.info("model %s version %d is now serving", version.name, version.version)
-    return version

@@ -6,16 +6,16 @@ message published just after a look waited for the next one (``BROKER_POLLING_IN
 50 ms), and so did the next message after a task ended, because its acknowledgement frees the slot while the
 loop sleeps.
 
-Here the sleep is a wait on this process's socket in an :class:`app.doorbell.Doorbell` folder derived from the
+Here the sleep is a wait on this process's socket in an :class:`app.core.doorbell.Doorbell` folder derived from the
 broker URL: every publish on this machine rings it after its commit, and an acknowledgement wakes the
 acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
 cannot ring (on another machine, when the broker table is on a database server) is found as before.
 Everything else (tables, messages, fetching) is kombu's.
 
-On SQLite the broker's file is also switched to write-ahead logging, as the app's database is (app/__init__.py):
+On SQLite the broker's file is also switched to write-ahead logging, as the app's database is (app/core/factory.py):
 the web processes' publishes and the worker's fetches then no longer create and delete a rollback journal at
 each commit, and readers do not wait for the writer. Commits still reach the disk (``synchronous`` stays
-FULL), so an accepted job's message survives a power cut. Measured in docs/benchmarks.md, "Fifth round".
+FULL), so an accepted job's message survives a power cut. Measured in docs/benchmarks.md, "rings against polls".
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.transport.virtual import Empty
 from sqlalchemy import event
 
-from app.doorbell import Doorbell, Listener
+from app.core.doorbell import Doorbell, Listener
 
 # the URL scheme prefix that selects this transport (``<prefix>+sqlite:///...``, like kombu's ``sqla+``)
 ALIAS = "sqladoorbell"
-TRANSPORT_PATH = "workers.embedded_broker:Transport"
+TRANSPORT_PATH = "app.core.embedded_broker:Transport"
 
 
 def register() -> None:
@@ -76,7 +76,7 @@ class Channel(kombu_sqla.Channel):
 
 class Transport(kombu_sqla.Transport):
     Channel = Channel
-    local_wakeups = True  # LOCAL_WAKEUPS (workers.celery_config sets it); False: kombu's polling alone
+    local_wakeups = True  # LOCAL_WAKEUPS (app.core.queue.celery_config sets it); False: kombu's polling alone
 
     def __init__(self, client: Any, **kwargs: Any):
         super().__init__(client, **kwargs)
