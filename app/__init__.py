@@ -1,166 +1,25 @@
-"""The priorforge web service: ``create_app(test_config=None)`` builds the Flask app.
+"""The priorforge web service: ``create_app(test_config=None)`` builds the Flask app of the web process.
 
-Configuration, lowest to highest precedence: the defaults below, the conventional ``DATABASE_URL`` /
-``REDIS_URL`` / ``CELERY_BROKER_URL``, ``PRIORFORGE_*`` environment variables (``from_prefixed_env``; values
-are parsed as JSON, so ``PRIORFORGE_TASK_TIME_LIMIT=60`` is an int), then ``test_config``.
+It is the service core (:func:`app.core.factory.create_base_app`: configuration, database, storage, the queue)
+plus the HTML pages (:mod:`app.web`), the JSON API (:mod:`app.api`) and the admin (:mod:`app.admin`). The
+configuration and its precedence are in :mod:`app.core.config`. The web process imports no model code; the
+workers (:mod:`workers.celery_app`) build the same core with the tasks instead of the pages.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event
-
-from app.extensions import db
-
-
-def default_config(instance_path: str) -> dict[str, Any]:
-    instance = Path(instance_path)
-    return {
-        "SECRET_KEY": "dev",  # set PRIORFORGE_SECRET_KEY in production
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'priorforge.sqlite3'}",
-        # embedded broker: kombu's SQLAlchemy transport on its own SQLite file (no server needed)
-        "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
-        "STORAGE_BACKEND": "local",
-        "STORAGE_ROOT": str(instance / "images"),
-        "MAX_CONTENT_LENGTH": 1024 * 1024,  # request bodies (JSON, batch files) above this get 413
-        "MAX_IMAGES_PER_JOB": 64,
-        "MAX_BATCH_ITEMS": 500,
-        "MAX_PROMPT_LENGTH": 500,
-        "DEVICE": "auto",
-        "MODEL_CACHE_SIZE": 2,  # loaded models kept per worker process (LRU)
-        # rows per decode pass; always this many (padded), so pixels never depend on batching. A lone 1-image job
-        # decodes this many rows: on a CPU, 8 instead of 16 cut that job's added latency by 40% on a 64x64 model
-        # with batched throughput within noise (docs/benchmarks.md, sixth round); a GPU likely wants more
-        "GENERATE_CHUNK": 8,
-        "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
-        # when none is queued, how long a task waits for some to arrive (0: a lone job is never delayed)
-        "BATCH_WAIT_MS": 0,
-        # threads per worker pool process that encode and write a task's PNGs while its next pass decodes
-        # (0: inline, in the task's thread)
-        "PNG_THREADS": 1,
-        "INFERENCE_PRECISION": "auto",  # fp32 | bf16 | fp16 | auto (fp32 on CPU, bf16/fp16 autocast on CUDA)
-        "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
-        "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
-        "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
-        # without Redis: a publish wakes the embedded broker's worker and a job's end wakes its waiting requests
-        # at once, through Unix sockets on this machine (app/doorbell.py); the polls above and below stay
-        "LOCAL_WAKEUPS": True,
-        "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
-        "WORKER_CONCURRENCY": 1,
-        "HEARTBEAT_INTERVAL": 5.0,  # a running job's lease is renewed this often
-        "LEASE_TIMEOUT": 60.0,  # a running job whose lease is older is taken as abandoned
-        "RECONCILE_INTERVAL": 30.0,  # how often each worker runs the reconciliation
-        "QUEUED_STALE_AFTER": 120.0,  # a queued job whose message is this old is sent again
-        "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
-        "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
-        "DEFAULT_MODEL": "digits",
-        "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
-        # ?wait=S on the job and batch endpoints (app/job_events.py): the longest wait a request may ask for,
-        # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
-        # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
-        "JOB_WAIT_MAX_SECONDS": 60.0,
-        "JOB_WAIT_POLL_INTERVAL": 0.02,
-        "JOB_WAIT_RECHECK_INTERVAL": 1.0,
-        "ENV": "development",  # PRIORFORGE_ENV=production refuses the development SECRET_KEY
-        "SESSION_COOKIE_SAMESITE": "Lax",
-        # admin sign-in throttle: failures counted per (user name, address) and per address in this window
-        "LOGIN_WINDOW_SECONDS": 900,
-        "LOGIN_MAX_FAILURES": 10,
-        "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
-        "DATASET_ROOT": str(instance / "datasets"),  # uploaded data sets (admin)
-        "DATA_ROOT": None,  # folder of the built-in data sets (mnist, fashion-mnist, cifar10)
-        # data set uploads (app/uploads.py); the upload's own body limit replaces MAX_CONTENT_LENGTH there
-        "DATASET_MAX_UPLOAD_BYTES": 100 * 1024 * 1024,  # the zip archive
-        "DATASET_MAX_UNCOMPRESSED_BYTES": 500 * 1024 * 1024,  # its members, declared and as extracted
-        "DATASET_MAX_RATIO": 100,  # uncompressed / compressed, for members of 1 MiB and more
-        "DATASET_MAX_FILES": 100_000,  # members of the archive
-        "DATASET_MAX_IMAGES": 100_000,
-        "DATASET_MAX_IMAGE_SIDE": 4096,  # pixels
-        # training runs (app/trainings.py, workers/training_tasks.py), on the ``train`` queue
-        "TRAINING_ROOT": str(instance / "trainings"),  # one folder per run: checkpoints, grids, history
-        "TRAINING_DEVICE": None,  # None: DEVICE
-        "TRAINING_MAX_STEPS": 1_000_000,
-        "TRAINING_MAX_BATCH_SIZE": 1024,
-        "TRAINING_SOFT_TIME_LIMIT": 24 * 3600,  # seconds; the run stops (checkpoint kept) and fails
-        "TRAINING_TIME_LIMIT": 24 * 3600 + 600,  # hard limit: the pool process is killed
-        "TRAINING_PROGRESS_INTERVAL": 1.0,  # seconds between progress writes to the run's row
-        "TRAINING_MAX_ATTEMPTS": 3,  # a run abandoned by its worker this many times is failed
-        "TEST_TRAIN_STEP_DELAY": 0.0,  # FOR TESTS ONLY: seconds a training run sleeps after each step
-    }
-
-
-def _normalise_db_url(url: str) -> str:
-    """``postgres://`` and ``postgresql://`` -> the psycopg 3 driver this project installs."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
-def _require_whole_number(config: Any, key: str, minimum: int, what: str) -> None:
-    """A ValueError naming ``key`` unless its value is an int (not a bool) of at least ``minimum``."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be a whole number {what}, got {value!r}")
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
-    app.config.from_mapping(default_config(app.instance_path))
-    # the conventional variables of hosting platforms; PRIORFORGE_* (more specific) win over them
-    if os.environ.get("DATABASE_URL"):
-        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
-    broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
-    if broker:
-        app.config["CELERY_BROKER_URL"] = broker
-    app.config.from_prefixed_env("PRIORFORGE")
-    if test_config:
-        app.config.from_mapping(test_config)
-    # CSRF on every HTML form; only an app that says TESTING and sets nothing else turns it off
-    app.config.setdefault("WTF_CSRF_ENABLED", not app.config.get("TESTING"))
-    from app.auth import check_secret_key
+    from app import admin, api, web
+    from app.api import errors
+    from app.core.extensions import csrf
+    from app.core.factory import create_base_app
 
-    check_secret_key(app)
-    app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    _require_whole_number(app.config, "PNG_THREADS", 0, "from 0 (inline) up")
-    _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
-    if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
-        raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
-    app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
-    if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
-        app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # the web and worker processes share the file: wait for locks instead of failing at once
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
-    else:
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
-        # one pooled connection per web server thread (gthread, WEB_THREADS = 16 in the Procfile): with the
-        # default 5, busy threads opened and closed "overflow" connections, a new PostgreSQL backend each time
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", int(app.config["DB_POOL_SIZE"]))
-    os.makedirs(app.instance_path, exist_ok=True)
-
-    db.init_app(app)
-    with app.app_context():
-        if db.engine.dialect.name == "sqlite":
-            event.listen(db.engine, "connect", _sqlite_pragmas)
-
-    from app.storage import storage_from_config
-
-    app.extensions["priorforge_storage"] = storage_from_config(app.config)
-
-    from workers import celery_init_app
-
-    celery_init_app(app)
-
-    from app import admin, api, errors, web
-    from app.auth import csrf
-
+    app = create_base_app(test_config)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(web.bp)
     admin.init_app(app)  # its access hook runs before the CSRF hook (no body is read for anonymous callers)
@@ -169,10 +28,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.exempt(admin.api_bp)  # bearer tokens only
     errors.register(app)
     return app
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (web + worker)
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

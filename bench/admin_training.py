@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     try:
         from app import create_app
-        from app.auth import create_user, issue_token
-        from app.migrate import upgrade
-        from app.services import register_model
+        from app.services.accounts import create_user, issue_token
+        from app.core.migrate import upgrade
+        from app.services.models import register_model
 
         app = create_app({"TESTING": True, **config})
         upgrade(app)

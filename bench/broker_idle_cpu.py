@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.doorbell import sweep  # noqa: E402
+from app.core.doorbell import sweep  # noqa: E402
 from bench.common import emit, markdown_table  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                        PRIORFORGE_CELERY_BROKER_URL=f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
                        PRIORFORGE_BROKER_POLLING_INTERVAL=str(interval), PRIORFORGE_RECONCILE_INTERVAL="0",
                        PRIORFORGE_LOCAL_WAKEUPS="true" if mode == "on" else "false")
-            subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.migrate import upgrade\n"
+            subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.core.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)
             workers[(interval, mode)] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate",

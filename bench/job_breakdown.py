@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_app(workdir: Path, db_url: str, checkpoint: Path = CHECKPOINT):
     from app import create_app
-    from app.extensions import db
-    from app.migrate import upgrade
-    from app.services import register_model
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.models import register_model
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url,
                       "CELERY_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
@@ -117,7 +117,7 @@ def task_instance(args: argparse.Namespace, prefix: str) -> Iterator[Any]:
             yield app
         finally:
             with app.app_context():
-                from app.extensions import db
+                from app.core.extensions import db
 
                 db.session.remove()
                 db.engine.dispose()
@@ -130,8 +130,8 @@ def task_instance(args: argparse.Namespace, prefix: str) -> Iterator[Any]:
 
 
 def queued_jobs(app, n: int, count: int, seed: int) -> list[str]:
-    from app.extensions import db
-    from app.services import _job_from_spec, validate_job
+    from app.core.extensions import db
+    from app.services.jobs import _job_from_spec, validate_job
 
     with app.test_request_context():
         jobs = [_job_from_spec(validate_job({"model": MODEL, "label": LABEL, "n": n, "seed": seed + i * n}))
@@ -165,7 +165,7 @@ class StatementCounter:
 
 
 def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int, counter: StatementCounter) -> dict:
-    from app.extensions import db
+    from app.core.extensions import db
     from workers.batching import stage_clock
     from workers.tasks import generate_images
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with task_instance(args, "pf-bench-breakdown-") as app:
         with app.app_context():
-            from app.extensions import db
+            from app.core.extensions import db
 
             counter = StatementCounter(db.engine)
         config = {k: app.config[k] for k in ("BATCH_WAIT_MS", "BATCH_MAX_IMAGES", "GENERATE_CHUNK", "PNG_THREADS")}

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_case(app, n: int, batched: int, args: argparse.Namespace, seed: int) -> list[dict]:
     """Rows (one per ``--threads`` value) for B jobs of n images."""
-    from app.extensions import db
+    from app.core.extensions import db
     from workers.tasks import generate_images
 
     wall: dict[int, list[float]] = {t: [] for t in args.threads}

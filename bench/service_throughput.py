@@ -13,7 +13,7 @@ measured start-up, not the steady state), then the timed part, where K threads s
 submits a job, waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
 
 * ``wait`` (the default): one request per job, ``POST /api/v1/jobs?wait=60``, answered when the job has
-  ended (app/job_events.py); the latency is exact.
+  ended (app/services/job_events.py); the latency is exact.
 * ``poll``: ``POST /api/v1/jobs``, then ``GET /api/v1/jobs/<id>`` every ``max(--poll-ms, K * 1000 /
   --max-poll-rate)`` ms (all clients together poll at most ``--max-poll-rate`` times a second, so polling
   does not take the CPU the worker needs) until it has succeeded: latencies are rounded up by up to one
@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywh
 
 import torch  # noqa: E402
 
-from app.doorbell import sweep  # noqa: E402
+from app.core.doorbell import sweep  # noqa: E402
 from bench.common import Timing, counts, emit, machine_info, markdown_table, time_call  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "digits-aae-cg"
@@ -583,9 +583,9 @@ def prepare_instance(env: dict[str, str], names: list[str], checkpoint: Path = C
     (serving, as ``priorforge register-model --serve``), in this process, with the configuration the
     servers get from ``env`` (its ``PRIORFORGE_*`` variables, parsed as the app parses them)."""
     from app import create_app
-    from app.extensions import db
-    from app.migrate import upgrade
-    from app.services import register_model
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.models import register_model
 
     config: dict[str, Any] = {}
     for key, value in env.items():

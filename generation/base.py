@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-ConditionKind = Literal["none", "class", "cluster", "text"]
-CONDITION_KINDS: tuple[str, ...] = get_args(ConditionKind)
-
-
-class ConditionError(ValueError):
-    """A condition the model cannot honour (wrong kind, unknown label, out-of-range cluster...)."""
+from priorforge.spec.conditions import CONDITION_KINDS, ConditionError, ConditionKind  # noqa: F401
 
 
 @dataclass(frozen=True)

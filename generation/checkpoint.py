@@ -1,7 +1,8 @@
 """Checkpoint folders: ``config.json`` + ``model.safetensors`` (+ ``metrics.json``, ``samples.png``).
 
 Training state for resuming (optimizer states, step) goes to ``training_state.safetensors`` +
-``training_state.json`` in the same folder. Nothing here is ever a pickle.
+``training_state.json`` in the same folder. Nothing here is ever a pickle. The file names and the JSON
+readers are torch-free, in :mod:`priorforge.spec.checkpoint` (the service reads checkpoints with them).
 """
 
 from __future__ import annotations
@@ -19,18 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from generation.base import GenerativeModel
 from generation.registry import get_model_class
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
-SAMPLES_FILE = "samples.png"
-STATE_TENSORS_FILE = "training_state.safetensors"
-STATE_JSON_FILE = "training_state.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that is missing, incomplete or of an unknown format."""
+from priorforge.spec.checkpoint import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, SAMPLES_FILE,  # noqa: F401
+                                        STATE_JSON_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE, CheckpointError,
+                                        read_checkpoint_config, read_metrics, write_json_atomic)
 
 
 @dataclass
@@ -48,15 +40,6 @@ class CheckpointInfo:
     @property
     def condition(self) -> str:
         return self.extra.get("condition", "none")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file + rename so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(model: GenerativeModel, out_dir: str | Path, *, dataset: str, class_names: list[str],
@@ -85,23 +68,6 @@ def save_checkpoint(model: GenerativeModel, out_dir: str | Path, *, dataset: str
     if metrics is not None:
         write_json_atomic(out / METRICS_FILE, metrics)
     return out
-
-
-def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    folder = Path(path)
-    config_path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder} is not a checkpoint: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{config_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-    return config
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GenerativeModel, CheckpointInfo]:
@@ -135,11 +101,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         extra={k: v for k, v in config.items() if k not in known},
     )
     return model, info
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    metrics_path = Path(path) / METRICS_FILE
-    return json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
 
 
 # -- training state ---------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-AMP_MODES = ("off", "bf16", "fp16")  # training: ``TrainConfig.amp`` / ``priorforge train --amp``
+from priorforge.spec.precision import AMP_MODES, PRECISIONS
+
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

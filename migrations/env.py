@@ -1,13 +1,13 @@
-"""Alembic environment: the URL comes from the caller's connection (``app.migrate``), ``-x url=...``,
-``sqlalchemy.url`` in alembic.ini, or else the Flask app's configuration (``create_app()``)."""
+"""Alembic environment: the URL comes from the caller's connection (``app.core.migrate``), ``-x url=...``,
+``sqlalchemy.url`` in alembic.ini, or else the service's configuration (``create_base_app()``)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app import models  # noqa: F401  (registers the tables)
-from app.extensions import db
+from app.core import models  # noqa: F401  (registers the tables)
+from app.core.extensions import db
 
 config = context.config
 target_metadata = db.metadata
@@ -17,9 +17,9 @@ def _url() -> str:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app import create_app
+    from app.core.factory import create_base_app
 
-    return create_app().config["SQLALCHEMY_DATABASE_URI"]
+    return create_base_app().config["SQLALCHEMY_DATABASE_URI"]
 
 
 def _configure(connection=None, url=None) -> None:

@@ -1,8 +1,10 @@
-"""The ``priorforge`` command: one sub-command per module in ``COMMAND_MODULES``.
+"""The ``priorforge`` command.
 
-Each module defines ``register(subparsers)``, which adds its sub-command(s) with ``func`` set to a
-handler ``handler(args) -> int``. Handlers raise :class:`CLIError` (or a ValueError subclass from the
-library) for bad input; ``main`` prints it as ``priorforge <cmd>: error: ...`` and exits with status 2.
+Each module of ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds its sub-command(s) with ``func``
+set to a handler ``handler(args) -> int``. A command module imports torch and the model code inside its
+handlers only, so that ``--help`` answers at once (tests/test_layers.py checks it). Handlers raise
+:class:`CLIError` (or a ValueError subclass from the library) for bad input; ``main`` prints it as
+``priorforge <cmd>: error: ...`` and exits with status 2.
 """
 
 from __future__ import annotations
@@ -26,8 +28,19 @@ class CLIError(Exception):
     """A user error; the message should name the flag at fault."""
 
 
+DESCRIPTION = """Train image generators on labelled, clustered or captioned images, sample from them,
+and run the generation service (web form, JSON API, admin)."""
+EPILOG = """examples:
+  priorforge train --model aae-cg --dataset digits --condition class --out runs/digits --max-steps 200
+  priorforge sample --checkpoint models/digits-aae-cg --label 7 --n 16 --out sevens.png
+  priorforge db upgrade && priorforge serve --dev
+
+Run 'priorforge COMMAND --help' for a command's options; the README and docs/ have the rest."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="priorforge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="priorforge", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from priorforge import __version__
 
     parser.add_argument("--version", action="version", version=f"priorforge {__version__}")

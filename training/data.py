@@ -25,15 +25,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from priorforge.spec.datasets import BUILTIN_DATASETS, IMAGE_EXTENSIONS, DatasetError, cache_root  # noqa: F401
+
 Split = Literal["train", "test"]
-BUILTIN_DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits", "imagefolder")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-class DatasetError(ValueError):
-    """A data set that is missing or malformed; the message names the path and what was expected."""
 
 
 class Batch(NamedTuple):
@@ -105,10 +101,6 @@ class ImageData:
 
 def to_float(images_uint8: Tensor) -> Tensor:
     return images_uint8.float().div(127.5).sub(1.0)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PRIORFORGE_CACHE", Path.home() / ".cache" / "priorforge"))
 
 
 def _cache_dir_for(source: Path, kind: str) -> Path:

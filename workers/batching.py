@@ -21,8 +21,8 @@ import torch
 from sqlalchemy import select
 from torch import Tensor
 
-from app.extensions import db
-from app.models import Job
+from app.core.extensions import db
+from app.core.models import Job
 from generation.base import Condition, GenerativeModel
 from generation.sampling import decode_group_key, iter_decode_passes
 

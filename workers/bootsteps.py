@@ -16,6 +16,9 @@ from celery import Celery, bootsteps
 from celery.signals import worker_process_init
 from flask import Flask
 
+from app.core.extensions import db
+from app.services.reconcile import reconcile
+
 log = logging.getLogger(__name__)
 
 
@@ -40,8 +43,6 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
                     ref.cancel()
 
         def run(self) -> None:
-            from app.services import reconcile
-
             with flask_app.app_context():
                 try:
                     counts = reconcile()
@@ -49,12 +50,8 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
                         log.warning("reconciliation: %s", counts)
                 except Exception as exc:  # the DB or broker may be down for a while: try again next time
                     log.warning("reconciliation failed: %s: %s", type(exc).__name__, exc)
-                    from app.extensions import db
-
                     db.session.rollback()
                 finally:
-                    from app.extensions import db
-
                     db.session.remove()
 
     celery_app.steps["worker"].add(Reconciler)
@@ -62,7 +59,5 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
     @worker_process_init.connect(weak=False)
     def _fresh_engine(**_: Any) -> None:
         # connections opened in the parent must not be shared with the forked pool process
-        from app.extensions import db
-
         with flask_app.app_context():
             db.engine.dispose(close=False)

@@ -1,6 +1,14 @@
-"""Entry point for ``celery -A workers.celery_app worker``: the Flask app's Celery instance."""
+"""Entry point for ``celery -A workers.celery_app worker``: the service core with the tasks registered.
 
-from app import create_app
+The Flask app here is :func:`app.core.factory.create_base_app`'s (configuration, database, storage, queue),
+without the web's pages: a worker never imports them.
+"""
 
-flask_app = create_app()
+import workers.tasks  # noqa: F401  (shared tasks: bound to the Celery app made below)
+import workers.training_tasks  # noqa: F401
+from app.core.factory import create_base_app
+from workers.bootsteps import install
+
+flask_app = create_base_app()
 celery_app = flask_app.extensions["celery"]
+install(celery_app, flask_app)

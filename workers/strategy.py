@@ -41,8 +41,8 @@ def skip_settled_jobs(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Call
     flask_app = app.flask_app
     connection_errors = consumer.connection_errors
 
-    from app.extensions import db
-    from app.models import Job
+    from app.core.extensions import db
+    from app.core.models import Job
 
     statement = select(Job.status).where(Job.id == bindparam("job_id"))
 

@@ -10,7 +10,7 @@
   and the finish is one transaction for all of them (one fenced UPDATE, so a job canceled meanwhile drops
   out alone, then the image rows of the others): two commits a task whatever the number of jobs (issue 7);
 * while it runs, a heartbeat thread renews the job's lease (``heartbeat_at``); a job whose worker died is
-  found by the reconciliation (:func:`app.services.reconcile`) and sent again.
+  found by the reconciliation (:func:`app.services.reconcile.reconcile`) and sent again.
 
 Models are loaded lazily in the pool process that runs the task (never in the parent: CUDA must not be
 initialised before the fork) and kept in a bounded per-process LRU cache.
@@ -35,10 +35,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
-from app.extensions import db
-from app.job_events import announce_finished
-from app.models import Image, Job, ModelVersion, image_id, utcnow
-from app.storage import image_key
+from app.core.extensions import db
+from app.core.models import Image, Job, ModelVersion, image_id, utcnow
+from app.core.queue import GENERATE_TASK, RECONCILE_TASK
+from app.core.storage import image_key
+from app.services.job_events import announce_finished
 from workers.batching import JobSnapshot, stage_clock
 from workers.image_writer import ImageWriter
 
@@ -230,7 +231,7 @@ def _lookup_statement() -> Any:
 
 
 # -- the task ---------------------------------------------------------------------------------------
-@shared_task(name="workers.tasks.generate_images", bind=True, acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
              Strategy="workers.strategy:skip_settled_jobs")
 def generate_images(self: Any, job_id: str) -> str:
     if not LOG_STAGE_TIMES:
@@ -550,8 +551,8 @@ def _remove_unrecorded_files(job_id: str) -> None:
             storage.delete(key)
 
 
-@shared_task(name="workers.tasks.reconcile", ignore_result=True)
+@shared_task(name=RECONCILE_TASK, ignore_result=True)
 def reconcile() -> dict[str, int]:
-    from app.services import reconcile as run
+    from app.services.reconcile import reconcile as run
 
     return run()

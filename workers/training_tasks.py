@@ -9,7 +9,7 @@ Like ``generate_images`` it is safe to deliver more than once:
   status change are fenced by the claim token, so an attempt that lost its run stops without writing;
 * the run trains in its own folder with checkpoints every ``checkpoint_every`` steps: an attempt that finds a
   training state there resumes from it (bit-identically: the trainer reseeds its noise per step). A worker
-  that dies mid-run is found by the reconciliation (:func:`app.trainings.reconcile_runs`), and the next
+  that dies mid-run is found by the reconciliation (:func:`app.services.trainings.reconcile_runs`), and the next
   attempt resumes from the last checkpoint;
 * the new model version and ``succeeded`` are committed in one transaction, so a run registers exactly one
   version, never serving (an admin promotes it).
@@ -32,8 +32,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import or_, update
 
-from app.extensions import db
-from app.models import TrainingRun, utcnow
+from app.core.extensions import db
+from app.core.models import TrainingRun, utcnow
+from app.core.queue import TRAIN_TASK
+from app.services.models import register_model
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def _finish(run_id: str, token: str, **values: Any) -> bool:
     return res.rowcount == 1
 
 
-@shared_task(name="workers.training_tasks.train_model", bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def train_model(self: Any, run_id: str) -> str:
     from training.trainer import TrainingCancelled
 
@@ -268,8 +270,6 @@ def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: 
 def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metrics: dict[str, Any],
               resumed_from: int | None) -> str:
     """The new (not serving) model version and ``succeeded``, in one transaction fenced by the claim token."""
-    from app.services import register_model
-
     db.session.rollback()
     res = db.session.execute(update(TrainingRun).where(
         TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")

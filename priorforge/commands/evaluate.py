@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from generation.checkpoint import CheckpointError, load_checkpoint, write_json_atomic
-from generation.device import resolve_device
-from training.data import DatasetError, load_dataset
+from priorforge.spec.checkpoint import CheckpointError, write_json_atomic
+from priorforge.spec.datasets import DatasetError
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +29,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from generation.checkpoint import load_checkpoint
+    from generation.device import resolve_device
     from priorforge.cli import CLIError
+    from training.data import load_dataset
     from training.evaluate import evaluate_model
 
     if args.n_samples < 1:

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import Tensor
+from priorforge.spec.datasets import IMAGE_EXTENSIONS
 
-from generation.checkpoint import load_checkpoint
-from generation.device import resolve_device
-from generation.latent_ops import interpolate, mix, require_encoder
-from generation.sampling import save_png
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+if TYPE_CHECKING:  # torch is imported when a command runs, never for --help
+    from torch import Tensor
 MAX_IMAGES = 256
 MAX_STEPS = 64
 
@@ -53,6 +47,8 @@ def register(subparsers: Any) -> None:
 
 def load_image(path: Path, image_shape: tuple[int, int, int], flag: str) -> Tensor:
     """One image file -> ``(C, H, W)`` in [-1, 1] at the checkpoint's shape."""
+    import numpy as np
+    import torch
     from PIL import Image, UnidentifiedImageError
 
     from priorforge.cli import CLIError
@@ -94,6 +90,8 @@ def collect_files(items: list[str], flag: str) -> list[Path]:
 
 
 def load_images(items: list[str], image_shape: tuple[int, int, int], flag: str) -> Tensor:
+    import torch
+
     return torch.stack([load_image(p, image_shape, flag) for p in collect_files(items, flag)])  # (N, C, H, W)
 
 
@@ -116,12 +114,18 @@ def _check_out(out: str) -> None:
 
 
 def _load_model(args: argparse.Namespace):
+    from generation.checkpoint import load_checkpoint
+    from generation.device import resolve_device
+    from generation.latent_ops import require_encoder
+
     model, info = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     require_encoder(model)
     return model, info
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
+    from generation.latent_ops import interpolate
+    from generation.sampling import save_png
     from priorforge.cli import CLIError
 
     if not 2 <= args.steps <= MAX_STEPS:
@@ -142,6 +146,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_mix(args: argparse.Namespace) -> int:
+    from generation.latent_ops import mix
+    from generation.sampling import save_png
     from priorforge.cli import CLIError
 
     if not 0.0 <= args.weight <= 1.0:

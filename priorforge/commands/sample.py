@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from generation.checkpoint import load_checkpoint
-from generation.device import resolve_device
-from generation.precision import PRECISIONS, resolve_precision
-from generation.sampling import condition_from_request, generate, save_png
+from priorforge.spec.precision import PRECISIONS
 
 MAX_SAMPLES = 1024
 
@@ -41,6 +38,10 @@ def prompt_embedding(model, info, prompt: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from generation.checkpoint import load_checkpoint
+    from generation.device import resolve_device
+    from generation.precision import resolve_precision
+    from generation.sampling import condition_from_request, generate, save_png
     from priorforge.cli import CLIError
 
     if not 1 <= args.n <= MAX_SAMPLES:

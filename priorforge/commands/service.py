@@ -82,7 +82,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
-    from app.migrate import current, upgrade
+    from app.core.migrate import current, upgrade
 
     app = _app()
     upgrade(app, args.revision)
@@ -91,7 +91,7 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_downgrade(args: argparse.Namespace) -> int:
-    from app.migrate import current, downgrade
+    from app.core.migrate import current, downgrade
 
     app = _app()
     downgrade(app, args.revision)
@@ -100,14 +100,14 @@ def run_db_downgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_current(args: argparse.Namespace) -> int:
-    from app.migrate import current
+    from app.core.migrate import current
 
     print(current(_app()))
     return 0
 
 
 def run_register(args: argparse.Namespace) -> int:
-    from app.services import register_model
+    from app.services.models import register_model
 
     app = _app()
     with app.app_context():
@@ -132,10 +132,10 @@ def _read_password(from_stdin: bool) -> str:
 def run_create_admin(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from app.auth import create_user, issue_token
-    from app.extensions import db
-    from app.models import User
-    from app.services import ApiError
+    from app.core.errors import ApiError
+    from app.core.extensions import db
+    from app.core.models import User
+    from app.services.accounts import create_user, issue_token
 
     app = _app()
     with app.app_context():

@@ -6,16 +6,15 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from generation.base import CONDITION_KINDS
-from generation.device import resolve_device
-from generation.precision import AMP_MODES, resolve_amp
-from generation.registry import backend_names, get_model_class
-from training.build import SetupError, build_model, check_hparams
-from training.data import BUILTIN_DATASETS, ImageData, load_dataset
-from training.registry import get_trainer_class
-from training.trainer import TrainConfig
+from priorforge.spec.backends import backend_names
+from priorforge.spec.conditions import CONDITION_KINDS
+from priorforge.spec.datasets import BUILTIN_DATASETS
+from priorforge.spec.precision import AMP_MODES
+
+if TYPE_CHECKING:
+    from training.data import ImageData
 
 # flags that set a model-config field of the same name (when the backend has it)
 MODEL_FLAGS = ("latent_dim", "noise_dim", "base_channels", "hidden_dim", "variant", "regularized")
@@ -82,6 +81,7 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The model-config fields the flags and ``--set`` give (checked by :mod:`training.build`)."""
+    from generation.registry import get_model_class
     from priorforge.cli import CLIError
 
     fields = {f.name for f in dataclasses.fields(get_model_class(args.model).config_class)}
@@ -103,7 +103,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 def load_training_data(args: argparse.Namespace) -> tuple[ImageData, ImageData | None]:
     """The train split (and the test split for the evaluation) the command trains on."""
     from training.captions import dataset_choices, is_captioned_dataset, load_captioned_dataset
-    from training.data import DatasetError
+    from training.data import DatasetError, load_dataset
 
     if is_captioned_dataset(args.dataset):
         return load_captioned_dataset(args.dataset, args.data_root, "train", image_size=args.image_size), None
@@ -117,7 +117,13 @@ def load_training_data(args: argparse.Namespace) -> tuple[ImageData, ImageData |
 
 
 def run(args: argparse.Namespace) -> int:
+    from generation.device import resolve_device
+    from generation.precision import resolve_amp
+    from generation.registry import get_model_class
     from priorforge.cli import CLIError
+    from training.build import SetupError, build_model, check_hparams
+    from training.registry import get_trainer_class
+    from training.trainer import TrainConfig
 
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:

@@ -29,9 +29,9 @@ def tmpdir_guard(tmp_path, monkeypatch):
 @pytest.fixture
 def admin_app(tmp_path, tmpdir_guard):
     from app import create_app
-    from app.auth import create_user
-    from app.extensions import db
-    from app.migrate import upgrade
+    from app.services.accounts import create_user
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
 
     app = create_app({
         "TESTING": True,
@@ -73,9 +73,9 @@ def sign_in(client, username: str, password: str):
 def token_for(app, username: str) -> str:
     from sqlalchemy import select
 
-    from app.auth import issue_token
-    from app.extensions import db
-    from app.models import User
+    from app.services.accounts import issue_token
+    from app.core.extensions import db
+    from app.core.models import User
 
     with app.app_context():
         user = db.session.scalars(select(User).where(User.username == username)).one()

@@ -113,8 +113,8 @@ def test_tokens_from_the_admin_page_work_until_revoked(admin_app, client):
     assert token.startswith("pf_")
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/admin/datasets", headers=headers).status_code == 200
-    from app.extensions import db
-    from app.models import ApiToken
+    from app.core.extensions import db
+    from app.core.models import ApiToken
 
     with admin_app.app_context():
         row = db.session.query(ApiToken).filter_by(name="ci").one()
@@ -126,8 +126,8 @@ def test_tokens_from_the_admin_page_work_until_revoked(admin_app, client):
 
 
 def test_passwords_are_stored_as_argon2_hashes(admin_app):
-    from app.extensions import db
-    from app.models import User
+    from app.core.extensions import db
+    from app.core.models import User
 
     with admin_app.app_context():
         user = db.session.query(User).filter_by(username=ADMIN[0]).one()
@@ -199,8 +199,8 @@ def _try(client, username: str, password: str, address: str):
 def test_repeated_wrong_passwords_are_throttled_per_address_and_a_success_clears_them(admin_app, client):
     from datetime import timedelta
 
-    from app.extensions import db
-    from app.models import LoginFailure
+    from app.core.extensions import db
+    from app.core.models import LoginFailure
 
     admin_app.config.update(LOGIN_MAX_FAILURES=3, LOGIN_MAX_FAILURES_PER_ADDRESS=5, LOGIN_WINDOW_SECONDS=600)
     for _ in range(3):

@@ -15,7 +15,7 @@ def _schema_diff(app) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from app.extensions import db
+    from app.core.extensions import db
 
     with app.app_context(), db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -24,8 +24,8 @@ def _schema_diff(app) -> list:
 
 
 def _round_trip(app):
-    from app.extensions import db
-    from app.migrate import current, downgrade, head_revision, upgrade
+    from app.core.extensions import db
+    from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
     assert current(app) == head_revision() == "0004"

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
-from app.models import Job, ModelVersion, TrainingRun, utcnow
+from app.core.extensions import db
+from app.core.models import Job, ModelVersion, TrainingRun, utcnow
 from tests.admin.conftest import ADMIN, csrf_token, make_zip, png, sign_in, token_for
 from tests.service.conftest import broker_messages, broker_payloads, checkpoints, make_checkpoint  # noqa: F401
 
@@ -152,7 +152,7 @@ def test_the_form_starts_a_run_and_a_bad_form_shows_the_error(admin_app, client)
 
 
 def test_reconciliation_requeues_fails_or_cancels_abandoned_runs(admin_app, api):
-    from app.services import reconcile
+    from app.services.reconcile import reconcile
 
     ids = [api("POST", "/api/v1/admin/trainings", GOOD).get_json()["id"] for _ in range(4)]
     stale = utcnow() - timedelta(hours=1)
@@ -173,7 +173,7 @@ def test_reconciliation_requeues_fails_or_cancels_abandoned_runs(admin_app, api)
 
 
 def test_history_counts_a_redone_step_once_and_skips_a_cut_line(admin_app, api, tmp_path):
-    from app.trainings import read_history
+    from app.services.trainings import read_history
 
     run_id = api("POST", "/api/v1/admin/trainings", GOOD).get_json()["id"]
     with admin_app.app_context():
@@ -193,7 +193,7 @@ def test_history_counts_a_redone_step_once_and_skips_a_cut_line(admin_app, api, 
 @pytest.fixture
 def two_versions(admin_app, checkpoints, tmp_path):
     """``tiny`` v1 (serving) and v2 (registered, not serving), with different metrics."""
-    from app.services import register_model
+    from app.services.models import register_model
 
     second = make_checkpoint(tmp_path / "tiny-v2", "class")
     (checkpoints["class"] / "metrics.json").write_text(json.dumps({"evaluation": {"feature_fid": 9.0,

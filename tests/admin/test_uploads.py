@@ -29,8 +29,8 @@ def upload(admin_app, client):
 
 def stored(app) -> tuple[list[str], int]:
     """(entries of the data set root, data set rows)."""
-    from app.extensions import db
-    from app.models import Dataset
+    from app.core.extensions import db
+    from app.core.models import Dataset
 
     root = Path(app.config["DATASET_ROOT"])
     entries = sorted(os.listdir(root)) if root.exists() else []

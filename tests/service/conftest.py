@@ -55,7 +55,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def register_test_models(checkpoints: dict[str, Path]) -> None:
-    from app.services import register_model
+    from app.services.models import register_model
 
     register_model("tiny", checkpoints["class"])
     register_model("clusters", checkpoints["cluster"])
@@ -85,7 +85,7 @@ def sqlite_app_for_worker(tmp_path: Path, checkpoints: dict[str, Path]):
     """(migrated app with the test models registered, its config for ``start_worker``) on SQLite and the
     embedded broker: the default set-up with no servers at all."""
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
 
     config = base_config(tmp_path, **FAST_WORKER)
     config.pop("TESTING")  # the worker process runs without it
@@ -109,7 +109,7 @@ def _clean_env(monkeypatch):
 @pytest.fixture
 def app(tmp_path, checkpoints):
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
 
     app = create_app(base_config(tmp_path))
     upgrade(app)
@@ -117,7 +117,7 @@ def app(tmp_path, checkpoints):
         register_test_models(checkpoints)
     yield app
     with app.app_context():
-        from app.extensions import db
+        from app.core.extensions import db
 
         db.session.remove()
         db.engine.dispose()
@@ -158,8 +158,8 @@ def broker_payloads(app) -> list[dict]:
 def row_counts(app) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from app.extensions import db
-    from app.models import Batch, Image, Job
+    from app.core.extensions import db
+    from app.core.models import Batch, Image, Job
 
     with app.app_context():
         return {model.__tablename__: db.session.scalar(select(func.count()).select_from(model))
@@ -330,7 +330,7 @@ def start_worker(tmp_path):
     yield start
     for worker in workers:
         worker.stop()
-    from app.doorbell import sweep
+    from app.core.doorbell import sweep
 
     for worker in workers:  # the sockets of a killed worker (its broker folder) are not left in /tmp
         for key in ("SQLALCHEMY_DATABASE_URI", "CELERY_BROKER_URL"):

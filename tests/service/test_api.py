@@ -114,12 +114,12 @@ def test_json_errors_for_unknown_routes_and_methods(client):
 
 
 def test_internal_errors_are_json_under_api(app, client, monkeypatch):
-    from app import services
+    from app.api import service
 
     def boom():
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(services, "serving_models", boom)
+    monkeypatch.setattr(service, "serving_models", boom)
     resp = client.get("/api/v1/models")
     assert resp.status_code == 500 and resp.get_json() == {"error": "internal server error"}
 
@@ -153,7 +153,7 @@ def test_health(client):
 
 def test_health_reports_an_unreachable_broker(tmp_path, checkpoints):
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
     from tests.service.conftest import base_config, free_port
 
     app = create_app(base_config(tmp_path, CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"))
@@ -237,7 +237,7 @@ def test_bad_json_batches_store_nothing(app, client):
 
 
 def test_batch_status_combines_job_states():
-    from app.services import batch_status
+    from app.services.jobs import batch_status
 
     assert batch_status(["queued", "queued"]) == "queued"
     assert batch_status(["queued", "succeeded"]) == "running"

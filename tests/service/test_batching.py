@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from app.extensions import db
-from app.models import Job
+from app.core.extensions import db
+from app.core.models import Job
 from generation.base import Condition
 from generation.sampling import image_grid
 from tests.service.conftest import sqlite_app_for_worker, wait_for
@@ -79,7 +79,7 @@ def test_a_bad_generate_chunk_from_the_environment_is_refused_naming_it(tmp_path
 
 
 def _queued_job(app, **values) -> str:
-    from app.services import _job_from_spec, validate_job
+    from app.services.jobs import _job_from_spec, validate_job
 
     with app.test_request_context():
         job = _job_from_spec(validate_job({"model": "tiny", **values}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from app.migrate import head_revision
+from app.core.migrate import head_revision
 
 HEAD = head_revision()
 
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.integration
 
 def test_postgres_upgrade_from_empty_and_downgrade_to_base(tmp_path, pg_url, checkpoints):
     from app import create_app
-    from app.extensions import db
-    from app.migrate import current, downgrade, upgrade
-    from app.services import register_model
+    from app.core.extensions import db
+    from app.core.migrate import current, downgrade, upgrade
+    from app.services.models import register_model
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": pg_url, "STORAGE_ROOT": str(tmp_path / "images"),
                       "CELERY_BROKER_URL": "memory://"})

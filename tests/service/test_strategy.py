@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from app.extensions import db
-from app.models import Job
+from app.core.extensions import db
+from app.core.models import Job
 
 
 class Message:

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
-from app.models import Image, Job, ModelVersion, utcnow
+from app.core.extensions import db
+from app.core.models import Image, Job, ModelVersion, utcnow
 from tests.service.conftest import broker_messages
 
 HEAD = "0004"  # the newest migration
@@ -18,7 +18,7 @@ HEAD = "0004"  # the newest migration
 
 # -- storage -----------------------------------------------------------------------------------------
 def test_local_storage_roundtrip(tmp_path):
-    from app.storage import LocalStorage, StorageError, image_key
+    from app.core.storage import LocalStorage, StorageError, image_key
 
     storage = LocalStorage(tmp_path / "root")
     key = image_key("0b0e4b1c-6d1c-4d7e-9d8e-2f5c0d6a7b8c", 3)
@@ -41,7 +41,7 @@ def test_local_storage_roundtrip(tmp_path):
 
 # -- models ------------------------------------------------------------------------------------------
 def test_register_model_versions_and_serving(app, checkpoints):
-    from app.services import register_model, serving_version
+    from app.services.models import register_model, serving_version
 
     with app.app_context():
         v1 = serving_version("tiny")
@@ -101,7 +101,7 @@ def test_sqlite_migrations_up_down_up(tmp_path):
     from sqlalchemy import inspect
 
     from app import create_app
-    from app.migrate import current, downgrade, upgrade
+    from app.core.migrate import current, downgrade, upgrade
     from tests.service.conftest import base_config
 
     app = create_app(base_config(tmp_path))
@@ -126,7 +126,7 @@ def test_migrations_match_the_models(tmp_path):
     from alembic.runtime.migration import MigrationContext
 
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
     from tests.service.conftest import base_config
 
     app = create_app(base_config(tmp_path))
@@ -138,7 +138,7 @@ def test_migrations_match_the_models(tmp_path):
 
 # -- reconciliation ----------------------------------------------------------------------------------
 def _job(app, **values) -> str:
-    from app.services import _job_from_spec, validate_job
+    from app.services.jobs import _job_from_spec, validate_job
 
     with app.test_request_context():
         job = _job_from_spec(validate_job({"model": "tiny", "label": "1", "n": 2, "seed": 1}))
@@ -150,7 +150,7 @@ def _job(app, **values) -> str:
 
 
 def test_reconcile_resends_lost_and_abandoned_jobs(app):
-    from app.services import reconcile
+    from app.services.reconcile import reconcile
 
     app.config.update(LEASE_TIMEOUT=30, QUEUED_STALE_AFTER=60, MAX_ATTEMPTS=3)
     now = utcnow()
@@ -213,7 +213,7 @@ def test_task_generates_once_and_is_idempotent(app):
 
 
 def test_task_records_a_failing_model(app):
-    from app.services import _job_from_spec, validate_job
+    from app.services.jobs import _job_from_spec, validate_job
 
     with app.test_request_context():
         job = _job_from_spec(validate_job({"model": "broken", "label": "2"}))
@@ -236,9 +236,9 @@ def test_task_skips_canceled_and_unknown_jobs(app):
 
 def test_broker_transport_options_per_broker(app):
     """The embedded broker is polled quickly; Redis gets a visibility timeout above the hard time limit."""
-    from workers import celery_config
+    from app.core.queue import celery_config
 
-    from workers.embedded_broker import Transport as EmbeddedTransport
+    from app.core.embedded_broker import Transport as EmbeddedTransport
 
     embedded = celery_config(app)
     assert app.config["CELERY_BROKER_URL"].startswith("sqla+")

@@ -1,4 +1,4 @@
-"""``?wait=S`` on the job and batch endpoints (app/job_events.py): validation, the answer after the wait runs
+"""``?wait=S`` on the job and batch endpoints (app/services/job_events.py): validation, the answer after the wait runs
 out, and the wake-up when a job ends, by the database poll (embedded broker) and by Redis pub/sub. A job
 is ended here by the API's cancel from another thread; tests/service/test_worker.py covers a real worker's
 announcement. No test asserts a duration: the re-read interval is set longer than the wait, and the test
@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from app.extensions import db
+from app.core.extensions import db
 from tests.service.conftest import base_config, register_test_models, row_counts, wait_for
 
 
 def make_app(tmp_path, checkpoints, **overrides: Any):
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
 
     app = create_app(base_config(tmp_path, **overrides))
     upgrade(app)
@@ -29,13 +29,13 @@ def make_app(tmp_path, checkpoints, **overrides: Any):
 
 def cancel_when_awaited(app, job_id: str) -> threading.Thread:
     """Cancel the job from another thread once a request is waiting on it (as a client's cancel would)."""
-    from app import services
-    from app.job_events import watcher
+    from app.services import jobs
+    from app.services.job_events import watcher
 
     def run() -> None:
         with app.app_context():
             wait_for(lambda: job_id in watcher().awaited(), 60, "the request to wait on the job", interval=0.02)
-            services.cancel_job(job_id)
+            jobs.cancel_job(job_id)
             db.session.remove()
 
     thread = threading.Thread(target=run, daemon=True)
@@ -45,7 +45,7 @@ def cancel_when_awaited(app, job_id: str) -> threading.Thread:
 
 def record_wakes(app) -> list[str]:
     """The job ids this app's watcher is woken for, from now on (by whichever path)."""
-    from app.job_events import watcher
+    from app.services.job_events import watcher
 
     with app.app_context():
         found = watcher()
@@ -119,7 +119,7 @@ def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, che
 
 def test_without_redis_the_doorbell_wakes_the_waiting_request(tmp_path, checkpoints, monkeypatch):
     # the database poll finds nothing (and would come only every 10 min): a wake-up can only be the ring
-    monkeypatch.setattr("app.job_events.final_job_ids", lambda job_ids: set())
+    monkeypatch.setattr("app.services.job_events.final_job_ids", lambda job_ids: set())
     app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
     resp, job_id, woken = wait_while_another_thread_cancels(app)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
@@ -139,7 +139,7 @@ def test_with_redis_the_announcement_wakes_the_waiting_request(tmp_path, checkpo
 
 
 def test_the_watcher_wakes_only_the_requests_waiting_on_an_ended_job(app):
-    from app.job_events import JobWatcher
+    from app.services.job_events import JobWatcher
 
     watcher = JobWatcher(app)
     a, b = threading.Event(), threading.Event()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
-from app.models import Image, Job, utcnow
-from app.services import aware
+from app.core.extensions import db
+from app.core.models import Image, Job, utcnow
+from app.core.models import aware
 from tests.service.conftest import RedisServer, register_test_models, sqlite_app_for_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ FAST = {"HEARTBEAT_INTERVAL": 0.5, "LEASE_TIMEOUT": 4, "RECONCILE_INTERVAL": 1, 
 def service(tmp_path, pg_url, redis_url, checkpoints):
     """(app, worker config) for PostgreSQL + Redis; start workers with ``start_worker(config)``."""
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
 
     broker, prefix = redis_url
     config: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": pg_url, "CELERY_BROKER_URL": broker,
@@ -126,7 +126,7 @@ def test_worker_serves_reproducibly_survives_a_bad_model_and_ignores_duplicates(
     assert worker.alive
 
     # a duplicate delivery of a finished job changes nothing
-    from app.services import send_jobs
+    from app.services.queue import send_jobs
 
     with app.app_context():
         assert send_jobs([first]) == 1
@@ -255,19 +255,19 @@ def test_default_setup_sqlite_with_the_embedded_broker(tmp_path, checkpoints, st
 
 def test_without_servers_the_worker_listens_and_its_rings_wake_the_waiting_request(
         tmp_path, checkpoints, start_worker, monkeypatch):
-    """LOCAL_WAKEUPS (app/doorbell.py) in the real processes: the worker's consumer has its socket in the
+    """LOCAL_WAKEUPS (app/core/doorbell.py) in the real processes: the worker's consumer has its socket in the
     broker's doorbell folder (tests/service/test_doorbell.py shows what a ring does to it; the worker's own
     loop also looks every 2 s, so its wake-up cannot be told apart here), and a job's end, rung by the worker,
     wakes the request waiting on it: the web process's database poll finds nothing here (patched) and comes
     every hour, and the test records the wake-up. A clean stop removes the worker's socket."""
-    from app.doorbell import folder_for
+    from app.core.doorbell import folder_for
     from tests.service.test_wait import record_wakes
 
     app, config = sqlite_app_for_worker(tmp_path, checkpoints)
     hour = {"JOB_WAIT_POLL_INTERVAL": 3600, "JOB_WAIT_RECHECK_INTERVAL": 3600}
     config.update(hour)
     app.config.update(hour)
-    monkeypatch.setattr("app.job_events.final_job_ids", lambda job_ids: set())
+    monkeypatch.setattr("app.services.job_events.final_job_ids", lambda job_ids: set())
     woken = record_wakes(app)
     client = app.test_client()
     worker = start_worker(config)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import event, func, select, update
 
-from app.extensions import db
-from app.models import Image, Job
+from app.core.extensions import db
+from app.core.models import Image, Job
 
 SPECS = [{"label": "3", "n": 1, "seed": 7}, {"label": "0", "n": 5, "seed": 11}, {"label": "9", "n": 3, "seed": 2},
          {"label": "3", "n": 2, "seed": 8}]
 
 
 def queued_job(app, **values) -> str:
-    from app.services import _job_from_spec, validate_job
+    from app.services.jobs import _job_from_spec, validate_job
 
     with app.test_request_context():
         job = _job_from_spec(validate_job({"model": "tiny", **values}))
@@ -26,7 +26,7 @@ def queued_job(app, **values) -> str:
 
 def job_state(app, job_id: str) -> tuple[str, int, list[str]]:
     """(status, image rows, stored files) of a job."""
-    from app.storage import image_key
+    from app.core.storage import image_key
 
     storage = app.extensions["priorforge_storage"]
     with app.app_context():
@@ -136,7 +136,7 @@ def test_a_lone_job_never_waits_for_companions(app, monkeypatch):
 @pytest.mark.integration
 def test_postgres_batches_in_two_commits_and_skips_rows_another_worker_is_claiming(tmp_path, pg_url, checkpoints):
     from app import create_app
-    from app.migrate import upgrade
+    from app.core.migrate import upgrade
     from tests.service.conftest import register_test_models
     from workers.batching import JobSnapshot, companion_candidates
     from workers.tasks import generate_images
@@ -178,7 +178,7 @@ def test_postgres_batches_in_two_commits_and_skips_rows_another_worker_is_claimi
 
 
 def test_local_storage_put_many_writes_every_file_whole(tmp_path):
-    from app.storage import LocalStorage, StorageError
+    from app.core.storage import LocalStorage, StorageError
 
     storage = LocalStorage(tmp_path / "root")
     items = [(f"jobs/a/{i:03d}.png", bytes([i]) * (i + 1)) for i in range(3)] + [("jobs/b/000.png", b"b")]
@@ -194,7 +194,7 @@ def _pixels(app, job_id: str):
     import numpy as np
     from PIL import Image as PILImage
 
-    from app.storage import image_key
+    from app.core.storage import image_key
 
     storage = app.extensions["priorforge_storage"]
     with app.app_context():

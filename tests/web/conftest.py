@@ -20,9 +20,9 @@ DIGITS_CHECKPOINT = ROOT / "models" / "digits-aae-cg"
 @pytest.fixture
 def web_app(tmp_path):
     from app import create_app
-    from app.extensions import db
-    from app.migrate import upgrade
-    from app.services import register_model
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.models import register_model
 
     app = create_app({
         "TESTING": True,
@@ -48,8 +48,8 @@ def client(web_app):
 
 def add_model(app, name: str, condition: str, *, num_classes: int = 0, class_names=()):
     """A serving model version row (for pages and validation only: no worker loads it in these tests)."""
-    from app.extensions import db
-    from app.models import ModelVersion
+    from app.core.extensions import db
+    from app.core.models import ModelVersion
 
     with app.app_context():
         version = ModelVersion(name=name, version=1, backend="aae-cg", checkpoint_path=f"/nonexistent/{name}",
@@ -73,10 +73,10 @@ def add_finished_job(app, *, model: str = "digits", label: str | None = None, pr
     """A succeeded job with ``n`` stored images (real PNG files), created ``age_s`` seconds ago.
 
     Returns (job id, image ids in index order)."""
-    from app.extensions import db
-    from app.models import Image, Job, image_id
-    from app.services import serving_version
-    from app.storage import image_key
+    from app.core.extensions import db
+    from app.core.models import Image, Job, image_id
+    from app.services.models import serving_version
+    from app.core.storage import image_key
 
     storage = app.extensions["priorforge_storage"]
     when = datetime.now(timezone.utc) - timedelta(seconds=age_s)

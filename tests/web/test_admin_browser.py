@@ -26,9 +26,9 @@ TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidde
 @pytest.fixture
 def admin_stack(tmp_path, pg_url, redis_url, start_worker):
     from app import create_app
-    from app.auth import create_user
-    from app.extensions import db
-    from app.migrate import upgrade
+    from app.services.accounts import create_user
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
 
     broker, prefix = redis_url
     config = {
@@ -116,8 +116,8 @@ def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack
         finally:
             browser.close()
 
-    from app.extensions import db
-    from app.models import ModelVersion, TrainingRun
+    from app.core.extensions import db
+    from app.core.models import ModelVersion, TrainingRun
 
     with app.app_context():
         run = db.session.query(TrainingRun).one()

@@ -82,9 +82,9 @@ class WebServer:
 def stack(tmp_path, pg_url, redis_url, start_worker):
     """PostgreSQL (migrated, shipped digits model registered) + Redis + a Celery worker + gunicorn."""
     from app import create_app
-    from app.extensions import db
-    from app.migrate import upgrade
-    from app.services import register_model
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.models import register_model
 
     broker, prefix = redis_url
     config = {
@@ -177,8 +177,8 @@ def test_generate_digits_in_the_browser(stack):
         finally:
             browser.close()
 
-    from app.extensions import db
-    from app.models import Batch, Job
+    from app.core.extensions import db
+    from app.core.models import Batch, Job
 
     storage = app.extensions["priorforge_storage"]
     with app.app_context():

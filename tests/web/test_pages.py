@@ -53,8 +53,8 @@ def assert_every_field_labelled(page: PageParser):
 
 
 def job_count(app) -> int:
-    from app.extensions import db
-    from app.models import Job
+    from app.core.extensions import db
+    from app.core.models import Job
 
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(Job))
@@ -101,8 +101,8 @@ def test_submit_creates_the_job_and_redirects_to_its_page(web_app, client):
     assert response.status_code == 303
     job_url = response.headers["Location"]
     assert re.fullmatch(r"/jobs/[0-9a-f-]{36}", job_url)
-    from app.extensions import db
-    from app.models import Job
+    from app.core.extensions import db
+    from app.core.models import Job
 
     with web_app.app_context():
         job = db.session.get(Job, job_url.rsplit("/", 1)[1])
@@ -291,7 +291,7 @@ def test_image_page_shows_metadata_and_the_download_works(web_app, client):
 
     link = parse(response).find("a", id="download")[0]
     assert link["download"] == "priorforge-digits-778.png"
-    from app.storage import image_key
+    from app.core.storage import image_key
 
     assert link["href"] == f"/images/{image_ids[1]}/download"
     with client.get(link["href"]) as png:
@@ -355,7 +355,7 @@ def test_batch_file_over_the_size_limit(web_app, client):
 def test_form_values_become_the_api_request():
     from werkzeug.datastructures import MultiDict
 
-    from app.web import job_request_from_form
+    from app.web.forms import job_request_from_form
 
     form = MultiDict({"model": " digits ", "label": "7", "n": "12", "seed": "", "cluster": " 3 ", "prompt": "",
                       "csrf_token": "x"})
@@ -372,13 +372,13 @@ def test_form_values_become_the_api_request():
     ("model 'digits' is trained with condition 'class'; it does not take a prompt", "prompt"),
 ])
 def test_errors_are_tied_to_their_field(message, field):
-    from app.web import field_of_error
+    from app.web.forms import field_of_error
 
     assert field_of_error(message) == field
 
 
 def test_download_of_a_file_missing_from_storage_is_a_404_page(web_app, client):
-    from app.storage import image_key
+    from app.core.storage import image_key
 
     job_id, image_ids = add_finished_job(web_app, label="1", n=1)
     web_app.extensions["priorforge_storage"].delete(image_key(job_id, 0))

@@ -1,0 +1,159 @@
+"""Admin routes for training runs and model promotion, on the admin blueprints (so their access hook guards
+every one of them): JSON under ``/api/v1/admin`` (bearer tokens), HTML under ``/admin`` (session sign-in, CSRF
+on the forms). The run page polls ``/admin/trainings/<id>.json`` (a GET read with the session) for live
+progress.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import g, jsonify, redirect, render_template, request, send_file, url_for
+
+from app.admin.blueprints import api_bp, bp
+from app.admin.views import run_to_dict
+from app.core.errors import ApiError
+from app.core.http import json_body
+from app.services import models, trainings
+from app.services.datasets import builtin_datasets, uploaded_datasets
+from priorforge.spec.backends import backend_names
+
+# form fields that hold numbers (blank: the default), and the checkbox
+INT_FIELDS = ("max_steps", "batch_size", "seed", "image_size", "channels", "clusters", "checkpoint_every",
+              "sample_every", "eval_samples")
+FLOAT_FIELDS = ("lr", "max_cpu_minutes")
+
+
+# -- JSON ----------------------------------------------------------------------------------------------
+@api_bp.get("/trainings")
+def list_trainings():
+    return jsonify({"trainings": [run_to_dict(r) for r in trainings.list_runs()]})
+
+
+@api_bp.post("/trainings")
+def create_training():
+    settings = trainings.validate_training(json_body())
+    run = trainings.create_run(settings, g.admin_user)
+    body = run_to_dict(run)
+    return jsonify(body), 202, {"Location": body["url"]}
+
+
+@api_bp.get("/trainings/<run_id>")
+def get_training(run_id: str):
+    return jsonify(run_to_dict(trainings.get_run(run_id), history=True))
+
+
+@api_bp.post("/trainings/<run_id>/cancel")
+def cancel_training(run_id: str):
+    return jsonify(run_to_dict(trainings.cancel_run(run_id)))
+
+
+@api_bp.get("/models")
+def list_model_versions():
+    return jsonify({"versions": [models.version_to_dict(v) for v in models.list_versions()]})
+
+
+@api_bp.get("/models/<int:version_id>/compare")
+def compare_model_version(version_id: int):
+    return jsonify(models.compare(version_id))
+
+
+@api_bp.post("/models/<int:version_id>/promote")
+def promote_model_version(version_id: int):
+    return jsonify(models.version_to_dict(models.promote(version_id)))
+
+
+# -- HTML ----------------------------------------------------------------------------------------------
+def _form_choices() -> dict[str, Any]:
+    return {"backends": backend_names(),
+            "datasets": [d["name"] for d in builtin_datasets() if d["available"]]
+            + [d.name for d in uploaded_datasets()]}
+
+
+def _request_from_form(form: Any) -> dict[str, Any]:
+    """The form as a training request (the same validation as the JSON API then applies)."""
+    body: dict[str, Any] = {}
+    for key in ("backend", "dataset", "condition", "model_name"):
+        if form.get(key, "").strip():
+            body[key] = form[key].strip()
+    for key in (*INT_FIELDS, *FLOAT_FIELDS):
+        raw = form.get(key, "").strip()
+        if not raw:
+            continue
+        try:
+            body[key] = int(raw) if key in INT_FIELDS else float(raw)
+        except ValueError:
+            raise ApiError(422, f"{key} must be a number, got {raw!r}", field=key) from None
+    body["evaluate"] = form.get("evaluate") == "on"
+    for key in ("model_options", "hparams"):
+        raw = form.get(key, "").strip()
+        if raw:
+            try:
+                body[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ApiError(422, f"{key} must be a JSON object such as {{\"latent_dim\": 16}}: {exc}",
+                               field=key) from None
+    return body
+
+
+@bp.get("/trainings")
+def trainings_page():
+    return _render_trainings()
+
+
+def _render_trainings(*, error: str | None = None, form: Any = None, status: int = 200):
+    return render_template("admin/trainings.html", runs=trainings.list_runs(), error=error, form=form or {},
+                           **_form_choices()), status
+
+
+@bp.post("/trainings")
+def start_training():
+    try:
+        settings = trainings.validate_training(_request_from_form(request.form))
+    except ApiError as exc:
+        return _render_trainings(error=exc.message, form=request.form, status=exc.status)
+    run = trainings.create_run(settings, g.admin_user)
+    return redirect(url_for("admin.training_page", run_id=run.id), code=303)
+
+
+@bp.get("/trainings/<run_id>")
+def training_page(run_id: str):
+    run = trainings.get_run(run_id)
+    return render_template("admin/training.html", run=run, body=run_to_dict(run, history=True))
+
+
+@bp.get("/trainings/<run_id>.json")
+def training_json(run_id: str):
+    return jsonify(run_to_dict(trainings.get_run(run_id), history=True))
+
+
+@bp.get("/trainings/<run_id>/sample.png")
+def training_sample(run_id: str):
+    path = trainings.latest_sample(trainings.get_run(run_id))
+    if path is None:
+        raise ApiError(404, "this run has no sample grid yet")
+    return send_file(path, mimetype="image/png", max_age=0)
+
+
+@bp.post("/trainings/<run_id>/cancel")
+def cancel_training_form(run_id: str):
+    trainings.cancel_run(run_id)
+    return redirect(url_for("admin.training_page", run_id=run_id), code=303)
+
+
+@bp.get("/models")
+def models_page():
+    versions = models.list_versions()
+    return render_template("admin/models.html", versions=versions)
+
+
+@bp.get("/models/<int:version_id>")
+def model_version_page(version_id: int):
+    return render_template("admin/model_version.html", comparison=models.compare(version_id))
+
+
+@bp.post("/models/<int:version_id>/promote")
+def promote_form(version_id: int):
+    models.promote(version_id)
+    return redirect(url_for("admin.model_version_page", version_id=version_id), code=303)

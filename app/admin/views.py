@@ -1,0 +1,37 @@
+"""JSON views of training runs, with the URLs of the admin's own routes (pages and API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import url_for
+
+from app.core.models import ModelVersion, TrainingRun, iso
+from app.services.trainings import latest_sample, read_history
+
+
+def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
+    settings = {k: v for k, v in (run.settings or {}).items() if k != "source"}
+    body: dict[str, Any] = {
+        "id": run.id, "status": run.status, "phase": run.phase, "backend": run.backend, "dataset": run.dataset,
+        "condition": run.condition, "model_name": run.model_name, "settings": settings,
+        "step": run.step, "total_steps": run.total_steps, "epoch": run.epoch, "losses": run.losses or {},
+        "elapsed_seconds": round(run.elapsed_seconds or 0.0, 1),
+        "eta_seconds": None if run.eta_seconds is None else round(run.eta_seconds, 1),
+        "cancel_requested": run.cancel_requested, "attempts": run.attempts, "error": run.error,
+        "metrics": run.metrics or {}, "created_at": iso(run.created_at), "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "model_version": _version_ref(run.model_version) if run.model_version else None,
+        "url": url_for("admin_api.get_training", run_id=run.id),
+        "sample_url": url_for("admin.training_sample", run_id=run.id) if latest_sample(run) else None,
+        "sample_step": run.sample_step,
+    }
+    if history:
+        body["history"] = read_history(run)
+    return body
+
+
+def _version_ref(version: ModelVersion) -> dict[str, Any]:
+    return {"id": version.id, "name": version.name, "version": version.version, "serving": version.serving,
+            "compare_url": url_for("admin_api.compare_model_version", version_id=version.id),
+            "page_url": url_for("admin.model_version_page", version_id=version.id)}

@@ -1,0 +1,46 @@
+"""JSON errors under ``/api/``; the HTML pages keep Flask's default error pages."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from app.core.errors import ApiError
+from app.core.extensions import db
+
+log = logging.getLogger(__name__)
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if not _wants_json():
+            return exc
+        messages = {
+            404: "no such resource",
+            405: f"method {request.method} is not allowed here",
+            413: f"request body too large (limit: {app.config.get('MAX_CONTENT_LENGTH')} bytes)",
+        }
+        response = jsonify({"error": messages.get(exc.code or 500, exc.description or exc.name)})
+        response.status_code = exc.code or 500
+        if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        db.session.rollback()
+        if not _wants_json():
+            return InternalServerError()
+        return jsonify({"error": "internal server error"}), 500

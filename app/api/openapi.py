@@ -1,0 +1,235 @@
+"""The OpenAPI 3 document of ``/api/v1`` (a test checks it against the Flask url_map, both ways)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.models import JOB_STATUSES, TRAINING_STATUSES
+from app.services.jobs import JOB_FIELDS, MAX_SEED
+from app.services.trainings import TRAINING_FIELDS
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _id(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+BAD = {"400": _error("malformed JSON"), "413": _error("request body too large"),
+       "415": _error("wrong content type"), "422": _error("invalid request (message names the field or line)")}
+
+
+def _wait(what: str) -> dict[str, Any]:
+    return {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0},
+            "description": f"seconds to wait for {what} to end (succeeded, failed or canceled) before answering, "
+                           "at most JOB_WAIT_MAX_SECONDS (60 by default); instead of polling"}
+
+
+def spec() -> dict[str, Any]:
+    from flask import current_app
+
+    limit = int(current_app.config["MAX_IMAGES_PER_JOB"])
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+                  "additionalProperties": True},
+        "JobRequest": {
+            "type": "object", "additionalProperties": False,
+            "description": "Give at most one of label (class models), cluster (cluster models), prompt (text models).",
+            "properties": {
+                "model": {"type": "string", "description": "model name (default: the configured DEFAULT_MODEL)"},
+                "label": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "class name or index"},
+                "cluster": {"type": "integer", "minimum": 0},
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
+                "n": {"type": "integer", "minimum": 1, "maximum": limit, "default": 1},
+                "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
+                         "description": "random when absent (and stored); image i uses seed + i"},
+            },
+        },
+        "JobCreated": {"type": "object", "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                                                         "status": {"type": "string", "enum": list(JOB_STATUSES)}}},
+        "Image": {"type": "object", "properties": {
+            "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
+            "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"}, "url": {"type": "string"},
+            "png_url": {"type": "string"}, "model": {"type": "string"},
+            "model_version": {"type": "integer", "description": "the exact version that made the image"},
+            "model_version_id": {"type": "integer"},
+            "parameters": {"type": "object", "nullable": True, "description": "the PNG's text chunk (GET /images/{id})"}}},
+        "Job": {"type": "object", "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": list(JOB_STATUSES)},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1}, "error": {"type": "string", "nullable": True},
+            "model": {"type": "string"}, "model_version": {"type": "integer"},
+            "model_version_id": {"type": "integer"}, "backend": {"type": "string"},
+            "condition": {"type": "string"}, "label": {"type": "string", "nullable": True},
+            "cluster": {"type": "integer", "nullable": True}, "prompt": {"type": "string", "nullable": True},
+            "n": {"type": "integer"}, "seed": {"type": "integer"}, "attempts": {"type": "integer"},
+            "batch_id": {"type": "string", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": "string", "format": "date-time", "nullable": True},
+            "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}},
+        "Batch": {"type": "object", "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "total": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "jobs": {"type": "array", "items": {"type": "object"}}}},
+        "Model": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
+            "condition": {"type": "string"}, "supported_conditions": {"type": "array", "items": {"type": "string"}},
+            "class_names": {"type": "array", "items": {"type": "string"}},
+            "num_clusters": {"type": "integer", "nullable": True},
+            "image_shape": {"type": "array", "items": {"type": "integer"}}, "dataset": {"type": "string"},
+            "metrics": {"type": "object"}, "serving": {"type": "boolean"}}},
+        "TrainingRequest": {"type": "object", "required": ["backend", "dataset"], "properties": {
+            key: {"description": text} for key, text in TRAINING_FIELDS.items()}},
+        "TrainingRun": {"type": "object", "properties": {
+            "id": {"type": "string"}, "status": {"type": "string", "enum": list(TRAINING_STATUSES)},
+            "phase": {"type": "string", "nullable": True}, "step": {"type": "integer"},
+            "total_steps": {"type": "integer"}, "losses": {"type": "object"},
+            "elapsed_seconds": {"type": "number"}, "eta_seconds": {"type": "number", "nullable": True},
+            "metrics": {"type": "object"}, "model_version": {"type": "object", "nullable": True},
+            "history": {"type": "array", "items": {"type": "object"}},
+            "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
+        "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                                                     "database": {"type": "object"}, "broker": {"type": "object"}}},
+    }
+    job_id = _id("job_id", "job id")
+    run_id = _id("run_id", "training run id")
+    version_id = {"name": "version_id", "in": "path", "required": True, "schema": {"type": "integer"},
+                  "description": "model version id (the id field, not the version number)"}
+    ADMIN = [{"bearer": []}]
+    DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
+    paths = {
+        "/jobs": {"post": {
+            "summary": "Queue a generation job", "operationId": "createJob", "parameters": [_wait("the job")],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+            "responses": {"200": _json("with wait: the job, ended within the wait", "Job"),
+                          "202": {"description": "queued; poll the url (without wait: a JobCreated; with wait: "
+                                                 "the whole Job as it stood when the wait ran out)",
+                                  "content": {"application/json": {"schema": {"oneOf": [
+                                      {"$ref": "#/components/schemas/JobCreated"},
+                                      {"$ref": "#/components/schemas/Job"}]}}}}, **BAD}}},
+        "/jobs/{job_id}": {"get": {
+            "summary": "A job's status, progress, images and error", "operationId": "getJob",
+            "parameters": [job_id, _wait("the job")],
+            "responses": {"200": _json("the job", "Job"), "404": _error("no such job"),
+                          "422": _error("a bad wait")}}},
+        "/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel a queued or running job", "operationId": "cancelJob", "parameters": [job_id],
+            "responses": {"200": _json("canceled", "Job"), "404": _error("no such job"),
+                          "409": _error("the job has already finished")}}},
+        "/batches": {"post": {
+            "summary": "Queue many jobs at once (all items are validated before anything is stored)",
+            "operationId": "createBatch",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"oneOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
+                    {"type": "object", "properties": {"items": {"type": "array", "items": {
+                        "$ref": "#/components/schemas/JobRequest"}}}}]}},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": f"a .csv file with a header row of {', '.join(JOB_FIELDS)} "
+                                            "(any subset) or a .jsonl file with one job object per line"}}}}}},
+            "responses": {"202": _json("queued", "Batch"), **BAD}}},
+        "/batches/{batch_id}": {"get": {
+            "summary": "A batch's combined status", "operationId": "getBatch",
+            "parameters": [_id("batch_id", "batch id"), _wait("all the batch's jobs")],
+            "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch"),
+                          "422": _error("a bad wait")}}},
+        "/models": {"get": {
+            "summary": "The models being served", "operationId": "listModels",
+            "responses": {"200": {"description": "serving model versions", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"models": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}}}}},
+        "/images/{image_id}": {"get": {
+            "summary": "An image's metadata (with the generation parameters from its PNG)",
+            "operationId": "getImage", "parameters": [_id("image_id", "image id")],
+            "responses": {"200": _json("the image", "Image"), "404": _error("no such image")}}},
+        "/images/{image_id}.png": {"get": {
+            "summary": "The PNG (generation parameters in its text chunks)", "operationId": "getImagePng",
+            "parameters": [_id("image_id", "image id")],
+            "responses": {"200": {"description": "the PNG", "content": {"image/png": {
+                "schema": {"type": "string", "format": "binary"}}}}, "404": _error("no such image")}}},
+        "/health": {"get": {
+            "summary": "Database and broker reachability", "operationId": "health",
+            "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
+        # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
+        "/admin/datasets": {
+            "get": {"summary": "Uploaded and built-in data sets", "operationId": "listDatasets", "security": ADMIN,
+                    "responses": {"200": {"description": "data sets", "content": {"application/json": {
+                        "schema": {"type": "object"}}}}, **DENIED}},
+            "post": {"summary": "Upload a zip (class folders of images, or images + captions.jsonl); every file "
+                                "is checked before anything is stored", "operationId": "uploadDataset",
+                     "security": ADMIN,
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                         "type": "object", "required": ["file"], "properties": {
+                             "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "stored, with its statistics", "content": {
+                         "application/json": {"schema": {"type": "object"}}}},
+                         "409": _error("the name is taken"), "413": _error("over a size limit"),
+                         "422": _error("rejected files, each with its reason (rejected[])"), **DENIED}}},
+        "/admin/datasets/{name}": {"get": {
+            "summary": "One uploaded data set", "operationId": "getDataset", "security": ADMIN,
+            "parameters": [_id("name", "data set name")],
+            "responses": {"200": {"description": "the data set", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such data set"), **DENIED}}},
+        "/admin/trainings": {
+            "get": {"summary": "Recent training runs", "operationId": "listTrainings", "security": ADMIN,
+                    "responses": {"200": {"description": "runs, newest first", "content": {"application/json": {
+                        "schema": {"type": "object", "properties": {"trainings": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/TrainingRun"}}}}}}},
+                        **DENIED}},
+            "post": {"summary": "Start a training run on the train queue (validated against the backend's "
+                                "config and hyper-parameters)", "operationId": "createTraining",
+                     "security": ADMIN, "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"$ref": "#/components/schemas/TrainingRequest"}}}},
+                     "responses": {"202": _json("queued; poll the url", "TrainingRun"), **BAD, **DENIED}}},
+        "/admin/trainings/{run_id}": {"get": {
+            "summary": "A run's progress: step, losses, elapsed and remaining time, loss history, metrics",
+            "operationId": "getTraining", "security": ADMIN, "parameters": [run_id],
+            "responses": {"200": _json("the run", "TrainingRun"), "404": _error("no such run"), **DENIED}}},
+        "/admin/trainings/{run_id}/cancel": {"post": {
+            "summary": "Cancel a run (a running one saves a checkpoint and stops)", "operationId": "cancelTraining",
+            "security": ADMIN, "parameters": [run_id],
+            "responses": {"200": _json("canceled or cancel requested", "TrainingRun"),
+                          "404": _error("no such run"), "409": _error("the run has already finished"), **DENIED}}},
+        "/admin/models": {"get": {
+            "summary": "Every registered model version, serving or not", "operationId": "listModelVersions",
+            "security": ADMIN, "responses": {"200": {"description": "versions", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, **DENIED}}},
+        "/admin/models/{version_id}/compare": {"get": {
+            "summary": "A version's metrics beside the serving version's", "operationId": "compareModelVersion",
+            "security": ADMIN, "parameters": [version_id],
+            "responses": {"200": {"description": "side by side", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
+        "/admin/models/{version_id}/promote": {"post": {
+            "summary": "Serve this version for new jobs (promote, or roll back to an earlier version); jobs "
+                       "already queued or running keep their version", "operationId": "promoteModelVersion",
+            "security": ADMIN, "parameters": [version_id],
+            "responses": {"200": {"description": "the version, now serving", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
+        "/openapi.json": {"get": {
+            "summary": "This document", "operationId": "openapi",
+            "responses": {"200": {"description": "OpenAPI 3 document",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "priorforge API", "version": "1",
+                 "description": "Conditional image generation jobs. Errors are JSON {\"error\": ...}."},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,45 @@
+"""JSON views of jobs, batches and images, with the URLs of the API's own routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import url_for
+
+from app.core.models import Batch, Image, Job, iso
+from app.services.jobs import batch_summary
+
+
+def image_to_dict(image: Image) -> dict[str, Any]:
+    version = image.job.model_version  # the exact version that made it (fixed when the job was created)
+    return {
+        "id": image.id, "job_id": image.job_id, "index": image.index, "width": image.width,
+        "height": image.height, "seed": image.seed, "created_at": iso(image.created_at),
+        "model": version.name, "model_version": version.version, "model_version_id": version.id,
+        "url": url_for("api.get_image", image_id=image.id),
+        "png_url": url_for("api.get_image_png", image_id=image.id),
+    }
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    version = job.model_version
+    return {
+        "id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
+        "progress": round(float(job.progress or 0.0), 4), "error": job.error,
+        "model": version.name, "model_version": version.version, "model_version_id": version.id,
+        "backend": version.backend, "condition": job.condition_kind, "label": job.label, "cluster": job.cluster, "prompt": job.prompt,
+        "n": job.n, "seed": job.seed, "attempts": job.attempts, "batch_id": job.batch_id,
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "images": [image_to_dict(image) for image in job.images] if job.status == "succeeded" else [],
+    }
+
+
+def batch_to_dict(batch: Batch) -> dict[str, Any]:
+    summary = batch_summary(batch)
+    return {
+        "id": batch.id, "url": url_for("api.get_batch", batch_id=batch.id), "status": summary["status"],
+        "created_at": iso(batch.created_at), "source": batch.source, "total": summary["total"],
+        "counts": summary["counts"], "progress": summary["progress"],
+        "jobs": [{"id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
+                  "progress": round(float(job.progress or 0.0), 4), "error": job.error} for job in batch.jobs],
+    }

@@ -1,0 +1,123 @@
+"""The embedded broker: kombu's SQLAlchemy transport (a table the worker polls) with a doorbell.
+
+kombu's loop for a virtual transport fetches a message from each queue and, when there is none (or the worker
+may not take more: ``worker_prefetch_multiplier``), sleeps ``polling_interval`` before it looks again. So a
+message published just after a look waited for the next one (``BROKER_POLLING_INTERVAL``, 25 ms on average at
+50 ms), and so did the next message after a task ended, because its acknowledgement frees the slot while the
+loop sleeps.
+
+Here the sleep is a wait on this process's socket in an :class:`app.core.doorbell.Doorbell` folder derived from the
+broker URL: every publish on this machine rings it after its commit, and an acknowledgement wakes the
+acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
+cannot ring (on another machine, when the broker table is on a database server) is found as before.
+Everything else (tables, messages, fetching) is kombu's.
+
+On SQLite the broker's file is also switched to write-ahead logging, as the app's database is (app/core/factory.py):
+the web processes' publishes and the worker's fetches then no longer create and delete a rollback journal at
+each commit, and readers do not wait for the writer. Commits still reach the disk (``synchronous`` stays
+FULL), so an accepted job's message survives a power cut. Measured in docs/benchmarks.md, "rings against polls".
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from time import monotonic
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import sqlalchemy as kombu_sqla
+from kombu.transport.virtual import Empty
+from sqlalchemy import event
+
+from app.core.doorbell import Doorbell, Listener
+
+# the URL scheme prefix that selects this transport (``<prefix>+sqlite:///...``, like kombu's ``sqla+``)
+ALIAS = "sqladoorbell"
+TRANSPORT_PATH = "app.core.embedded_broker:Transport"
+
+
+def register() -> None:
+    """Make ``sqladoorbell+<database URL>`` resolve to :class:`Transport` (kombu's alias table is its hook for
+    naming transports in URLs)."""
+    TRANSPORT_ALIASES.setdefault(ALIAS, TRANSPORT_PATH)
+
+
+def broker_url(url: str) -> str:
+    """The URL that Celery is given for a ``sqla+`` broker URL of the configuration."""
+    return ALIAS + url[len("sqla"):] if url.startswith("sqla+") else url
+
+
+def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+class Channel(kombu_sqla.Channel):
+    def _engine_from_config(self) -> Any:
+        engine = super()._engine_from_config()
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _write_ahead_log)
+        return engine
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        super()._put(queue, payload, **kwargs)  # committed when this returns
+        self.connection.doorbell.ring()
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple=multiple)
+        self.connection.wake_own_loop()  # a prefetch slot is free: look now, not at the next poll
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue=requeue)
+        self.connection.wake_own_loop()
+
+
+class Transport(kombu_sqla.Transport):
+    Channel = Channel
+    local_wakeups = True  # LOCAL_WAKEUPS (app.core.queue.celery_config sets it); False: kombu's polling alone
+
+    def __init__(self, client: Any, **kwargs: Any):
+        super().__init__(client, **kwargs)
+        self.doorbell = Doorbell.for_key("broker", str(client.hostname), enabled=self.local_wakeups)
+        self._listener: Listener | None = None
+
+    def _own_listener(self) -> Listener | None:
+        """This process's socket, bound by the first wait (only consumers wait; publishers never bind)."""
+        if self._listener is not None and self._listener.pid != os.getpid():
+            self._listener = None  # inherited across fork: the parent's socket, not ours
+        if self._listener is None:
+            self._listener = self.doorbell.listen()
+        return self._listener
+
+    def wake_own_loop(self) -> None:
+        if self._listener is not None and self._listener.pid == os.getpid():
+            self._listener.ring_self()
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """kombu's ``virtual.Transport.drain_events``, waiting on the doorbell where it sleeps."""
+        listener = self._own_listener()
+        if listener is None:
+            return super().drain_events(connection, timeout=timeout)
+        time_start = monotonic()
+        polling_interval = self.polling_interval
+        if timeout and polling_interval and polling_interval > timeout:
+            polling_interval = timeout
+        while True:
+            listener.drain()  # rings from before this look are answered by it; later ones end the wait below
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                if timeout is not None and monotonic() - time_start >= timeout:
+                    raise socket.timeout() from None
+                listener.wait(polling_interval)
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None

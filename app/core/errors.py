@@ -1,0 +1,19 @@
+"""The one error a service function raises for bad input or a state conflict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """Bad input or a state conflict; ``status`` is the HTTP status to answer with, ``details`` go into the
+    JSON body beside ``error`` (e.g. ``field``, ``line``)."""
+
+    def __init__(self, status: int, message: str, **details: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, **self.details}

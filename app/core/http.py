@@ -1,0 +1,20 @@
+"""Reading a JSON request body, shared by the JSON API and the admin's JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from app.core.errors import ApiError
+
+
+def json_body() -> Any:
+    """The request's JSON; 415 for another content type, 400 for malformed JSON."""
+    if not request.is_json:
+        raise ApiError(415, f"expected Content-Type: application/json, got {request.mimetype or 'none'!r}")
+    try:
+        return request.get_json()
+    except (BadRequest, UnsupportedMediaType):
+        raise ApiError(400, "malformed JSON in the request body") from None

@@ -1,0 +1,249 @@
+"""Database tables (SQLAlchemy 2.x typed models). The job row is the source of truth for a job's state."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, \
+    UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.core.errors import ApiError
+from app.core.extensions import db
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+FINAL_STATUSES = ("succeeded", "failed", "canceled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (they are stored in UTC); make them aware."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def iso(dt: datetime | None) -> str | None:
+    dt = aware(dt)
+    return dt.isoformat(timespec="seconds") if dt else None
+
+
+def get_or_404(model: type[Any], key: Any, what: str) -> Any:
+    """The row of ``model`` with primary key ``key``; ``ApiError(404)`` "no <what> <key>" otherwise."""
+    row = db.session.get(model, key)
+    if row is None:
+        raise ApiError(404, f"no {what} {key!r}")
+    return row
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ModelVersion(db.Model):
+    """One registered checkpoint of a model name; exactly one version per name is ``serving``."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # at most one serving version per name (partial unique index: PostgreSQL and SQLite both have them)
+        Index("uq_model_versions_serving_name", "name", unique=True,
+              sqlite_where=db.text("serving"), postgresql_where=db.text("serving")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(String(50))
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    condition: Mapped[str] = mapped_column(String(20))
+    num_classes: Mapped[int] = mapped_column(Integer, default=0)
+    class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    image_shape: Mapped[list[int]] = mapped_column(JSON, default=list)
+    dataset: Mapped[str | None] = mapped_column(String(100))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    serving: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Batch(db.Model):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str | None] = mapped_column(String(200))  # uploaded file name or "json"
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
+
+
+class Job(db.Model):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    condition_kind: Mapped[str] = mapped_column(String(20))  # none | class | cluster | text
+    label: Mapped[str | None] = mapped_column(String(200))  # the class name, as stored in the model
+    label_index: Mapped[int | None] = mapped_column(Integer)
+    cluster: Mapped[int | None] = mapped_column(Integer)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    n: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    batch_index: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last message sent
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # lease of the running worker
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(36))  # fences writes to the attempt that claimed it
+
+    model_version: Mapped[ModelVersion] = relationship()
+    batch: Mapped[Batch | None] = relationship(back_populates="jobs")
+    images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.index",
+                                               cascade="all, delete-orphan")
+
+
+class Image(db.Model):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    # deterministic id (uuid5 of job id + index): a retried job upserts the same rows
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="images")
+
+
+def image_id(job_id: str, index: int) -> str:
+    return str(uuid.uuid5(uuid.UUID(job_id), f"image-{index}"))
+
+
+# -- access control and data sets (issue 6) --------------------------------------------------------
+class User(db.Model):
+    """A person who signs in to the admin pages; ``password_hash`` is an argon2id hash
+    (:mod:`app.services.accounts`)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class ApiToken(db.Model):
+    """A bearer token for scripts. Only its SHA-256 is stored (the token is 256 random bits, so a fast hash
+    is enough); ``prefix`` (the first characters) lets a person tell tokens apart on the admin page."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Dataset(db.Model):
+    """An uploaded data set, stored under ``DATASET_ROOT/<name>`` (``layout``: ``classes`` or ``captions``)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    layout: Mapped[str] = mapped_column(String(20))
+    path: Mapped[str] = mapped_column(Text)
+    images: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[int] = mapped_column(Integer)
+    captions: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    source: Mapped[str | None] = mapped_column(String(200))  # the uploaded file name
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- training runs and promotion (issue 6) ----------------------------------------------------------
+TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+class TrainingRun(db.Model):
+    """One training of a backend on a data set, run by a worker of the ``train`` queue.
+
+    The row is the source of truth, as for jobs: the claim token fences every write of the attempt that holds
+    the run, ``heartbeat_at`` is its lease, and ``output_dir`` holds the checkpoint a new attempt resumes from.
+    ``settings`` is the validated request (:func:`app.services.trainings.validate_training`).
+    """
+
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    backend: Mapped[str] = mapped_column(String(50))
+    dataset: Mapped[str] = mapped_column(String(100))  # a built-in name or an uploaded data set's name
+    condition: Mapped[str] = mapped_column(String(20))
+    model_name: Mapped[str] = mapped_column(String(100))  # the new version is registered under this name
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    output_dir: Mapped[str] = mapped_column(Text)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    elapsed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    sample_step: Mapped[int | None] = mapped_column(Integer)  # step of the latest sample grid
+    phase: Mapped[str | None] = mapped_column(String(40))  # loading data | training | evaluating | ...
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class LoginFailure(db.Model):
+    """A failed admin sign-in, kept for LOGIN_WINDOW_SECONDS to throttle password guessing
+    (:mod:`app.services.accounts`)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_remote_addr_at", "remote_addr", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

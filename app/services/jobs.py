@@ -1,0 +1,271 @@
+"""Generation jobs and batches: validating a request against the serving model, storing the jobs and
+sending their messages, cancelling, and reading them back.
+
+Every function works on ids and plain values and reads the configuration of the current app; none reads the
+HTTP request. Bad input raises :class:`ApiError` with the status a caller should answer with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import update
+from sqlalchemy.orm import joinedload
+
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
+from app.services.job_events import announce_finished
+from app.services.models import conditions_of, serving_models, serving_version
+from app.services.queue import send_jobs
+from priorforge.spec.conditions import ConditionError, resolve_label
+
+MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
+JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job request."""
+
+    model_version_id: int
+    condition_kind: str
+    n: int
+    seed: int
+    label: str | None = None
+    label_index: int | None = None
+    cluster: int | None = None
+    prompt: str | None = None
+
+
+# -- validation -------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = None) -> JobSpec:
+    """Check one job request (a dict as decoded from JSON) against the serving model; ApiError(422) if bad."""
+    cfg = current_app.config
+    if not isinstance(data, dict):
+        raise ApiError(422, "a job must be a JSON object")
+    unknown = sorted(set(data) - set(JOB_FIELDS))
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(unknown)}; valid: {', '.join(JOB_FIELDS)}")
+    name = data.get("model", cfg["DEFAULT_MODEL"])
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)")
+    name = name.strip()
+    if cache is not None and name in cache:
+        version = cache[name]
+    else:
+        version = serving_version(name)
+        if cache is not None:
+            cache[name] = version
+    if version is None:
+        names = ", ".join(m.name for m in serving_models()) or "none registered"
+        raise ApiError(422, f"unknown model {name!r}; available: {names}")
+
+    n = data.get("n", 1)
+    limit = int(cfg["MAX_IMAGES_PER_JOB"])
+    if not _is_int(n) or not 1 <= n <= limit:
+        raise ApiError(422, f"n must be an integer from 1 to {limit}, got {n!r}")
+    seed = data.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    elif not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ApiError(422, f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+    label, cluster, prompt = data.get("label"), data.get("cluster"), data.get("prompt")
+    given = [k for k, v in (("label", label), ("cluster", cluster), ("prompt", prompt)) if v is not None]
+    if len(given) > 1:
+        raise ApiError(422, f"give only one of label, cluster, prompt (got {', '.join(given)})")
+    kind = version.condition
+    if given and given[0] != {"class": "label", "cluster": "cluster", "text": "prompt"}.get(kind):
+        raise ApiError(422, f"model {name!r} is trained with condition {kind!r}; it does not take a {given[0]}"
+                            f" (supported conditions: {', '.join(conditions_of(version))})")
+    if kind == "class":
+        if label is None:
+            raise ApiError(422, f"model {name!r} needs a label, one of: {', '.join(version.class_names)}")
+        if not isinstance(label, (str, int)) or isinstance(label, bool):
+            raise ApiError(422, "label must be a class name or index")
+        try:
+            index = resolve_label(label, list(version.class_names))
+        except ConditionError as exc:
+            raise ApiError(422, str(exc)) from None
+        return JobSpec(version.id, "class", n, seed, label=version.class_names[index], label_index=index)
+    if kind == "cluster":
+        if cluster is None:
+            return JobSpec(version.id, "none", n, seed)
+        if not _is_int(cluster) or not 0 <= cluster < version.num_classes:
+            raise ApiError(422, f"cluster must be an integer from 0 to {version.num_classes - 1}, got {cluster!r}")
+        return JobSpec(version.id, "cluster", n, seed, cluster=cluster)
+    if kind == "text":
+        max_len = int(cfg["MAX_PROMPT_LENGTH"])
+        if prompt is None:
+            raise ApiError(422, f"model {name!r} needs a prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(422, "prompt must be a non-empty string")
+        if len(prompt) > max_len:
+            raise ApiError(422, f"prompt is {len(prompt)} characters long; the limit is {max_len}")
+        return JobSpec(version.id, "text", n, seed, prompt=prompt.strip())
+    return JobSpec(version.id, "none", n, seed)
+
+
+def _coerce_text_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row (all strings) -> a job dict: empty cells are absent, integers are parsed."""
+    item: dict[str, Any] = {}
+    for key, value in row.items():
+        if key is None:
+            raise ApiError(422, "more cells than header columns")
+        key = key.strip()
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            continue
+        value = value.strip()
+        if key in ("n", "seed", "cluster"):
+            try:
+                item[key] = int(value)
+            except ValueError:
+                raise ApiError(422, f"{key} must be an integer, got {value!r}") from None
+        else:
+            item[key] = value
+    return item
+
+
+def parse_batch_file(filename: str, data: bytes) -> list[tuple[str, Any]]:
+    """A CSV (header row: model,label,cluster,prompt,n,seed) or JSONL upload -> [(where, item)]."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(422, f"{filename}: not UTF-8 text") from None
+    lower = filename.lower()
+    items: list[tuple[str, Any]] = []
+    if lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise ApiError(422, f"{filename}: empty CSV file (expected a header row)")
+        try:
+            for row in reader:
+                where = f"line {reader.line_num}"
+                try:
+                    items.append((where, _coerce_text_item(row)))
+                except ApiError as exc:
+                    raise ApiError(422, f"{filename} {where}: {exc.message}", line=reader.line_num) from None
+        except csv.Error as exc:
+            raise ApiError(422, f"{filename} line {reader.line_num}: malformed CSV ({exc})",
+                           line=reader.line_num) from None
+    elif lower.endswith((".jsonl", ".ndjson")):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ApiError(422, f"{filename} line {number}: invalid JSON ({exc.msg})", line=number) from None
+    else:
+        raise ApiError(415, f"batch file {filename!r} must be .csv or .jsonl")
+    return items
+
+
+def validate_batch(items: list[tuple[str, Any]]) -> list[JobSpec]:
+    """Validate every item before anything is stored; the first bad one -> ApiError(422) naming it."""
+    limit = int(current_app.config["MAX_BATCH_ITEMS"])
+    if not items:
+        raise ApiError(422, "the batch has no items")
+    if len(items) > limit:
+        raise ApiError(422, f"the batch has {len(items)} items; the limit is {limit}")
+    cache: dict[str, ModelVersion | None] = {}
+    specs = []
+    for where, item in items:
+        try:
+            specs.append(validate_job(item, cache=cache))
+        except ApiError as exc:
+            details = {"line": int(where.split()[1])} if where.startswith("line") else {"item": int(where.split()[1])}
+            raise ApiError(exc.status, f"{where}: {exc.message}", **details) from None
+    return specs
+
+
+# -- creating and sending ---------------------------------------------------------------------------
+def _job_from_spec(spec: JobSpec, **extra: Any) -> Job:
+    return Job(status="queued", model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
+               label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
+               n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(), **extra)
+
+
+def create_job(spec: JobSpec) -> str:
+    """Store the job (committed first: the row is the source of truth), then send its message; its id."""
+    job = _job_from_spec(spec)
+    db.session.add(job)
+    db.session.flush()
+    job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
+    db.session.commit()
+    send_jobs([job_id])
+    return job_id
+
+
+def create_batch(specs: list[JobSpec], source: str) -> Batch:
+    batch = Batch(source=source[:200])
+    db.session.add(batch)
+    db.session.flush()
+    for i, spec in enumerate(specs):
+        db.session.add(_job_from_spec(spec, batch_id=batch.id, batch_index=i))
+    db.session.commit()
+    send_jobs([job.id for job in batch.jobs])
+    return batch
+
+
+def cancel_job(job_id: str) -> Job:
+    """queued/running -> canceled (a running worker notices at its next progress step and stops)."""
+    job = get_job(job_id)
+    result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                                .values(status="canceled", finished_at=utcnow(), claim_token=None))
+    db.session.commit()
+    if result.rowcount == 0:
+        db.session.refresh(job)
+        raise ApiError(409, f"job {job_id} is already {job.status}", job_status=job.status)
+    announce_finished([job_id])
+    db.session.refresh(job)
+    return job
+
+
+def get_job(job_id: str) -> Job:
+    # job_to_dict reads both; populate_existing: an expired copy in the session would be refreshed without
+    # the joined load (and the version then lazy-loaded in a second query)
+    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version)], populate_existing=True)
+    if job is None:
+        raise ApiError(404, f"no job {job_id!r}")
+    return job
+
+
+def get_batch(batch_id: str) -> Batch:
+    return get_or_404(Batch, batch_id, "batch")
+
+
+def get_image(image_id: str) -> Image:
+    return get_or_404(Image, image_id, "image")
+
+
+def batch_status(statuses: list[str]) -> str:
+    """queued (nothing started) | running (some not final) | succeeded | failed (all final, one failed) |
+    canceled (all final, none failed, one canceled)."""
+    if all(s == "queued" for s in statuses):
+        return "queued"
+    if any(s not in FINAL_STATUSES for s in statuses):
+        return "running"
+    if all(s == "succeeded" for s in statuses):
+        return "succeeded"
+    return "failed" if "failed" in statuses else "canceled"
+
+
+def batch_summary(batch: Batch) -> dict[str, Any]:
+    """A batch's combined status, counts per status and progress (the API adds the URLs)."""
+    jobs = list(batch.jobs)
+    statuses = [job.status for job in jobs]
+    counts = {status: statuses.count(status) for status in ("queued", "running", "succeeded", "failed", "canceled")}
+    return {"status": batch_status(statuses), "total": len(jobs), "counts": counts,
+            "progress": round(sum(float(job.progress or 0) for job in jobs) / max(1, len(jobs)), 4)}

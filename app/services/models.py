@@ -1,0 +1,173 @@
+"""Model versions: registering a checkpoint folder, the serving version of each name, comparing a version's
+metrics with the serving one's, and promotion. Only the checkpoint's JSON is read here, never its weights.
+
+Promotion makes a version the serving one of its name: new jobs resolve the serving version when they are
+created (:func:`app.services.jobs.validate_job`), so workers pick the change up without a restart, and a job
+already queued or running keeps the version it was created with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import ModelVersion, iso
+from priorforge.spec.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_config, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def serving_version(name: str) -> ModelVersion | None:
+    return db.session.scalars(select(ModelVersion).where(ModelVersion.name == name,
+                                                         ModelVersion.serving.is_(True))).first()
+
+
+def serving_models() -> list[ModelVersion]:
+    return list(db.session.scalars(select(ModelVersion).where(ModelVersion.serving.is_(True))
+                                   .order_by(ModelVersion.name)))
+
+
+def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
+                   if_missing: bool = False, commit: bool = True,
+                   serve_first: bool = True) -> tuple[ModelVersion, bool]:
+    """Register the checkpoint folder as the next version of ``name``; returns (version, created).
+
+    Only ``config.json`` is read (the weights are loaded by the workers). The first version of a name is
+    serving (unless ``serve_first=False``: a training run's result waits for an admin to promote it);
+    ``serve=True`` makes the new version the serving one. ``if_missing``: when this folder is
+    already registered under ``name``, return that version (and serve it if asked) instead. ``commit=False``
+    leaves the new row in the session's transaction (a training run commits it with its own status change).
+    """
+    name = name.strip()
+    if not name or len(name) > 100 or "/" in name:
+        raise ValueError(f"model name {name!r} must be 1-100 characters without '/'")
+    folder = Path(checkpoint).resolve()
+    config = read_checkpoint_config(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder} is not a complete checkpoint: {WEIGHTS_FILE} is missing")
+    if if_missing:
+        existing = db.session.scalars(select(ModelVersion).where(
+            ModelVersion.name == name, ModelVersion.checkpoint_path == str(folder))
+            .order_by(ModelVersion.version.desc())).first()
+        if existing is not None:
+            if serve and not existing.serving:
+                make_serving(existing)
+                db.session.commit()
+            return existing, False
+    model_config = config.get("model_config", {})
+    metrics = read_metrics(folder)
+    condition = config.get("condition", model_config.get("condition", "none"))
+    latest = db.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
+    version = ModelVersion(
+        name=name, version=(latest or 0) + 1, backend=config["backend"], checkpoint_path=str(folder),
+        condition=condition, num_classes=int(model_config.get("num_classes", 0)) if condition in ("class", "cluster") else 0,
+        class_names=list(config.get("class_names", [])), image_shape=list(config.get("image_shape", [])),
+        dataset=config.get("dataset"), metrics=metrics, serving=False)
+    db.session.add(version)
+    db.session.flush()
+    if serve or (latest is None and serve_first):
+        make_serving(version)
+    if commit:
+        db.session.commit()
+    return version, True
+
+
+def make_serving(version: ModelVersion) -> None:
+    db.session.execute(update(ModelVersion).where(ModelVersion.name == version.name, ModelVersion.id != version.id)
+                       .values(serving=False))
+    db.session.flush()
+    version.serving = True
+    db.session.flush()
+
+
+def conditions_of(version: ModelVersion) -> list[str]:
+    """The request kinds a version accepts (a cluster model also takes none: a random cluster)."""
+    return ["cluster", "none"] if version.condition == "cluster" else [version.condition]
+
+
+def model_to_dict(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "name": version.name, "version": version.version, "backend": version.backend,
+        "condition": version.condition, "supported_conditions": conditions_of(version),
+        "class_names": list(version.class_names or []),
+        "num_clusters": version.num_classes if version.condition == "cluster" else None,
+        "image_shape": list(version.image_shape or []), "dataset": version.dataset,
+        "metrics": version.metrics or {}, "serving": version.serving, "created_at": iso(version.created_at),
+    }
+
+
+def version_to_dict(version: ModelVersion) -> dict[str, Any]:
+    return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path}
+
+
+def get_version(version_id: int) -> ModelVersion:
+    version = db.session.get(ModelVersion, version_id)
+    if version is None:
+        raise ApiError(404, f"no model version with id {version_id}")
+    return version
+
+
+def list_versions(name: str | None = None) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
+    if name:
+        query = query.where(ModelVersion.name == name)
+    return list(db.session.scalars(query))
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics dict, keyed by dotted path (``evaluation.feature_fid``)."""
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+# which way is better, for the metrics a person compares first (others are shown without a verdict)
+LOWER_IS_BETTER = ("feature_fid", "reconstruction_mse", "lde_test_nll")
+HIGHER_IS_BETTER = ("label_accuracy", "precision", "recall", "nmi", "best_match_accuracy")
+
+
+def _better(metric: str, candidate: float, serving: float) -> str | None:
+    leaf = metric.rsplit(".", 1)[-1]
+    if candidate == serving:
+        return "same"
+    if leaf in LOWER_IS_BETTER:
+        return "candidate" if candidate < serving else "serving"
+    if leaf in HIGHER_IS_BETTER:
+        return "candidate" if candidate > serving else "serving"
+    return None
+
+
+def compare(version_id: int) -> dict[str, Any]:
+    """A version's metrics beside those of the serving version of the same name."""
+    candidate = get_version(version_id)
+    serving = db.session.scalars(select(ModelVersion).where(ModelVersion.name == candidate.name,
+                                                            ModelVersion.serving.is_(True))).first()
+    mine = flat_metrics(candidate.metrics or {})
+    theirs = flat_metrics(serving.metrics or {}) if serving else {}
+    rows = []
+    for metric in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(metric), theirs.get(metric)
+        rows.append({"metric": metric, "candidate": a, "serving": b,
+                     "better": _better(metric, a, b) if a is not None and b is not None else None})
+    return {"candidate": version_to_dict(candidate), "serving": version_to_dict(serving) if serving else None,
+            "metrics": rows}
+
+
+def promote(version_id: int) -> ModelVersion:
+    """Make this version the serving one of its name (also how a rollback is done: promote an earlier one)."""
+    version = get_version(version_id)
+    make_serving(version)
+    db.session.commit()
+    log.info("model %s version %d is now serving", version.name, version.version)
+    return version

@@ -1,0 +1,44 @@
+"""Sending task messages by name (:mod:`app.core.queue` has the names): the web process never imports the
+tasks, so it never imports the model code they run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from flask import current_app
+
+from app.core.queue import GENERATE_TASK, TRAIN_TASK
+
+log = logging.getLogger(__name__)
+
+
+def send_jobs(job_ids: Iterable[str]) -> int:
+    """Publish one ``generate_images`` message per job; returns how many went out."""
+    return send_messages(GENERATE_TASK, job_ids, "generate", "job")
+
+
+def send_runs(run_ids: Iterable[str]) -> int:
+    """One ``train_model`` message per training run on the ``train`` queue."""
+    return send_messages(TRAIN_TASK, run_ids, "train", "training run")
+
+
+def send_messages(task_name: str, ids: Iterable[str], queue: str, what: str) -> int:
+    """One message of task ``task_name`` per id on ``queue``; returns how many went out.
+
+    A broker that is down is not an error for the client: the row stays ``queued`` in the database and the
+    reconciliation sends it again once the broker is back.
+    """
+    celery = current_app.extensions["celery"]
+    sent = 0
+    for row_id in ids:
+        try:
+            # time limits are the worker's own (its configuration): an explicit None keeps Celery from
+            # stamping the sender's defaults into the message
+            celery.send_task(task_name, args=[row_id], queue=queue, time_limit=None, soft_time_limit=None,
+                             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                       "interval_step": 0.5, "interval_max": 1})
+            sent += 1
+        except Exception as exc:  # broker unreachable: reconciliation will send it later
+            log.warning("could not send %s %s to the broker (%s); reconciliation will retry", what, row_id, exc)
+    return sent

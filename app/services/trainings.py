@@ -1,0 +1,255 @@
+"""Training runs, shared by the admin API and the admin pages: validating a request, the run's row and its
+message, cancelling, reconciliation, and reading its progress.
+
+A training run is a row (:class:`app.core.models.TrainingRun`) and a ``train_model`` message on the ``train``
+queue; the worker (:mod:`workers.training_tasks`) claims the row, trains into the run's folder (checkpoints,
+sample grids, ``history.jsonl``), evaluates, and registers the checkpoint as a new model version that is NOT
+serving (:mod:`app.services.models` compares and promotes versions). Everything is checked here without
+importing a model: backends from :mod:`priorforge.spec.backends`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import or_, select, update
+
+from app.core.errors import ApiError
+from app.core.extensions import db
+from app.core.models import TrainingRun, User, get_or_404, utcnow
+from app.services.datasets import dataset_source
+from app.services.queue import send_runs
+from priorforge.spec.backends import SetupError, backend_names, check_condition, check_hparams, check_model_options
+
+TRAINING_FIELDS = {
+    "backend": "backend name (aae-cg, lde, glf, pga, vae)",
+    "dataset": "a built-in data set or an uploaded one",
+    "condition": "none, class, cluster or text (default: class when the data set has classes, else none)",
+    "model_name": "register the result under this model name (default: <dataset>-<backend>)",
+    "max_steps": "optimisation steps",
+    "batch_size": "images per step (default 64)",
+    "lr": "learning rate (default: the backend's)",
+    "seed": "seeds weights, batch order and noise (default 0)",
+    "image_size": "resize images to this square size (28 or 4*2^k; uploaded sets: their own, rounded up)",
+    "channels": "1 or 3 (uploaded sets: 1 for grey images, else 3)",
+    "clusters": "number of clusters (condition cluster; default 10)",
+    "max_cpu_minutes": "stop after this much CPU time",
+    "checkpoint_every": "steps between checkpoints (a resumed run restarts from the last one)",
+    "sample_every": "steps between sample grids",
+    "evaluate": "evaluate at the end (default true)",
+    "eval_samples": "generated images for the evaluation (default 1000)",
+    "model_options": "model config fields of the backend (object)",
+    "hparams": "training hyper-parameters of the backend (object)",
+}
+IMAGE_SIZES = (28, 8, 16, 32, 64, 128, 256)
+
+
+# -- validation ---------------------------------------------------------------------------------------
+def _int(body: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ApiError(422, f"{key} must be an integer from {low} to {high}, got {value!r}", field=key)
+    return value
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or not low < value <= high:
+        raise ApiError(422, f"{key} must be a number above {low} and at most {high}, got {value!r}", field=key)
+    return float(value)
+
+
+def validate_training(body: Any) -> dict[str, Any]:
+    """Check a training request (decoded JSON); returns the settings a run stores. ApiError(422) if bad."""
+    cfg = current_app.config
+    if not isinstance(body, dict):
+        raise ApiError(422, "a training request is a JSON object")
+    unknown = sorted(set(body) - set(TRAINING_FIELDS))
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {unknown}; valid: {sorted(TRAINING_FIELDS)}", field=unknown[0])
+    backend = body.get("backend")
+    if backend not in backend_names():
+        raise ApiError(422, f"backend must be one of {', '.join(backend_names())}, got {backend!r}", field="backend")
+    dataset = body.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise ApiError(422, "dataset is required (a built-in or uploaded data set's name)", field="dataset")
+    source = dataset_source(dataset)
+    condition = body.get("condition") or ("class" if source["labels"] else "none")
+    if condition == "class" and not source["labels"]:
+        raise ApiError(422, f"condition 'class' needs a data set with at least 2 classes; {dataset!r} has none",
+                       field="condition")
+    if condition == "text" and not source["captions"]:
+        raise ApiError(422, f"condition 'text' needs a captioned data set (images + captions.jsonl); {dataset!r} "
+                            "has no captions", field="condition")
+    for key in ("model_options", "hparams"):
+        if not isinstance(body.get(key, {}), dict):
+            raise ApiError(422, f"{key} must be an object of name: value", field=key)
+    try:
+        check_condition(backend, condition)
+        model_options = check_model_options(backend, body.get("model_options", {}))
+        hparams = check_hparams(backend, body.get("hparams", {}))
+    except SetupError as exc:
+        raise ApiError(422, str(exc), field=exc.field) from None
+    max_steps = _int(body, "max_steps", 2000, 1, int(cfg["TRAINING_MAX_STEPS"]))
+    batch_size = _int(body, "batch_size", 64, 1, int(cfg["TRAINING_MAX_BATCH_SIZE"]))
+    assert max_steps is not None and batch_size is not None
+    if source["images"] is not None and batch_size > source["images"]:
+        raise ApiError(422, f"batch_size {batch_size} is larger than data set {dataset!r} ({source['images']} "
+                            "images)", field="batch_size")
+    image_size = _int(body, "image_size", source.get("default_image_size"), 8, 256)
+    if image_size is not None and image_size not in IMAGE_SIZES:
+        raise ApiError(422, f"image_size must be one of {', '.join(map(str, sorted(IMAGE_SIZES)))}, got "
+                            f"{image_size}", field="image_size")
+    channels = _int(body, "channels", source.get("default_channels"), 1, 3)
+    if channels == 2:
+        raise ApiError(422, "channels must be 1 or 3", field="channels")
+    model_name = body.get("model_name") or f"{dataset}-{backend}"
+    if not isinstance(model_name, str) or not 1 <= len(model_name.strip()) <= 100 or "/" in model_name:
+        raise ApiError(422, "model_name must be 1-100 characters without '/'", field="model_name")
+    evaluate = body.get("evaluate", True)
+    if not isinstance(evaluate, bool):
+        raise ApiError(422, "evaluate must be true or false", field="evaluate")
+    settings = {
+        "backend": backend, "dataset": dataset, "condition": condition, "model_name": model_name.strip(),
+        "max_steps": max_steps, "batch_size": batch_size, "lr": _number(body, "lr", 0.0, 10.0),
+        "seed": _int(body, "seed", 0, 0, 2**31 - 1), "image_size": image_size, "channels": channels,
+        "clusters": _int(body, "clusters", 10, 2, 1000),
+        "max_cpu_minutes": _number(body, "max_cpu_minutes", 0.0, 7 * 24 * 60),
+        "checkpoint_every": _int(body, "checkpoint_every", 200, 1, 1_000_000),
+        "sample_every": _int(body, "sample_every", 200, 1, 1_000_000),
+        "evaluate": evaluate, "eval_samples": _int(body, "eval_samples", 1000, 10, 50_000),
+        "model_options": model_options, "hparams": hparams, "source": source,
+    }
+    return settings
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+def create_run(settings: dict[str, Any], user: User | None) -> TrainingRun:
+    run = TrainingRun(status="queued", backend=settings["backend"], dataset=settings["dataset"],
+                      condition=settings["condition"], model_name=settings["model_name"], settings=settings,
+                      output_dir="", step=0, epoch=0, losses={}, elapsed_seconds=0.0, cancel_requested=False,
+                      metrics={}, attempts=0, created_by_id=user.id if user else None, enqueued_at=utcnow(),
+                      total_steps=settings["max_steps"], phase="queued")
+    db.session.add(run)
+    db.session.flush()
+    run.output_dir = str(Path(current_app.config["TRAINING_ROOT"]).resolve() / run.id)
+    db.session.commit()
+    send_runs([run.id])
+    return run
+
+
+def get_run(run_id: str) -> TrainingRun:
+    return get_or_404(TrainingRun, run_id, "training run")
+
+
+def list_runs(limit: int = 50) -> list[TrainingRun]:
+    return list(db.session.scalars(select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)))
+
+
+def cancel_run(run_id: str) -> TrainingRun:
+    """A queued run is canceled at once; a running one is asked to stop (its worker saves a checkpoint and
+    marks it canceled within a heartbeat)."""
+    run = get_run(run_id)
+    now = utcnow()
+    res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued")
+                             .values(status="canceled", finished_at=now, phase="canceled", claim_token=None))
+    if res.rowcount == 0:
+        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
+                                                           TrainingRun.status == "running")
+                                 .values(cancel_requested=True))
+    db.session.commit()
+    db.session.refresh(run)
+    if res.rowcount == 0:
+        raise ApiError(409, f"training run {run_id} is already {run.status}", run_status=run.status)
+    return run
+
+
+def reconcile_runs(now: datetime) -> dict[str, int]:
+    """Runs whose worker died (lease older than LEASE_TIMEOUT) go back to ``queued`` and are sent again, to
+    resume from their last checkpoint; after TRAINING_MAX_ATTEMPTS attempts they fail. Queued runs whose
+    message is older than QUEUED_STALE_AFTER are sent again (a duplicate message is a no-op)."""
+    cfg = current_app.config
+    lease_cutoff = now - timedelta(seconds=float(cfg["LEASE_TIMEOUT"]))
+    queued_cutoff = now - timedelta(seconds=float(cfg["QUEUED_STALE_AFTER"]))
+    max_attempts = int(cfg["TRAINING_MAX_ATTEMPTS"])
+    counts = {"requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
+    to_send = []
+    stale_lease = or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < lease_cutoff)
+    for run_id, attempts, cancel in db.session.execute(select(
+            TrainingRun.id, TrainingRun.attempts, TrainingRun.cancel_requested).where(
+            TrainingRun.status == "running", stale_lease)).all():
+        where = (TrainingRun.id == run_id, TrainingRun.status == "running", stale_lease)
+        if cancel:
+            values: dict[str, Any] = {"status": "canceled", "phase": "canceled", "claim_token": None}
+        elif attempts >= max_attempts:
+            values = {"status": "failed", "phase": "failed", "claim_token": None,
+                      "error": f"the run was abandoned by its worker {attempts} times; giving up"}
+        else:
+            values = {"status": "queued", "phase": "queued (worker lost; will resume)", "claim_token": None,
+                      "enqueued_at": now}
+        if values["status"] != "queued":
+            values["finished_at"] = now
+        res = db.session.execute(update(TrainingRun).where(*where).values(**values)
+                                 .execution_options(synchronize_session=False))  # SQLite: naive datetimes
+        db.session.commit()
+        if res.rowcount:
+            key = {"queued": "requeued_runs", "failed": "failed_runs"}.get(values["status"])
+            if key:
+                counts[key] += 1
+            if values["status"] == "queued":
+                to_send.append(run_id)
+    stale_queue = or_(TrainingRun.enqueued_at.is_(None), TrainingRun.enqueued_at < queued_cutoff)
+    for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == "queued", stale_queue)):
+        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued",
+                                                           stale_queue).values(enqueued_at=now)
+                                 .execution_options(synchronize_session=False))
+        db.session.commit()
+        if res.rowcount:
+            counts["resent_runs"] += 1
+            to_send.append(run_id)
+    if to_send:
+        send_runs(to_send)
+    return counts
+
+
+# -- progress -----------------------------------------------------------------------------------------------
+def read_history(run: TrainingRun, max_points: int = 400) -> list[dict[str, Any]]:
+    """The run's losses per step from ``history.jsonl`` (steps redone after a resume count once, the last
+    write wins), thinned to at most ``max_points`` evenly spaced steps (the last one always kept)."""
+    path = Path(run.output_dir) / "history.jsonl"
+    if not run.output_dir or not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a killed worker
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                by_step[row["step"]] = row
+    rows = [by_step[s] for s in sorted(by_step)]
+    if len(rows) > max_points:
+        stride = math.ceil(len(rows) / max_points)
+        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
+    return rows
+
+
+def latest_sample(run: TrainingRun) -> Path | None:
+    if not run.output_dir:
+        return None
+    folder = Path(run.output_dir)
+    grids = sorted((folder / "samples").glob("step-*.png")) if (folder / "samples").is_dir() else []
+    if (folder / "samples.png").is_file() and run.status == "succeeded":
+        return folder / "samples.png"
+    return grids[-1] if grids else None

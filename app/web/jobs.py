@@ -1,0 +1,111 @@
+"""The job form (``/``), the job pages and the batch pages.
+
+Every rule about what a valid job is lives in :func:`app.services.jobs.validate_job`; the form only turns the
+posted strings into the same dict the JSON API receives (:mod:`app.web.forms`) and shows the service's message
+on the form (HTTP 422) with the entered values kept.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app.core.errors import ApiError
+from app.core.models import FINAL_STATUSES, ModelVersion
+from app.services import jobs
+from app.services.jobs import JOB_FIELDS
+from app.services.models import serving_models
+from app.web.blueprint import bp
+from app.web.forms import field_of_error, job_request_from_form
+
+
+def _selected_model(models: list[ModelVersion], wanted: str | None) -> str | None:
+    names = [m.name for m in models]
+    for candidate in (wanted, current_app.config.get("DEFAULT_MODEL")):
+        if candidate and candidate in names:
+            return candidate
+    return names[0] if names else None
+
+
+def _render_form(values: dict[str, str], error: str | None = None, status: int = 200):
+    models = serving_models()
+    selected = _selected_model(models, values.get("model"))
+    return render_template(
+        "index.html", models=models, selected=selected, values=values, error=error,
+        error_field=field_of_error(error) if error else None,
+        max_images=int(current_app.config["MAX_IMAGES_PER_JOB"]),
+        max_prompt=int(current_app.config["MAX_PROMPT_LENGTH"])), status
+
+
+@bp.get("/")
+def index():
+    values = {key: request.args.get(key, "") for key in JOB_FIELDS if request.args.get(key) is not None}
+    return _render_form(values)
+
+
+@bp.post("/")
+def submit_job():
+    values = {key: request.form.get(key, "") for key in JOB_FIELDS if request.form.get(key) is not None}
+    try:
+        spec = jobs.validate_job(job_request_from_form(request.form))
+    except ApiError as exc:
+        return _render_form(values, exc.message, exc.status)
+    job_id = jobs.create_job(spec)
+    return redirect(url_for("web.job", job_id=job_id), code=303)
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):
+    job = jobs.get_job(job_id)
+    return render_template("job.html", job=job, final=job.status in FINAL_STATUSES,
+                           api_url=url_for("api.get_job", job_id=job.id))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    try:
+        jobs.cancel_job(job_id)
+    except ApiError as exc:
+        if exc.status != 409:  # already finished: just show the job as it is
+            raise
+    return redirect(url_for("web.job", job_id=job_id), code=303)
+
+
+# -- batches ----------------------------------------------------------------------------------------
+def _render_batch_form(error: str | None = None, status: int = 200):
+    return render_template("batch_new.html", error=error, models=serving_models(),
+                           max_items=int(current_app.config["MAX_BATCH_ITEMS"]),
+                           max_bytes=int(current_app.config.get("MAX_CONTENT_LENGTH") or 0)), status
+
+
+@bp.get("/batches/new")
+def new_batch():
+    return _render_batch_form()
+
+
+@bp.post("/batches")
+def create_batch():
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return _render_batch_form(f"the file is too large (the limit is {limit} bytes)", 413)
+    if upload is None or not upload.filename:
+        return _render_batch_form("choose a .csv or .jsonl file to upload", 422)
+    try:
+        items = jobs.parse_batch_file(upload.filename, upload.read())
+        specs = jobs.validate_batch(items)
+    except ApiError as exc:
+        return _render_batch_form(exc.message, exc.status)
+    batch = jobs.create_batch(specs, upload.filename)
+    return redirect(url_for("web.batch", batch_id=batch.id), code=303)
+
+
+@bp.get("/batches/<batch_id>")
+def batch(batch_id: str):
+    batch = jobs.get_batch(batch_id)
+    summary = jobs.batch_summary(batch)
+    return render_template("batch.html", batch=batch, summary=summary,
+                           final=summary["status"] in FINAL_STATUSES,
+                           api_url=url_for("api.get_batch", batch_id=batch.id))

@@ -1,0 +1,124 @@
+"""Each backend's conditions, model options and training hyper-parameters, and the checks of a training
+request against them, without importing a model.
+
+The description is ``backends.json`` beside this file. It is written from the real classes (each backend's
+config dataclass, ``supported_conditions``, and its trainer's ``hparam_defaults``) by
+``python -m training.backend_spec``, and ``tests/test_layers.py`` fails when the two disagree; so the classes
+stay the one place where an option is defined. The admin's training form and API validate with it in the
+web process, and ``priorforge train`` and the training worker with the same functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = Path(__file__).with_name("backends.json")
+# config fields the data set and condition decide; a request may not set them
+DERIVED_FIELDS = ("image_shape", "condition", "num_classes", "text_encoder", "text_encoder_dim")
+
+
+class SetupError(ValueError):
+    """A training request that cannot work; ``field`` names what to fix."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@functools.cache
+def backends() -> dict[str, dict[str, Any]]:
+    """Backend name -> ``{"supported_conditions", "model_options": {name: {"type", "default"}}, "hparams"}``."""
+    return json.loads(SPEC_FILE.read_text())
+
+
+def backend_names() -> list[str]:
+    return sorted(backends())
+
+
+def describe(backend: str) -> dict[str, Any]:
+    """The description of ``backend``; SetupError("backend") listing the valid names otherwise."""
+    try:
+        return backends()[backend]
+    except (KeyError, TypeError):
+        raise SetupError("backend", f"unknown backend {backend!r}; valid backends: "
+                                    f"{', '.join(backend_names())}") from None
+
+
+def check_condition(backend: str, condition: str, supported: tuple[str, ...] | list[str] | None = None) -> None:
+    """SetupError("condition") unless ``backend`` supports ``condition`` (``supported``: the model class's own
+    ``supported_conditions`` when the caller has it in hand)."""
+    supported = describe(backend)["supported_conditions"] if supported is None else supported
+    if condition not in supported:
+        raise SetupError("condition", f"backend {backend!r} supports the conditions "
+                                      f"{', '.join(supported)}, not {condition!r}")
+
+
+def option_default(option: dict[str, Any]) -> Any:
+    """An option's default as the config class has it (JSON has no tuples: a list stands for one)."""
+    default = option["default"]
+    return tuple(default) if isinstance(default, list) else default
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot replace ``default`` (None when it can). JSON has no tuples: lists stand for them."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, (tuple, list)):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                      for v in value)
+        return None if ok else "a list of positive integers"
+    return None
+
+
+def _example_of(annotation: str) -> Any:
+    """A value of the type an annotation such as ``int | None`` names (the configs use string annotations)."""
+    first = annotation.replace("None", "").split("|")[0]
+    if "tuple" in first or "list" in first:
+        return (1,)
+    for name, example in (("bool", False), ("int", 0), ("float", 0.0), ("str", "")):
+        if name in first:
+            return example
+    return None
+
+
+def check_model_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` as config values of ``backend``: known, settable fields of the right JSON type."""
+    fields = describe(backend)["model_options"]
+    settable = sorted(set(fields) - set(DERIVED_FIELDS))
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in settable:
+            raise SetupError(f"model_options.{key}", f"backend {backend!r} has no model option {key!r}; "
+                                                     f"valid: {', '.join(settable)}")
+        default = option_default(fields[key])
+        if default is None:  # an optional field ("int | None"): null keeps the default, else check the type
+            if value is None:
+                continue
+            default = _example_of(fields[key]["type"])
+        problem = _type_problem(value, default)
+        if problem:
+            raise SetupError(f"model_options.{key}", f"model option {key!r} must be {problem}, got {value!r}")
+        out[key] = tuple(value) if isinstance(default, tuple) else value
+    return out
+
+
+def check_hparams(backend: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` against the backend trainer's ``hparam_defaults`` (names and JSON types)."""
+    defaults = describe(backend)["hparams"]
+    for key, value in hparams.items():
+        if key not in defaults:
+            raise SetupError(f"hparams.{key}", f"backend {backend!r} has no hyper-parameter {key!r}; "
+                                               f"valid: {', '.join(sorted(defaults))}")
+        problem = _type_problem(value, defaults[key])
+        if problem:
+            raise SetupError(f"hparams.{key}", f"hyper-parameter {key!r} must be {problem}, got {value!r}")
+    return dict(hparams)

@@ -1,0 +1,104 @@
+"""The ``captions.jsonl`` format of a captioned image folder, checked without loading any image.
+
+One JSON object per line: ``{"file": "img/1.jpg", "captions": ["...", "..."]}`` or ``{"file": ..., "caption":
+"..."}``, with an optional ``"label"`` (a class name or index) and ``"split"`` (``"train"``/``"test"``).
+:func:`training.captions.load_jsonl_captions` loads such a folder; the service checks an upload with
+:func:`parse_captions_jsonl` before storing it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from priorforge.spec.conditions import MAX_PROMPT_CHARS
+from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
+
+CAPTIONS_FILE = "captions.jsonl"
+JSONL_KEYS = {"file", "caption", "captions", "label", "split"}
+MAX_REPORTED_PROBLEMS = 50
+
+
+@dataclass
+class _Entry:
+    line: int
+    file: Path
+    captions: list[str]
+    label: Any = None
+    split: str | None = None
+
+
+def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
+    """Validate ``<folder>/captions.jsonl``; every problem, with its line number, in one DatasetError."""
+    root = Path(folder).expanduser()
+    path = root / CAPTIONS_FILE
+    if not path.is_file():
+        raise DatasetError(f"{root}: expected a file {CAPTIONS_FILE} (one JSON object per line: "
+                           '{"file": ..., "captions": [...]})')
+    problems: list[str] = []
+    entries: list[_Entry] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        bad = lambda msg: problems.append(f"line {number}: {msg}")  # noqa: E731
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            bad(f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            bad(f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        unknown = sorted(set(obj) - JSONL_KEYS)
+        if unknown:
+            bad(f"unknown key(s) {unknown}; valid: {sorted(JSONL_KEYS)}")
+        file = obj.get("file")
+        if not isinstance(file, str) or not file.strip():
+            bad('missing "file" (the image path, relative to the folder)')
+        elif (root / file).suffix.lower() not in IMAGE_EXTENSIONS:
+            bad(f"file {file!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+        elif not (root / file).is_file():
+            bad(f"file {file!r} does not exist in {root}")
+        elif file in seen:
+            bad(f"file {file!r} is already listed on line {seen[file]}")
+        else:
+            seen[file] = number
+        captions = _entry_captions(obj, bad, MAX_PROMPT_CHARS)
+        split = obj.get("split")
+        if split is not None and split not in ("train", "test"):
+            bad(f"split must be 'train' or 'test', got {split!r}")
+        label = obj.get("label")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
+            bad(f"label must be a class name or an integer, got {label!r}")
+        if isinstance(file, str) and captions:
+            entries.append(_Entry(number, root / file, captions, label, split))
+    if problems:
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        raise DatasetError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(shown)
+                           + (f"\n  ... and {more} more" if more else ""))
+    if not entries:
+        raise DatasetError(f"{path} lists no images")
+    return entries
+
+
+def _entry_captions(obj: dict, bad, max_chars: int) -> list[str]:
+    if ("caption" in obj) == ("captions" in obj):
+        bad('give exactly one of "caption" (a string) or "captions" (a list of strings)')
+        return []
+    captions = [obj["caption"]] if "caption" in obj else obj["captions"]
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        bad('"captions" must be a list of strings' if "captions" in obj else '"caption" must be a string')
+        return []
+    captions = [c.strip() for c in captions]
+    if not captions or not all(captions):
+        bad("empty caption(s); every caption needs some text")
+        return []
+    long = [len(c) for c in captions if len(c) > max_chars]
+    if long:
+        bad(f"caption of {long[0]} characters; at most {max_chars}")
+        return []
+    return captions
