@@ -35,6 +35,7 @@ from torch import Tensor
 from generation.base import Condition, GenerativeModel
 from generation.sampling import generate, to_uint8
 from training.classifier import TrainedClassifier, get_classifier, match_shape
+from priorforge.spec.datasets import image_dataset_name
 from training.data import ImageData, load_dataset, to_float
 
 FEATURE_FID_NOTE = ("Fréchet distance in the project's own classifier's feature space, NOT Inception FID, "
@@ -153,13 +154,6 @@ def reconstruction_mse(model: GenerativeModel, data: ImageData) -> float:
             total += float(((recon.float() - x) ** 2).sum())
             count += x.numel()
     return total / count
-
-
-def image_dataset_name(dataset: str) -> str:
-    """The image data set behind a built-in captioned set (``fashion-mnist-captions`` -> ``fashion-mnist``):
-    its classifier and test images are the same."""
-    base = dataset.removesuffix("-captions")
-    return base if base != dataset and base in ("mnist", "fashion-mnist", "cifar10") else dataset
 
 
 def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[str], data_root: str | None,

@@ -116,7 +116,7 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
     by the same for real test images of the prompt's class (1 = as varied as real images of that kind; a
     model that draws one image per prompt gives 0). Averaged over prompts, and per class."""
     from training.data import load_dataset
-    from training.evaluate import image_dataset_name
+    from priorforge.spec.datasets import image_dataset_name
 
     test = load_dataset(image_dataset_name(name), data_root, "test")
     real_spread: dict[str, float] = {}

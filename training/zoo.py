@@ -202,7 +202,8 @@ def evaluate(recipe: Recipe, checkpoint: Path, data_root: str, tiny: bool) -> di
     import torch
 
     from generation.checkpoint import load_checkpoint
-    from training.evaluate import evaluate_model, image_dataset_name
+    from priorforge.spec.datasets import image_dataset_name
+    from training.evaluate import evaluate_model
     from training.text_eval import alignment_prompts, captioned_name, text_alignment_metrics
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -11,6 +11,13 @@ GENERIC_PREFIX = "captions:"  # ``captions:<folder>``: any folder of images with
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def image_dataset_name(dataset: str) -> str:
+    """The image data set behind a built-in captioned set (``fashion-mnist-captions`` -> ``fashion-mnist``):
+    its classifier and test images are the same."""
+    base = dataset.removesuffix("-captions")
+    return base if base != dataset and base in ("mnist", "fashion-mnist", "cifar10") else dataset
+
+
 class DatasetError(ValueError):
     """A data set that is missing or malformed; the message names the path and what was expected."""
 
