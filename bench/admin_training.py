@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         # a serving version of the same name to compare with: the shipped digits model for digit data
         if args.dataset in ("mnist", "digits"):
             with app.app_context():
-                register_model(name, REPO / "models" / "digits-aae-cg")
+                register_model(name, REPO / "tests" / "fixtures" / "digits-aae-cg")
 
         request: dict[str, Any] = {"backend": args.backend, "dataset": name, "model_name": name,
                                    "max_steps": args.max_steps, "batch_size": args.batch_size,

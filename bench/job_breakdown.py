@@ -1,7 +1,7 @@
 """Where a generation job's time goes inside the worker (issue 7): the task run in this process, per stage.
 
 It builds the app on a fresh temporary instance (SQLite by default, or a fresh database on the PostgreSQL
-server of ``--database-url``, dropped afterwards), registers the shipped checkpoint ``models/digits-aae-cg``
+server of ``--database-url``, dropped afterwards), registers the shipped checkpoint ``tests/fixtures/digits-aae-cg``
 as ``digits``, and for each image count n and each number B of jobs decoded together runs the real task
 ``workers.tasks.generate_images`` in this process (no broker, no HTTP): B queued jobs of label ``7`` are
 created, the task is run on the first, and it claims the other B - 1 as companions (micro-batching), exactly
@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from bench.common import counts, emit, machine_info, markdown_table  # noqa: E402
 
-CHECKPOINT = REPO / "models" / "digits-aae-cg"
+CHECKPOINT = REPO / "tests" / "fixtures" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
 STAGES = ["lookup", "claim", "model", "batch_wait", "companions", "members", "latents", "decode", "progress",
           "png", "storage", "finish"]
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", default="", help="a free-form note stored in the JSON (e.g. before/after)")
     p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
                    help="a freshly initialised class-conditional aae-cg of this image shape instead of "
-                        "models/digits-aae-cg (as bench/service_throughput.py: the speed of a bigger model)")
+                        "tests/fixtures/digits-aae-cg (as bench/service_throughput.py: the speed of a bigger model)")
     p.add_argument("--quick", action="store_true", help="n = 1; B = 1, 4; 1 warm-up, 2 repeats")
     args = p.parse_args(argv)
     if args.untrained_shape:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                             "batched": batched, "warmup": args.warmup, "repeats": args.repeats,
                             "quick": args.quick, "label": args.label,
                             "model": "x".join(map(str, args.untrained_shape)) + " aae-cg, untrained"
-                                     if args.untrained_shape else "models/digits-aae-cg",
+                                     if args.untrained_shape else "tests/fixtures/digits-aae-cg",
                             **config, **worker_settings(),
                             "command": " ".join(["job_breakdown.py",
                                                  *(argv if argv is not None else sys.argv[1:])])},

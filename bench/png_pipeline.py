@@ -2,7 +2,7 @@
 = 0, 1, 2..., run in this process, alternating the settings run by run.
 
 Like ``bench/job_breakdown.py`` (whose instance set-up it uses): a fresh temporary instance (SQLite, or a fresh
-database on the PostgreSQL server of ``--database-url``), the shipped ``models/digits-aae-cg`` (or an
+database on the PostgreSQL server of ``--database-url``), the shipped ``tests/fixtures/digits-aae-cg`` (or an
 untrained aae-cg of ``--untrained-shape``), B queued jobs of n images, and the real task
 ``workers.tasks.generate_images`` on the first, which decodes the B jobs together. Each repeat runs every
 ``--threads`` value once, in turn, so a slow moment of this shared machine falls on all of them alike. Per
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
     p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
                    help="a freshly initialised class-conditional aae-cg of this image shape instead of "
-                        "models/digits-aae-cg (its speed is a trained model's; its images are noise)")
+                        "tests/fixtures/digits-aae-cg (its speed is a trained model's; its images are noise)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds (every value once each)")
     p.add_argument("--repeats", type=int, default=9, help="timed rounds")
     p.add_argument("--json-out", default=None, help="also write the results JSON here")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed += 1_000_000
 
     model = ("x".join(map(str, args.untrained_shape)) + " aae-cg, untrained") if args.untrained_shape \
-        else "models/digits-aae-cg"
+        else "tests/fixtures/digits-aae-cg"
     table = markdown_table(
         ["n", "B", "PNG_THREADS", "task wall ms", "task CPU ms", "wall ms/image", "CPU ms/image",
          f"wall vs {args.threads[0]}", f"CPU vs {args.threads[0]}"],

@@ -4,7 +4,7 @@ Starts a real web server (``gunicorn app.wsgi:app``) and ONE real worker (``cele
 worker -Q generate --concurrency 1``) on a fresh temporary instance folder: SQLite + the embedded broker by
 default, or PostgreSQL + Redis with ``--database-url`` / ``--redis-url`` (a fresh database is created on that
 server and dropped afterwards; the Redis keys get a unique ``BROKER_KEY_PREFIX`` and are deleted afterwards).
-It migrates, registers the shipped checkpoint ``models/digits-aae-cg`` as ``digits``, sends one warm-up job
+It migrates, registers the shipped checkpoint ``tests/fixtures/digits-aae-cg`` as ``digits``, sends one warm-up job
 (the worker loads the model), then for each image count n and each number K of concurrent clients runs one
 phase: first ``max(K, --phase-warmup)`` untimed jobs (none with 0) at the same K and n (the web server's
 threads and pooled database connections are opened, the clients' sockets too: without this a short phase
@@ -75,7 +75,7 @@ import torch  # noqa: E402
 from app.core.doorbell import sweep  # noqa: E402
 from bench.common import Timing, counts, emit, machine_info, markdown_table, time_call  # noqa: E402
 
-CHECKPOINT = REPO / "models" / "digits-aae-cg"
+CHECKPOINT = REPO / "tests" / "fixtures" / "digits-aae-cg"
 MODEL, LABEL = "digits", "7"
 
 
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the worker logs each task's time per stage (PRIORFORGE_LOG_STAGE_TIMES=1; with --keep)")
     p.add_argument("--untrained-shape", default=None, metavar="CxHxW",
                    help="serve a freshly initialised class-conditional aae-cg of this image shape at its default "
-                        "size (e.g. 3x64x64) instead of models/digits-aae-cg: the speed of a bigger model (the "
+                        "size (e.g. 3x64x64) instead of tests/fixtures/digits-aae-cg: the speed of a bigger model (the "
                         "weights do not change the speed; the images are noise)")
     p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
     args = p.parse_args(argv)
@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
                             "clients": clients, "images": images, "web_workers": args.web_workers,
                             "web_threads": args.web_threads, "client_mode": args.client_mode,
                             "model": "x".join(map(str, args.untrained_shape)) + " aae-cg, untrained"
-                                     if args.untrained_shape else "models/digits-aae-cg",
+                                     if args.untrained_shape else "tests/fixtures/digits-aae-cg",
                             "concurrency": args.concurrency, "set": args.set,
                             "poll_ms": args.poll_ms, "max_poll_rate": args.max_poll_rate,
                             "warmup": args.warmup, "repeats": args.repeats,

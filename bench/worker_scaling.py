@@ -3,7 +3,7 @@ a worker process as its model cache grows.
 
 It starts the service as ``bench/service_throughput.py`` does (a real ``gunicorn app.wsgi:app`` and Celery
 worker on a fresh temporary instance: SQLite + the embedded broker by default, or ``--database-url`` /
-``--redis-url``), with the shipped checkpoint ``models/digits-aae-cg`` registered as ``digits`` and again as
+``--redis-url``), with the shipped checkpoint ``tests/fixtures/digits-aae-cg`` registered as ``digits`` and again as
 ``digits-2`` ... ``digits-M`` (M = the largest ``--models`` value; every registration is its own model
 version, so its own entry in a worker's model cache).
 

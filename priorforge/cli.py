@@ -32,7 +32,7 @@ DESCRIPTION = """Train image generators on labelled, clustered or captioned imag
 and run the generation service (web form, JSON API, admin)."""
 EPILOG = """examples:
   priorforge train --model aae-cg --dataset digits --condition class --out runs/digits --max-steps 200
-  priorforge sample --checkpoint models/digits-aae-cg --label 7 --n 16 --out sevens.png
+  priorforge sample --checkpoint models/mnist --label 7 --n 16 --out sevens.png
   priorforge db upgrade && priorforge serve --dev
 
 Run 'priorforge COMMAND --help' for a command's options; the README and docs/ have the rest."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's run command: `bash scripts/run.sh` on a fresh machine.
-# Creates .venv if needed (scripts/setup-env.sh), migrates the database, registers the shipped model as
-# "digits" (serving) if it is not registered yet, then runs the web server, the generation worker and the
+# Creates .venv if needed (scripts/setup-env.sh), migrates the database, registers the shipped models of
+# models/ (serving; a rebuilt one as a new version), then runs the web server, the generation worker and the
 # training worker (honcho reads the Procfile) on http://127.0.0.1:${PORT:-8000}. With no configuration: SQLite + an embedded broker under
 # instance/; set DATABASE_URL and REDIS_URL for PostgreSQL and Redis. Stop with Ctrl-C.
 set -euo pipefail
@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 export PORT=${PORT:-8000}
 .venv/bin/priorforge db upgrade
-.venv/bin/priorforge register-model --name "${PRIORFORGE_DEFAULT_MODEL:-digits}" \
-  --checkpoint "${PRIORFORGE_DEFAULT_CHECKPOINT:-models/digits-aae-cg}" --if-missing
+.venv/bin/priorforge register-shipped --models-dir models
 echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT), worker (generate) and trainer (train)" >&2
 exec .venv/bin/honcho start -f Procfile

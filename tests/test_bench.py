@@ -86,7 +86,7 @@ def test_png_pipeline_quick(capsys):
         assert row["task_wall_ms"] > 0 and row["task_cpu_ms"] > 0
         assert row["wall_ms_per_image"] == pytest.approx(row["task_wall_ms"] / 16, rel=1e-2)
     assert rows[0]["wall_vs_first"] == rows[0]["cpu_vs_first"] == 1
-    assert payload["settings"]["model"] == "models/digits-aae-cg"
+    assert payload["settings"]["model"] == "tests/fixtures/digits-aae-cg"
 
 
 @pytest.mark.parametrize("bad", ["-1", "a", ""])

@@ -75,7 +75,7 @@ def test_service_throughput_quick(extra):
     assert payload["goals"] == {"ratio_at_32_clients_min": 0.8, "added_latency_p50_ms_max": 50}
     settings = payload["settings"]
     assert settings["client_mode"] == ("poll" if polling else "wait")
-    assert settings["model"] == ("1x16x16 aae-cg, untrained" if polling else "models/digits-aae-cg")
+    assert settings["model"] == ("1x16x16 aae-cg, untrained" if polling else "tests/fixtures/digits-aae-cg")
     assert (settings["min_seconds"], settings["phase_warmup"]) == (0.0 if polling else 1.0, 1)
 
 

@@ -93,7 +93,7 @@ def test_the_web_app_runs_without_torch_or_model_code(tmp_path):
                           "STORAGE_ROOT": "{tmp_path}/images", "LOCAL_WAKEUPS": False}})
         upgrade(app)
         with app.app_context():
-            register_model("digits", "{REPO}/models/digits-aae-cg")
+            register_model("digits", "{REPO}/tests/fixtures/digits-aae-cg")
             token = issue_token(create_user("admin", "a long password")).token
             db.session.remove()
         client = app.test_client()

@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-CARD_FILE = "card.json"
+from priorforge.spec.checkpoint import CARD_FILE, read_card
+
 CARD_README = "README.md"
 EVAL_SAMPLES = 5000
 TINY_EVAL_SAMPLES = 40
@@ -354,12 +355,6 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
         folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
         log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
     return folders
-
-
-def read_card(folder: str | Path) -> dict[str, Any] | None:
-    """``card.json`` of a model folder, or None (no torch needed)."""
-    path = Path(folder) / CARD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 __all__ = ["RECIPES", "Recipe", "build", "read_card", "recipe_names", "render_card", "select"]

@@ -89,7 +89,24 @@ def spec() -> dict[str, Any]:
             "class_names": {"type": "array", "items": {"type": "string"}},
             "num_clusters": {"type": "integer", "nullable": True},
             "image_shape": {"type": "array", "items": {"type": "integer"}}, "dataset": {"type": "string"},
-            "metrics": {"type": "object"}, "serving": {"type": "boolean"}}},
+            "metrics": {"type": "object"}, "serving": {"type": "boolean"},
+            "card": {"$ref": "#/components/schemas/ModelCard"}}},
+        "ModelCard": {
+            "type": "object", "nullable": True,
+            "description": "A shipped model's card (null for other models): what it makes, examples to try (labels, "
+                           "cluster ids or prompts), its metric summary and the recipe that trained it. The sample "
+                           "grid is at /models/{name}/samples.png.",
+            "properties": {
+                "title": {"type": "string", "nullable": True}, "description": {"type": "string", "nullable": True},
+                "examples": {"type": "array", "items": {"type": "string"}},
+                "clusters": {"type": "object", "additionalProperties": {"type": "string"}},
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "evaluation_samples": {"type": "integer", "nullable": True},
+                "training": {"type": "object", "properties": {
+                    "command": {"type": "string", "nullable": True}, "steps": {"type": "integer", "nullable": True},
+                    "cpu_minutes": {"type": "number"}}},
+                "export": {"type": "object"}, "size_bytes": {"type": "integer", "nullable": True},
+                "default": {"type": "boolean"}}},
         "TrainingRequest": {"type": "object", "required": ["backend", "dataset"], "properties": {
             key: {"description": text} for key, text in TRAINING_FIELDS.items()}},
         "TrainingRun": {"type": "object", "properties": {

@@ -56,7 +56,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "QUEUED_STALE_AFTER": 120.0,  # a queued job whose message is this old is sent again
         "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
-        "DEFAULT_MODEL": "digits",
+        "DEFAULT_MODEL": None,  # None: the serving model whose card is the default (mnist), else the first
         "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
         # ?wait=S on the job and batch endpoints (app/services/job_events.py): the longest wait a request may ask for,
         # how often the web process reads which awaited jobs ended when the broker is not Redis, and how

@@ -67,6 +67,8 @@ class ModelVersion(db.Model):
     image_shape: Mapped[list[int]] = mapped_column(JSON, default=list)
     dataset: Mapped[str | None] = mapped_column(String(100))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the checkpoint folder's card.json (shipped models: title, examples, metric summary, recipe), or None
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     serving: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -22,7 +22,7 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
 from app.services.job_events import announce_finished
-from app.services.models import conditions_of, serving_models, serving_version
+from app.services.models import conditions_of, default_model_name, serving_models, serving_version
 from app.services.queue import send_jobs
 from priorforge.spec.conditions import ConditionError, resolve_label
 
@@ -57,7 +57,9 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
     unknown = sorted(set(data) - set(JOB_FIELDS))
     if unknown:
         raise ApiError(422, f"unknown field(s): {', '.join(unknown)}; valid: {', '.join(JOB_FIELDS)}")
-    name = data.get("model", cfg["DEFAULT_MODEL"])
+    name = data["model"] if "model" in data else default_model_name(cfg["DEFAULT_MODEL"])
+    if name is None:
+        raise ApiError(422, "no model is being served yet (an admin registers one: priorforge register-model)")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)")
     name = name.strip()

@@ -18,7 +18,8 @@ from sqlalchemy import func, select, update
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import ModelVersion, iso
-from priorforge.spec.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_config, read_metrics
+from priorforge.spec.checkpoint import (CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card, read_checkpoint_config,
+                                       read_metrics, weights_digest)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,16 @@ def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
             return existing, False
     model_config = config.get("model_config", {})
     metrics = read_metrics(folder)
+    card = read_card(folder)
+    if card is not None:
+        card["weights_sha256"] = weights_digest(folder)
     condition = config.get("condition", model_config.get("condition", "none"))
     latest = db.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     version = ModelVersion(
         name=name, version=(latest or 0) + 1, backend=config["backend"], checkpoint_path=str(folder),
         condition=condition, num_classes=int(model_config.get("num_classes", 0)) if condition in ("class", "cluster") else 0,
         class_names=list(config.get("class_names", [])), image_shape=list(config.get("image_shape", [])),
-        dataset=config.get("dataset"), metrics=metrics, serving=False)
+        dataset=config.get("dataset"), metrics=metrics, card=card, serving=False)
     db.session.add(version)
     db.session.flush()
     if serve or (latest is None and serve_first):
@@ -76,6 +80,44 @@ def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
     if commit:
         db.session.commit()
     return version, True
+
+
+def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
+    """Register every shipped model (a folder of ``models_dir`` with a ``card.json``) under its card's name;
+    returns ``(version, what happened)`` per model: ``registered``, ``updated`` or ``unchanged``.
+
+    A folder whose weights are unchanged since its last registration is left alone. A rebuilt one (other
+    weights) becomes a new version, serving only if the serving version was the earlier build of the same
+    folder: a version an admin promoted stays serving.
+    """
+    out = []
+    for card_path in sorted(Path(models_dir).glob(f"*/{CARD_FILE}")):
+        folder = card_path.parent.resolve()
+        card = read_card(folder) or {}
+        name = str(card.get("name") or folder.name)
+        previous = db.session.scalars(select(ModelVersion).where(
+            ModelVersion.name == name, ModelVersion.checkpoint_path == str(folder))
+            .order_by(ModelVersion.version.desc())).first()
+        if previous is not None and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
+            out.append((previous, "unchanged"))
+            continue
+        serving = serving_version(name)
+        take_over = serving is None or serving.checkpoint_path == str(folder)
+        version, _ = register_model(name, folder, serve=take_over)
+        out.append((version, "registered" if previous is None else "updated"))
+    return out
+
+
+def default_model_name(configured: str | None) -> str | None:
+    """The model of a job that names none: ``DEFAULT_MODEL`` when set, else the serving model whose card says
+    it is the default, else the first serving model by name."""
+    if configured:
+        return configured
+    models = serving_models()
+    for version in models:
+        if (version.card or {}).get("default"):
+            return version.name
+    return models[0].name if models else None
 
 
 def make_serving(version: ModelVersion) -> None:
@@ -99,6 +141,24 @@ def model_to_dict(version: ModelVersion) -> dict[str, Any]:
         "num_clusters": version.num_classes if version.condition == "cluster" else None,
         "image_shape": list(version.image_shape or []), "dataset": version.dataset,
         "metrics": version.metrics or {}, "serving": version.serving, "created_at": iso(version.created_at),
+        "card": card_summary(version),
+    }
+
+
+def card_summary(version: ModelVersion) -> dict[str, Any] | None:
+    """What a model's card says, for the API and the pages (None for a model without a card)."""
+    card = version.card
+    if not card:
+        return None
+    training = card.get("training") or {}
+    return {
+        "title": card.get("title"), "description": card.get("description"),
+        "examples": list(card.get("examples") or []), "clusters": dict(card.get("clusters") or {}),
+        "metrics": dict(card.get("metrics") or {}), "evaluation_samples": card.get("evaluation_samples"),
+        "training": {"command": training.get("command"), "steps": training.get("steps"),
+                     "cpu_minutes": round(float(training.get("cpu_seconds") or 0) / 60, 1)},
+        "export": dict(card.get("export") or {}), "size_bytes": card.get("size_bytes"),
+        "default": bool(card.get("default")),
     }
 
 

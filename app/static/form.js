@@ -15,4 +15,15 @@
   }
   select.addEventListener("change", update);
   update();
+  // example prompts: a click fills the model's prompt box (without JavaScript the link reloads the form with it)
+  var examples = document.querySelectorAll("a.example-prompt");
+  for (var k = 0; k < examples.length; k++) {
+    examples[k].addEventListener("click", function (event) {
+      var box = document.getElementById(this.getAttribute("data-target"));
+      if (!box) return;
+      event.preventDefault();
+      box.value = this.getAttribute("data-prompt");
+      box.focus();
+    });
+  }
 })();

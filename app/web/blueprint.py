@@ -40,6 +40,17 @@ def _iso_filter(value: datetime | None) -> str:
     return iso(value) or ""
 
 
+@bp.app_template_filter("metric")
+def _metric_filter(value, key: str = "") -> str:
+    """A card metric for people: shares (accuracies, precision, recall, purity) as percentages, other numbers
+    with three significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if any(word in key for word in ("accuracy", "precision", "recall", "purity")) and 0 <= value <= 1:
+        return f"{100 * value:.1f}%"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 @bp.app_template_filter("percent")
 def _percent_filter(value: float | None) -> str:
     return f"{round(100 * float(value or 0))}%"

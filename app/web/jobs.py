@@ -14,14 +14,14 @@ from app.core.errors import ApiError
 from app.core.models import FINAL_STATUSES, ModelVersion
 from app.services import jobs
 from app.services.jobs import JOB_FIELDS
-from app.services.models import serving_models
+from app.services.models import default_model_name, serving_models
 from app.web.blueprint import bp
 from app.web.forms import field_of_error, job_request_from_form
 
 
 def _selected_model(models: list[ModelVersion], wanted: str | None) -> str | None:
     names = [m.name for m in models]
-    for candidate in (wanted, current_app.config.get("DEFAULT_MODEL")):
+    for candidate in (wanted, default_model_name(current_app.config.get("DEFAULT_MODEL"))):
         if candidate and candidate in names:
             return candidate
     return names[0] if names else None

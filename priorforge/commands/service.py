@@ -1,4 +1,4 @@
-"""Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``,
+"""Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``, ``register-shipped``,
 ``create-admin``.
 
 All of them build the app with ``create_app()``, so they read the same configuration (``PRIORFORGE_*``,
@@ -45,6 +45,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when this folder is already registered under --name")
     p.set_defaults(func=run_register)
+
+    p = subparsers.add_parser(
+        "register-shipped", help="register (or update) every shipped model in models/ under its card's name",
+        description="Register every folder of --models-dir that has a card.json (the shipped models) under the "
+                    "name its card gives. A rebuilt model becomes a new version; one an admin replaced by "
+                    "promoting another version stays as it is.")
+    p.add_argument("--models-dir", default="models", help="folder of the shipped models")
+    p.set_defaults(func=run_register_shipped)
 
     p = subparsers.add_parser("create-admin", help="create an admin account (and/or an API token for it)")
     p.add_argument("--username", required=True)
@@ -115,6 +123,22 @@ def run_register(args: argparse.Namespace) -> int:
         state = "registered" if created else "already registered"
         print(f"{state}: {version.name} version {version.version} ({version.backend}, condition "
               f"{version.condition}){' [serving]' if version.serving else ''}")
+    return 0
+
+
+def run_register_shipped(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from app.services.models import register_shipped
+    from priorforge.cli import CLIError
+
+    if not Path(args.models_dir).is_dir():
+        raise CLIError(f"--models-dir: {args.models_dir} is not a folder")
+    app = _app()
+    with app.app_context():
+        for version, what in register_shipped(args.models_dir):
+            print(f"{what}: {version.name} version {version.version} ({version.backend}, condition "
+                  f"{version.condition}){' [serving]' if version.serving else ''}")
     return 0
 
 

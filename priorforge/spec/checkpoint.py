@@ -19,6 +19,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.png"
+CARD_FILE = "card.json"  # shipped models (training/zoo.py): what the Models page and GET /api/v1/models show
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 
@@ -56,3 +57,28 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 def read_metrics(path: str | Path) -> dict[str, Any]:
     metrics_path = Path(path) / METRICS_FILE
     return json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+
+
+def read_card(path: str | Path) -> dict[str, Any] | None:
+    """The folder's ``card.json`` (a shipped model's card), or None when it has none."""
+    card_path = Path(path) / CARD_FILE
+    if not card_path.is_file():
+        return None
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{card_path} is not valid JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path} must hold a JSON object")
+    return card
+
+
+def weights_digest(path: str | Path) -> str:
+    """SHA-256 of the folder's weights file: tells a rebuilt model from the one registered before."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -39,7 +39,7 @@ def png_pixels(images: torch.Tensor) -> list[bytes]:
 def digits():
     from generation.checkpoint import load_checkpoint
 
-    model, _info = load_checkpoint(REPO / "models" / "digits-aae-cg", device="cpu")
+    model, _info = load_checkpoint(REPO / "tests" / "fixtures" / "digits-aae-cg", device="cpu")
     return model.eval()  # BatchNorm in eval mode: a row's output does not depend on the other rows' values
 
 

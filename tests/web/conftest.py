@@ -14,7 +14,7 @@ import pytest
 from tests.service.conftest import _clean_env, pg_url, redis_url, start_worker  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
-DIGITS_CHECKPOINT = ROOT / "models" / "digits-aae-cg"
+DIGITS_CHECKPOINT = ROOT / "tests" / "fixtures" / "digits-aae-cg"
 
 
 @pytest.fixture
