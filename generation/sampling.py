@@ -14,6 +14,7 @@ from torchvision.utils import make_grid
 
 from generation.base import Condition, ConditionError, GenerativeModel
 from generation.precision import autocast, resolve_precision, to_device
+from priorforge.spec.precision import DECODE_PASS_ROWS
 from priorforge.spec.conditions import resolve_label
 from priorforge.spec.png import read_png_params  # noqa: F401  (read back what save_png writes)
 
@@ -68,6 +69,30 @@ def generate(model: GenerativeModel, n: int, condition: Condition, seed: int, pr
             images = model.decode(latents, condition)  # (n, C, H, W)
     # copied outside inference mode: callers get an ordinary tensor they may modify in place
     return images.to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def per_image_latents(model: GenerativeModel, n: int, condition: Condition, seed: int) -> Tensor:
+    """Codes ``(n, latent_dim)`` with image *i*'s drawn from a CPU generator seeded ``seed + i``: how the service
+    draws a job's codes, so one image does not depend on how many were asked for."""
+    return torch.cat([model.sample_latents(1, condition, torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+def generate_like_service(model: GenerativeModel, n: int, condition: Condition, seed: int,
+                          pass_size: int = DECODE_PASS_ROWS, precision: str = "fp32") -> Tensor:
+    """``n`` images exactly as a service job with this seed gets them (float32 on the CPU): image *i* from seed
+    ``seed + i`` (:func:`per_image_latents`), decoded in passes of ``pass_size`` rows (the service's
+    ``GENERATE_CHUNK``; :func:`decode_fixed_passes`)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if pass_size < 1:
+        raise ValueError(f"pass_size must be at least 1, got {pass_size}")
+    resolved = resolve_precision(precision, model.device)
+    model.eval()
+    with torch.inference_mode():
+        latents = per_image_latents(model, n, condition, int(seed))  # (n, latent_dim), fp32
+        with autocast(model.device, resolved):
+            images = decode_fixed_passes(model, latents, condition, pass_size)  # (n, C, H, W)
+    return images.to(dtype=torch.float32, copy=True)
 
 
 def to_uint8(images: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 from app.core.extensions import db
 from app.core.models import Job
 from generation.base import Condition, GenerativeModel
-from generation.sampling import decode_group_key, iter_decode_passes
+from generation.sampling import decode_group_key, iter_decode_passes, per_image_latents
 
 
 class StageClock:
@@ -76,8 +76,7 @@ class JobRequest:
 
 def job_latents(model: GenerativeModel, request: JobRequest) -> Tensor:
     """The job's codes ``(n, latent_dim)``, one generator per image, as a job run alone draws them."""
-    return torch.cat([model.sample_latents(1, request.condition, torch.Generator().manual_seed(request.seed + i))
-                      for i in range(request.n)])
+    return per_image_latents(model, request.n, request.condition, request.seed)
 
 
 @torch.inference_mode()

@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Flask
 
+from priorforge.spec.precision import DECODE_PASS_ROWS
+
 DEV_SECRET_KEYS = {"", "dev", "change-me", "secret"}
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -34,7 +36,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # rows per decode pass; always this many (padded), so pixels never depend on batching. A lone 1-image job
         # decodes this many rows: on a CPU, 8 instead of 16 cut that job's added latency by 40% on a 64x64 model
         # with batched throughput within noise (docs/benchmarks.md, "Decode passes"); a GPU likely wants more
-        "GENERATE_CHUNK": 8,
+        "GENERATE_CHUNK": DECODE_PASS_ROWS,
         "BATCH_MAX_IMAGES": 64,  # a task also claims queued jobs of its model version, up to this many images
         # when none is queued, how long a task waits for some to arrive (0: a lone job is never delayed)
         "BATCH_WAIT_MS": 0,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from priorforge.spec.precision import PRECISIONS
+from priorforge.spec.precision import DECODE_PASS_ROWS, PRECISIONS
 
 MAX_SAMPLES = 1024
 
@@ -24,6 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--device", default="auto")
+    p.add_argument("--pass-size", type=int, default=DECODE_PASS_ROWS,
+                   help="rows per decode pass; with the service's GENERATE_CHUNK (the same default), a seed gives "
+                   "the pixels a service job with that seed gets (image i is drawn from seed + i)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="decoder precision: fp32 (bit-exact), bf16 or fp16 autocast (fp16: CUDA only), auto (bf16 "
                    "or fp16 on CUDA, fp32 on CPU); see docs/benchmarks-precision.md for the tolerance")
@@ -41,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from generation.checkpoint import load_checkpoint
     from generation.device import resolve_device
     from generation.precision import resolve_precision
-    from generation.sampling import condition_from_request, generate, save_png
+    from generation.sampling import condition_from_request, generate_like_service, save_png
     from priorforge.cli import CLIError
 
     if not 1 <= args.n <= MAX_SAMPLES:
         raise CLIError(f"--n must be between 1 and {MAX_SAMPLES}, got {args.n}")
+    if args.pass_size < 1:
+        raise CLIError(f"--pass-size must be at least 1, got {args.pass_size}")
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out must be a .png file, got {args.out!r}")
     device = resolve_device(args.device)
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         embedding = prompt_embedding(model, info, args.prompt)
     condition = condition_from_request(model, info.class_names, label=args.label, cluster=args.cluster,
                                        embedding=embedding, prompt=args.prompt)
-    images = generate(model, args.n, condition, args.seed, precision=precision)
+    images = generate_like_service(model, args.n, condition, args.seed, args.pass_size, precision=precision)
     params = {"backend": info.backend, "checkpoint": str(Path(args.checkpoint).resolve()), "dataset": info.dataset,
               "n": args.n, "seed": args.seed, "precision": precision, **condition.describe()}
     if condition.index is not None and condition.kind == "class":
