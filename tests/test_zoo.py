@@ -80,6 +80,7 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
             assert card["labels"] and "label_accuracy" in card["metrics"]
         if recipe.condition == "cluster":
             assert set(card["clusters"]) == {str(k) for k in range(10)}
+    assert (models / zoo.MONTAGE_FILE).is_file()  # the README's picture: a row per model
     # a second build with --reuse takes the finished trainings instead of training again
     log: list[str] = []
     zoo.build(["mnist"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=models, tiny=True,

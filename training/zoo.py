@@ -59,6 +59,7 @@ class Recipe:
         hparams: training hyper-parameters (``--hparam``).
         examples: what the form offers to try: labels, or 4-6 prompts for a text model.
         default: the model a job gets when it names none (exactly one recipe).
+        keep_encoder: the export keeps the encoder, so ``priorforge interpolate`` / ``mix`` work with it.
     """
 
     name: str
@@ -72,6 +73,7 @@ class Recipe:
     hparams: dict[str, Any] = field(default_factory=dict)
     examples: tuple[str, ...] = ()
     default: bool = False
+    keep_encoder: bool = False
 
     def train_args(self, data_root: str, out: str, tiny: bool = False) -> list[str]:
         """The ``priorforge train`` arguments (after ``priorforge``)."""
@@ -98,7 +100,7 @@ RECIPES: tuple[Recipe, ...] = (
         name="mnist", title="Handwritten digits (MNIST), by class",
         description="The code-generator AAE with a class label: ask for a digit 0-9.",
         backend="aae-cg", dataset="mnist", condition="class", cpu_minutes=25, options=dict(MNIST_SIZES),
-        examples=("7", "3", "0"), default=True),
+        examples=("7", "3", "0"), default=True, keep_encoder=True),
     Recipe(
         name="fashion-text", title="Fashion-MNIST garments from a text prompt",
         description="The code-generator AAE conditioned on a sentence: name a garment, and optionally its tone "
@@ -126,7 +128,7 @@ RECIPES: tuple[Recipe, ...] = (
         description="The GLF backend (an autoencoder and a normalising flow on its codes) with a class label: "
                     "stable, non-adversarial training and fast sampling.",
         backend="glf", dataset="fashion-mnist", condition="class", cpu_minutes=15,
-        options={"base_channels": 32, "hidden_dim": 512}, examples=("Sneaker", "Bag", "Dress")),
+        options={"base_channels": 32, "hidden_dim": 512}, examples=("Sneaker", "Bag", "Dress"), keep_encoder=True),
 )
 
 
@@ -261,7 +263,7 @@ def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, trai
     from generation.export import export_checkpoint, folder_size
 
     target = models_dir / recipe.name
-    export = export_checkpoint(checkpoint, target, precision="fp16")
+    export = export_checkpoint(checkpoint, target, precision="fp16", keep_encoder=recipe.keep_encoder)
     write_json_atomic(target / "metrics.json", {"training": training, "evaluation": metrics})
     model, info = load_checkpoint(target)
     write_sample_grid(model, info, recipe, target / "samples.png")
@@ -273,7 +275,8 @@ def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, trai
         "clusters": cluster_names(metrics) if recipe.condition == "cluster" else {},
         "metrics": summary(recipe, metrics), "evaluation_samples": TINY_EVAL_SAMPLES if tiny else EVAL_SAMPLES,
         "training": training,
-        "export": {"command": f"priorforge export {checkpoint} --out models/{recipe.name}",
+        "export": {"command": f"priorforge export {checkpoint} --out models/{recipe.name}"
+                              + (" --keep-encoder" if recipe.keep_encoder else ""),
                    "precision": export["precision"], "max_abs_pixel_diff": export["max_abs_pixel_diff"]},
         "samples": "samples.png", "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tiny": tiny,
@@ -308,6 +311,38 @@ def write_sample_grid(model, info, recipe: Recipe, path: Path, per_row: int = 10
     rows = sample_grid_rows(recipe, model, info)
     images = torch.cat([generate(model, per_row, condition, seed=k) for k, (_, condition) in enumerate(rows)])
     return save_png(images, path, {"model": recipe.name, "rows": json.dumps([c for c, _ in rows])}, nrow=per_row)
+
+
+MONTAGE_FILE = "shipped-models.png"
+
+
+def write_montage(models_dir: Path, out: Path, per_row: int = 10) -> Path:
+    """One picture of every shipped model: a row each, in recipe order; class and cluster models show one
+    sample per class or cluster, text models two per example prompt (as RGB 32x32 tiles)."""
+    import torch
+    import torch.nn.functional as F
+
+    from generation.checkpoint import load_checkpoint
+    from generation.sampling import generate, save_png
+
+    rows = []
+    for recipe in RECIPES:
+        folder = models_dir / recipe.name
+        if read_card(folder) is None:
+            continue
+        model, info = load_checkpoint(folder)
+        conditions = [c for _, c in sample_grid_rows(recipe, model, info)]
+        each = 1 if recipe.condition in ("class", "cluster") else 2
+        tiles = torch.cat([generate(model, each, c, seed=k) for k, c in enumerate(conditions)])[:per_row]
+        if tiles.shape[1] == 1:
+            tiles = tiles.repeat(1, 3, 1, 1)
+        if tiles.shape[-1] < 32:  # 28x28 digits and garments: a black border up to 32x32
+            pad = (32 - tiles.shape[-1]) // 2
+            tiles = F.pad(tiles, (pad, pad, pad, pad), value=-1.0)
+        rows.append(tiles)
+    images = torch.cat(rows)
+    names = [r.name for r in RECIPES if read_card(models_dir / r.name) is not None]
+    return save_png(images, out, {"rows": json.dumps(names)}, nrow=per_row)
 
 
 def render_card(card: dict[str, Any]) -> str:
@@ -354,6 +389,7 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
         metrics = evaluate(recipe, work / recipe.name, data_root, tiny)
         folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
         log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
+    write_montage(models, models / MONTAGE_FILE)
     return folders
 
 
