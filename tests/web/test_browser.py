@@ -21,6 +21,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 SCREENSHOT = Path("/tmp/priorforge-job.png")
+TEXT_SCREENSHOT = Path("/tmp/priorforge-text-job.png")
+SHIPPED_MODELS = REPO / "models"
 N_IMAGES = 4
 
 pytestmark = [
@@ -84,7 +86,7 @@ def stack(tmp_path, pg_url, redis_url, start_worker):
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.models import register_model, register_shipped
 
     broker, prefix = redis_url
     config = {
@@ -97,6 +99,7 @@ def stack(tmp_path, pg_url, redis_url, start_worker):
     upgrade(app)
     with app.app_context():
         register_model("digits", DIGITS_CHECKPOINT)
+        register_shipped(SHIPPED_MODELS)  # as scripts/run.sh does
     start_worker(config)
     server = WebServer(config, tmp_path / "gunicorn.log").start()
     yield app, server
@@ -191,3 +194,56 @@ def test_generate_digits_in_the_browser(stack):
         batch = db.session.get(Batch, batch_id)
         assert [(j.label, j.n, j.seed, j.status, len(j.images)) for j in batch.jobs] == \
             [("1", 1, 5, "succeeded", 1), ("9", 2, 6, "succeeded", 2)]
+
+
+@pytest.mark.skipif(not (SHIPPED_MODELS / "fashion-text" / "card.json").is_file(), reason="models/fashion-text absent")
+def test_a_typed_prompt_for_the_shipped_text_model(stack):
+    """The shipped fashion-text model: its example prompts fill the box, a typed prompt gives images, and the
+    job page and the gallery show the prompt."""
+    from playwright.sync_api import sync_playwright
+
+    app, server = stack
+    prompt = "a light, narrow dress"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(f"{server.url}/")
+            page.get_by_label("Model").select_option("fashion-text")
+            fieldset = page.locator('fieldset[data-model="fashion-text"]')
+            box = fieldset.get_by_label("Prompt")
+            examples = fieldset.locator("a.example-prompt")
+            assert 4 <= examples.count() <= 6
+            examples.first.click()  # fills the box, no navigation
+            assert box.input_value() == examples.first.get_attribute("data-prompt")
+            assert page.url == f"{server.url}/"
+            box.fill(prompt)
+            page.get_by_label("Number of images").fill(str(N_IMAGES))
+            page.get_by_label("Seed").fill("7")
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_url(f"{server.url}/jobs/*")
+            job_id = page.url.rsplit("/", 1)[1]
+            page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
+            assert page.locator("#job-status").inner_text() == "succeeded"
+            assert prompt in page.locator("main").inner_text()
+            page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
+
+            page.goto(f"{server.url}/gallery?prompt=narrow+dress")
+            assert page.locator("#gallery img").count() == N_IMAGES
+            assert prompt in page.locator("#gallery").inner_text()
+            page.goto(f"{server.url}/models")
+            assert page.locator("#model-fashion-text img.model-samples").evaluate("img => img.naturalWidth") > 0
+            assert errors == []
+        finally:
+            browser.close()
+
+    from app.core.extensions import db
+    from app.core.models import Job
+
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        assert (job.status, job.prompt, job.condition_kind, job.model_version.name) == \
+            ("succeeded", prompt, "text", "fashion-text")
