@@ -82,11 +82,14 @@ class CodeGenerator(nn.Module):
 
 
 class ImageDiscriminator(nn.Module):
-    """D_I: conv 4x4/s2 stages with LeakyReLU, FC ``disc_hidden``, FC 1; Q: FC ``q_dim`` on the same trunk.
+    """D_I: conv 4x4/s2 stages with LeakyReLU, FC ``disc_hidden``, FC 1; Q: FC ``q_dim``.
 
     ``features`` (the last conv layer) is the learned similarity metric used for reconstruction. For text
-    models the condition vector is concatenated to the flattened features (a conditional D_I), and an
-    optional auxiliary class head (``aux_classes``, TAC-GAN) shares the trunk too.
+    models the condition vector is concatenated to the flattened features for the real/fake decision (a
+    conditional, matching-aware D_I); Q and the optional auxiliary class head (``aux_classes``, TAC-GAN) then
+    read the image alone, through a trunk of their own: a head that saw the caption could read the answer off
+    it, and the generator would learn nothing from it. Class and cluster models have no condition input, so
+    Q shares the one trunk (the paper's layout).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], base_channels: int, hidden: int, cond_dim: int,
@@ -100,8 +103,12 @@ class ImageDiscriminator(nn.Module):
             in_ch = ch
         self.conv = nn.Sequential(*layers)
         self.cond_dim = cond_dim
-        self.trunk = nn.Sequential(nn.Linear(in_ch * final_size**2 + cond_dim, hidden), nn.LeakyReLU(0.2))
+        feature_dim = in_ch * final_size**2
+        self.trunk = nn.Sequential(nn.Linear(feature_dim + cond_dim, hidden), nn.LeakyReLU(0.2))
         self.real_fake = nn.Linear(hidden, 1)
+        # conditional D_I: the heads that predict the condition get an image-only trunk
+        self.image_trunk = (nn.Sequential(nn.Linear(feature_dim, hidden), nn.LeakyReLU(0.2))
+                            if cond_dim and (q_dim or aux_classes) else None)
         self.q_head = nn.Linear(hidden, q_dim) if q_dim else None
         self.class_head = nn.Linear(hidden, aux_classes) if aux_classes else None
 
@@ -115,13 +122,15 @@ class ImageDiscriminator(nn.Module):
 
     def judge(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """-> (real/fake logit ``(B,)``, Q output or None, auxiliary class logits ``(B, aux_classes)`` or None)."""
-        h = self.features(images)
+        features = self.features(images)  # (B, feature_dim)
         if self.cond_dim:
             assert cond is not None
-            h = torch.cat([h, cond], dim=1)
-        h = self.trunk(h)
-        q = self.q_head(h) if self.q_head is not None else None
-        aux = self.class_head(h) if self.class_head is not None else None
+            h = self.trunk(torch.cat([features, cond], dim=1))
+        else:
+            h = self.trunk(features)
+        heads = self.image_trunk(features) if self.image_trunk is not None else h  # image only
+        q = self.q_head(heads) if self.q_head is not None else None
+        aux = self.class_head(heads) if self.class_head is not None else None
         return self.real_fake(h).squeeze(1), q, aux
 
 
@@ -188,7 +197,7 @@ class CodeGeneratorAAE(GenerativeModel):
         if "image_discriminator" in getattr(self, "dropped_modules", ()):
             raise ValueError("this inference-only export has no image discriminator, so no Q head")
         cond = None
-        if self.config.condition == "text":  # D_I is conditional there; Q is read with a zero condition
+        if self.config.condition == "text":  # D_I's real/fake half wants a condition; Q does not read it
             cond = torch.zeros(images.shape[0], self.config.text_dim, device=images.device)
         _, q = self.image_discriminator(images, cond)
         return q

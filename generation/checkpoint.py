@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         except ValueError as exc:
             raise CheckpointError(f"{folder}: {exc}") from None
     # half-precision exports are cast back to the model's float32 here; sampling always runs in float32
-    model.load_state_dict(load_file(str(weights), device="cpu"))
+    _load_weights(model, load_file(str(weights), device="cpu"), folder)
     model.to(device).eval()
     known = {"format_version", "backend", "class_name", "model_config", "dataset", "image_shape", "class_names"}
     info = CheckpointInfo(
@@ -104,6 +104,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 # -- training state ---------------------------------------------------------------------------------
+def _load_weights(model: GenerativeModel, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Load ``state`` strictly, except that a training-only module saved with another layout (an older
+    version's discriminator) is dropped: the model loads for sampling, as an inference-only one."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    stale = sorted({key.split(".", 1)[0] for key in [*missing, *unexpected]})
+    if not stale:
+        return
+    if not set(stale) <= set(model.training_only_modules):
+        keys = [*missing, *unexpected][:5]
+        raise CheckpointError(f"{folder}: the weights do not match the {model.backend} model "
+                              f"(missing or unexpected: {keys}...)")
+    model.drop_modules(stale)
+
+
 def _flatten_optimizer(name: str, state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Move the tensors of an optimizer state dict into ``tensors``; return the JSON-able rest."""
     plain: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}

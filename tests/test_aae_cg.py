@@ -142,3 +142,31 @@ def test_nearest_upsampling_decoder_has_no_transposed_convolutions():
     assert model.sample(2, Condition("class", index=1)).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="upsample must be one of transpose, nearest"):
         build_tiny("aae-cg", condition="class", upsample="bicubic")
+
+
+def test_text_models_q_and_class_head_read_the_image_alone():
+    """A head that saw the caption could read its answer off the caption, and G would learn nothing from it."""
+    model = build_tiny("aae-cg", condition="text", text_dim=12, aux_classes=10).eval()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    logit_a, q_a, aux_a = model.image_discriminator.judge(x, torch.zeros(3, 12))
+    logit_b, q_b, aux_b = model.image_discriminator.judge(x, torch.randn(3, 12))
+    assert torch.equal(q_a, q_b) and torch.equal(aux_a, aux_b)
+    assert not torch.allclose(logit_a, logit_b)  # the real/fake decision is matching-aware
+
+
+def test_the_class_head_learns_from_real_images_only(digits_train):
+    """D_I's class head is updated from real images alone: the same step with other generated images (another
+    noise seed) leaves it with the same weights (no collusion with G on a private code for the class)."""
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.randn(16, 12)
+    heads = []
+    for seed in (0, 1):
+        model = build_tiny("aae-cg", condition="text", text_dim=12, aux_classes=10)
+        trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False,
+                                                             seed=seed), {"info_weight": 0.0})
+        model.train()
+        trainer.train_step(images, cond, labels)
+        heads.append(snapshot(model.image_discriminator.class_head))
+        if seed:
+            assert changed(heads[0], model.image_discriminator.class_head) is False
+    assert all(torch.equal(a, b) for a, b in zip(*heads))

@@ -105,3 +105,20 @@ def test_cli_export_prints_the_check_and_names_bad_flags(tmp_path, capsys):
     assert "--tolerance" in capsys.readouterr().err
     assert cli(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_discriminator_has_an_older_layout_loads_for_sampling(tmp_path):
+    """Text models' D_I gained an image-only trunk for Q and the class head: a checkpoint saved before loads
+    with its discriminator dropped (inference only); weights that do not fit what sampling needs are refused."""
+    from safetensors.torch import save_file
+
+    source, folder = saved_tiny(tmp_path, "aae-cg", "text")
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".image_trunk." not in k}, str(folder / "model.safetensors"))
+    model, _ = load_checkpoint(folder)
+    assert model.inference_only and model.dropped_modules == ("image_discriminator",)
+    condition = E.check_conditions(source)[0]
+    assert torch.equal(generate(model, 2, condition, seed=1), generate(source, 2, condition, seed=1))
+    save_file({k: v for k, v in weights.items() if not k.startswith("decoder.fc")}, str(folder / "model.safetensors"))
+    with pytest.raises(Exception, match="do not match"):
+        load_checkpoint(folder)

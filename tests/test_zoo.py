@@ -81,6 +81,8 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
         if recipe.condition == "cluster":
             assert set(card["clusters"]) == {str(k) for k in range(10)}
     assert (models / zoo.MONTAGE_FILE).is_file()  # the README's picture: a row per model
+    index = (models / "README.md").read_text()
+    assert all(f"[{name}]({name}/README.md)" in index for name in zoo.recipe_names())
     # a second build with --reuse takes the finished trainings instead of training again
     log: list[str] = []
     zoo.build(["mnist"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=models, tiny=True,

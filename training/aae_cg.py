@@ -38,7 +38,7 @@ class AAECodeGeneratorTrainer(Trainer):
         info_weight: weight of the mutual-information term (Eq. 7).
         real_q_weight: weight of Q's loss on real labelled images (class models only).
         aux_class_weight: text models with ``aux_classes``: weight of the auxiliary class head's cross-entropy
-            (D_I on real and generated images, CG + G on generated ones; TAC-GAN).
+            (D_I learns it on real images, CG + G on generated ones; TAC-GAN).
         text_noise: text models: standard deviation of Gaussian noise added to the condition vector fed to CG
             (StackGAN's conditioning augmentation): nearby sentences map to the same images, so wording never
             seen in training still lands on what it means. 0 = off.
@@ -114,7 +114,7 @@ class AAECodeGeneratorTrainer(Trainer):
             z_c = m.code_generator(noise, s_gen)  # (B, latent_dim)
             fake = m.decoder(z_c)  # (B, C, H, W)
             real_logit, real_q, real_aux = m.image_discriminator.judge(images, di_cond)
-            fake_logit, fake_q, fake_aux = m.image_discriminator.judge(fake.detach(), di_cond)
+            fake_logit, fake_q, _ = m.image_discriminator.judge(fake.detach(), di_cond)
             # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
             d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + \
                 h["info_weight"] * self._q_loss(fake_q, s, q_targets)
@@ -123,9 +123,9 @@ class AAECodeGeneratorTrainer(Trainer):
             if text:  # matching-aware: a real image with a mismatched caption counts as fake
                 wrong_logit, _ = m.image_discriminator(images, s.roll(1, dims=0))
                 d_loss = d_loss + _bce(wrong_logit, 0.0)
-            if aux is not None:
-                d_loss = d_loss + h["aux_class_weight"] * (F.cross_entropy(real_aux, aux) +
-                                                           F.cross_entropy(fake_aux, aux))
+            if aux is not None:  # the class head learns from real images only: G cannot agree with it on a
+                # private code for the class (AC-GAN's failure mode); its images must look like the class
+                d_loss = d_loss + h["aux_class_weight"] * F.cross_entropy(real_aux, aux)
         self.backward_step(d_loss, "image_disc")
 
         with self.autocast():

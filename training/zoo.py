@@ -278,6 +278,7 @@ def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, trai
         "export": {"command": f"priorforge export {checkpoint} --out models/{recipe.name}"
                               + (" --keep-encoder" if recipe.keep_encoder else ""),
                    "precision": export["precision"], "max_abs_pixel_diff": export["max_abs_pixel_diff"]},
+        "keeps_encoder": recipe.keep_encoder,
         "samples": "samples.png", "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tiny": tiny,
     }
@@ -314,6 +315,28 @@ def write_sample_grid(model, info, recipe: Recipe, path: Path, per_row: int = 10
 
 
 MONTAGE_FILE = "shipped-models.png"
+INDEX_FILE = "README.md"
+HEADLINE = {"class": "label_accuracy", "cluster": "cluster_sample_purity",
+            "text": "text_class_accuracy[heldout]"}
+
+
+def render_index(models_dir: Path) -> str:
+    """``models/README.md``: every shipped model with an example, its headline metric and its size."""
+    lines = ["# Shipped models", "",
+             "Built by `bash scripts/build-models.sh` (`priorforge zoo build`: train within the recorded CPU budget, "
+             "evaluate on 5,000 samples, export in fp16, write the card). `scripts/run.sh` serves every folder "
+             "here that has a `card.json`, under that name.", "", f"![a row per model]({MONTAGE_FILE})", "",
+             "| model | what | try | headline metric | CPU minutes | size |", "| --- | --- | --- | --- | --- | --- |"]
+    for recipe in RECIPES:
+        card = read_card(models_dir / recipe.name)
+        if card is None:
+            continue
+        key = HEADLINE.get(card["condition"], "feature_fid")
+        value = card["metrics"].get(key)
+        shown = f"{key} {value:.1%}" if isinstance(value, float) and "fid" not in key else f"{key} {value}"
+        lines.append(f"| [{card['name']}]({card['name']}/README.md) | {card['title']} | `{card['examples'][0]}` | "
+                     f"{shown} | {card['training']['cpu_seconds'] / 60:.1f} | {card['size_bytes'] / 2**20:.1f} MiB |")
+    return "\n".join(lines + [""])
 
 
 def write_montage(models_dir: Path, out: Path, per_row: int = 10) -> Path:
@@ -354,8 +377,9 @@ def render_card(card: dict[str, Any]) -> str:
              f"images {'x'.join(map(str, card['image_shape']))}.",
              f"- Training: {t['steps']} steps in {t['cpu_seconds'] / 60:.1f} CPU minutes (one thread; budget "
              f"{_number(t['budget_cpu_minutes'])}).",
-             f"- Weights: {card['export']['precision']}, inference only; the pixels stay within "
-             f"{card['export']['max_abs_pixel_diff']} of 255 levels of the full-precision model.", ""]
+             f"- Weights: {card['export']['precision']}, inference only"
+             f"{' (the encoder kept, for interpolate and mix)' if card.get('keeps_encoder') else ''}; the pixels "
+             f"stay within {card['export']['max_abs_pixel_diff']} of 255 levels of the full-precision model.", ""]
     if card["examples"]:
         lines += ["Try: " + ", ".join(f"`{e}`" for e in card["examples"]), ""]
     if card["clusters"]:
@@ -364,8 +388,9 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [f"## Metrics ({card['evaluation_samples']} samples, the project's own evaluation)", "",
               "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
-    lines += ["", "All figures, per class and per phrasing: `metrics.json`. How they are measured: "
-              "docs/results.md.", "", "## Recipe", "", "```bash", t["command"], card["export"]["command"], "```",
+    lines += ["", "All figures, per class and per phrasing: [metrics.json](metrics.json). How they are measured: "
+              "[docs/results.md](../../docs/results.md).", "", "## Recipe", "", "```bash", t["command"],
+              card["export"]["command"], "```",
               "", "Rebuild every shipped model: `bash scripts/build-models.sh` (or `--only "
               f"{card['name']}`).", ""]
     return "\n".join(lines)
@@ -390,6 +415,7 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
         folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
         log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
     write_montage(models, models / MONTAGE_FILE)
+    (models / INDEX_FILE).write_text(render_index(models))
     return folders
 
 
