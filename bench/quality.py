@@ -1,24 +1,22 @@
-"""Every backend on real data under one CPU budget: train, evaluate, one comparison table (issue 4).
+"""Every backend on real data under one CPU budget: train, evaluate, one comparison table (issues 4 and 21).
 
-For each (backend, data set): ``priorforge train --condition class --max-cpu-minutes B --no-eval`` in its
-own process (one thread), then an evaluation process: ``training.evaluate.evaluate_model`` (feature FID,
-label accuracy, reconstruction MSE, precision/recall) and the trained model's sampling speed at batch 64.
-``--jobs`` (run, evaluation) pairs run side by side. A backend that fails is recorded with its error; the
-others go on. The ``lde`` checkpoint is evaluated a second time with its prior replaced by a Gaussian per
-class fitted to training codes (the row ``lde AE + Gaussian codes``: "plain AE sampling" as a baseline).
+For each (backend, data set, condition): ``priorforge train --condition C --max-cpu-minutes B --no-eval`` in
+its own process (one thread), then an evaluation process: ``training.evaluate.evaluate_model`` (feature FID,
+label accuracy for class models, reconstruction MSE, precision/recall) and the trained model's sampling speed at
+batch 64. ``--jobs`` (run, evaluation) pairs run side by side. A backend that fails is recorded with its error;
+the others go on.
 
-Same budget for everyone, with two backend-specific settings so that each one's prior is actually trained
-within it (written into the table's notes and the JSON):
+Every backend gets the same budget and nothing else: each trainer plans its own schedules (IAE code growth, the
+LDE's stage split, PGA's warm-up, lr annealing and halving) from the steps the budget buys
+(``training/trainer.py``), and the budget covers every stage (the LDE's density stage, the class prior's fit).
 
-- ``lde``: its density stage runs after the training loop and is not bounded by ``--max-cpu-minutes`` (when
-  the budget stops the loop early, the stage even takes over the loop's unused steps). So the LDE gets step
-  counts instead, calibrated in this process (CPU time of one autoencoder step and of one LDE update): AE
-  steps for ``1 - LDE_SHARE`` of the budget (``--max-steps``), LDE updates for ``LDE_SHARE`` of it
-  (``--hparam lde_steps``). Its measured CPU time is in the table like everyone's.
-- ``pga``: its latent terms switch on after ``warmup_steps`` (3,000 by default, far more steps than a CPU
-  budget of minutes allows); here ``--pga-warmup`` steps (default 50).
+``--code-priors`` evaluates class-conditional checkpoints a second (third) time with another prior over codes,
+decoded by the same networks: ``gaussian``, one full-covariance Gaussian per class fitted to the codes of 10,000
+training images (for ``vae``/``pga`` exactly their ``class_prior="gaussian"`` fit; for the others the "AE +
+Gaussian codes" baseline of the LDE and GLF papers) and ``standard``, N(0, I) codes for every class (``vae`` and
+``pga``: the CVAE alone, what they sampled before issue 21). A prior a row already has is not repeated.
 
-    OMP_NUM_THREADS=1 python bench/quality.py --data-root /work/shared/data --cpu-minutes 1.5 --preset small
+    OMP_NUM_THREADS=1 python bench/quality.py --data-root /work/shared/data --cpu-minutes 15 --preset small
     python bench/quality.py --quick          # tiny models, 2 steps, sklearn digits: a smoke test
     python bench/quality.py --merge a.json b.json --json-out all.json   # one table from several runs
 """
@@ -45,7 +43,9 @@ import torch  # noqa: E402
 from bench.common import TINY_MODEL, emit, machine_info, markdown_table, model_overrides, time_call  # noqa: E402
 
 BACKENDS = ("aae-cg", "glf", "lde", "pga", "vae")
-LDE_SHARE = 0.25
+CONDITIONS = ("class", "none")
+CODE_PRIORS = ("model", "gaussian", "standard")
+PRIOR_LABELS = {"model": "model", "gaussian": "Gaussian per class", "standard": "N(0, I)"}
 # --preset small: applied to every backend that has the field (the VAE has no hidden_dim / disc_hidden)
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -53,7 +53,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 SAMPLING_BATCH = 64
 GAUSSIAN_CODES = 10000
-GAUSSIAN_ROW = "lde AE + Gaussian codes"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,14 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--datasets", default="mnist,fashion-mnist")
+    p.add_argument("--conditions", default=",".join(CONDITIONS), help="class and/or none")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cpu-minutes", type=float, default=2.0, help="training CPU budget per backend per data set")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="model sizes: the backends' defaults, or 'small' (fields in PRESETS) for every backend")
-    p.add_argument("--pga-warmup", type=int, default=50, help="pga: steps before its latent terms switch on")
-    p.add_argument("--eval-samples", type=int, default=2000, help="generated (and test) images per evaluation")
-    p.add_argument("--no-gaussian-baseline", dest="gaussian_baseline", action="store_false",
-                   help="skip the extra row: lde's autoencoder sampled with per-class Gaussian codes")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model-config field (JSON value) for every backend that has it, e.g. class_prior=flow")
+    p.add_argument("--eval-samples", type=int, default=5000, help="generated (and test) images per evaluation")
+    p.add_argument("--code-priors", default="model",
+                   help="class models are evaluated with each of these priors over codes: "
+                        f"{', '.join(CODE_PRIORS)} (see the module docstring)")
     p.add_argument("--jobs", type=int, default=2, help="(train, evaluate) pairs run in parallel")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (passed to train and evaluation)")
@@ -81,10 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # worker mode: evaluate one checkpoint (the parent runs this in a child process)
     p.add_argument("--eval-checkpoint", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eval-out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--eval-code-prior", default="model", choices=("model", "gaussian"), help=argparse.SUPPRESS)
+    p.add_argument("--eval-code-prior", default="model", choices=CODE_PRIORS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.cpu_minutes, args.eval_samples = "digits", 0.05, 40
+    for flag, value, valid in (("--conditions", args.conditions, CONDITIONS),
+                               ("--code-priors", args.code_priors, CODE_PRIORS)):
+        unknown = sorted(set(value.split(",")) - set(valid) - {""})
+        if unknown:
+            p.error(f"{flag}: unknown {unknown}; valid: {', '.join(valid)}")
     return args
 
 
@@ -93,8 +100,7 @@ def evaluate_checkpoint(checkpoint: str, *, data_root: str | None, n_samples: in
                         device_name: str, code_prior: str = "model") -> dict[str, Any]:
     """``evaluate_model`` of the checkpoint plus its sampling speed at batch 64 (median of 3, after a warm-up).
 
-    ``code_prior="gaussian"``: the model's own prior is replaced by a Gaussian per class fitted to the codes of
-    training images (the "plain AE sampling" baseline the LDE and GLF papers compare with)."""
+    ``code_prior``: ``model`` (its own prior), ``gaussian`` or ``standard`` (see the module docstring)."""
     from generation.base import Condition
     from generation.checkpoint import load_checkpoint
     from generation.device import resolve_device
@@ -108,8 +114,10 @@ def evaluate_checkpoint(checkpoint: str, *, data_root: str | None, n_samples: in
     extra: dict[str, Any] = {}
     if code_prior == "gaussian":
         train = load_dataset(info.dataset, data_root, "train", image_size=int(shape[1]), channels=int(shape[0]))
-        use_gaussian_codes(model, fit_gaussian_codes(model, train, GAUSSIAN_CODES, seed))
-        extra["code_prior"] = f"Gaussian per class (full covariance) fitted to {GAUSSIAN_CODES} training codes"
+        extra["code_prior"] = use_gaussian_codes(model, train, GAUSSIAN_CODES, seed)
+    elif code_prior == "standard":
+        use_standard_codes(model)
+        extra["code_prior"] = "N(0, I) for every class"
     c0, w0 = time.process_time(), time.perf_counter()
     metrics = evaluate_model(model, dataset=info.dataset, class_names=info.class_names, data_root=data_root,
                              device=device, n_samples=n_samples, seed=seed, test_data=test)
@@ -129,98 +137,89 @@ def evaluate_checkpoint(checkpoint: str, *, data_root: str | None, n_samples: in
     return metrics | extra
 
 
-def fit_gaussian_codes(model, data, n: int, seed: int) -> dict[int | None, tuple[torch.Tensor, torch.Tensor]]:
-    """Per class (``None``: one for all, unconditional models): the mean ``(D,)`` and Cholesky factor ``(D, D)``
-    of the codes of up to ``n`` training images (a seeded subset)."""
+def has_class_prior(model) -> bool:
+    """Whether ``model`` is a CVAE-style backend with a ``class_prior`` option (vae, pga)."""
+    from generation.base import ConditionalDecoderMixin
+
+    return isinstance(model, ConditionalDecoderMixin) and model.config.condition == "class"
+
+
+def use_standard_codes(model) -> None:
+    """A vae/pga class model samples N(0, I) codes for every class (its class prior removed)."""
+    if not has_class_prior(model):
+        raise ValueError(f"code prior 'standard' is for class-conditional vae and pga, not {model.backend}")
+    model.class_prior = model.prior_flow = None
+
+
+def use_gaussian_codes(model, data, n: int, seed: int) -> str:
+    """Replace the model's prior by one full-covariance Gaussian per class (one for all, unconditional models)
+    fitted to the codes of up to ``n`` training images; returns what was fitted.
+
+    vae/pga class models get their own ``class_prior="gaussian"`` fit (``ClassPriorTraining.fit_class_prior``:
+    each image encoded with its label); the others' label-free codes are fitted here, and ``sample_latents`` (on
+    this instance) draws from the fit."""
+    from generation.layers import ClassGaussianPrior
+    from training.registry import get_trainer_class
+    from training.trainer import TrainConfig
+
+    classes = model.config.condition == "class"
+    if has_class_prior(model):
+        model.prior_flow = None
+        model.class_prior = ClassGaussianPrior(model.config.num_classes, model.config.latent_dim).to(model.device)
+        trainer = get_trainer_class(model.backend)(model, TrainConfig(seed=seed, device=str(model.device),
+                                                                      progress_bar=False, evaluate=False),
+                                                   {"prior_codes": n})
+        fitted = trainer.fit_class_prior(data)["class_prior"]
+        return f"Gaussian per class (full covariance) fitted to {fitted['codes']} training codes (the model's fit)"
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     codes, labels = [], []
     with torch.inference_mode():
         for i in range(0, len(rows), 256):
             batch = data.batch(rows[i:i + 256])
             codes.append(model.encode(batch.images.to(model.device)).latents.float().cpu())  # (b, D)
-            labels.append(batch.labels)
-    z_all, y_all = torch.cat(codes).double(), torch.cat(labels)
-    keys = y_all.unique().tolist() if model.config.condition == "class" else [None]
-    out = {}
-    for key in keys:
-        z = z_all if key is None else z_all[y_all == key]
-        cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)  # (D, D)
-        out[key] = (z.mean(0).float(), torch.linalg.cholesky(cov).float())
-    return out
+            labels.append(batch.labels if classes else torch.zeros_like(batch.labels))
+    prior = ClassGaussianPrior(model.config.num_classes if classes else 1, codes[0].shape[1])
+    prior.fit(torch.cat(codes), torch.cat(labels))
 
-
-def use_gaussian_codes(model, params: dict[int | None, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Replace ``model.sample_latents`` (on this instance) by draws from the fitted Gaussians."""
     def sample_latents(n: int, condition, generator: torch.Generator) -> torch.Tensor:
-        mean, chol = params[condition.index if model.config.condition == "class" else None]
-        eps = torch.randn(n, mean.shape[0], generator=generator)  # (n, D)
-        return mean + eps @ chol.T  # (n, D)
+        model.check_condition(condition)
+        noise = torch.randn(n, prior.mean.shape[1], generator=generator)  # (n, D)
+        index = torch.full((n,), condition.index if classes else 0, dtype=torch.long)
+        return prior.sample(index, noise).to(model.device)  # (n, D)
 
     model.sample_latents = sample_latents
+    return f"Gaussian {'per class ' if classes else ''}(full covariance) fitted to {len(rows)} training codes"
 
 
-# -- the LDE's budget ------------------------------------------------------------------------------------
-def lde_calibration(image_shape: tuple[int, int, int], overrides: dict[str, Any], batch_size: int) -> dict[str, float]:
-    """CPU seconds of one autoencoder step (batch ``batch_size``) and of one LDE update (batch 128) of the
-    model that will be trained (class condition, 10 classes), measured in this process with one thread."""
-    from generation.registry import build_model
-    from training.lde import LDETrainer
-    from training.trainer import TrainConfig
-
-    torch.manual_seed(0)
-    model = build_model("lde", image_shape=image_shape, condition="class", **overrides)
-    trainer = LDETrainer(model, TrainConfig(device="cpu", progress_bar=False, evaluate=False))
-    cpu = torch.device("cpu")
-    images = torch.rand(batch_size, *image_shape) * 2 - 1
-    labels = torch.arange(batch_size) % 10
-    onehot = torch.nn.functional.one_hot(labels, 10).float()
-    ae = time_call(lambda: trainer.train_step(images, onehot, labels), cpu, warmup=2, repeats=7)
-    batch = int(trainer.hparams["lde_batch_size"])
-    codes = torch.randn(batch, model.config.latent_dim)  # (128, D)
-    cond = torch.nn.functional.one_hot(torch.arange(batch) % 10, 10).float()  # (128, 10)
-    lde = time_call(lambda: trainer.lde_step(codes, cond), cpu, warmup=3, repeats=15)
-    return {"ae_step": ae.cpu, "lde_update": lde.cpu}
-
-
-# -- one (backend, data set) run ---------------------------------------------------------------------------
+# -- one (backend, data set, condition) run --------------------------------------------------------------------
 def dataset_image_shape(dataset: str) -> tuple[int, int, int]:
     return {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}.get(dataset, (1, 28, 28))
 
 
-def train_argv(backend: str, dataset: str, out: Path, args: argparse.Namespace,
-               lde_cost: dict[str, dict[str, float]]) -> tuple[list[str], dict[str, Any]]:
-    """The ``priorforge train`` arguments for one run, and the backend-specific settings it got."""
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def train_argv(backend: str, dataset: str, condition: str, out: Path,
+               args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The ``priorforge train`` arguments for one run, and the settings it got."""
     from generation.registry import config_class
 
     sizes = dict(TINY_MODEL) if args.quick else dict(PRESETS[args.preset])
-    sets = model_overrides(config_class(backend), sizes)
-    budget = args.cpu_minutes
-    notes: dict[str, Any] = {}
-    hparams: dict[str, Any] = {}
+    sets = model_overrides(config_class(backend), sizes | parse_sets(args.sets))
     max_steps: int | None = 2 if args.quick else None
-    if backend == "lde":
-        # its density stage runs after the loop and is not bounded by --max-cpu-minutes; when that budget stops
-        # the loop early, the stage also takes over the loop's unused steps (training/lde.py, finish()). So the
-        # LDE gets step counts calibrated to the budget instead: AE steps for 1 - LDE_SHARE of it, LDE updates
-        # for LDE_SHARE; its measured CPU time is in the table.
-        cost = lde_cost.get(dataset)
-        if not args.quick:
-            if not cost:
-                raise RuntimeError("lde: no calibration for this data set")
-            max_steps = max(1, int((1 - LDE_SHARE) * budget * 60 / cost["ae_step"]))
-            hparams["lde_steps"] = max(1, int(LDE_SHARE * budget * 60 / cost["lde_update"]))
-            budget = None
-        else:
-            hparams["lde_steps"] = 2
-        notes["lde"] = f"{max_steps} AE steps + {hparams['lde_steps']} LDE updates (calibrated to the budget)"
-    if backend == "pga":
-        hparams["warmup_steps"] = 1 if args.quick else args.pga_warmup
-        notes["pga"] = f"warmup_steps={hparams['warmup_steps']}"
-    argv = ["train", "--model", backend, "--dataset", dataset, "--condition", "class", "--out", str(out),
+    argv = ["train", "--model", backend, "--dataset", dataset, "--condition", condition, "--out", str(out),
             "--seed", str(args.seed), "--device", args.device, "--no-eval", "--quiet",
-            "--sample-every", "0", "--checkpoint-every", "0"]
-    if budget is not None:
-        argv += ["--max-cpu-minutes", f"{budget:.6g}"]
+            "--sample-every", "0", "--checkpoint-every", "0", "--max-cpu-minutes", f"{args.cpu_minutes:.6g}"]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     if args.data_root:
@@ -229,9 +228,7 @@ def train_argv(backend: str, dataset: str, out: Path, args: argparse.Namespace,
         argv += ["--batch-size", "16"]
     for key, value in sets.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]
-    for key, value in hparams.items():
-        argv += ["--hparam", f"{key}={json.dumps(value)}"]
-    return argv, {"model_sets": sets, "hparams": hparams, "max_cpu_minutes": budget, "max_steps": max_steps, **notes}
+    return argv, {"model_sets": sets, "max_cpu_minutes": args.cpu_minutes, "max_steps": max_steps}
 
 
 def run_child(cmd: list[str], log: Path) -> tuple[int, str]:
@@ -243,13 +240,14 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, str]:
     return rc, (lines[-1][-300:] if lines else "")
 
 
-def run_one(backend: str, dataset: str, args: argparse.Namespace, work: Path,
-            lde_cost: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """Train and evaluate one backend on one data set; its row (two for lde: also its AE with Gaussian codes)."""
-    out = work / f"{backend}-{dataset}"
-    row: dict[str, Any] = {"backend": backend, "dataset": dataset, "checkpoint": str(out)}
+def run_one(backend: str, dataset: str, condition: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Train and evaluate one backend on one data set for one condition: one row per code prior evaluated."""
+    tag = f"{backend}-{dataset}-{condition}"
+    out = work / tag
+    row: dict[str, Any] = {"backend": backend, "dataset": dataset, "condition": condition, "prior": "model",
+                           "checkpoint": str(out)}
     try:
-        argv, settings = train_argv(backend, dataset, out, args, lde_cost)
+        argv, settings = train_argv(backend, dataset, condition, out, args)
     except Exception as exc:  # noqa: BLE001 - a backend that cannot even be configured is recorded, not fatal
         return [row | {"error": f"setup: {type(exc).__name__}: {exc}"}]
     row |= settings | {"train_command": "priorforge " + " ".join(argv)}
@@ -257,27 +255,30 @@ def run_one(backend: str, dataset: str, args: argparse.Namespace, work: Path,
     if args.quick:
         rc, err = _train_in_process(argv)
     else:
-        rc, err = run_child([sys.executable, "-m", "priorforge.cli", *argv], work / f"{backend}-{dataset}.train.log")
+        rc, err = run_child([sys.executable, "-m", "priorforge.cli", *argv], work / f"{tag}.train.log")
     row["process_wall_seconds"] = round(time.perf_counter() - w0, 1)
     if rc != 0:
         return [row | {"error": f"train exit {rc}: {err}"}]
     metrics = json.loads((out / "metrics.json").read_text())
-    row |= {k: metrics.get(k) for k in ("steps", "cpu_seconds", "train_seconds", "lde_test_nll")}
-    rows = [row | _evaluate(out, backend, dataset, args, work, "model")]
-    if backend == "lde" and args.gaussian_baseline and not rows[0].get("error"):
-        base = {k: row.get(k) for k in ("dataset", "checkpoint", "steps", "cpu_seconds", "train_seconds")}
-        rows.append(base | {"backend": GAUSSIAN_ROW} | _evaluate(out, backend, dataset, args, work, "gaussian"))
+    row |= {k: metrics.get(k) for k in ("steps", "cpu_seconds", "train_seconds", "lde_test_nll", "ae_steps",
+                                        "lde_steps", "schedule", "class_prior")}
+    config = json.loads((out / "config.json").read_text())["model_config"]
+    own = config.get("class_prior") if backend in ("vae", "pga") and condition == "class" else None
+    rows = []
+    for prior in args.code_priors.split(","):
+        if prior == "model" or (condition == "class" and prior != own
+                                and (prior != "standard" or backend in ("vae", "pga"))):
+            rows.append(row | {"prior": PRIOR_LABELS[prior]} | _evaluate(out, tag, args, work, prior))
     return rows
 
 
-def _evaluate(out: Path, backend: str, dataset: str, args: argparse.Namespace, work: Path,
-              code_prior: str) -> dict[str, Any]:
+def _evaluate(out: Path, tag: str, args: argparse.Namespace, work: Path, code_prior: str) -> dict[str, Any]:
     """The evaluation of checkpoint ``out`` (in this process for --quick, else in a child): metrics or an error."""
     try:
         if args.quick:
             return evaluate_checkpoint(str(out), data_root=args.data_root, n_samples=args.eval_samples,
                                        seed=args.seed, device_name=args.device, code_prior=code_prior)
-        tag = f"{backend}-{dataset}" + (".gauss" if code_prior == "gaussian" else "")
+        tag += "" if code_prior == "model" else f".{code_prior}"
         result = work / f"{tag}.eval.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-checkpoint", str(out),
                "--eval-out", str(result), "--eval-samples", str(args.eval_samples), "--seed", str(args.seed),
@@ -304,11 +305,12 @@ def _train_in_process(argv: list[str]) -> tuple[int, str]:
 
 
 # -- the table ------------------------------------------------------------------------------------------
-COLUMNS = [("backend", "backend"), ("dataset", "data set"), ("steps", "steps"), ("cpu_seconds", "train CPU s"),
-           ("train_seconds", "train wall s"), ("feature_fid", "feature FID"), ("label_accuracy", "label acc"),
-           ("reconstruction_mse", "recon MSE"), ("precision", "precision"), ("recall", "recall"),
-           ("sampling_images_per_s", "img/s @64 (wall)"), ("sampling_images_per_cpu_s", "img/s @64 (CPU)"),
-           ("error", "error")]
+COLUMNS = [("backend", "backend"), ("dataset", "data set"), ("condition", "condition"), ("prior", "codes from"),
+           ("steps", "steps"), ("cpu_seconds", "train CPU s"), ("label_accuracy", "label acc"),
+           ("feature_fid", "feature FID"), ("precision", "precision"), ("recall", "recall"),
+           ("reconstruction_mse", "recon MSE"), ("sampling_images_per_cpu_s", "img/s @64 (CPU)"),
+           ("sampling_images_per_s", "img/s @64 (wall)"), ("error", "error")]
+ROW_KEY = ("backend", "dataset", "condition", "prior")
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -338,24 +340,18 @@ def run_all(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int
     machine = machine_info(torch.device("cpu") if args.device == "cpu" else torch.device(args.device))
     backends = [b for b in args.backends.split(",") if b]
     datasets = [d for d in args.datasets.split(",") if d]
+    conditions = [c for c in args.conditions.split(",") if c]
     started = time.perf_counter()
     if args.quick:
         _quick_classifiers(datasets, args.data_root)
-    lde_cost: dict[str, dict[str, float]] = {}
-    if "lde" in backends and not args.quick:
-        from generation.registry import config_class
-
-        for dataset in datasets:
-            lde_cost[dataset] = lde_calibration(dataset_image_shape(dataset),
-                                                model_overrides(config_class("lde"), PRESETS[args.preset]), 64)
-    pairs = [(b, d) for d in datasets for b in backends]
+    runs = [(b, d, c) for d in datasets for c in conditions for b in backends]
     with ThreadPoolExecutor(max_workers=1 if args.quick else max(1, args.jobs)) as pool:
-        per_job = pool.map(lambda pair: run_one(pair[0], pair[1], args, work, lde_cost), pairs)
+        per_job = pool.map(lambda run: run_one(*run, args, work), runs)
         rows = [row for job_rows in per_job for row in job_rows]
     settings = {"cpu_minutes": args.cpu_minutes, "preset": args.preset, "preset_fields": PRESETS[args.preset],
-                "pga_warmup": args.pga_warmup, "lde_share": LDE_SHARE, "lde_calibration_cpu_seconds": lde_cost,
+                "sets": parse_sets(args.sets), "conditions": conditions, "code_priors": args.code_priors.split(","),
                 "eval_samples": args.eval_samples, "gaussian_codes": GAUSSIAN_CODES, "jobs": args.jobs,
-                "seed": args.seed, "quick": args.quick, "condition": "class",
+                "seed": args.seed, "quick": args.quick,
                 "command": " ".join(["quality.py", *(argv if argv is not None else sys.argv[1:])])}
     payload = {"benchmark": "quality", "machine": machine, "settings": settings, "rows": rows,
                "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -366,14 +362,18 @@ def run_all(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int
 
 
 def merge(paths: list[str], json_out: str | None) -> int:
-    """One table (and JSON) from several result files; a (backend, data set) row of a later file wins."""
+    """One table (and JSON) from several result files; a row of a later file replaces an earlier one's with the
+    same backend, data set, condition and prior (files from before conditions were recorded count as class)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for run in runs:
         for row in run["rows"]:
-            rows[(row["backend"], row["dataset"])] = row
-    datasets = list(dict.fromkeys(d for _, d in rows))
-    ordered = [rows[(b, d)] for d in datasets for b in sorted({b for b, _ in rows}) if (b, d) in rows]
+            row = {"condition": "class", "prior": "model"} | row
+            rows[tuple(str(row[k]) for k in ROW_KEY)] = row
+    order = {name: i for i, name in enumerate(BACKENDS)}
+    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], CONDITIONS.index(r["condition"])
+                                                   if r["condition"] in CONDITIONS else 9,
+                                                   order.get(r["backend"], 9), r["backend"], r["prior"]))
     payload = {"benchmark": "quality", "merged_from": [{"file": p, "settings": r["settings"], "machine": r["machine"],
                                                          "wall_seconds": r.get("wall_seconds")}
                                                         for p, r in zip(paths, runs)], "rows": ordered}

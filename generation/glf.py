@@ -13,14 +13,14 @@ unconditional. Training lives in ``training/glf.py``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from generation.base import Condition, EncoderOutput, GenerativeModel, ModelConfig
-from generation.layers import ConvDecoder, ConvEncoder
+# the flow lives in generation/layers.py (the VAE's and PGA's optional class prior is the same flow)
+from generation.layers import AffineCoupling, ConvDecoder, ConvEncoder, LatentFlow
 from generation.precision import to_device
 
 
@@ -63,79 +63,6 @@ class GLFConfig(ModelConfig):
             raise ValueError(f"scale_clamp must be positive, got {self.scale_clamp}")
 
 
-class AffineCoupling(nn.Module):
-    """RealNVP affine coupling: ``y_a = x_a``, ``y_b = x_b * exp(s(x_a, c)) + t(x_a, c)``, then a fixed permutation.
-
-    ``s`` is soft-clamped to ``(-clamp, clamp)``; log|det J| = sum(s). The coupling net is a 3-layer MLP whose
-    last layer starts at zero, so the flow starts as the identity (up to the permutations).
-    """
-
-    def __init__(self, dim: int, hidden: int, cond_dim: int, clamp: float, permutation: Tensor):
-        super().__init__()
-        self.split = dim // 2
-        self.clamp = clamp
-        out = dim - self.split
-        self.net = nn.Sequential(
-            nn.Linear(self.split + cond_dim, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 2 * out),
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-        self.register_buffer("permutation", permutation)
-        self.register_buffer("inverse_permutation", torch.argsort(permutation))
-
-    def _scale_shift(self, x_a: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = x_a if cond is None else torch.cat([x_a, cond], dim=1)
-        s, t = self.net(h).chunk(2, dim=1)  # (B, dim - split) each
-        return self.clamp * torch.tanh(s / self.clamp), t
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x`` ``(B, dim)`` -> ``(y, log|det dy/dx|)`` with ``y`` ``(B, dim)`` and the log-det ``(B,)``."""
-        x_a, x_b = x[:, :self.split], x[:, self.split:]
-        s, t = self._scale_shift(x_a, cond)
-        y = torch.cat([x_a, x_b * s.exp() + t], dim=1)
-        return y[:, self.permutation], s.sum(dim=1)
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
-        y = y[:, self.inverse_permutation]
-        y_a, y_b = y[:, :self.split], y[:, self.split:]
-        s, t = self._scale_shift(y_a, cond)
-        return torch.cat([y_a, (y_b - t) * (-s).exp()], dim=1)
-
-
-class LatentFlow(nn.Module):
-    """f: code z -> noise u, ``blocks`` blocks of two affine couplings (methods.md section 4)."""
-
-    def __init__(self, dim: int, blocks: int, hidden: int, cond_dim: int = 0, clamp: float = 2.0, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.dim = dim
-        self.layers = nn.ModuleList(
-            AffineCoupling(dim, hidden, cond_dim, clamp, torch.randperm(dim, generator=generator))
-            for _ in range(2 * blocks)
-        )
-
-    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``z`` ``(B, D)`` -> ``(u, log|det du/dz|)``."""
-        log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
-        for layer in self.layers:
-            z, ld = layer(z, cond)
-            log_det = log_det + ld
-        return z, log_det
-
-    def inverse(self, u: Tensor, cond: Tensor | None = None) -> Tensor:
-        for layer in reversed(self.layers):
-            u = layer.inverse(u, cond)
-        return u
-
-    def nll(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Negative log-likelihood per code ``(B,)`` by the change of variables (paper Eq. 1)."""
-        u, log_det = self.forward(z, cond)
-        log_pu = -0.5 * (u**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)  # N(0, I)
-        return -(log_pu + log_det)
-
-
 class GenerativeLatentFlow(GenerativeModel):
     """Deterministic AE + latent RealNVP flow; conditions ``none``, ``class``, ``text`` (conditional flow).
 
@@ -174,3 +101,6 @@ class GenerativeLatentFlow(GenerativeModel):
 
     def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput:
         return EncoderOutput(self.encoder(images))  # (B, latent_dim)
+
+
+__all__ = ["AffineCoupling", "GLFConfig", "GenerativeLatentFlow", "LatentFlow"]

@@ -1,8 +1,12 @@
-"""Convolutional encoder/decoder stacks shared by several backends, sized from the image shape.
+"""Layers shared by several backends: the convolutional encoder/decoder stacks, the RealNVP flow on codes,
+and the per-class Gaussian over codes.
 
 DCGAN/InfoGAN pattern (methods.md "Common ground"): stride-2 4x4 convolutions halve the image until it is
 7x7 (28-pixel images) or 4x4 (32, 64, 128... pixels), channels doubling each stage from ``base_channels``;
 then fully connected layers to the code. The decoder mirrors it.
+
+The flow (:class:`LatentFlow`) is GLF's prior and the optional ``class_prior="flow"`` of the VAE and PGA;
+:class:`ClassGaussianPrior` is their default class prior (ex-post density estimation on the codes).
 """
 
 from __future__ import annotations
@@ -126,3 +130,128 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, activation: type[nn.Module
         prev = width
     layers.append(nn.Linear(prev, out_dim))
     return nn.Sequential(*layers)
+
+
+class AffineCoupling(nn.Module):
+    """RealNVP affine coupling: ``y_a = x_a``, ``y_b = x_b * exp(s(x_a, c)) + t(x_a, c)``, then a fixed permutation.
+
+    ``s`` is soft-clamped to ``(-clamp, clamp)``; log|det J| = sum(s). The coupling net is a 3-layer MLP whose
+    last layer starts at zero, so the flow starts as the identity (up to the permutations).
+    """
+
+    def __init__(self, dim: int, hidden: int, cond_dim: int, clamp: float, permutation: Tensor):
+        super().__init__()
+        self.split = dim // 2
+        self.clamp = clamp
+        out = dim - self.split
+        self.net = nn.Sequential(
+            nn.Linear(self.split + cond_dim, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 2 * out),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation))
+
+    def _scale_shift(self, x_a: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = x_a if cond is None else torch.cat([x_a, cond], dim=1)
+        s, t = self.net(h).chunk(2, dim=1)  # (B, dim - split) each
+        return self.clamp * torch.tanh(s / self.clamp), t
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x`` ``(B, dim)`` -> ``(y, log|det dy/dx|)`` with ``y`` ``(B, dim)`` and the log-det ``(B,)``."""
+        x_a, x_b = x[:, :self.split], x[:, self.split:]
+        s, t = self._scale_shift(x_a, cond)
+        y = torch.cat([x_a, x_b * s.exp() + t], dim=1)
+        return y[:, self.permutation], s.sum(dim=1)
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        y = y[:, self.inverse_permutation]
+        y_a, y_b = y[:, :self.split], y[:, self.split:]
+        s, t = self._scale_shift(y_a, cond)
+        return torch.cat([y_a, (y_b - t) * (-s).exp()], dim=1)
+
+
+class LatentFlow(nn.Module):
+    """f: code z -> noise u, ``blocks`` blocks of two affine couplings (methods.md section 4)."""
+
+    def __init__(self, dim: int, blocks: int, hidden: int, cond_dim: int = 0, clamp: float = 2.0, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.dim = dim
+        self.layers = nn.ModuleList(
+            AffineCoupling(dim, hidden, cond_dim, clamp, torch.randperm(dim, generator=generator))
+            for _ in range(2 * blocks)
+        )
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``z`` ``(B, D)`` -> ``(u, log|det du/dz|)``."""
+        log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        for layer in self.layers:
+            z, ld = layer(z, cond)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse(self, u: Tensor, cond: Tensor | None = None) -> Tensor:
+        for layer in reversed(self.layers):
+            u = layer.inverse(u, cond)
+        return u
+
+    def nll(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Negative log-likelihood per code ``(B,)`` by the change of variables (paper Eq. 1)."""
+        u, log_det = self.forward(z, cond)
+        log_pu = -0.5 * (u**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)  # N(0, I)
+        return -(log_pu + log_det)
+
+
+class ClassGaussianPrior(nn.Module):
+    """One Gaussian per class over codes, p(z | c) = N(mean_c, L_c L_c^T), fitted to the codes of training images.
+
+    Ex-post density estimation (Ghosh et al. 2020, "From variational to deterministic autoencoders": an RAE with
+    a Gaussian mixture fitted to its codes after training; the GLF paper's "RAE + GMM" baseline), here one
+    full-covariance component per class: sampling a class draws codes from where that class's training images
+    actually encode, so the class is honoured whether the decoder reads the label or not.
+
+    Buffers: ``mean`` ``(K, D)``, ``scale_tril`` ``(K, D, D)`` (Cholesky factors) and ``fitted``. Until
+    :meth:`fit` runs (and in a checkpoint saved before this prior existed, see :meth:`_load_from_state_dict`)
+    it is unfitted and :meth:`sample` returns the noise itself: the N(0, I) prior.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_classes, dim))
+        self.register_buffer("scale_tril", torch.eye(dim).repeat(num_classes, 1, 1))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def sample(self, index: Tensor, noise: Tensor) -> Tensor:
+        """Codes ``(n, D)`` for class indices ``index`` ``(n,)`` from standard normal ``noise`` ``(n, D)``."""
+        if not bool(self.fitted):
+            return noise
+        with torch.autocast(noise.device.type, enabled=False):  # full precision even under a caller's autocast
+            scale = self.scale_tril[index]  # (n, D, D)
+            return self.mean[index] + (scale @ noise.float().unsqueeze(2)).squeeze(2)  # (n, D)
+
+    @torch.no_grad()
+    def fit(self, codes: Tensor, labels: Tensor, ridge: float = 1e-4) -> None:
+        """Mean and covariance of each class's ``codes`` ``(N, D)`` (``labels`` ``(N,)``); ``ridge`` (times the
+        mean variance) keeps each covariance positive definite. A class with fewer than 2 codes gets the Gaussian
+        of all the codes."""
+        codes, labels = codes.double(), labels.long()
+        for k in range(self.mean.shape[0]):
+            pick = labels == k if int((labels == k).sum()) >= 2 else torch.ones_like(labels, dtype=torch.bool)
+            z = codes[pick]  # (n_k, D)
+            cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])  # (D, D)
+            cov = cov + ridge * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(z.shape[1], dtype=cov.dtype)
+            self.mean[k] = z.mean(0).to(self.mean)
+            self.scale_tril[k] = torch.linalg.cholesky(cov).to(self.scale_tril)
+        self.fitted.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # a checkpoint saved before this prior existed has none of its buffers: load it as unfitted (N(0, I),
+        # which is how that model sampled); a checkpoint with only some of them is left to fail as incomplete
+        names = [prefix + name for name, _ in self.named_buffers(recurse=False)]
+        if not any(name in state_dict for name in names):
+            for name, buffer in self.named_buffers(recurse=False):
+                state_dict[prefix + name] = buffer.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

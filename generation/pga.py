@@ -13,8 +13,10 @@ Generation is the same for both: z ~ N(0, I), x = G(z). The losses live in ``tra
 
 Conditions beyond the paper (``class``): a CVAE-style conditional autoencoder. The one-hot label is
 concatenated to the code at the decoder input, G(z, c), and to the encoder's flattened conv features,
-E(x, c); so h(z, c) = E(G(z, c), c) and the prior stays N(0, I) for every class. Every PGA loss keeps its form
-with c carried along, and the label is what tells the decoder which class to draw.
+E(x, c); so h(z, c) = E(G(z, c), c), and every PGA loss keeps its form (prior N(0, I)) with c carried along.
+Generation draws the code of a class from a class prior over codes (``class_prior``, default ``gaussian``: a
+Gaussian per class fitted to the training codes after training; see ``generation.base.ConditionalDecoderMixin``),
+because with N(0, I) codes the decoder ignores the label.
 
 Encoder and decoder are the DCGAN-style stacks of ``generation/layers.py`` (methods.md "Common ground": the PGA
 reference uses the same InfoGAN/DCGAN pattern, with a 1024-unit FC layer for MNIST).
@@ -28,7 +30,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
+from generation.base import (CLASS_PRIORS, ClassPriorKind, Condition, ConditionalDecoderMixin, EncoderOutput,
+                             GenerativeModel, ModelConfig)
 from generation.layers import ConvDecoder, ConvEncoder
 from generation.precision import to_device
 
@@ -50,12 +53,15 @@ class PGAConfig(ModelConfig):
             128 for colour images.
         base_channels: channels of the first conv stage of E and G (doubling per stage, up to 512).
         hidden_dim: width of the fully connected layer of E and G.
+        class_prior: ``class`` models: how a class's code is drawn: ``gaussian`` (a Gaussian per class fitted
+            to the training codes), ``flow`` (a conditional flow trained on them) or ``standard`` (N(0, I)).
     """
 
     variant: PGAVariant = "lpga"
     latent_dim: int | None = None
     base_channels: int = 64
     hidden_dim: int = 1024
+    class_prior: ClassPriorKind = "gaussian"
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
@@ -68,10 +74,13 @@ class PGAConfig(ModelConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"pga: {name} must be a positive integer, got {value!r}")
+        if self.class_prior not in CLASS_PRIORS:
+            raise ValueError(f"pga: class_prior must be one of {', '.join(CLASS_PRIORS)}, got {self.class_prior!r}")
 
 
 class PerceptualGenerativeAE(ConditionalDecoderMixin, GenerativeModel):
-    """LPGA / VPGA; conditions ``none`` and ``class`` (conditional encoder and decoder, CVAE-style).
+    """LPGA / VPGA; conditions ``none`` and ``class`` (conditional encoder and decoder, CVAE-style, with a class
+    prior over codes).
 
     Args:
         config: a :class:`PGAConfig`.
@@ -90,6 +99,7 @@ class PerceptualGenerativeAE(ConditionalDecoderMixin, GenerativeModel):
         out_dim = 2 * c.latent_dim if c.variant == "vpga" else c.latent_dim
         self.encoder = ConvEncoder(c.image_shape, out_dim, c.base_channels, c.hidden_dim, extra_dim=cond_dim)
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim + cond_dim, c.base_channels, c.hidden_dim)
+        self._build_class_prior(c.latent_dim)
 
     # -- networks on condition vectors (what the trainer calls) ------------------------------------------
     def generate(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -112,7 +122,8 @@ class PerceptualGenerativeAE(ConditionalDecoderMixin, GenerativeModel):
     # -- the uniform API ---------------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
-        return to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
+        noise = to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
+        return self.prior_codes(noise, condition)  # N(0, I), or the class prior's codes for a class model
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.generate(latents, self._condition_vector(latents.shape[0], condition))  # (B, C, H, W)

@@ -12,7 +12,10 @@ Each residual block is conv, BN, non-linearity, conv, BN plus a (1x1-conv) skip 
 the write-up's "each residual skips one convolution, two batch norms and one non-linearity".
 
 Conditions beyond the paper (``class``): a CVAE. The one-hot label is concatenated to the flattened encoder
-features (q(z | x, c)) and to the code at the decoder input (p(x | z, c)); the prior stays N(0, I).
+features (q(z | x, c)) and to the code at the decoder input (p(x | z, c)); the training objective keeps the
+N(0, I) prior. Generation draws the code of a class from a class prior over codes (``class_prior``, default
+``gaussian``: a Gaussian per class fitted to the training codes after training; see
+``generation.base.ConditionalDecoderMixin``), because with N(0, I) codes the decoder ignores the label.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from generation.base import Condition, ConditionalDecoderMixin, EncoderOutput, GenerativeModel, ModelConfig
+from generation.base import (CLASS_PRIORS, ClassPriorKind, Condition, ConditionalDecoderMixin, EncoderOutput,
+                             GenerativeModel, ModelConfig)
 from generation.layers import downsampling_stages
 from generation.precision import to_device
 
@@ -36,11 +40,14 @@ class VAEConfig(ModelConfig):
             512 (the write-up's) for larger ones.
         base_channels: channels of the stem and of the first residual stage (doubling per stage).
         max_channels: the channel cap (the write-up: 512).
+        class_prior: ``class`` models: how a class's code is drawn: ``gaussian`` (a Gaussian per class fitted
+            to the training codes), ``flow`` (a conditional flow trained on them) or ``standard`` (N(0, I)).
     """
 
     latent_dim: int | None = None
     base_channels: int = 64
     max_channels: int = 512
+    class_prior: ClassPriorKind = "gaussian"
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
@@ -52,6 +59,8 @@ class VAEConfig(ModelConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"vae: {name} must be a positive integer, got {value!r}")
+        if self.class_prior not in CLASS_PRIORS:
+            raise ValueError(f"vae: class_prior must be one of {', '.join(CLASS_PRIORS)}, got {self.class_prior!r}")
 
 
 class ResidualBlock(nn.Module):
@@ -126,7 +135,7 @@ class ResidualDecoder(nn.Module):
 
 
 class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
-    """Residual VAE; conditions ``none`` and ``class`` (CVAE).
+    """Residual VAE; conditions ``none`` and ``class`` (CVAE with a class prior over codes).
 
     Args:
         config: a :class:`VAEConfig`.
@@ -144,6 +153,7 @@ class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
                                        extra_dim=c.condition_dim)
         self.decoder = ResidualDecoder(c.image_shape, c.latent_dim + c.condition_dim, c.base_channels,
                                        c.max_channels)
+        self._build_class_prior(c.latent_dim)
 
     # -- networks on condition vectors (what the trainer calls) ------------------------------------------
     def decode_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -158,7 +168,8 @@ class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
     # -- the uniform API ---------------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
-        return to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
+        noise = to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
+        return self.prior_codes(noise, condition)  # N(0, I), or the class prior's codes for a class model
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         logits = self.decode_logits(latents, self._condition_vector(latents.shape[0], condition))

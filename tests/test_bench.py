@@ -43,17 +43,29 @@ def test_training_speed_quick(capsys):
     assert all(positive(r["images_per_s"]) and positive(r["step_cpu_ms"]) for r in payload["rows"])
 
 
-@pytest.mark.timeout(120)
-def test_quality_quick_every_backend(capsys):
+@pytest.mark.timeout(180)
+def test_quality_quick_every_backend_class_and_unconditional(capsys):
     payload = run_script(quality, ["--quick"], capsys)
     rows = payload["rows"]
-    assert sorted(r["backend"] for r in rows) == sorted([*backend_names(), quality.GAUSSIAN_ROW])
+    assert sorted((r["backend"], r["condition"]) for r in rows) == sorted(
+        (b, c) for b in backend_names() for c in ("class", "none"))
     for row in rows:
         assert row["error"] is None, row
-        assert row["dataset"] == "digits" and row["steps"] >= 2
-        assert math.isfinite(row["feature_fid"]) and 0 <= row["label_accuracy"] <= 1
-        assert positive(row["sampling_images_per_s"])
+        assert row["dataset"] == "digits" and row["steps"] >= 2 and row["prior"] == "model"
+        assert math.isfinite(row["feature_fid"]) and positive(row["sampling_images_per_s"])
+        assert (0 <= row["label_accuracy"] <= 1) if row["condition"] == "class" else row["label_accuracy"] is None
     assert payload["settings"]["quick"] is True
+
+
+def test_quality_evaluates_class_models_with_other_code_priors(capsys):
+    payload = run_script(quality, ["--quick", "--backends", "vae,lde", "--conditions", "class", "--set",
+                                   "class_prior=flow", "--code-priors", "model,gaussian,standard"], capsys)
+    rows = {(r["backend"], r["prior"]): r for r in payload["rows"]}
+    # the VAE (trained with a flow prior) three ways; the LDE has no N(0, I) option
+    assert sorted(rows) == [("lde", "Gaussian per class"), ("lde", "model"), ("vae", "Gaussian per class"),
+                            ("vae", "N(0, I)"), ("vae", "model")]
+    assert all(r["error"] is None and 0 <= r["label_accuracy"] <= 1 for r in rows.values())
+    assert len({rows[("vae", p)]["feature_fid"] for p in ("model", "Gaussian per class", "N(0, I)")}) == 3
 
 
 def test_quality_records_a_failing_backend(capsys, monkeypatch):
@@ -61,9 +73,16 @@ def test_quality_records_a_failing_backend(capsys, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(quality, "evaluate_checkpoint", broken)
-    payload = run_script(quality, ["--quick", "--backends", "vae", "--no-gaussian-baseline"], capsys)
+    payload = run_script(quality, ["--quick", "--backends", "vae", "--conditions", "class"], capsys)
     (row,) = payload["rows"]
     assert "boom" in row["error"]
+
+
+def test_quality_refuses_an_unknown_condition_or_prior(capsys):
+    for flag, value in (("--conditions", "text"), ("--code-priors", "mixture")):
+        with pytest.raises(SystemExit):
+            quality.main(["--quick", flag, value])
+        assert flag in capsys.readouterr().err
 
 
 def test_lde_sampling_quick(capsys):

@@ -253,10 +253,15 @@ def test_cpu_budget_bounds_both_stages(tmp_path, digits_train):
                          evaluate=False, progress_bar=False, max_cpu_seconds=2.0)
     trainer = LDETrainer(model, config)
     metrics = trainer.fit(digits_train, tmp_path / "run")
-    planned_ae, planned_lde = metrics["ae_steps"], metrics["lde_steps"]
-    assert trainer.step < planned_ae + planned_lde  # the budget stopped the run early
-    lde_updates = sum(1 for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines() if "lde_nll" in line)
-    assert lde_updates <= planned_lde  # before the fix: planned_lde + the loop steps the budget cut off
+    nominal_ae, nominal_lde = metrics["nominal_ae_steps"], metrics["nominal_lde_steps"]
+    assert trainer.step < nominal_ae + nominal_lde  # the budget stopped the run early
+    rows = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    lde_updates = sum(1 for row in rows if "lde_nll" in row)
+    assert lde_updates <= nominal_lde  # before the fix: nominal_lde + the loop steps the budget cut off
+    # metrics.json reports the steps that ran (issue 21: it gave the nominal 7,028 and 18,736)
+    assert metrics["ae_steps"] == len(rows) - lde_updates and metrics["lde_steps"] == lde_updates
+    assert metrics["ae_steps"] + metrics["lde_steps"] == metrics["steps"] == trainer.step
+    assert metrics["schedule"]["nominal_loop_steps"] == nominal_ae
     assert "lde_test_nll" in metrics
 
 

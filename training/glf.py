@@ -4,6 +4,10 @@
 Reference optimisers: Adam for the autoencoder (lr 1e-3); Adam betas (0.8, 0.9) with weight decay 2e-5 for
 the flow; both learning rates halved every 50 epochs. The reconstruction is the pixel MSE (the paper's
 perceptual-loss variant needs VGG weights, not available offline).
+
+The halvings keep their place in the run when a CPU budget cuts it short: the steps the budget buys
+(``Trainer.planned_steps``) are stretched over the nominal epochs, so ``--epochs 100`` with a budget that buys
+4 epochs halves the learning rates after 2 of them, as the full run would after 50 of its 100.
 """
 
 from __future__ import annotations
@@ -52,9 +56,17 @@ class GLFTrainer(Trainer):
                                      weight_decay=float(h["flow_weight_decay"])),
         }
 
+    def schedule_epoch(self) -> int:
+        """Epochs into the run on the nominal run's scale: the epochs done, or, when a CPU budget plans fewer
+        steps than the nominal run, the plan's progress times the nominal run's epochs."""
+        planned, nominal = self.planned_steps(), self._nominal
+        if planned is None or nominal is None or planned >= nominal:
+            return self.epoch
+        return int(self.step * nominal / planned) // self._per_epoch
+
     def _apply_lr_schedule(self) -> None:
         halve = int(self.hparams["lr_halve_epochs"] or 0)
-        factor = 0.5 ** (self.epoch // halve) if halve > 0 else 1.0
+        factor = 0.5 ** (self.schedule_epoch() // halve) if halve > 0 else 1.0
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
                 group["lr"] = self._base_lrs[name] * factor

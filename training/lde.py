@@ -15,7 +15,11 @@ codes must never reach the LDE.
 The step budget (``--max-steps``, or epochs x batches per epoch) is split: ``lde_fraction`` of it goes to
 stage 2, the rest to stage 1, and each budget step of stage 2 is ``lde_steps_per_step`` LDE updates (an
 update on precomputed codes costs a small fraction of an autoencoder step); or, with ``lde_steps`` set,
-stage 1 gets the whole budget and stage 2 exactly ``lde_steps`` updates. Reference optimisers: AE Adam 1e-3
+stage 1 gets the whole budget and stage 2 exactly ``lde_steps`` updates. A CPU budget
+(``--max-cpu-minutes``) is split the same way, ``1 - lde_fraction`` of it for stage 1 and the rest for
+stage 2 (with or without ``lde_steps``); the IAE's code growth is planned over the autoencoder steps that
+share buys (``Trainer.planned_steps``), and ``metrics.json`` reports the steps that ran (``ae_steps``,
+``lde_steps``) next to the nominal ones (``nominal_ae_steps``, ``nominal_lde_steps``). Reference optimisers: AE Adam 1e-3
 (beta1 0.5); LDE Adam 2e-4 (beta1 0.5), batch 128. The LDE's default learning rate here is 1e-3: at the
 few hundred updates a CPU run affords, 2e-4 leaves the conditional LDE visibly under-fitted (pass
 ``--hparam lde_lr=2e-4`` for long runs).
@@ -74,8 +78,9 @@ class LDETrainer(Trainer):
         self._check_hparams()
         m, h = self.model, self.hparams
         betas = (float(h["beta1"]), 0.999)
-        self._ae_steps: int | None = None
+        self._ae_steps: int | None = None  # nominal: from the step budget
         self._lde_steps = 0
+        self._ae_ran: int | None = None  # the autoencoder steps that ran (set when stage 2 starts)
         return {
             "autoencoder": torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters()], lr=self.lr,
                                             betas=betas),
@@ -106,7 +111,9 @@ class LDETrainer(Trainer):
         return ae, (budget - ae) * int(self.hparams["lde_steps_per_step"])
 
     def total_steps(self, train_data: ImageData) -> int:
-        """The shared loop runs stage 1 only."""
+        """The shared loop runs stage 1 only (and not again when a run resumed in stage 2 had a shorter one)."""
+        if self._ae_ran is not None:
+            return self._ae_ran
         return self.split_budget(super().total_steps(train_data))[0]
 
     def fit(self, train_data: ImageData, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
@@ -125,7 +132,8 @@ class LDETrainer(Trainer):
         if self.model.config.variant == "ae" or self._ae_steps is None:
             return d
         start = min(int(self.hparams["iae_start_dims"]), d)
-        warmup = max(1.0, float(self.hparams["iae_warmup_fraction"]) * self._ae_steps)
+        planned = self.planned_steps() or self._ae_steps  # the AE steps the CPU budget buys, when fewer
+        warmup = max(1.0, float(self.hparams["iae_warmup_fraction"]) * planned)
         return min(d, start + int((d - start) * self.step / warmup))
 
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
@@ -178,23 +186,33 @@ class LDETrainer(Trainer):
         return total / max(1, len(index))
 
     def loop_cpu_budget(self) -> float | None:
-        """The autoencoder stage gets ``1 - lde_fraction`` of a CPU budget, the LDE stage the rest."""
+        """The autoencoder stage gets ``1 - lde_fraction`` of a CPU budget, the LDE stage the rest (also with
+        ``lde_steps`` set: otherwise the autoencoder would spend the whole budget and leave the LDE nothing)."""
         budget = self.config.max_cpu_seconds
-        if not budget or self.hparams.get("lde_steps") is not None:
+        if not budget:
             return budget
         return budget * (1.0 - float(self.hparams["lde_fraction"]))
+
+    def extra_progress(self) -> dict[str, Any]:
+        return {} if self._ae_ran is None else {"ae_steps_run": self._ae_ran}
+
+    def restore_progress(self, progress: dict[str, Any]) -> None:
+        if "ae_steps_run" in progress:
+            self._ae_ran = int(progress["ae_steps_run"])
 
     def finish(self, train_data: ImageData, callback: ProgressCallback | None) -> dict[str, Any]:
         h, m = self.hparams, self.model
         if self._ae_steps is None:
             self.prepare(train_data)
         assert self._ae_steps is not None
-        grand_total = self._ae_steps + self._lde_steps
-        if self.step <= self._ae_steps:  # the LDE gets its own share, not loop steps a CPU budget cut off
-            steps_left = self._lde_steps
-        else:
-            steps_left = max(0, grand_total - self.step)  # 0 when resuming a finished run
-        self.noise.manual_seed(self.config.seed * 1_000_003 + self.step)  # stage 2's batch order and captions
+        if self._ae_ran is None:  # (a resumed run saved during or after stage 2 has it from its training state)
+            # the loop's steps: fewer than nominal when a CPU budget stopped it (those are not handed to the LDE);
+            # a run saved by an earlier version past stage 1 counts its nominal autoencoder steps
+            self._ae_ran = min(self.step, self._ae_steps)
+        done = self.step - self._ae_ran  # LDE updates already made (a run resumed inside or after stage 2)
+        grand_total = self._ae_ran + self._lde_steps
+        # stage 2's batch order and captions: seeded from where stage 1 ended, so a resumed stage replays them
+        self.noise.manual_seed(self.config.seed * 1_000_003 + self._ae_ran)
         for p in [*m.encoder.parameters(), *m.decoder.parameters()]:
             p.requires_grad_(False)  # the autoencoder is frozen for stage 2
         try:
@@ -205,9 +223,10 @@ class LDETrainer(Trainer):
             if len(fit_rows) == 0:
                 raise ValueError("lde: no codes left to fit the LDE; lower hparam lde_holdout")
             fit_codes = self.encode_codes(train_data, fit_rows)
-            self._run_lde_stage(train_data, fit_rows, fit_codes, steps_left, grand_total, callback)
+            self._run_lde_stage(train_data, fit_rows, fit_codes, done, grand_total, callback)
             metrics: dict[str, Any] = {
-                "ae_steps": self._ae_steps, "lde_steps": self._lde_steps,
+                "ae_steps": self._ae_ran, "lde_steps": self.step - self._ae_ran,  # what ran
+                "nominal_ae_steps": self._ae_steps, "nominal_lde_steps": self._lde_steps,
                 "lde_train_nll": round(self.lde_nll(train_data, fit_rows, fit_codes), 4),
                 "lde_codes": len(fit_rows), "lde_heldout_codes": len(hold_rows),
             }
@@ -219,23 +238,28 @@ class LDETrainer(Trainer):
                 p.requires_grad_(True)
         return metrics
 
-    def _run_lde_stage(self, data: ImageData, rows: Tensor, codes: Tensor, steps: int, grand_total: int,
+    def _run_lde_stage(self, data: ImageData, rows: Tensor, codes: Tensor, done: int, grand_total: int,
                        callback: ProgressCallback | None) -> None:
+        """The LDE updates ``done`` .. ``_lde_steps`` (the first ``done`` draw their batches without training,
+        so that a resumed stage goes on exactly as an uninterrupted one), while the CPU budget lasts."""
         batch_size = min(int(self.hparams["lde_batch_size"]), len(rows))
-        bar = tqdm(total=steps, disable=not self.config.progress_bar, desc=f"{self.backend} (density)",
-                   dynamic_ncols=True)
+        bar = tqdm(total=max(0, self._lde_steps - done), disable=not self.config.progress_bar,
+                   desc=f"{self.backend} (density)", dynamic_ncols=True)
         self.model.lde.train()
         order = torch.randperm(len(rows), generator=self.noise)
         cursor = 0
         budget = self.config.max_cpu_seconds  # the whole run's CPU budget bounds stage 2 too
-        for _ in range(steps):
-            if budget and self.cpu_seconds() >= budget:
+        for i in range(self._lde_steps):
+            if i >= done and budget and self.cpu_seconds() >= budget:
                 break
             if cursor + batch_size > len(rows):
                 order, cursor = torch.randperm(len(rows), generator=self.noise), 0
             pick = order[cursor:cursor + batch_size]
             cursor += batch_size
-            nll = self.lde_step(codes[pick].to(self.device), self._cond_for(data, rows[pick]))
+            cond = self._cond_for(data, rows[pick])  # (text: draws a caption per code from self.noise)
+            if i < done:
+                continue
+            nll = self.lde_step(codes[pick].to(self.device), cond)
             self.step += 1
             bar.update(1)
             bar.set_postfix({"lde_nll": f"{nll:.3g}"}, refresh=False)

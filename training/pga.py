@@ -21,8 +21,15 @@ quantity per dimension - squared errors are mean squared errors over pixels (L_r
 the NLL terms are divided by H, the KL is averaged over code dims. VPGA's vrec is measured in units of the
 per-dim RMS of the batch's codes (stop-gradient), the reference's choice of the scale sigma of p(ẑ | z).
 
-Warm-up: the latent terms (alpha, beta, gamma; VPGA's vrec and vkld) are off for the first ``warmup_steps``
-steps (reference 3,000), which trains a plain autoencoder first; they switch on at step ``warmup_steps``.
+Warm-up: the latent terms (alpha, beta, gamma; VPGA's vrec and vkld) are off for the first steps, which
+trains a plain autoencoder first: ``warmup_steps`` steps (reference 3,000, of a run of tens of thousands), or
+``warmup_fraction`` of the planned run when that is fewer (``Trainer.planned_steps``: a run of a few hundred
+steps, or one a CPU budget cuts short, still gets its latent terms). Under a CPU budget the plan is made from
+the cheap warm-up steps, so the warm-up is about ``warmup_fraction`` of the budget's CPU time (about twice that
+share of the steps, since a step with the latent terms costs about 2.5 warm-up steps).
+
+Class models: the class prior over codes (``ClassPriorTraining``): by default a Gaussian per class fitted after
+the loop to the codes E(x, c) of training images.
 
 Optimiser: one optimiser over E and G. The reference's SGD with momentum 0.9 (lr 0.1) is ``optimizer="sgd"``;
 the default is Adam (lr 1e-3), which reaches a usable autoencoder within the few hundred steps a CPU affords
@@ -31,6 +38,7 @@ the default is Adam (lr 1e-3), which reaches a usable autoencoder within the few
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from generation.pga import PerceptualGenerativeAE
-from training.trainer import Trainer
+from training.trainer import ClassPriorTraining, Trainer
 from training.vae import gaussian_kl
 
 LPGA_ONLY = ("gamma", "radius_scale")
@@ -66,11 +74,12 @@ def finite_difference_log_det(h: Callable[[Tensor], Tensor], z: Tensor, d: Tenso
     return 0.5 * dim * torch.log(ratio.clamp_min(1e-30))
 
 
-class PGATrainer(Trainer):
+class PGATrainer(ClassPriorTraining, Trainer):
     """LPGA / VPGA, one optimiser step over E and G per batch.
 
     Hyper-parameters:
         warmup_steps: steps before the latent terms switch on (reference 3,000).
+        warmup_fraction: at most this share of the planned run is warm-up (0: the latent terms from the start).
         alpha: weight of the latent reconstruction on prior samples (Eq. 2). None: the reference's 6e-2 for
             1-channel images, 3e-2 for colour (LPGA CIFAR-10).
         beta: weight of the latent reconstruction on data codes (Eq. 3); 0 (the reference default) skips it.
@@ -82,12 +91,15 @@ class PGATrainer(Trainer):
             Adam is the default because SGD(0.1, momentum 0.9) leaves the batch-normalised networks at the
             mean image for hundreds of steps (pixel MSE 0.40 after 300 MNIST steps, vs 0.15 after 80 with Adam).
         momentum: SGD momentum.
+        prior_codes: class models, ``class_prior="gaussian"``: training images encoded to fit the class prior.
+        prior_lr: class models, ``class_prior="flow"``: learning rate of the flow.
     """
 
     backend = "pga"
     default_lr = DEFAULT_LRS["adam"]
     hparam_defaults: dict[str, Any] = {
         "warmup_steps": 3000,
+        "warmup_fraction": 0.1,
         "alpha": None,
         "beta": 0.0,
         "gamma": 1.5e-2,
@@ -96,6 +108,8 @@ class PGATrainer(Trainer):
         "vkld": 2e-2,
         "optimizer": "adam",
         "momentum": 0.9,
+        "prior_codes": 10000,
+        "prior_lr": 1e-3,
     }
     model: PerceptualGenerativeAE
 
@@ -107,6 +121,7 @@ class PGATrainer(Trainer):
             raise ValueError(f"pga: hyper-parameter(s) {misplaced} do not apply to variant {variant!r} "
                              f"(lpga: {', '.join(LPGA_ONLY)}; vpga: {', '.join(VPGA_ONLY)})")
         super().__init__(model, config, hparams)
+        self._latent_on = False
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         h = self.hparams
@@ -115,8 +130,8 @@ class PGATrainer(Trainer):
             self.lr = DEFAULT_LRS[h["optimizer"]]
         params = [*self.model.encoder.parameters(), *self.model.decoder.parameters()]
         if h["optimizer"] == "adam":
-            return {"pga": torch.optim.Adam(params, lr=self.lr)}
-        return {"pga": torch.optim.SGD(params, lr=self.lr, momentum=float(h["momentum"]))}
+            return {"pga": torch.optim.Adam(params, lr=self.lr), **self.prior_optimizers()}
+        return {"pga": torch.optim.SGD(params, lr=self.lr, momentum=float(h["momentum"])), **self.prior_optimizers()}
 
     def _check_hparams(self) -> None:
         h = self.hparams
@@ -131,10 +146,28 @@ class PGATrainer(Trainer):
                 raise ValueError(f"pga: hparam {name} must be a non-negative number, got {h[name]!r}")
         if not isinstance(h["radius_scale"], int | float) or h["radius_scale"] <= 0:
             raise ValueError(f"pga: hparam radius_scale must be positive, got {h['radius_scale']!r}")
+        if not isinstance(h["warmup_fraction"], int | float) or not 0 <= h["warmup_fraction"] <= 1:
+            raise ValueError(f"pga: hparam warmup_fraction must be in [0, 1], got {h['warmup_fraction']!r}")
+        if not isinstance(h["prior_codes"], int) or h["prior_codes"] < 2:
+            raise ValueError(f"pga: hparam prior_codes must be an integer >= 2, got {h['prior_codes']!r}")
+        if not isinstance(h["prior_lr"], int | float) or h["prior_lr"] <= 0:
+            raise ValueError(f"pga: hparam prior_lr must be a positive number, got {h['prior_lr']!r}")
+
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, or ``warmup_fraction`` of the planned run when that is fewer."""
+        steps = int(self.hparams["warmup_steps"])
+        planned = self.planned_steps()
+        if planned is None:  # train_step driven by hand: no run length
+            return steps
+        return min(steps, math.ceil(float(self.hparams["warmup_fraction"]) * planned))
 
     def latent_terms_active(self) -> bool:
-        """Whether the step about to run (``self.step``, 0-based) uses the latent terms."""
-        return self.step >= self.hparams["warmup_steps"]
+        """Whether the step about to run (``self.step``, 0-based) uses the latent terms. Under a CPU budget, once
+        on they stay on: the plan shrinks after the switch, since a step with the latent terms costs more."""
+        on = self.step >= self.warmup()
+        if self.config.max_cpu_seconds:
+            on = self._latent_on = on or self._latent_on
+        return on
 
     # -- loss terms -----------------------------------------------------------------------------------
     def _latent_reconstruction(self, z: Tensor, cond: Tensor | None) -> Tensor:
@@ -206,7 +239,7 @@ class PGATrainer(Trainer):
         self.step_optimizers("pga")
         out = {k: v.item() for k, v in logged.items()}
         out["latent_on"] = float(active)
-        return out
+        return out | self.prior_flow_step(mu, cond)  # class_prior="flow": the flow on the stop-gradient codes
 
     def _backward(self, shared: Tensor, dec_only: Tensor | None, noise_leaf: Tensor | None,
                   noise: Tensor | None) -> None:

@@ -6,7 +6,11 @@ PyTorch's default for the BCE (the mean over pixels, as the write-up's ``binary_
 and the KL averaged over code dims, so that the write-up's 0.01 weighs the KL per image like a beta-VAE with
 beta = 0.01 * pixels / latent_dim (about 0.25 at the default sizes: 784 / 32, 3072 / 128, 12288 / 512).
 
-Optimiser: Adam, lr 4e-4 annealed linearly over the run (towards ``final_lr_fraction`` of it at the end).
+Optimiser: Adam, lr 4e-4 annealed linearly over the run (towards ``final_lr_fraction`` of it at the end); the
+run is the one planned (``Trainer.planned_steps``): under a CPU budget, the steps the budget buys.
+
+Class models: the class prior over codes (``ClassPriorTraining``): by default a Gaussian per class fitted after
+the loop to the codes (posterior means) of training images.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from generation.vae import ResidualVAE
-from training.data import ImageData
-from training.trainer import Trainer
+from training.trainer import ClassPriorTraining, Trainer
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -36,14 +39,16 @@ def vae_loss(logits: Tensor, images: Tensor, mu: Tensor, logvar: Tensor, kl_weig
     return {"rec": rec, "kl": kl, "loss": rec + kl_weight * kl}
 
 
-class VAETrainer(Trainer):
+class VAETrainer(ClassPriorTraining, Trainer):
     """One Adam step per batch on the negative (weighted) ELBO.
 
     Hyper-parameters:
         kl_weight: weight of the KL term (the write-up: 0.01).
         lr_anneal: anneal the learning rate linearly over the run (needs the run length: the shared loop's
-            ``prepare`` gives it; ``train_step`` called on its own keeps the lr constant).
+            plan gives it; ``train_step`` called on its own keeps the lr constant).
         final_lr_fraction: the lr at the end of the run, as a fraction of the initial one.
+        prior_codes: class models, ``class_prior="gaussian"``: training images encoded to fit the class prior.
+        prior_lr: class models, ``class_prior="flow"``: learning rate of the flow.
     """
 
     backend = "vae"
@@ -52,6 +57,8 @@ class VAETrainer(Trainer):
         "kl_weight": 0.01,
         "lr_anneal": True,
         "final_lr_fraction": 0.0,
+        "prior_codes": 10000,
+        "prior_lr": 1e-3,
     }
     model: ResidualVAE
 
@@ -63,18 +70,19 @@ class VAETrainer(Trainer):
             raise ValueError(f"vae: hparam final_lr_fraction must be in [0, 1], got {h['final_lr_fraction']!r}")
         if not isinstance(h["lr_anneal"], bool):
             raise ValueError(f"vae: hparam lr_anneal must be true or false, got {h['lr_anneal']!r}")
-        self._total: int | None = None
-        return {"vae": torch.optim.Adam(self.model.parameters(), lr=self.lr)}
-
-    def prepare(self, train_data: ImageData) -> None:
-        self._total = self.total_steps(train_data)
+        if not isinstance(h["prior_codes"], int) or h["prior_codes"] < 2:
+            raise ValueError(f"vae: hparam prior_codes must be an integer >= 2, got {h['prior_codes']!r}")
+        if not isinstance(h["prior_lr"], int | float) or h["prior_lr"] <= 0:
+            raise ValueError(f"vae: hparam prior_lr must be a positive number, got {h['prior_lr']!r}")
+        networks = [*self.model.encoder.parameters(), *self.model.decoder.parameters()]
+        return {"vae": torch.optim.Adam(networks, lr=self.lr), **self.prior_optimizers()}
 
     def current_lr(self) -> float:
         """The lr of the step about to run: linear from ``lr`` at step 0 towards ``final_lr_fraction * lr`` at
-        the end of the run (reached one step after the last, so that every step moves the weights)."""
-        if not self.hparams["lr_anneal"] or not self._total:
+        the end of the planned run (reached one step after the last, so that every step moves the weights)."""
+        progress = self.run_fraction()
+        if not self.hparams["lr_anneal"] or progress is None:
             return self.lr
-        progress = min(self.step, self._total) / self._total
         return self.lr * (1 - (1 - self.hparams["final_lr_fraction"]) * progress)
 
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
@@ -90,4 +98,5 @@ class VAETrainer(Trainer):
         for group in opt.param_groups:
             group["lr"] = lr
         self.backward_step(losses["loss"], "vae")
-        return {k: v.item() for k, v in losses.items()} | {"lr": lr}
+        prior = self.prior_flow_step(z, cond)  # class_prior="flow": the flow on the stop-gradient codes
+        return {k: v.item() for k, v in losses.items()} | {"lr": lr} | prior
