@@ -88,6 +88,7 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
     zoo.build(["mnist"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=models, tiny=True,
               reuse=True, log=log.append)
     assert any("reusing the finished training" in line for line in log)
+    assert any("reusing the evaluation of the same training" in line for line in log)
 
 
 def test_reuse_refuses_a_training_of_another_recipe(tmp_path):

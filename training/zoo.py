@@ -255,6 +255,17 @@ def cluster_names(metrics: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def earlier_evaluation(folder: Path, training: dict[str, Any], tiny: bool) -> dict[str, Any] | None:
+    """The evaluation an earlier build stored for this very training (same steps and CPU time), or None."""
+    card, path = read_card(folder), folder / "metrics.json"
+    if card is None or bool(card.get("tiny")) != tiny or not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    earlier = stored.get("training") or {}
+    same = all(earlier.get(k) == training.get(k) for k in ("steps", "cpu_seconds", "command"))
+    return stored.get("evaluation") if same else None
+
+
 # -- 3. export and 4. card --------------------------------------------------------------------------
 def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, training: dict[str, Any],
                         metrics: dict[str, Any], tiny: bool) -> Path:
@@ -410,8 +421,12 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
         trained = list(pool.map(lambda r: train(r, data_root, work, tiny, log, reuse), recipes))
     folders = []
     for recipe, training in zip(recipes, trained):
-        log(f"[{recipe.name}] evaluating")
-        metrics = evaluate(recipe, work / recipe.name, data_root, tiny)
+        metrics = earlier_evaluation(models / recipe.name, training, tiny) if reuse else None
+        if metrics is None:
+            log(f"[{recipe.name}] evaluating")
+            metrics = evaluate(recipe, work / recipe.name, data_root, tiny)
+        else:
+            log(f"[{recipe.name}] reusing the evaluation of the same training in {models / recipe.name}")
         folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
         log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
     write_montage(models, models / MONTAGE_FILE)
