@@ -89,6 +89,10 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
               reuse=True, log=log.append)
     assert any("reusing the finished training" in line for line in log)
     assert any("reusing the evaluation of the same training" in line for line in log)
+    # `zoo cards` re-renders a card from its card.json alone (a README edited by hand is rewritten)
+    (models / "mnist" / "README.md").write_text("stale")
+    assert models / "mnist" in zoo.refresh_cards(models)
+    assert zoo.RECIPES[0].title in (models / "mnist" / "README.md").read_text()
 
 
 def test_reuse_refuses_a_training_of_another_recipe(tmp_path):

@@ -434,4 +434,26 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
     return folders
 
 
-__all__ = ["RECIPES", "Recipe", "build", "read_card", "recipe_names", "render_card", "select"]
+def refresh_cards(models_dir: str | Path) -> list[Path]:
+    """Re-render every shipped model's README.md, ``models/README.md`` and the montage from the stored cards
+    (after a change to the card layout; no training, no evaluation). Returns the folders refreshed."""
+    from generation.checkpoint import write_json_atomic
+    from generation.export import folder_size
+
+    models, folders = Path(models_dir), []
+    for recipe in RECIPES:
+        folder = models / recipe.name
+        card = read_card(folder)
+        if card is None:
+            continue
+        card["keeps_encoder"] = recipe.keep_encoder
+        (folder / CARD_README).write_text(render_card(card))
+        card["size_bytes"] = folder_size(folder)
+        write_json_atomic(folder / CARD_FILE, card)
+        folders.append(folder)
+    write_montage(models, models / MONTAGE_FILE)
+    (models / INDEX_FILE).write_text(render_index(models))
+    return folders
+
+
+__all__ = ["RECIPES", "Recipe", "build", "read_card", "recipe_names", "refresh_cards", "render_card", "select"]

@@ -30,6 +30,10 @@ def register(subparsers: Any) -> None:
     build.add_argument("--reuse", action="store_true",
                        help="take a finished training of the same recipe from --work-dir instead of retraining")
     build.set_defaults(func=run_build)
+    cards = sub.add_parser("cards", help="rewrite the cards, models/README.md and the montage from the stored "
+                                         "card.json files (no training)")
+    cards.add_argument("--models-dir", default="models", help="the folder of shipped models")
+    cards.set_defaults(func=run_cards)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -59,4 +63,16 @@ def run_build(args: argparse.Namespace) -> int:
     folders = build(args.only, data_root=args.data_root, work_dir=args.work_dir, models_dir=args.models_dir,
                     tiny=args.tiny, jobs=args.jobs, reuse=args.reuse, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps([str(f) for f in folders]))
+    return 0
+
+
+def run_cards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from priorforge.cli import CLIError
+    from training.zoo import refresh_cards
+
+    if not Path(args.models_dir).is_dir():
+        raise CLIError(f"--models-dir: {args.models_dir} is not a folder")
+    print(json.dumps([str(f) for f in refresh_cards(args.models_dir)]))
     return 0
