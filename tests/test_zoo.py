@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import zoo
+from training import zoo, zoo_report
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -83,6 +83,9 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
     assert (models / zoo.MONTAGE_FILE).is_file()  # the README's picture: a row per model
     index = (models / "README.md").read_text()
     assert all(f"[{name}]({name}/README.md)" in index for name in zoo.recipe_names())
+    report = zoo_report.report(models)  # the tables docs/results.md quotes
+    assert all(f"`{name}`" in report for name in zoo.recipe_names())
+    assert "| heldout-synonyms |" in report and "Asked-for color followed (heldout)" in report
     # a second build with --reuse takes the finished trainings instead of training again
     log: list[str] = []
     zoo.build(["mnist"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=models, tiny=True,

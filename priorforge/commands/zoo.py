@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
                                          "card.json files (no training)")
     cards.add_argument("--models-dir", default="models", help="the folder of shipped models")
     cards.set_defaults(func=run_cards)
+    rep = sub.add_parser("report", help="print the shipped models' figures as Markdown tables (from metrics.json)")
+    rep.add_argument("--models-dir", default="models", help="the folder of shipped models")
+    rep.set_defaults(func=run_report)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -75,4 +78,16 @@ def run_cards(args: argparse.Namespace) -> int:
     if not Path(args.models_dir).is_dir():
         raise CLIError(f"--models-dir: {args.models_dir} is not a folder")
     print(json.dumps([str(f) for f in refresh_cards(args.models_dir)]))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from priorforge.cli import CLIError
+    from training.zoo_report import report
+
+    if not Path(args.models_dir).is_dir():
+        raise CLIError(f"--models-dir: {args.models_dir} is not a folder")
+    print(report(args.models_dir))
     return 0
