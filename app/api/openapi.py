@@ -149,7 +149,8 @@ def spec() -> dict[str, Any]:
     }
     job_id = _id("job_id", "job id")
     run_id = _id("run_id", "training run id")
-    version_id = {"name": "version_id", "in": "path", "required": True, "schema": {"type": "integer"},
+    version_id = {"name": "version_id", "in": "path", "required": True,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                   "description": "model version id (the id field, not the version number)"}
     ADMIN = [{"bearer": []}]
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
