@@ -41,7 +41,9 @@ def check_password_strength(password: str) -> None:
 
 def authenticate(username: str, password: str) -> User | None:
     """The user with this name and password, or None (unknown name and wrong password look the same)."""
-    user = db.session.scalars(select(User).where(User.username == username)).first()
+    # a NUL is never part of a name (and PostgreSQL refuses it in a query): an unknown name, same timing
+    user = db.session.scalars(select(User).where(User.username == username)).first() if "\x00" not in username \
+        else None
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
@@ -181,7 +183,7 @@ def reserve_login_attempt(username: str, remote_addr: str) -> int | None:
     seconds to wait. Check and record are one transaction that concurrent tries from the same address wait
     for (an advisory lock on PostgreSQL, SQLite's write lock taken by the first statement), so 30 tries at once
     get at most the limit's password checks."""
-    username, remote_addr = username[:100], remote_addr[:64]
+    username, remote_addr = username.replace("\x00", "")[:100], remote_addr[:64]
     since, _ = _login_window()
     db.session.commit()  # a fresh transaction, whose first statement below takes the lock
     if db.session.get_bind().dialect.name == "postgresql":
@@ -195,6 +197,7 @@ def reserve_login_attempt(username: str, remote_addr: str) -> int | None:
 
 
 def clear_login_failures(username: str, remote_addr: str) -> None:
+    username = username.replace("\x00", "")
     db.session.execute(delete(LoginFailure).where(LoginFailure.username == username[:100],
                                                   LoginFailure.remote_addr == remote_addr[:64]))
     db.session.commit()

@@ -107,7 +107,7 @@ def _type_problem(value: Any, default: Any, bounds: tuple[int, int] = (0, MAX_IN
     if isinstance(default, (tuple, list)):
         ok = isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_LIST and \
             all(_is_int(v) and 1 <= v <= MAX_INT_OPTION for v in value)
-        return None if ok else f"a list of 1 to {MAX_LIST} integers from 1 to {MAX_INT_OPTION}"
+        return None if ok else f"a list of positive integers (1 to {MAX_LIST} of them, each at most {MAX_INT_OPTION})"
     if default is None:  # a hyper-parameter whose default is "derived" (null): null or a number
         ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                and math.isfinite(value) and -MAX_INT_HPARAM <= value <= MAX_INT_HPARAM)

@@ -311,3 +311,17 @@ def test_admin_model_options_are_bounded(tmp_path, checkpoints):
     resp = client.post("/api/v1/admin/trainings", headers=headers,
                        json={"backend": "aae-cg", "dataset": "digits", "model_options": {"hidden_dim": 64}})
     assert resp.status_code == 202
+
+
+@pytest.mark.integration
+def test_a_nul_in_a_sign_in_is_a_wrong_password_on_postgres(tmp_path, checkpoints, pg_url):
+    app = make_app(tmp_path, checkpoints, SQLALCHEMY_DATABASE_URI=pg_url)
+    try:
+        resp = app.test_client().post("/admin/login", data={"username": "ad\x00min", "password": "x\x00y"})
+        assert resp.status_code == 401
+    finally:
+        from app.core.extensions import db
+
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
