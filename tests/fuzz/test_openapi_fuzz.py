@@ -35,7 +35,7 @@ def fuzz(service, setup: str) -> None:
     not work with this project's pytest (9)."""
     app, token = service
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
-    counts = COUNTS.setdefault(setup, Counter())
+    counts = COUNTS.setdefault(setup, Counter(requests=0, server_errors=0, failures=0))
     failures: list[str] = []
 
     def run(case) -> None:
