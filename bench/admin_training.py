@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{args.dataset}-admin"
         log = open(workdir / "worker.log", "ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,train",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,bulk,train",
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

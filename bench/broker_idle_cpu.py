@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.core.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)
             workers[(interval, mode)] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate",
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,bulk",
                  "--concurrency", "1", "--without-mingle", "--without-gossip", "-n", f"idle-{interval}-{mode}@%h"],
                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(args.settle)

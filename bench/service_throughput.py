@@ -536,7 +536,7 @@ class Service:
         self.workers_started += 1
         name = f"worker-{self.workers_started}"
         self.worker = self.procs.start(name, [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate",
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,bulk",
             "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
             "-n", f"bench-{uuid.uuid4().hex[:8]}@%h"], env={**self.env, **(extra_env or {})})
         self.worker_log = name

@@ -17,6 +17,7 @@ bp = Blueprint("admin", __name__)  # HTML, /admin
 api_bp = Blueprint("admin_api", __name__)  # JSON, /api/v1/admin
 
 PUBLIC_ENDPOINTS = {"admin.login"}  # everything else under /admin and /api/v1/admin needs an admin
+SIGNED_IN_ENDPOINTS = {"admin.logout"}  # ... except these, open to any signed-in user
 UPLOAD_ENDPOINTS = {"admin.upload_dataset", "admin_api.upload_dataset_api"}
 
 
@@ -35,7 +36,7 @@ def guard():
         user = session_user()
         if user is None:
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
-        if not user.is_admin:
+        if not user.is_admin and request.endpoint not in SIGNED_IN_ENDPOINTS:
             return render_template("error.html", status=403, message="Admins only."), 403
     g.admin_user = user
     if request.endpoint in UPLOAD_ENDPOINTS:
@@ -50,4 +51,4 @@ def _page_error(exc: ApiError):
 
 @api_bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
-    return jsonify(exc.to_dict()), exc.status
+    return jsonify(exc.to_dict()), exc.status, exc.headers()

@@ -29,8 +29,9 @@ def login():
     error, status, headers = None, 200, {}
     if request.method == "POST":
         username, address = request.form.get("username", "").strip(), request.remote_addr or "unknown"
-        retry_after = accounts.login_retry_after(username, address)
-        if retry_after is not None:  # checked before the password: a blocked guess costs no hashing
+        # counted (atomically) before the password is checked: a blocked guess costs no hashing
+        retry_after = accounts.reserve_login_attempt(username, address)
+        if retry_after is not None:
             error, status = f"Too many failed sign-ins; try again in {retry_after} seconds.", 429
             headers = {"Retry-After": str(retry_after)}
         else:
@@ -39,7 +40,6 @@ def login():
                 accounts.clear_login_failures(username, address)
                 sessions.login(user)
                 return redirect(_safe_next(request.args.get("next")), code=303)
-            accounts.record_login_failure(username, address)
             error, status = "Wrong user name or password.", 401
     return render_template("admin/login.html", error=error, username=request.form.get("username", "")), \
         status, headers
@@ -47,6 +47,7 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    """Any signed-in user (admin or not) may sign out; it revokes every session of theirs."""
     sessions.logout()
     return redirect(url_for("admin.login"), code=303)
 

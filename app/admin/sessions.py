@@ -1,5 +1,9 @@
 """Admin sign-in with the Flask session (signed with ``SECRET_KEY``): an anonymous caller of an admin page is
-redirected to ``/admin/login``, a signed-in non-admin gets 403 (:func:`app.admin.blueprints.guard`)."""
+redirected to ``/admin/login``, a signed-in non-admin gets 403 (:func:`app.admin.blueprints.guard`).
+
+A session is revocable on the server: it carries the user's ``session_version``, which every request compares
+with the database; sign-out and a password change move it on, so a copied cookie stops working.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,28 @@ from flask import session
 
 from app.core.extensions import db
 from app.core.models import User
+from app.services.accounts import end_sessions
 
 SESSION_KEY = "admin_user_id"
+VERSION_KEY = "admin_session_version"
 
 
 def login(user: User) -> None:
     session.clear()  # a fresh session on sign-in (no fixation of a pre-login session)
     session[SESSION_KEY] = user.id
+    session[VERSION_KEY] = user.session_version or 0
 
 
 def logout() -> None:
+    user = session_user()
+    if user is not None:
+        end_sessions(user)
     session.clear()
 
 
 def session_user() -> User | None:
     user_id = session.get(SESSION_KEY)
-    return db.session.get(User, user_id) if isinstance(user_id, int) else None
+    user = db.session.get(User, user_id) if isinstance(user_id, int) and not isinstance(user_id, bool) else None
+    if user is None or session.get(VERSION_KEY) != (user.session_version or 0):
+        return None  # unknown, or signed out / password changed since this cookie was issued
+    return user

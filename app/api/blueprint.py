@@ -12,7 +12,7 @@ bp = Blueprint("api", __name__)
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
-    return jsonify(exc.to_dict()), exc.status
+    return jsonify(exc.to_dict()), exc.status, exc.headers()
 
 
 def wait_seconds() -> float | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request, url_for
+from flask import current_app, g, jsonify, request, url_for
 
 from app.api.blueprint import bp, wait_seconds
 from app.api.views import batch_to_dict, job_to_dict
@@ -13,17 +13,29 @@ from app.services import jobs
 from app.services.job_events import wait_until_ended
 
 
+def _owner() -> jobs.Owner:
+    """The creator of new jobs (docs/security.md, "Ownership"); 401 for anonymous callers when anonymous
+    generation is switched off."""
+    client = g.client
+    if client.token_id is None and not current_app.config["ANONYMOUS_GENERATION"]:
+        raise ApiError(401, "this service needs an API token to create jobs: send Authorization: Bearer <token>")
+    return jobs.Owner(client.key, client.token_id)
+
+
 @bp.post("/jobs")
 def create_job():
     wait = wait_seconds()  # checked before anything is stored
+    owner = _owner()
     spec = jobs.validate_job(json_body())
-    job_id = jobs.create_job(spec)
-    url = url_for("api.get_job", job_id=job_id)
+    created = jobs.create_job(spec, owner)
+    url = url_for("api.get_job", job_id=created.id)
+    capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
     if wait is None:
-        return jsonify({"id": job_id, "url": url, "status": "queued"}), 202, {"Location": url}
+        return jsonify({"id": created.id, "url": url, "status": "queued", **capability}), 202, {"Location": url}
     # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s (202)
-    job = wait_until_ended(wait, _job_reader(job_id), [job_id])
-    return jsonify(job_to_dict(job)), 200 if job.status in FINAL_STATUSES else 202, {"Location": url}
+    job = wait_until_ended(wait, _job_reader(created.id), [created.id])
+    return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL_STATUSES else 202, \
+        {"Location": url}
 
 
 @bp.get("/jobs/<job_id>")
@@ -42,11 +54,16 @@ def _job_reader(job_id: str):
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    return jsonify(job_to_dict(jobs.cancel_job(job_id)))
+    """Only for its creator: the token that created it, or the anonymous creator's X-Cancel-Secret."""
+    client = g.client
+    job = jobs.cancel_job(job_id, token_id=client.token_id, secret=request.headers.get("X-Cancel-Secret"),
+                          admin=client.is_admin)
+    return jsonify(job_to_dict(job))
 
 
 @bp.post("/batches")
 def create_batch():
+    owner = _owner()
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None or not upload.filename:
@@ -62,8 +79,10 @@ def create_batch():
         items = [(f"item {i}", item) for i, item in enumerate(body, start=1)]
         source = "json"
     specs = jobs.validate_batch(items)
-    batch = jobs.create_batch(specs, source)
+    batch, secret = jobs.create_batch(specs, source, owner)
     body = batch_to_dict(batch)
+    if secret:
+        body["cancel_secret"] = secret  # cancels each of the batch's jobs
     return jsonify(body), 202, {"Location": body["url"]}
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.core.models import JOB_STATUSES, TRAINING_STATUSES
 from app.services.jobs import JOB_FIELDS, MAX_SEED
-from app.services.trainings import TRAINING_FIELDS
+from app.services.trainings import TRAINING_FIELDS, request_schema as training_request_schema
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -25,12 +25,29 @@ def _id(name: str, description: str) -> dict[str, Any]:
 
 BAD = {"400": _error("malformed JSON"), "413": _error("request body too large"),
        "415": _error("wrong content type"), "422": _error("invalid request (message names the field or line)")}
+# every operation may answer these (docs/security.md): a NUL character in the query, a rate limit or quota
+COMMON = {"400": _error("malformed request (a NUL character in the query string, malformed JSON)"),
+          "429": {"description": "too many requests, or too many images queued or running for this client; "
+                                 "retry after the Retry-After header's seconds",
+                  "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+NO_TOKEN = {"401": _error("anonymous generation is switched off (ANONYMOUS_GENERATION): send a bearer token")}
+
+
+CANCEL_SECRET = ("an anonymous creator's capability, returned once at creation: send it as the X-Cancel-Secret header "
+                 "to cancel (only its hash is stored)")
 
 
 def _wait(what: str) -> dict[str, Any]:
-    return {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0},
+    from flask import current_app
+
+    limit = float(current_app.config["JOB_WAIT_MAX_SECONDS"])
+    return {"name": "wait", "in": "query", "required": False,
+            "schema": {"type": "number", "minimum": 0, "maximum": limit},
             "description": f"seconds to wait for {what} to end (succeeded, failed or canceled) before answering, "
-                           "at most JOB_WAIT_MAX_SECONDS (60 by default); instead of polling"}
+                           f"at most JOB_WAIT_MAX_SECONDS ({limit:g} here); instead of polling. When this web "
+                           "process already has JOB_WAIT_MAX_CONCURRENT waiting requests, it answers at once "
+                           "(as with wait=0)"}
 
 
 def spec() -> dict[str, Any]:
@@ -44,8 +61,10 @@ def spec() -> dict[str, Any]:
             "type": "object", "additionalProperties": False,
             "description": "Give at most one of label (class models), cluster (cluster models), prompt (text models).",
             "properties": {
-                "model": {"type": "string", "description": "model name (default: the configured DEFAULT_MODEL)"},
-                "label": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "class name or index"},
+                "model": {"type": "string", "minLength": 1, "maxLength": 100,
+                          "description": "model name (default: the configured DEFAULT_MODEL)"},
+                "label": {"oneOf": [{"type": "string", "maxLength": 200}, {"type": "integer"}],
+                          "description": "class name, or index (an integer, or a string of ASCII digits)"},
                 "cluster": {"type": "integer", "minimum": 0},
                 "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
                 "n": {"type": "integer", "minimum": 1, "maximum": limit, "default": 1},
@@ -53,8 +72,13 @@ def spec() -> dict[str, Any]:
                          "description": "random when absent (and stored); image i uses seed + i"},
             },
         },
-        "JobCreated": {"type": "object", "properties": {"id": {"type": "string"}, "url": {"type": "string"},
-                                                         "status": {"type": "string", "enum": list(JOB_STATUSES)}}},
+        "JobCreated": {
+            "type": "object", "required": ["id", "url", "status"],
+            "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
+                           "when the wait ran out. cancel_secret only for an anonymous creator",
+            "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                           "status": {"type": "string", "enum": list(JOB_STATUSES)},
+                           "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
         "Image": {"type": "object", "properties": {
             "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
             "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
@@ -75,14 +99,16 @@ def spec() -> dict[str, Any]:
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": "string", "format": "date-time", "nullable": True},
             "finished_at": {"type": "string", "format": "date-time", "nullable": True},
-            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}},
+            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+            "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
             "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
             "total": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
             "created_at": {"type": "string", "format": "date-time"},
-            "jobs": {"type": "array", "items": {"type": "object"}}}},
+            "jobs": {"type": "array", "items": {"type": "object"}},
+            "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
         "Model": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
             "condition": {"type": "string"}, "supported_conditions": {"type": "array", "items": {"type": "string"}},
@@ -107,8 +133,7 @@ def spec() -> dict[str, Any]:
                     "cpu_minutes": {"type": "number"}}},
                 "export": {"type": "object"}, "size_bytes": {"type": "integer", "nullable": True},
                 "default": {"type": "boolean"}}},
-        "TrainingRequest": {"type": "object", "required": ["backend", "dataset"], "properties": {
-            key: {"description": text} for key, text in TRAINING_FIELDS.items()}},
+        "TrainingRequest": training_request_schema(),
         "TrainingRun": {"type": "object", "properties": {
             "id": {"type": "string"}, "status": {"type": "string", "enum": list(TRAINING_STATUSES)},
             "phase": {"type": "string", "nullable": True}, "step": {"type": "integer"},
@@ -117,12 +142,15 @@ def spec() -> dict[str, Any]:
             "metrics": {"type": "object"}, "model_version": {"type": "object", "nullable": True},
             "history": {"type": "array", "items": {"type": "object"}},
             "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
-        "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
-                                                     "database": {"type": "object"}, "broker": {"type": "object"}}},
+        "Health": {"type": "object", "required": ["status"],
+                   "description": "database and broker (with the error text) only for an admin's token",
+                   "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                                  "database": {"type": "object"}, "broker": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
     run_id = _id("run_id", "training run id")
-    version_id = {"name": "version_id", "in": "path", "required": True, "schema": {"type": "integer"},
+    version_id = {"name": "version_id", "in": "path", "required": True,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                   "description": "model version id (the id field, not the version number)"}
     ADMIN = [{"bearer": []}]
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
@@ -132,20 +160,19 @@ def spec() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
             "responses": {"200": _json("with wait: the job, ended within the wait", "Job"),
-                          "202": {"description": "queued; poll the url (without wait: a JobCreated; with wait: "
-                                                 "the whole Job as it stood when the wait ran out)",
-                                  "content": {"application/json": {"schema": {"oneOf": [
-                                      {"$ref": "#/components/schemas/JobCreated"},
-                                      {"$ref": "#/components/schemas/Job"}]}}}}, **BAD}}},
+                          "202": _json("queued; poll the url", "JobCreated"), **BAD, **NO_TOKEN}}},
         "/jobs/{job_id}": {"get": {
             "summary": "A job's status, progress, images and error", "operationId": "getJob",
             "parameters": [job_id, _wait("the job")],
             "responses": {"200": _json("the job", "Job"), "404": _error("no such job"),
                           "422": _error("a bad wait")}}},
         "/jobs/{job_id}/cancel": {"post": {
-            "summary": "Cancel a queued or running job", "operationId": "cancelJob", "parameters": [job_id],
-            "responses": {"200": _json("canceled", "Job"), "404": _error("no such job"),
-                          "409": _error("the job has already finished")}}},
+            "summary": "Cancel a queued or running job (only its creator: the token that created it, or the "
+                       "cancel_secret handed to an anonymous creator)", "operationId": "cancelJob",
+            "parameters": [job_id, {"name": "X-Cancel-Secret", "in": "header", "required": False,
+                                    "schema": {"type": "string"}, "description": CANCEL_SECRET}],
+            "responses": {"200": _json("canceled", "Job"), "403": _error("not the job's creator"),
+                          "404": _error("no such job"), "409": _error("the job has already finished")}}},
         "/batches": {"post": {
             "summary": "Queue many jobs at once (all items are validated before anything is stored)",
             "operationId": "createBatch",
@@ -154,11 +181,15 @@ def spec() -> dict[str, Any]:
                     {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
                     {"type": "object", "properties": {"items": {"type": "array", "items": {
                         "$ref": "#/components/schemas/JobRequest"}}}}]}},
-                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                    "file": {"type": "string", "format": "binary",
-                             "description": f"a .csv file with a header row of {', '.join(JOB_FIELDS)} "
-                                            "(any subset) or a .jsonl file with one job object per line"}}}}}},
-            "responses": {"202": _json("queued", "Batch"), **BAD}}},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": f"UTF-8 text, by the file name's extension: a .csv file with a header "
+                                                f"row of {', '.join(JOB_FIELDS)} (any subset), or a .jsonl (.ndjson) "
+                                                "file with one job object per line; another extension: 415"}}},
+                    "encoding": {"file": {"contentType": "text/csv, application/jsonl, application/x-ndjson, "
+                                                         "text/plain, application/octet-stream"}}}}},
+            "responses": {"202": _json("queued (its jobs go to the bulk queue)", "Batch"), **BAD, **NO_TOKEN}}},
         "/batches/{batch_id}": {"get": {
             "summary": "A batch's combined status", "operationId": "getBatch",
             "parameters": [_id("batch_id", "batch id"), _wait("all the batch's jobs")],
@@ -179,7 +210,7 @@ def spec() -> dict[str, Any]:
             "responses": {"200": {"description": "the PNG", "content": {"image/png": {
                 "schema": {"type": "string", "format": "binary"}}}}, "404": _error("no such image")}}},
         "/health": {"get": {
-            "summary": "Database and broker reachability", "operationId": "health",
+            "summary": "Database and broker reachability (details for an admin's token only)", "operationId": "health", "security": [{}, {"bearer": []}],
             "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
         # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
         "/admin/datasets": {
@@ -241,6 +272,10 @@ def spec() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3 document",
                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     }
+    for item in paths.values():
+        for operation in item.values():
+            for code, response in COMMON.items():
+                operation["responses"].setdefault(code, response)
     return {
         "openapi": "3.0.3",
         "info": {"title": "priorforge API", "version": "1",

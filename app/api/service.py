@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import jsonify
+import logging
+
+from flask import g, jsonify
 
 from app.api.blueprint import bp
 from app.api.openapi import spec
@@ -15,10 +17,20 @@ def list_models():
     return jsonify({"models": [model_to_dict(m) for m in serving_models()]})
 
 
+log = logging.getLogger(__name__)
+
+
 @bp.get("/health")
 def health():
+    """ok or degraded for everyone; what failed and why (exception text) only for an admin's token and in the
+    log (it can name hosts, users and paths)."""
     body = service_health()
-    return jsonify(body), 200 if body["status"] == "ok" else 503
+    status = 200 if body["status"] == "ok" else 503
+    if status != 200:
+        log.warning("health check degraded: %s", body)
+    if not g.client.is_admin:
+        body = {"status": body["status"]}
+    return jsonify(body), status
 
 
 @bp.get("/openapi.json")

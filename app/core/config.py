@@ -12,16 +12,17 @@ from typing import Any
 
 from flask import Flask
 
+from app.core.secret_key import check_secret_key, ensure_secret_key
 from priorforge.spec.precision import DECODE_PASS_ROWS
-
-DEV_SECRET_KEYS = {"", "dev", "change-me", "secret"}
-MIN_SECRET_KEY_LENGTH = 32
 
 
 def default_config(instance_path: str) -> dict[str, Any]:
     instance = Path(instance_path)
     return {
-        "SECRET_KEY": "dev",  # set PRIORFORGE_SECRET_KEY in production
+        # None: generated once and kept in the instance folder (app/core/secret_key.py); a known or short key
+        # is refused in every mode (docs/security.md, "Secret key")
+        "SECRET_KEY": None,
+        "SECRET_KEY_FILE": str(instance / "secret_key"),  # where the generated key is kept (mode 0600)
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'priorforge.sqlite3'}",
         # embedded broker: kombu's SQLAlchemy transport on its own SQLite file (no server needed)
         "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
@@ -66,8 +67,26 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "JOB_WAIT_MAX_SECONDS": 60.0,
         "JOB_WAIT_POLL_INTERVAL": 0.02,
         "JOB_WAIT_RECHECK_INTERVAL": 1.0,
-        "ENV": "development",  # PRIORFORGE_ENV=production refuses the development SECRET_KEY
+        "ENV": "development",  # production: Secure cookies are required (docs/security.md)
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # the session cookie only over HTTPS; must be true when ENV is production (behind TLS)
+        "SESSION_COOKIE_SECURE": False,
+        # abuse limits (docs/security.md, "Quotas"): Flask-Limiter's own settings, per client (API token, else
+        # address); the storage is the broker's Redis when the service uses Redis, else this process's memory
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_DEFAULT": "600 per minute",
+        "RATELIMIT_STORAGE_URI": None,  # None: derived from CELERY_BROKER_URL as above
+        "RATELIMIT_CREATE": "60 per minute",  # POST of jobs and batches (API and forms), on top of the default
+        # images a client may have queued or running at once (jobs and batches); more: 429
+        "MAX_IMAGES_IN_FLIGHT_PER_CLIENT": 1024,
+        # jobs of a batch and jobs of more images than this go to the ``bulk`` queue, the rest to ``generate``:
+        # a worker consumes both in turn, so a large batch cannot starve a 1-image job
+        "INTERACTIVE_MAX_IMAGES": 16,
+        # requests allowed to wait (?wait=) at once per web process; beyond it they answer at once as the job
+        # stands (as if wait=0), so waiting clients cannot hold every thread
+        "JOB_WAIT_MAX_CONCURRENT": 8,
+        "ANONYMOUS_GENERATION": True,  # false: creating jobs and batches needs an API token (the form: off)
+        "PUBLIC_GALLERY": True,  # false: /gallery answers 404 (images stay reachable by their unguessable ids)
         # admin sign-in throttle: failures counted per (user name, address) and per address in this window
         "LOGIN_WINDOW_SECONDS": 900,
         "LOGIN_MAX_FAILURES": 10,
@@ -109,7 +128,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         app.config.from_mapping(test_config)
     # CSRF on every HTML form; only an app that says TESTING and sets nothing else turns it off
     app.config.setdefault("WTF_CSRF_ENABLED", not app.config.get("TESTING"))
+    ensure_secret_key(app)
     check_secret_key(app)
+    _check_production(app.config)
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
     _require_whole_number(app.config, "PNG_THREADS", 0, "from 0 (inline) up")
     _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
@@ -129,16 +150,11 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", int(app.config["DB_POOL_SIZE"]))
 
 
-def check_secret_key(app: Flask) -> None:
-    """Refuse to start in production (``ENV=production``, i.e. ``PRIORFORGE_ENV=production``) with the
-    development key or a short one: session cookies signed with a known key can be forged."""
-    if str(app.config.get("ENV", "development")).lower() != "production":
-        return
-    key = app.config.get("SECRET_KEY")
-    if not isinstance(key, (str, bytes)) or key in DEV_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH:
-        raise RuntimeError(
-            f"PRIORFORGE_ENV=production needs PRIORFORGE_SECRET_KEY set to a random value of at least "
-            f"{MIN_SECRET_KEY_LENGTH} characters (python -c 'import secrets; print(secrets.token_hex(32))')")
+def _check_production(config: Any) -> None:
+    """Production runs behind TLS: a session cookie sent over plain HTTP could be read on the way."""
+    if str(config.get("ENV", "development")).lower() == "production" and config.get("SESSION_COOKIE_SECURE") is not True:
+        raise RuntimeError("PRIORFORGE_ENV=production needs PRIORFORGE_SESSION_COOKIE_SECURE=true (serve over "
+                           "HTTPS); see docs/security.md")
 
 
 def _normalise_db_url(url: str) -> str:

@@ -17,3 +17,8 @@ class ApiError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.message, **self.details}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with it: Retry-After when ``details`` has ``retry_after`` (seconds)."""
+        retry = self.details.get("retry_after")
+        return {"Retry-After": str(int(retry))} if retry is not None else {}

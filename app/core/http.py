@@ -11,10 +11,13 @@ from app.core.errors import ApiError
 
 
 def json_body() -> Any:
-    """The request's JSON; 415 for another content type, 400 for malformed JSON."""
+    """The request's JSON; 415 for another content type, 400 for malformed JSON (nested too deeply for the
+    parser's recursion included)."""
     if not request.is_json:
         raise ApiError(415, f"expected Content-Type: application/json, got {request.mimetype or 'none'!r}")
     try:
         return request.get_json()
     except (BadRequest, UnsupportedMediaType):
         raise ApiError(400, "malformed JSON in the request body") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON in the request body is nested too deeply") from None

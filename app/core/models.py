@@ -79,13 +79,18 @@ class Batch(db.Model):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     source: Mapped[str | None] = mapped_column(String(200))  # uploaded file name or "json"
+    # ownership (docs/security.md): the API token that created it, else the hash of the capability secret
+    # handed to its anonymous creator; either is needed to cancel its jobs
+    owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    cancel_hash: Mapped[str | None] = mapped_column(String(64))
 
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
 
 
 class Job(db.Model):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),)
+    __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
+                      Index("ix_jobs_client_key_status", "client_key", "status"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     status: Mapped[str] = mapped_column(String(20), default="queued")
@@ -109,6 +114,11 @@ class Job(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(200))
     claim_token: Mapped[str | None] = mapped_column(String(36))  # fences writes to the attempt that claimed it
+    # ownership and quotas (docs/security.md): the creating token, else the hash of the creator's capability
+    # secret (a batch's jobs share the batch's); client_key is who the quota counts it for
+    owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    cancel_hash: Mapped[str | None] = mapped_column(String(64))
+    client_key: Mapped[str | None] = mapped_column(String(80))
 
     model_version: Mapped[ModelVersion] = relationship()
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
@@ -148,6 +158,9 @@ class User(db.Model):
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # copied into the session at sign-in and compared on each request; bumped by sign-out and a password
+    # change, which revokes every session signed in before (app/admin/sessions.py)
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")

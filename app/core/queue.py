@@ -12,7 +12,9 @@ from celery import Celery, Task
 from flask import Flask
 from kombu import Exchange, Queue
 
-QUEUES = ("generate", "train")
+# generate: interactive jobs; bulk: batches and large jobs (the generation worker consumes both, in turn, so a
+# large batch cannot starve a 1-image job: docs/security.md); train: training runs
+QUEUES = ("generate", "bulk", "train")
 # the names messages carry; the tasks are defined under these names in workers/
 GENERATE_TASK = "workers.tasks.generate_images"
 TRAIN_TASK = "workers.training_tasks.train_model"

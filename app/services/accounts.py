@@ -17,7 +17,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, text, update
 
 from app.core.errors import ApiError
 from app.core.extensions import db
@@ -41,7 +41,9 @@ def check_password_strength(password: str) -> None:
 
 def authenticate(username: str, password: str) -> User | None:
     """The user with this name and password, or None (unknown name and wrong password look the same)."""
-    user = db.session.scalars(select(User).where(User.username == username)).first()
+    # a NUL is never part of a name (and PostgreSQL refuses it in a query): an unknown name, same timing
+    user = db.session.scalars(select(User).where(User.username == username)).first() if "\x00" not in username \
+        else None
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
@@ -96,8 +98,8 @@ def revoke_token(token_id: int, user: User) -> None:
         db.session.commit()
 
 
-def bearer_user(header: str | None) -> User | None:
-    """The user of an ``Authorization: Bearer <token>`` header, or None (missing, unknown or revoked)."""
+def bearer_token(header: str | None) -> ApiToken | None:
+    """The live token of an ``Authorization: Bearer <token>`` header, or None (missing, unknown or revoked)."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -109,7 +111,45 @@ def bearer_user(header: str | None) -> User | None:
         return None
     row.last_used_at = utcnow()
     db.session.commit()
-    return row.user
+    return row
+
+
+def bearer_user(header: str | None) -> User | None:
+    """The user of an ``Authorization: Bearer <token>`` header, or None (missing, unknown or revoked)."""
+    row = bearer_token(header)
+    return row.user if row is not None else None
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is asking, for quotas, rate limits and ownership: an API token's holder, else an address."""
+
+    key: str  # "token:<id>" or "addr:<remote address>"
+    token_id: int | None = None
+    is_admin: bool = False
+
+
+def identify_client(authorization: str | None, remote_addr: str | None) -> Client:
+    """The client of a request; a missing, unknown or revoked token counts as anonymous (by address)."""
+    row = bearer_token(authorization) if authorization else None
+    if row is not None:
+        return Client(f"token:{row.id}", row.id, bool(row.user.is_admin))
+    return Client(f"addr:{(remote_addr or 'unknown')[:64]}")
+
+
+def set_password(user: User, password: str) -> None:
+    """A new password; every session signed in before is revoked (the session version moves on)."""
+    check_password_strength(password)
+    user.password_hash = hash_password(password)
+    user.session_version = (user.session_version or 0) + 1
+    db.session.commit()
+
+
+def end_sessions(user: User) -> None:
+    """Revoke every session of ``user`` (sign-out): cookies signed before no longer open anything."""
+    db.session.execute(update(User).where(User.id == user.id)
+                       .values(session_version=User.session_version + 1))
+    db.session.commit()
 
 
 # -- sign-in throttle ---------------------------------------------------------------------------------
@@ -137,14 +177,27 @@ def login_retry_after(username: str, remote_addr: str) -> int | None:
     return None
 
 
-def record_login_failure(username: str, remote_addr: str) -> None:
+def reserve_login_attempt(username: str, remote_addr: str) -> int | None:
+    """Atomically count this try against the throttle BEFORE its password is checked: None when it may go on
+    (a failure is recorded in advance; a success removes it with :func:`clear_login_failures`), else the
+    seconds to wait. Check and record are one transaction that concurrent tries from the same address wait
+    for (an advisory lock on PostgreSQL, SQLite's write lock taken by the first statement), so 30 tries at once
+    get at most the limit's password checks."""
+    username, remote_addr = username.replace("\x00", "")[:100], remote_addr[:64]
     since, _ = _login_window()
+    db.session.commit()  # a fresh transaction, whose first statement below takes the lock
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:addr, 17))"), {"addr": remote_addr})
     db.session.execute(delete(LoginFailure).where(LoginFailure.at < since))  # keep the table small
-    db.session.add(LoginFailure(username=username[:100], remote_addr=remote_addr[:64], at=utcnow()))
+    retry_after = login_retry_after(username, remote_addr)
+    if retry_after is None:
+        db.session.execute(insert(LoginFailure).values(username=username, remote_addr=remote_addr, at=utcnow()))
     db.session.commit()
+    return retry_after
 
 
 def clear_login_failures(username: str, remote_addr: str) -> None:
-    db.session.execute(delete(LoginFailure).where(LoginFailure.username == username,
-                                                  LoginFailure.remote_addr == remote_addr))
+    username = username.replace("\x00", "")
+    db.session.execute(delete(LoginFailure).where(LoginFailure.username == username[:100],
+                                                  LoginFailure.remote_addr == remote_addr[:64]))
     db.session.commit()

@@ -134,6 +134,9 @@ class JobWatcher:
         self._subscribed = threading.Event()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
+        # at most this many requests wait at once in this process; the others answer at once (as with wait=0),
+        # so waiting clients cannot take every web server thread (docs/security.md)
+        self._slots = threading.BoundedSemaphore(max(1, int(app.config["JOB_WAIT_MAX_CONCURRENT"])))
 
     # -- the waiting side -------------------------------------------------------------------------------
     def wait_until_ended(self, seconds: float, read: Callable[[], tuple[T, list[str]]],
@@ -145,7 +148,18 @@ class JobWatcher:
         Ids are registered before the read that finds them pending (``job_ids``: known up front, registered
         before the first read; else a read, then the registration, then a second read), so an end announced
         after that read always wakes us. A read per wake-up is all the database work: the answer's own
-        queries. No connection is held while asleep."""
+        queries. No connection is held while asleep. With every waiting slot of the process taken, it reads
+        once and answers (as with a wait of 0)."""
+        if seconds > 0 and not self._slots.acquire(blocking=False):
+            seconds = 0.0
+        elif seconds > 0:
+            try:
+                return self._wait(seconds, read, job_ids)
+            finally:
+                self._slots.release()
+        return self._wait(seconds, read, job_ids)
+
+    def _wait(self, seconds: float, read: Callable[[], tuple[T, list[str]]], job_ids: list[str] | None) -> T:
         deadline = time.monotonic() + seconds
         wake = threading.Event()
         registered: set[str] = set()

@@ -8,14 +8,17 @@ HTTP request. Bad input raises :class:`ApiError` with the status a caller should
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import joinedload
 
 from app.core.errors import ApiError
@@ -28,6 +31,21 @@ from priorforge.spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
 JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed")
+# an integer typed as text (forms, CSV cells): ASCII digits only (int() also takes "٣" and "1_000") and at
+# most 20 of them (int() of more than 4,300 digits raises instead of failing cleanly)
+INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
+QUOTA_RETRY_AFTER = 30  # seconds a client over its image quota is told to wait
+
+
+def parse_int_text(text: str) -> int | None:
+    """``text`` (already stripped) as an int when it is one, strictly (see INT_TEXT); else None."""
+    return int(text) if INT_TEXT.fullmatch(text) else None
+
+
+def _has_control(text: str) -> bool:
+    """NUL and the other C0 controls but tab and newlines: never part of a name or a prompt (PostgreSQL
+    refuses NUL outright)."""
+    return any(ord(c) < 32 and c not in "\t\n\r" for c in text)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,8 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
     if not isinstance(name, str) or not name.strip():
         raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)")
     name = name.strip()
+    if len(name) > 100 or _has_control(name):
+        raise ApiError(422, f"unknown model {name[:100]!r} (see GET /api/v1/models)")
     if cache is not None and name in cache:
         version = cache[name]
     else:
@@ -115,6 +135,8 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
             raise ApiError(422, "prompt must be a non-empty string")
         if len(prompt) > max_len:
             raise ApiError(422, f"prompt is {len(prompt)} characters long; the limit is {max_len}")
+        if _has_control(prompt):
+            raise ApiError(422, "prompt must not hold control characters (such as NUL)")
         return JobSpec(version.id, "text", n, seed, prompt=prompt.strip())
     return JobSpec(version.id, "none", n, seed)
 
@@ -130,10 +152,10 @@ def _coerce_text_item(row: dict[str, Any]) -> dict[str, Any]:
             continue
         value = value.strip()
         if key in ("n", "seed", "cluster"):
-            try:
-                item[key] = int(value)
-            except ValueError:
-                raise ApiError(422, f"{key} must be an integer, got {value!r}") from None
+            number = parse_int_text(value)
+            if number is None:
+                raise ApiError(422, f"{key} must be an integer, got {value[:40]!r}")
+            item[key] = number
         else:
             item[key] = value
     return item
@@ -169,6 +191,9 @@ def parse_batch_file(filename: str, data: bytes) -> list[tuple[str, Any]]:
                 items.append((f"line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ApiError(422, f"{filename} line {number}: invalid JSON ({exc.msg})", line=number) from None
+            except (RecursionError, ValueError):  # nested too deeply, or an integer of thousands of digits
+                raise ApiError(422, f"{filename} line {number}: JSON nested too deeply or a number too long",
+                               line=number) from None
     else:
         raise ApiError(415, f"batch file {filename!r} must be .csv or .jsonl")
     return items
@@ -192,38 +217,123 @@ def validate_batch(items: list[tuple[str, Any]]) -> list[JobSpec]:
     return specs
 
 
+# -- ownership and quotas (docs/security.md) ---------------------------------------------------------
+@dataclass(frozen=True)
+class Owner:
+    """Who creates jobs: ``client_key`` is what quotas count (a token, else an address); a token owns what it
+    creates, an anonymous creator gets a capability secret (only its hash is stored)."""
+
+    client_key: str | None = None
+    token_id: int | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.token_id is None
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_capability(owner: Owner | None) -> tuple[str | None, str | None]:
+    """(secret to hand out, its hash to store) for an anonymous creator; (None, None) for a token."""
+    if owner is not None and not owner.anonymous:
+        return None, None
+    secret = secrets.token_urlsafe(24)
+    return secret, _secret_hash(secret)
+
+
+def check_quota(client_key: str | None, images: int) -> None:
+    """ApiError(429) when ``client_key`` would have more than MAX_IMAGES_IN_FLIGHT_PER_CLIENT images queued or
+    running. Counted before the insert, so concurrent requests of one client may overshoot by one request."""
+    limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
+    if client_key is None:
+        return
+    if images > limit:
+        raise ApiError(429, f"this asks for {images} images; a client may have at most {limit} queued or "
+                            "running at once", retry_after=QUOTA_RETRY_AFTER)
+    busy = db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(
+        Job.client_key == client_key, Job.status.in_(("queued", "running")))) or 0
+    if busy + images > limit:
+        raise ApiError(429, f"{busy} of your images are queued or running; with these {images} that would pass "
+                            f"the limit of {limit} per client: wait for some to finish",
+                       retry_after=QUOTA_RETRY_AFTER)
+
+
+def lane_of(batch_id: str | None, n: int) -> str:
+    """The queue a job goes to: ``bulk`` for a batch's jobs and large jobs, ``generate`` for the rest."""
+    return "bulk" if batch_id is not None or n > int(current_app.config["INTERACTIVE_MAX_IMAGES"]) else "generate"
+
+
 # -- creating and sending ---------------------------------------------------------------------------
-def _job_from_spec(spec: JobSpec, **extra: Any) -> Job:
+def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str | None = None, **extra: Any) -> Job:
     return Job(status="queued", model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
                label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
-               n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(), **extra)
+               n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(),
+               owner_token_id=owner.token_id if owner else None, client_key=owner.client_key if owner else None,
+               cancel_hash=cancel_hash, **extra)
 
 
-def create_job(spec: JobSpec) -> str:
-    """Store the job (committed first: the row is the source of truth), then send its message; its id."""
-    job = _job_from_spec(spec)
+@dataclass(frozen=True)
+class Created:
+    id: str
+    cancel_secret: str | None  # the anonymous creator's capability (shown once), None for a token
+
+
+def create_job(spec: JobSpec, owner: Owner | None = None) -> Created:
+    """Store the job (committed first: the row is the source of truth), then send its message."""
+    check_quota(owner.client_key if owner else None, spec.n)
+    secret, cancel_hash = _new_capability(owner)
+    job = _job_from_spec(spec, owner, cancel_hash)
     db.session.add(job)
     db.session.flush()
     job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
     db.session.commit()
-    send_jobs([job_id])
-    return job_id
+    send_jobs([job_id], queue=lane_of(None, spec.n))
+    return Created(job_id, secret)
 
 
-def create_batch(specs: list[JobSpec], source: str) -> Batch:
-    batch = Batch(source=source[:200])
+def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None) -> tuple[Batch, str | None]:
+    """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` queue."""
+    check_quota(owner.client_key if owner else None, sum(spec.n for spec in specs))
+    secret, cancel_hash = _new_capability(owner)
+    source = "".join(c for c in source if ord(c) >= 32)[:200]  # a file name as sent: no NUL or controls
+    batch = Batch(source=source, owner_token_id=owner.token_id if owner else None, cancel_hash=cancel_hash)
     db.session.add(batch)
     db.session.flush()
     for i, spec in enumerate(specs):
-        db.session.add(_job_from_spec(spec, batch_id=batch.id, batch_index=i))
+        db.session.add(_job_from_spec(spec, owner, cancel_hash, batch_id=batch.id, batch_index=i))
     db.session.commit()
-    send_jobs([job.id for job in batch.jobs])
-    return batch
+    send_jobs([job.id for job in batch.jobs], queue="bulk")
+    return batch, secret
 
 
-def cancel_job(job_id: str) -> Job:
-    """queued/running -> canceled (a running worker notices at its next progress step and stops)."""
+def resend_jobs(job_ids: list[str]) -> int:
+    """Send these jobs' messages again, each on its lane (the reconciliation's resend)."""
+    lanes: dict[str, list[str]] = {}
+    for job_id, batch_id, n in db.session.execute(select(Job.id, Job.batch_id, Job.n).where(Job.id.in_(job_ids))):
+        lanes.setdefault(lane_of(batch_id, n), []).append(job_id)
+    return sum(send_jobs(ids, queue=queue) for queue, ids in lanes.items())
+
+
+def may_cancel(job: Job, *, token_id: int | None = None, secret: str | None = None, admin: bool = False) -> bool:
+    """Whether this caller may cancel ``job``: an admin, the token that created it, or the holder of the
+    capability secret handed to its anonymous creator (a batch's jobs share the batch's)."""
+    if admin:
+        return True
+    if token_id is not None and job.owner_token_id == token_id:
+        return True
+    return bool(secret and job.cancel_hash and hmac.compare_digest(_secret_hash(secret), job.cancel_hash))
+
+
+def cancel_job(job_id: str, *, token_id: int | None = None, secret: str | None = None,
+               admin: bool = False) -> Job:
+    """queued/running -> canceled (a running worker notices at its next progress step and stops); 403 unless
+    :func:`may_cancel`."""
     job = get_job(job_id)
+    if not may_cancel(job, token_id=token_id, secret=secret, admin=admin):
+        raise ApiError(403, "only the job's creator can cancel it: send the token that created it, or the "
+                            "cancel_secret returned when it was created (header X-Cancel-Secret)")
     result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
                                 .values(status="canceled", finished_at=utcnow(), claim_token=None))
     db.session.commit()

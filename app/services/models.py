@@ -166,8 +166,11 @@ def version_to_dict(version: ModelVersion) -> dict[str, Any]:
     return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path}
 
 
+MAX_ROW_ID = 2**31 - 1  # integer primary keys (PostgreSQL INTEGER); a larger id from a URL names no row
+
+
 def get_version(version_id: int) -> ModelVersion:
-    version = db.session.get(ModelVersion, version_id)
+    version = db.session.get(ModelVersion, version_id) if 0 < version_id <= MAX_ROW_ID else None
     if version is None:
         raise ApiError(404, f"no model version with id {version_id}")
     return version

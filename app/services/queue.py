@@ -13,9 +13,10 @@ from app.core.queue import GENERATE_TASK, TRAIN_TASK
 log = logging.getLogger(__name__)
 
 
-def send_jobs(job_ids: Iterable[str]) -> int:
-    """Publish one ``generate_images`` message per job; returns how many went out."""
-    return send_messages(GENERATE_TASK, job_ids, "generate", "job")
+def send_jobs(job_ids: Iterable[str], queue: str = "generate") -> int:
+    """Publish one ``generate_images`` message per job on ``queue`` (``generate``, the interactive lane, or
+    ``bulk``: batches and large jobs, so they cannot starve small ones); returns how many went out."""
+    return send_messages(GENERATE_TASK, job_ids, queue, "job")
 
 
 def send_runs(run_ids: Iterable[str]) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy import or_, select, update
 from app.core.extensions import db
 from app.core.models import Job, utcnow
 from app.services.job_events import announce_finished
-from app.services.queue import send_jobs
+from app.services.jobs import resend_jobs
 from app.services.trainings import reconcile_runs
 
 
@@ -67,7 +67,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             counts["resent_queued"] += 1
             to_send.append(job_id)
     if to_send:
-        send_jobs(to_send)
+        resend_jobs(to_send)  # each on its lane (generate or bulk)
     if failed:
         announce_finished(failed)
     counts.update(reconcile_runs(now))

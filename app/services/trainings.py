@@ -24,7 +24,8 @@ from app.core.extensions import db
 from app.core.models import TrainingRun, User, get_or_404, utcnow
 from app.services.datasets import dataset_source
 from app.services.queue import send_runs
-from priorforge.spec.backends import SetupError, backend_names, check_condition, check_hparams, check_model_options
+from priorforge.spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
+    backends, check_condition, check_hparams, check_model_options, int_bounds
 
 TRAINING_FIELDS = {
     "backend": "backend name (aae-cg, lde, glf, pga, vae)",
@@ -81,7 +82,7 @@ def validate_training(body: Any) -> dict[str, Any]:
     if backend not in backend_names():
         raise ApiError(422, f"backend must be one of {', '.join(backend_names())}, got {backend!r}", field="backend")
     dataset = body.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
+    if not isinstance(dataset, str) or not dataset or len(dataset) > 100 or "\x00" in dataset:
         raise ApiError(422, "dataset is required (a built-in or uploaded data set's name)", field="dataset")
     source = dataset_source(dataset)
     condition = body.get("condition") or ("class" if source["labels"] else "none")
@@ -114,8 +115,10 @@ def validate_training(body: Any) -> dict[str, Any]:
     if channels == 2:
         raise ApiError(422, "channels must be 1 or 3", field="channels")
     model_name = body.get("model_name") or f"{dataset}-{backend}"
-    if not isinstance(model_name, str) or not 1 <= len(model_name.strip()) <= 100 or "/" in model_name:
-        raise ApiError(422, "model_name must be 1-100 characters without '/'", field="model_name")
+    if not isinstance(model_name, str) or not 1 <= len(model_name.strip()) <= 100 or "/" in model_name \
+            or any(ord(c) < 32 for c in model_name):
+        raise ApiError(422, "model_name must be 1-100 characters without '/' or control characters",
+                       field="model_name")
     evaluate = body.get("evaluate", True)
     if not isinstance(evaluate, bool):
         raise ApiError(422, "evaluate must be true or false", field="evaluate")
@@ -131,6 +134,67 @@ def validate_training(body: Any) -> dict[str, Any]:
         "model_options": model_options, "hparams": hparams, "source": source,
     }
     return settings
+
+
+def _option_schema(option: dict[str, Any], name: str, *, hparam: bool = False) -> dict[str, Any]:
+    """The JSON schema of one model option or hyper-parameter, with the bounds :mod:`priorforge.spec.backends`
+    checks."""
+    default = option["default"] if not hparam else option
+    kind = option["type"] if not hparam else type(option).__name__
+    low, high = int_bounds(name, hparam=hparam)
+    nullable = default is None
+    if isinstance(default, bool) or kind == "bool":
+        schema: dict[str, Any] = {"type": "boolean"}
+    elif isinstance(default, list) or "tuple" in kind:
+        floats = isinstance(default, list) and any(isinstance(v, float) for v in default)
+        item = {"type": "number", "minimum": -MAX_FLOAT, "maximum": MAX_FLOAT} if floats else \
+            {"type": "integer", "minimum": 1, "maximum": MAX_INT_OPTION}
+        schema = {"type": "array", "minItems": 1, "maxItems": MAX_LIST, "items": item}
+    elif isinstance(default, int) or kind.startswith("int"):
+        schema = {"type": "integer", "minimum": low, "maximum": high}
+    elif isinstance(default, float) or kind.startswith("float") or (hparam and default is None):
+        bound = MAX_FLOAT if default is not None else 10_000_000
+        schema = {"type": "number", "minimum": -bound, "maximum": bound}
+    else:
+        schema = {"type": "string", "maxLength": MAX_STRING}
+    if nullable:
+        schema["nullable"] = True
+    return schema
+
+
+def request_schema() -> dict[str, Any]:
+    """The OpenAPI schema of a training request: each field's type and bounds as :func:`validate_training` checks
+    them; model_options and hparams list every backend's names (a name of another backend: 422)."""
+    cfg = current_app.config
+    options: dict[str, Any] = {}
+    hparams: dict[str, Any] = {}
+    for spec in backends().values():
+        for name, option in spec["model_options"].items():
+            if name not in ("image_shape", "condition", "num_classes", "text_encoder", "text_encoder_dim"):
+                options.setdefault(name, _option_schema(option, name))
+        for name, default in spec["hparams"].items():
+            hparams.setdefault(name, _option_schema(default, name, hparam=True))
+    integer = lambda low, high: {"type": "integer", "minimum": low, "maximum": high}  # noqa: E731
+    props: dict[str, Any] = {
+        "backend": {"type": "string", "enum": backend_names()},
+        "dataset": {"type": "string", "minLength": 1, "maxLength": 100},
+        "condition": {"type": "string", "enum": ["none", "class", "cluster", "text"]},
+        "model_name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "max_steps": integer(1, int(cfg["TRAINING_MAX_STEPS"])),
+        "batch_size": integer(1, int(cfg["TRAINING_MAX_BATCH_SIZE"])),
+        "lr": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10},
+        "seed": integer(0, 2**31 - 1), "image_size": {"type": "integer", "enum": sorted(IMAGE_SIZES)},
+        "channels": {"type": "integer", "enum": [1, 3]}, "clusters": integer(2, 1000),
+        "max_cpu_minutes": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 7 * 24 * 60},
+        "checkpoint_every": integer(1, 1_000_000), "sample_every": integer(1, 1_000_000),
+        "evaluate": {"type": "boolean"}, "eval_samples": integer(10, 50_000),
+        "model_options": {"type": "object", "properties": options, "additionalProperties": False},
+        "hparams": {"type": "object", "properties": hparams, "additionalProperties": False},
+    }
+    for key, text in TRAINING_FIELDS.items():
+        props[key]["description"] = text
+    return {"type": "object", "required": ["backend", "dataset"], "additionalProperties": False,
+            "properties": props}
 
 
 # -- runs -----------------------------------------------------------------------------------------------

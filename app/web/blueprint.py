@@ -16,7 +16,7 @@ bp = Blueprint("web", __name__)
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
     """Service errors on a page (an unknown job id...) as an HTML page, not the API's JSON."""
-    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    return render_template("error.html", status=exc.status, message=exc.message), exc.status, exc.headers()
 
 
 @bp.errorhandler(GalleryError)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.services.jobs import JOB_FIELDS
+from app.services.jobs import JOB_FIELDS, parse_int_text
 
 INT_FIELDS = ("n", "seed", "cluster")
 
@@ -29,8 +29,9 @@ def job_request_from_form(form: Any) -> dict[str, Any]:
         value = raw.strip()
         if not value:
             continue
-        if key in INT_FIELDS and re.fullmatch(r"[+-]?\d{1,20}", value):
-            data[key] = int(value)
+        number = parse_int_text(value) if key in INT_FIELDS else None
+        if number is not None:  # ASCII digits only ("٣" stays text and is refused by the service)
+            data[key] = number
         else:
             data[key] = value
     return data

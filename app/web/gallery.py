@@ -16,6 +16,8 @@ from app.web.blueprint import bp
 
 @bp.get("/gallery")
 def gallery_view():
+    if not current_app.config["PUBLIC_GALLERY"]:  # switched off: images stay reachable by their ids only
+        raise ApiError(404, "the gallery is not public on this service")
     filters = gallery.GalleryFilters.from_args(request.args)
     page_number, per_page = gallery.parse_page_args(request.args)
     page = gallery.gallery_page(filters, page_number, per_page)

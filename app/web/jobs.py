@@ -7,7 +7,7 @@ on the form (HTTP 422) with the entered values kept.
 
 from __future__ import annotations
 
-from flask import current_app, redirect, render_template, request, url_for
+from flask import current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.core.errors import ApiError
@@ -43,15 +43,42 @@ def index():
     return _render_form(values)
 
 
+# the capabilities of what this browser created, in its signed session cookie: {job or batch id: secret}; the
+# newest few only (a cookie holds about 4 KB)
+CAPABILITIES = "cancel"
+MAX_CAPABILITIES = 20
+
+
+def _form_owner() -> jobs.Owner:
+    if not current_app.config["ANONYMOUS_GENERATION"]:
+        raise ApiError(403, "this service creates jobs for API token holders only (POST /api/v1/jobs)")
+    return jobs.Owner(g.client.key)
+
+
+def _keep_capability(row_id: str, secret: str | None) -> None:
+    if secret is None:
+        return
+    kept = {k: v for k, v in dict(session.get(CAPABILITIES) or {}).items() if k != row_id}
+    kept[row_id] = secret
+    session[CAPABILITIES] = dict(list(kept.items())[-MAX_CAPABILITIES:])
+
+
+def _capability(job) -> str | None:
+    kept = session.get(CAPABILITIES) or {}
+    return kept.get(job.id) or (kept.get(job.batch_id) if job.batch_id else None)
+
+
 @bp.post("/")
 def submit_job():
     values = {key: request.form.get(key, "") for key in JOB_FIELDS if request.form.get(key) is not None}
     try:
+        owner = _form_owner()
         spec = jobs.validate_job(job_request_from_form(request.form))
+        created = jobs.create_job(spec, owner)
     except ApiError as exc:
-        return _render_form(values, exc.message, exc.status)
-    job_id = jobs.create_job(spec)
-    return redirect(url_for("web.job", job_id=job_id), code=303)
+        return _render_form(values, exc.message, exc.status)[0], exc.status, exc.headers()
+    _keep_capability(created.id, created.cancel_secret)
+    return redirect(url_for("web.job", job_id=created.id), code=303)
 
 
 # -- jobs -------------------------------------------------------------------------------------------
@@ -59,13 +86,16 @@ def submit_job():
 def job(job_id: str):
     job = jobs.get_job(job_id)
     return render_template("job.html", job=job, final=job.status in FINAL_STATUSES,
+                           can_cancel=jobs.may_cancel(job, secret=_capability(job)),
                            api_url=url_for("api.get_job", job_id=job.id))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
+    """Only the browser that created the job (its session holds the capability)."""
+    job = jobs.get_job(job_id)
     try:
-        jobs.cancel_job(job_id)
+        jobs.cancel_job(job_id, secret=_capability(job))
     except ApiError as exc:
         if exc.status != 409:  # already finished: just show the job as it is
             raise
@@ -94,11 +124,13 @@ def create_batch():
     if upload is None or not upload.filename:
         return _render_batch_form("choose a .csv or .jsonl file to upload", 422)
     try:
+        owner = _form_owner()
         items = jobs.parse_batch_file(upload.filename, upload.read())
         specs = jobs.validate_batch(items)
+        batch, secret = jobs.create_batch(specs, upload.filename, owner)
     except ApiError as exc:
-        return _render_batch_form(exc.message, exc.status)
-    batch = jobs.create_batch(specs, upload.filename)
+        return _render_batch_form(exc.message, exc.status)[0], exc.status, exc.headers()
+    _keep_capability(batch.id, secret)
     return redirect(url_for("web.batch", batch_id=batch.id), code=303)
 
 

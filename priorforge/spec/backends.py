@@ -18,6 +18,15 @@ from typing import Any
 SPEC_FILE = Path(__file__).with_name("backends.json")
 # config fields the data set and condition decide; a request may not set them
 DERIVED_FIELDS = ("image_shape", "condition", "num_classes", "text_encoder", "text_encoder_dim")
+# Bounds of a requested value by its JSON type (the classes only give types): enough for any model a CPU or one
+# GPU trains, and small enough that a request cannot ask for a layer of 10**9 units (memory) or a float that
+# is not a number. The OpenAPI document states them (app/api/openapi.py).
+MAX_INT_OPTION = 4096  # widths, channels, dims, blocks
+MAX_SEED_OPTION = 2**31 - 1  # options named *seed
+MAX_INT_HPARAM = 10_000_000  # counts of steps, codes, epochs
+MAX_FLOAT = 10_000.0  # weights, rates, temperatures: finite, from -MAX_FLOAT to MAX_FLOAT
+MAX_STRING = 64  # a name of a variant, an upsampling mode...
+MAX_LIST = 16  # hidden layer widths
 
 
 class SetupError(ValueError):
@@ -62,20 +71,47 @@ def option_default(option: dict[str, Any]) -> Any:
     return tuple(default) if isinstance(default, list) else default
 
 
-def _type_problem(value: Any, default: Any) -> str | None:
-    """Why ``value`` cannot replace ``default`` (None when it can). JSON has no tuples: lists stand for them."""
+def int_bounds(name: str, *, hparam: bool = False) -> tuple[int, int]:
+    """The range of an integer option or hyper-parameter."""
+    if name.endswith("seed"):
+        return 0, MAX_SEED_OPTION
+    return 0, MAX_INT_HPARAM if hparam else MAX_INT_OPTION
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_problem(value: Any, default: Any, bounds: tuple[int, int] = (0, MAX_INT_OPTION)) -> str | None:
+    """Why ``value`` cannot replace ``default`` (None when it can): its JSON type and bounds. JSON has no
+    tuples: lists stand for them."""
+    import math
+
+    low, high = bounds
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+        return None if _is_int(value) and low <= value <= high else f"an integer from {low} to {high}"
     if isinstance(default, float):
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and -MAX_FLOAT <= value <= MAX_FLOAT
+        return None if ok else f"a number from {-MAX_FLOAT:g} to {MAX_FLOAT:g}"
     if isinstance(default, str):
-        return None if isinstance(value, str) else "a string"
+        return None if isinstance(value, str) and len(value) <= MAX_STRING else \
+            f"a string of at most {MAX_STRING} characters"
+    if isinstance(default, (tuple, list)) and any(isinstance(v, float) for v in default):
+        ok = isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_LIST and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_FLOAT
+            for v in value)
+        return None if ok else f"a list of 1 to {MAX_LIST} numbers"
     if isinstance(default, (tuple, list)):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                      for v in value)
-        return None if ok else "a list of positive integers"
+        ok = isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_LIST and \
+            all(_is_int(v) and 1 <= v <= MAX_INT_OPTION for v in value)
+        return None if ok else f"a list of positive integers (1 to {MAX_LIST} of them, each at most {MAX_INT_OPTION})"
+    if default is None:  # a hyper-parameter whose default is "derived" (null): null or a number
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value) and -MAX_INT_HPARAM <= value <= MAX_INT_HPARAM)
+        return None if ok else "null or a number"
     return None
 
 
@@ -88,6 +124,11 @@ def _example_of(annotation: str) -> Any:
         if name in first:
             return example
     return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a very long integer"
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def check_model_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -104,9 +145,9 @@ def check_model_options(backend: str, options: dict[str, Any]) -> dict[str, Any]
             if value is None:
                 continue
             default = _example_of(fields[key]["type"])
-        problem = _type_problem(value, default)
+        problem = _type_problem(value, default, int_bounds(key))
         if problem:
-            raise SetupError(f"model_options.{key}", f"model option {key!r} must be {problem}, got {value!r}")
+            raise SetupError(f"model_options.{key}", f"model option {key!r} must be {problem}, got {_short(value)}")
         out[key] = tuple(value) if isinstance(default, tuple) else value
     return out
 
@@ -118,7 +159,7 @@ def check_hparams(backend: str, hparams: dict[str, Any]) -> dict[str, Any]:
         if key not in defaults:
             raise SetupError(f"hparams.{key}", f"backend {backend!r} has no hyper-parameter {key!r}; "
                                                f"valid: {', '.join(sorted(defaults))}")
-        problem = _type_problem(value, defaults[key])
+        problem = _type_problem(value, defaults[key], int_bounds(key, hparam=True))
         if problem:
-            raise SetupError(f"hparams.{key}", f"hyper-parameter {key!r} must be {problem}, got {value!r}")
+            raise SetupError(f"hparams.{key}", f"hyper-parameter {key!r} must be {problem}, got {_short(value)}")
     return dict(hparams)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 ConditionKind = Literal["none", "class", "cluster", "text"]
 CONDITION_KINDS: tuple[str, ...] = get_args(ConditionKind)
 MAX_PROMPT_CHARS = 1000  # checked before tokenising; a 256-token sentence is well under this in English
+# a class index as text: ASCII digits only (str.isdigit also takes "³" and "٣", and int() of a few thousand
+# digits raises), and few of them (no model has a million classes)
+INDEX_TEXT = re.compile(r"-?[0-9]{1,6}")
 
 
 class ConditionError(ValueError):
@@ -14,13 +18,21 @@ class ConditionError(ValueError):
 
 
 def resolve_label(label: str | int, class_names: list[str]) -> int:
-    """A class name (case-insensitive) or an index (int or digit string) -> class index."""
-    text = str(label).strip()
+    """A class name (case-insensitive) or an index (an int, or a string of ASCII digits) -> class index."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if 0 <= label < len(class_names):
+            return label
+        raise ConditionError(f"label index out of range: this model has {len(class_names)} classes "
+                             f"({', '.join(class_names)})")
+    if not isinstance(label, str):
+        raise ConditionError("label must be a class name or index")
+    text = label.strip()
     lowered = [name.lower() for name in class_names]
     if text.lower() in lowered:
         return lowered.index(text.lower())
-    if text.lstrip("-").isdigit():
+    if INDEX_TEXT.fullmatch(text):
         index = int(text)
         if 0 <= index < len(class_names):
             return index
-    raise ConditionError(f"unknown label {label!r}; this model knows: {', '.join(class_names)}")
+    shown = label if len(label) <= 40 else label[:40] + "..."
+    raise ConditionError(f"unknown label {shown!r}; this model knows: {', '.join(class_names)}")

@@ -63,9 +63,47 @@ def test_every_admin_route_refuses_non_admins(admin_app, client):
     token = token_for(admin_app, OTHER[0])
     assert sign_in(client, *OTHER).status_code == 303
     for url, method, is_api in admin_routes(admin_app):
+        if url == "/admin/logout":
+            continue  # any signed-in user may sign out (tested below)
         headers = {"Authorization": f"Bearer {token}"} if is_api else {}
         response = client.open(url, method=method, headers=headers)
         assert response.status_code == 403, (method, url)
+
+
+def test_a_non_admin_can_sign_out(admin_app, client):
+    """Issue 17, finding 4: POST /admin/logout answered 403 to a signed-in non-admin."""
+    assert sign_in(client, *OTHER).status_code == 303
+    token = csrf_token(client)
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
+    from flask import session
+
+    with client.session_transaction() as sess:
+        assert "admin_user_id" not in sess
+
+
+def test_a_signed_out_cookie_no_longer_opens_the_admin(client):
+    """Issue 17, finding 4: logout only cleared the browser's cookie; a copy of it still opened /admin/."""
+    sign_in(client, *ADMIN)
+    cookie = client.get_cookie("session").value
+    assert client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")}).status_code == 303
+    client.set_cookie("session", cookie)  # the stolen / copied cookie from before the sign-out
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_password_change_revokes_older_sessions(admin_app, client):
+    from sqlalchemy import select
+
+    from app.core.extensions import db
+    from app.core.models import User
+    from app.services.accounts import set_password
+
+    sign_in(client, *ADMIN)
+    assert client.get("/admin/").status_code == 200
+    with admin_app.app_context():
+        set_password(db.session.scalars(select(User).where(User.username == ADMIN[0])).one(), "a new long password")
+    assert client.get("/admin/").status_code == 302
+    assert sign_in(client, ADMIN[0], "a new long password").status_code == 303
+    assert client.get("/admin/").status_code == 200
 
 
 def test_admins_get_in(admin_app, client):
@@ -147,25 +185,42 @@ def test_public_forms_need_the_csrf_token_and_the_json_api_does_not(client):
     assert client.post("/api/v1/jobs", json={"model": "nope", "n": 1}).status_code in (404, 422)
 
 
-@pytest.mark.parametrize("env", [{"PRIORFORGE_ENV": "production"},
-                                 {"PRIORFORGE_ENV": "production", "PRIORFORGE_SECRET_KEY": "dev"},
-                                 {"PRIORFORGE_ENV": "production", "PRIORFORGE_SECRET_KEY": "short"}])
-def test_production_refuses_the_development_secret_key(tmp_path, monkeypatch, env):
+@pytest.mark.parametrize("key", ["dev", "changeme", "CHANGE-ME", "short", "k" * 64, "secret"])
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_a_known_or_weak_secret_key_is_refused_in_every_mode(tmp_path, monkeypatch, env, key):
+    """Issue 17, finding 1: the default key was the fixed string 'dev', refused only in production."""
     from app import create_app
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PRIORFORGE_ENV", env)
+    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", key)
     with pytest.raises(RuntimeError, match="PRIORFORGE_SECRET_KEY"):
-        create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+        create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}", "SESSION_COOKIE_SECURE": True})
 
 
-def test_production_starts_with_a_real_secret_key(tmp_path, monkeypatch):
+def test_an_unset_secret_key_is_generated_once_and_kept(tmp_path):
+    import os
+    import stat
+
+    from app import create_app
+
+    path = tmp_path / "instance" / "secret_key"
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}", "SECRET_KEY_FILE": str(path)}
+    first = create_app(dict(config)).config["SECRET_KEY"]
+    assert len(first) >= 64 and first not in ("dev", "")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert create_app(dict(config)).config["SECRET_KEY"] == first  # a restart keeps the sessions valid
+
+
+def test_production_needs_secure_cookies(tmp_path, monkeypatch):
     from app import create_app
 
     monkeypatch.setenv("PRIORFORGE_ENV", "production")
-    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "k" * 64)
+    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "0123456789abcdef" * 3)
+    with pytest.raises(RuntimeError, match="SESSION_COOKIE_SECURE"):
+        create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+    monkeypatch.setenv("PRIORFORGE_SESSION_COOKIE_SECURE", "true")
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
-    assert app.config["WTF_CSRF_ENABLED"] is True
+    assert app.config["WTF_CSRF_ENABLED"] is True and app.config["SESSION_COOKIE_SECURE"] is True
 
 
 def test_create_admin_command(admin_app, tmp_path, monkeypatch, capsys):
@@ -229,3 +284,77 @@ def test_spraying_many_user_names_from_one_address_is_throttled(admin_app, clien
     for i in range(5):
         assert _try(client, f"user{i}", "wrong password!", "10.0.0.9").status_code == 401
     assert _try(client, "someone-else", "wrong password!", "10.0.0.9").status_code == 429
+
+
+# -- the throttle under concurrency (issue 17, finding 4) -----------------------------------------------
+def _concurrent_wrong_passwords(app, attempts: int = 30) -> tuple[int, list[int]]:
+    """``attempts`` wrong passwords for the admin from one address at once: (password checks, statuses)."""
+    import threading
+    import time
+
+    from app.services import accounts
+
+    checks = []
+
+    class CountingHasher:  # the real hasher, counting (and slowing) each password check
+        def __init__(self, real):
+            self.real = real
+
+        def verify(self, hash_, password):
+            checks.append(1)
+            time.sleep(0.05)  # widens the window a check-then-record throttle loses
+            return self.real.verify(hash_, password)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    app.config.update(WTF_CSRF_ENABLED=False, LOGIN_MAX_FAILURES=10, LOGIN_MAX_FAILURES_PER_ADDRESS=30)
+    real = accounts._hasher
+    accounts._hasher = CountingHasher(real)
+    barrier = threading.Barrier(attempts)
+    statuses: list[int] = []
+
+    def attempt():
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/admin/login", data={"username": ADMIN[0], "password": "wrong password!"},
+                               environ_base={"REMOTE_ADDR": "10.9.9.9"})
+        statuses.append(response.status_code)
+
+    try:
+        threads = [threading.Thread(target=attempt) for _ in range(attempts)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        accounts._hasher = real
+    return len(checks), statuses
+
+
+def test_thirty_concurrent_sign_ins_get_at_most_the_limit_of_password_checks(admin_app):
+    checks, statuses = _concurrent_wrong_passwords(admin_app)
+    assert checks <= 10, checks
+    assert sorted(set(statuses)) == [401, 429] and statuses.count(401) == checks
+
+
+@pytest.mark.integration
+def test_the_throttle_is_atomic_on_postgres(tmp_path, pg_url):
+    from app import create_app
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.accounts import create_user
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": pg_url, "RATELIMIT_ENABLED": False,
+                      "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'b.sqlite3'}"})
+    upgrade(app)
+    with app.app_context():
+        create_user(*ADMIN, is_admin=True)
+    try:
+        checks, statuses = _concurrent_wrong_passwords(app)
+        assert checks <= 10, checks
+        assert statuses.count(401) == checks and statuses.count(429) == 30 - checks
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()

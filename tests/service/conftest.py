@@ -278,7 +278,7 @@ class WorkerProcess:
     def start(self, timeout: float = 240) -> "WorkerProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,train",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,bulk,train",
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
             cwd=REPO, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

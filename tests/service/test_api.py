@@ -126,9 +126,11 @@ def test_internal_errors_are_json_under_api(app, client, monkeypatch):
 
 def test_cancel(app, client):
     job = post_job(client, {"model": "tiny", "label": "2"}).get_json()
-    resp = client.post(f"{job['url']}/cancel")
+    assert client.post(f"{job['url']}/cancel").status_code == 403  # only its creator (issue 17)
+    mine = {"X-Cancel-Secret": job["cancel_secret"]}
+    resp = client.post(f"{job['url']}/cancel", headers=mine)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled"
-    resp = client.post(f"{job['url']}/cancel")
+    resp = client.post(f"{job['url']}/cancel", headers=mine)
     assert resp.status_code == 409 and "already canceled" in resp.get_json()["error"]
     assert client.post("/api/v1/jobs/nope/cancel").status_code == 404
 
@@ -144,14 +146,22 @@ def test_models(client):
     assert models["captions"]["supported_conditions"] == ["text"]
 
 
-def test_health(client):
+def admin_headers(app) -> dict[str, str]:
+    """A bearer token of a new admin of ``app``."""
+    from app.services.accounts import create_user, issue_token
+
+    with app.app_context():
+        return {"Authorization": f"Bearer {issue_token(create_user('ops', 'a long enough password')).token}"}
+
+
+def test_health(app, client):
     resp = client.get("/api/v1/health")
-    assert resp.status_code == 200
-    body = resp.get_json()
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}  # anonymous: no details (issue 17)
+    body = client.get("/api/v1/health", headers=admin_headers(app)).get_json()
     assert body["status"] == "ok" and body["database"]["ok"] and body["broker"]["ok"]
 
 
-def test_health_reports_an_unreachable_broker(tmp_path, checkpoints):
+def test_health_reports_an_unreachable_broker(tmp_path, checkpoints, caplog):
     from app import create_app
     from app.core.migrate import upgrade
     from tests.service.conftest import base_config, free_port
@@ -159,9 +169,13 @@ def test_health_reports_an_unreachable_broker(tmp_path, checkpoints):
     app = create_app(base_config(tmp_path, CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"))
     upgrade(app)
     resp = app.test_client().get("/api/v1/health")
-    assert resp.status_code == 503
+    # anonymous callers learn that something is down, not what or why (the exception text names hosts)
+    assert resp.status_code == 503 and resp.get_json() == {"status": "degraded"}
+    assert "broker" in caplog.text  # the details go to the log
+    resp = app.test_client().get("/api/v1/health", headers=admin_headers(app))
     body = resp.get_json()
-    assert body["database"]["ok"] and not body["broker"]["ok"] and body["status"] == "degraded"
+    assert resp.status_code == 503 and body["database"]["ok"] and not body["broker"]["ok"]
+    assert body["status"] == "degraded" and body["broker"]["error"]
 
 
 # -- batches -----------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from app.core.extensions import db
 from app.core.models import Image, Job, ModelVersion, utcnow
 from tests.service.conftest import broker_messages
 
-HEAD = "0004"  # the newest migration
 
 
 # -- storage -----------------------------------------------------------------------------------------
@@ -101,9 +100,10 @@ def test_sqlite_migrations_up_down_up(tmp_path):
     from sqlalchemy import inspect
 
     from app import create_app
-    from app.core.migrate import current, downgrade, upgrade
+    from app.core.migrate import current, downgrade, head_revision, upgrade
     from tests.service.conftest import base_config
 
+    HEAD = head_revision()  # the newest migration, read from the alembic script directory
     app = create_app(base_config(tmp_path))
     upgrade(app)
     assert current(app) == HEAD

@@ -210,9 +210,10 @@ def test_cancel_stops_a_running_job(service, start_worker):
     app = make()
     client = app.test_client()
     worker = start_worker({**config, "TEST_TASK_DELAY": 60})
-    job_id = submit(client, model="tiny", label="2", n=2)
+    created = client.post("/api/v1/jobs", json={"model": "tiny", "label": "2", "n": 2}).get_json()
+    job_id = created["id"]
     wait_status(app, job_id, ("running",))
-    resp = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers={"X-Cancel-Secret": created["cancel_secret"]})
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled"
     wait_for(lambda: "'aborted'" in worker.log_text(), 120, "the worker to stop the canceled job")
     job = job_row(app, job_id)

@@ -1,0 +1,44 @@
+"""Request rate limits with Flask-Limiter (docs/security.md, "Quotas"): ``RATELIMIT_DEFAULT`` per client on
+every route, ``RATELIMIT_CREATE`` more on the routes that queue work. A client is what ``g.client_key`` says
+(the API token, set by the app's identify hook), else the remote address. The counters live in the broker's
+Redis when the service uses Redis (shared by every web process), else in this process's memory.
+
+One Limiter per app (not a module-level one): its storage is per instance, and tests build many apps.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter
+
+# the routes that queue work, sharing one RATELIMIT_CREATE budget per client
+CREATE_ENDPOINTS = ("api.create_job", "api.create_batch", "web.submit_job", "web.create_batch")
+# no limit: files a page embeds by the dozen (gallery thumbnails), and the health check of load balancers
+EXEMPT_ENDPOINTS = ("static", "api.get_image_png", "web.model_samples", "api.health")
+
+
+def client_key() -> str:
+    return g.get("client_key") or f"addr:{request.remote_addr or 'unknown'}"
+
+
+def _storage_uri(config) -> str:
+    broker = str(config["CELERY_BROKER_URL"])
+    return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+
+
+def init_limiter(app: Flask) -> Limiter:
+    """Bind a Limiter to ``app`` (after every blueprint is registered: it wraps their views)."""
+    cfg = app.config
+    if not cfg.get("RATELIMIT_STORAGE_URI"):
+        cfg["RATELIMIT_STORAGE_URI"] = _storage_uri(cfg)
+    cfg.setdefault("RATELIMIT_HEADERS_ENABLED", True)  # Retry-After on a 429, X-RateLimit-* otherwise
+    cfg.setdefault("RATELIMIT_SWALLOW_ERRORS", True)  # Redis down: serve without limits rather than fail
+    cfg.setdefault("RATELIMIT_KEY_PREFIX", f"{cfg.get('BROKER_KEY_PREFIX') or ''}priorforge")
+    limiter = Limiter(client_key, app=app)
+    create = limiter.shared_limit(lambda: current_app.config["RATELIMIT_CREATE"], scope="create")
+    for endpoint in CREATE_ENDPOINTS:
+        app.view_functions[endpoint] = create(app.view_functions[endpoint])
+    for endpoint in EXEMPT_ENDPOINTS:
+        app.view_functions[endpoint] = limiter.exempt(app.view_functions[endpoint])
+    app.extensions["priorforge_limiter"] = limiter
+    return limiter

@@ -1,0 +1,58 @@
+"""``SECRET_KEY``: it signs the session cookies (admin sign-in) and the CSRF tokens, so whoever knows it can sign
+in as anyone. When it is not configured, a random key is generated once with :mod:`secrets` and kept in the
+instance folder (``SECRET_KEY_FILE``, mode 0600), so restarts and every process of one machine share it. A known
+placeholder or a short key is refused in every mode (docs/security.md, "Secret key" has the rotation).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+
+# placeholders found in tutorials and .env templates; all are refused
+KNOWN_KEYS = {"", "dev", "development", "change-me", "changeme", "change_me", "secret", "secret-key", "secretkey",
+              "your-secret-key", "default", "test", "testing", "password", "flask", "priorforge"}
+MIN_SECRET_KEY_LENGTH = 32
+HELP = "set PRIORFORGE_SECRET_KEY to python -c 'import secrets; print(secrets.token_hex(32))', or leave it unset " \
+       "to have one generated in the instance folder"
+
+
+def ensure_secret_key(app: Flask) -> None:
+    """Fill ``SECRET_KEY`` from ``SECRET_KEY_FILE`` (creating it) when it is not configured."""
+    if app.config.get("SECRET_KEY") is not None:
+        return
+    app.config["SECRET_KEY"] = _read_or_create(Path(app.config["SECRET_KEY_FILE"]))
+
+
+def _read_or_create(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of two processes starting at once, one creates the file and the other reads it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the creator may not have written it yet
+            key = path.read_text().strip()
+            if key:
+                return key
+            import time
+
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty; delete it to have a new SECRET_KEY generated") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def check_secret_key(app: Flask) -> None:
+    """A RuntimeError for a known placeholder or a key shorter than MIN_SECRET_KEY_LENGTH, in every mode: a
+    cookie signed with a guessable key opens the admin."""
+    key = app.config.get("SECRET_KEY")
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    if not isinstance(text, str) or text.strip().lower() in KNOWN_KEYS or len(text) < MIN_SECRET_KEY_LENGTH \
+            or len(set(text)) < 8:
+        raise RuntimeError(f"PRIORFORGE_SECRET_KEY is a known placeholder or too weak (at least "
+                           f"{MIN_SECRET_KEY_LENGTH} random characters): {HELP}")
