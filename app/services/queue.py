@@ -7,15 +7,32 @@ import logging
 from typing import Iterable
 
 from flask import current_app
+from sqlalchemy import select
 
+from app.core.extensions import db
+from app.core.models import Job, ModelVersion
 from app.core.queue import GENERATE_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
 
 def send_jobs(job_ids: Iterable[str]) -> int:
-    """Publish one ``generate_images`` message per job; returns how many went out."""
-    return send_messages(GENERATE_TASK, job_ids, "generate", "job")
+    """Publish one ``generate_images`` message per job; returns how many went out.
+
+    Each goes to its model's queue (``MODEL_QUEUES``, e.g. ``{"cifar10-text": "generate.gpu"}``), else to
+    ``GENERATE_QUEUE``: a deployment mixing GPU and CPU nodes starts each node's worker on the queues it
+    should serve (docs/scaling.md)."""
+    cfg = current_app.config
+    routes, default = cfg["MODEL_QUEUES"], cfg["GENERATE_QUEUE"]
+    job_ids = list(job_ids)
+    if not routes:
+        return send_messages(GENERATE_TASK, job_ids, default, "job")
+    names = dict(db.session.execute(select(Job.id, ModelVersion.name).join(
+        ModelVersion, Job.model_version_id == ModelVersion.id).where(Job.id.in_(job_ids))).all())
+    by_queue: dict[str, list[str]] = {}
+    for job_id in job_ids:
+        by_queue.setdefault(routes.get(names.get(job_id), default), []).append(job_id)
+    return sum(send_messages(GENERATE_TASK, ids, queue, "job") for queue, ids in by_queue.items())
 
 
 def send_runs(run_ids: Iterable[str]) -> int:

@@ -1,5 +1,5 @@
-"""Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures) and 0005
-(model_versions.card): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
+"""Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures), 0005
+(model_versions.card) and 0008 (model_versions' checkpoint hash and store key): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
 matches the models' metadata (Alembic's autogenerate comparison finds no difference)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import inspect
 
 ADMIN_TABLES = {"users", "api_tokens", "datasets", "training_runs", "login_failures"}
+STORE_COLUMNS = {"weights_sha256", "checkpoint_key", "checkpoint_files"}
 
 
 def _schema_diff(app) -> list:
@@ -27,11 +28,14 @@ def _round_trip(app):
     from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision() == "0005"
+    assert current(app) == head_revision() == "0008"
     with app.app_context():
         assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
-        assert "card" in {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
+        assert {"card", *STORE_COLUMNS} <= {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
     assert _schema_diff(app) == []
+    downgrade(app, "0005")
+    with app.app_context():
+        assert not STORE_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
     downgrade(app, "0004")
     with app.app_context():
         assert "card" not in {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
@@ -44,7 +48,7 @@ def _round_trip(app):
         tables = set(inspect(db.engine).get_table_names())
         assert not ADMIN_TABLES & tables and "jobs" in tables
     upgrade(app)
-    assert current(app) == "0005"
+    assert current(app) == "0008"
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

@@ -259,9 +259,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class WorkerProcess:
     """``celery -A workers.celery_app worker`` in its own process group, configured through PRIORFORGE_*."""
 
-    def __init__(self, config: dict[str, Any], log_path: Path):
+    def __init__(self, config: dict[str, Any], log_path: Path, queues: str = "generate,train"):
         self.config = config
         self.log_path = log_path
+        self.queues = queues
         self.proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -275,13 +276,18 @@ class WorkerProcess:
             env[f"PRIORFORGE_{key}"] = value if isinstance(value, str) else json.dumps(value)
         return env
 
-    def start(self, timeout: float = 240) -> "WorkerProcess":
+    def start(self, timeout: float = 240, wait: bool = True) -> "WorkerProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,train",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
             cwd=REPO, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 240) -> "WorkerProcess":
         wait_for(lambda: self._ready(), timeout, f"the worker to start (log: {self.log_path})", interval=0.5)
         return self
 
@@ -322,10 +328,11 @@ class WorkerProcess:
 def start_worker(tmp_path):
     workers: list[WorkerProcess] = []
 
-    def start(config: dict[str, Any], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log")
+    def start(config: dict[str, Any], name: str = "worker", queues: str = "generate,train",
+              wait: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log", queues)
         workers.append(worker)
-        return worker.start()
+        return worker.start(wait=wait)
 
     yield start
     for worker in workers:
