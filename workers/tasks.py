@@ -35,10 +35,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
+from app.core.checkpoint_store import checkpoint_folder
 from app.core.extensions import db
 from app.core.models import Image, Job, ModelVersion, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
-from app.core.checkpoint_store import checkpoint_folder
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
 from workers.batching import JobSnapshot, stage_clock

@@ -118,7 +118,8 @@ def spec() -> dict[str, Any]:
             "history": {"type": "array", "items": {"type": "object"}},
             "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
         "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
-                                                     "database": {"type": "object"}, "broker": {"type": "object"}}},
+                                                     "database": {"type": "object"}, "broker": {"type": "object"},
+                                                     "storage": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
     run_id = _id("run_id", "training run id")
@@ -177,9 +178,11 @@ def spec() -> dict[str, Any]:
             "summary": "The PNG (generation parameters in its text chunks)", "operationId": "getImagePng",
             "parameters": [_id("image_id", "image id")],
             "responses": {"200": {"description": "the PNG", "content": {"image/png": {
-                "schema": {"type": "string", "format": "binary"}}}}, "404": _error("no such image")}}},
+                "schema": {"type": "string", "format": "binary"}}}},
+                "302": {"description": "IMAGE_DELIVERY=redirect: a presigned URL of the object store"},
+                "404": _error("no such image"), "503": _error("the object store is unavailable")}}},
         "/health": {"get": {
-            "summary": "Database and broker reachability", "operationId": "health",
+            "summary": "Database, broker and image store reachability", "operationId": "health",
             "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
         # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
         "/admin/datasets": {

@@ -1,5 +1,7 @@
-"""Checkpoint folders in the object store (issue 19): published once at registration, fetched by each worker
-into a local cache on first use, and verified by content hash before they are loaded.
+"""Folders in the object store (issue 19). Checkpoints: published once at registration, fetched by each worker
+into a local cache on first use, and verified by content hash before they are loaded. Training runs and
+uploaded data sets: mirrored (:class:`FolderMirror`, :func:`download_folder`), so a trainer on another machine
+reads an upload and the web reads a run's grids and history.
 
 A model version registered while the store is remote gets its files copied under ``checkpoints/<random id>/``
 (``checkpoint_key``) with the SHA-256 of each (``checkpoint_files``); every version records the SHA-256 of its
@@ -44,13 +46,63 @@ def upload_checkpoint(storage: Storage, folder: str | Path) -> tuple[str, dict[s
 
     The prefix is new each time (no id is needed before the row exists, and a re-registration never overwrites
     what a worker may be fetching); an upload whose registration then fails leaves an orphan folder, no row."""
-    folder = Path(folder)
     key = f"checkpoints/{uuid.uuid4().hex}"
+    return key, upload_folder(storage, folder, key)
+
+
+def upload_folder(storage: Storage, folder: str | Path, prefix: str) -> dict[str, str]:
+    """The folder's files (:func:`published_files`) under ``prefix``; returns {file: SHA-256}."""
+    folder = Path(folder)
     files = {}
     for rel in published_files(folder):
         files[rel] = sha256_of(folder / rel)
-        storage.put_file(f"{key}/{rel}", folder / rel)
-    return key, files
+        storage.put_file(f"{prefix}/{rel}", folder / rel)
+    return files
+
+
+def download_folder(storage: Storage, prefix: str, dest: str | Path) -> int:
+    """Every object under ``prefix`` into ``dest`` (through a temporary folder renamed when complete); returns
+    how many files (0: nothing there, and ``dest`` is not created)."""
+    keys = storage.list(prefix)
+    if not keys:
+        return 0
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for key in keys:
+            target = tmp / key[len(prefix.strip("/")) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            storage.get_file(key, target)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(keys)
+
+
+class FolderMirror:
+    """Copies a local folder's new and changed files (by size and mtime) to ``prefix`` in the store: a training
+    run's grids, history and checkpoint, after each sample grid and at the end."""
+
+    def __init__(self, storage: Storage, folder: str | Path, prefix: str):
+        self.storage, self.folder, self.prefix = storage, Path(folder), prefix.strip("/")
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> int:
+        sent = 0
+        if not self.folder.is_dir():
+            return 0
+        for path in sorted(self.folder.rglob("*")):
+            rel = path.relative_to(self.folder).as_posix()
+            if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
+                continue
+            stat = path.stat()
+            if self._seen.get(rel) != (stat.st_size, stat.st_mtime_ns):
+                self.storage.put_file(f"{self.prefix}/{rel}", path)
+                self._seen[rel] = (stat.st_size, stat.st_mtime_ns)
+                sent += 1
+        return sent
 
 
 def fetch_checkpoint(storage: Storage, key: str, files: dict[str, str], cache_dir: str | Path) -> Path:

@@ -335,8 +335,17 @@ def start_worker(tmp_path):
         return worker.start(wait=wait)
 
     yield start
+    for worker in workers:  # all are asked to stop at once, then awaited: their shutdowns overlap
+        if worker.alive:
+            assert worker.proc is not None
+            os.killpg(worker.proc.pid, signal.SIGTERM)
     for worker in workers:
-        worker.stop()
+        if worker.proc is not None:
+            try:
+                worker.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        worker.stop()  # a worker still running is killed here; the log is closed
     from app.core.doorbell import sweep
 
     for worker in workers:  # the sockets of a killed worker (its broker folder) are not left in /tmp

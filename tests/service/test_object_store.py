@@ -248,10 +248,13 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
     shutil.rmtree(own / "tiny-v1")
     shutil.rmtree(own / "big-v1")
 
-    cpu = start_worker(node("cpu-node"), "cpu-node", queues="generate.cpu", wait=False)
+    # a CPU node (its model's queue and the default one), a GPU node, a trainer: three machines
+    cpu = start_worker(node("cpu-node"), "cpu-node", queues="generate.cpu,generate", wait=False)
     gpu = start_worker(node("gpu-node"), "gpu-node", queues="generate.gpu", wait=False)
-    cpu.wait_ready()
-    gpu.wait_ready()
+    trainer = start_worker({**node("trainer-node"), "TRAINING_PROGRESS_INTERVAL": 0.2, "DEVICE": "cpu"},
+                           "trainer-node", queues="train", wait=False)
+    for worker in (cpu, gpu, trainer):
+        worker.wait_ready()
     client = web.test_client()
 
     def run(**body) -> dict:
@@ -285,6 +288,35 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
     # each node's own cache: the CPU node fetched both versions of "tiny", the GPU node "big" alone
     assert len(list((tmp_path / "cpu-node" / "cache").iterdir())) == 2
     assert len(list((tmp_path / "gpu-node" / "cache").iterdir())) == 1
+
+    # a data set uploaded to the web node, trained on the trainer node (which fetches it from the store), its
+    # history and grid read back by the web from the store, promoted, then served by the CPU node
+    from app.services.accounts import create_user, issue_token
+    from tests.admin.conftest import make_zip
+    from tests.admin.test_training_worker import pattern_png, request
+
+    with web.app_context():
+        headers = {"Authorization": f"Bearer {issue_token(create_user('admin', 'correct horse battery', is_admin=True), 't').token}"}
+    archive = make_zip({f"{name}/{i:02d}.png": pattern_png(k, i)
+                        for k, name in enumerate(("squares", "bars")) for i in range(12)})
+    resp = client.post("/api/v1/admin/datasets", headers=headers, content_type="multipart/form-data",
+                       data={"file": (io.BytesIO(archive), "shapes.zip")})
+    assert resp.status_code == 201, resp.get_json()
+    shutil.rmtree(tmp_path / "web" / "datasets")  # only the store has it now
+    resp = client.post("/api/v1/admin/trainings", headers=headers, json=request(max_steps=8, eval_samples=16))
+    assert resp.status_code == 202, resp.get_json()
+    run_url = resp.get_json()["url"]
+    done = wait_for(lambda: (lambda r: r if r["status"] in ("succeeded", "failed") else None)(
+        client.get(run_url, headers=headers).get_json()), 180, "the training run to end")
+    assert done["status"] == "succeeded", done["error"]
+    assert [row["step"] for row in done["history"]] == list(range(1, 9)) and done["sample_url"]
+    assert (tmp_path / "trainer-node" / "datasets" / "shapes").is_dir()
+    version_id = done["model_version"]["id"]
+    resp = client.post(f"/api/v1/admin/models/{version_id}/promote", headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    trained = run(model="shapes", label="bars")
+    assert trained["model_version_id"] == version_id
+    assert _png_pixels(client, trained["images"][0]["png_url"])
 
     # redirect delivery: a 302 to a presigned URL of the store
     redirecting = create_app({"TESTING": True, **node("web"), "IMAGE_DELIVERY": "redirect"})

@@ -13,7 +13,7 @@ from app.core.extensions import db
 from app.core.models import Image, Job, ModelVersion, utcnow
 from tests.service.conftest import broker_messages
 
-HEAD = "0004"  # the newest migration
+HEAD = "0008"  # the newest migration (was left at 0004 when 0005 came)
 
 
 # -- storage -----------------------------------------------------------------------------------------
