@@ -9,7 +9,7 @@ one-image jobs (each worker fetches and loads the model), then ``--jobs`` jobs o
 at once through the API (the Flask app in this process); images/s from the first submission to the last job's
 end. Then every PNG is read back through ``GET /api/v1/images/<id>.png`` (streamed from the store) and timed.
 
-    python bench/store_scaling.py                                 # 1 and 2 workers, 48 jobs x 4 images
+    python bench/store_scaling.py                                 # 1 and 2 workers, 160 jobs x 4 images
     python bench/store_scaling.py --workers 1,2 --jobs 24 --output bench/results/store_scaling.json
 
 Run it nice'd on a shared machine; the machine's other load is part of the figures (``load_average``).
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workers", type=counts, default="1,2", help="worker processes of each phase")
-    p.add_argument("--jobs", type=int, default=48, help="jobs of each timed phase, submitted at once")
+    p.add_argument("--jobs", type=int, default=160, help="jobs of each timed phase, submitted at once")
     p.add_argument("--images", type=int, default=4, help="images per job")
     p.add_argument("--batch-max-images", type=int, default=16,
                    help="BATCH_MAX_IMAGES of the workers: smaller batches share a backlog between the workers")
@@ -85,6 +85,8 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import logging
+
     import boto3
     import psycopg
     import redis
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
     port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{port}"
