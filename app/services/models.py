@@ -97,6 +97,8 @@ def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
     folder: a version an admin promoted stays serving.
     """
     out = []
+    # a version registered before STORAGE_URL named an object store is not in it: registered again, published
+    remote = current_app.extensions["priorforge_storage"].remote
     for card_path in sorted(Path(models_dir).glob(f"*/{CARD_FILE}")):
         folder = card_path.parent.resolve()
         card = read_card(folder) or {}
@@ -104,7 +106,8 @@ def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
         previous = db.session.scalars(select(ModelVersion).where(
             ModelVersion.name == name, ModelVersion.checkpoint_path == str(folder))
             .order_by(ModelVersion.version.desc())).first()
-        if previous is not None and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
+        published = previous is not None and (previous.checkpoint_key or not remote)
+        if published and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
             out.append((previous, "unchanged"))
             continue
         serving = serving_version(name)

@@ -339,3 +339,32 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
         with a.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_register_shipped_publishes_what_a_local_registration_left_out(s3, tmp_path, checkpoints):
+    """A deployment that turns the store on: the shipped models registered before (read from the local folder)
+    are registered again, into the store, and serve; a second run changes nothing."""
+    import json
+
+    from app import create_app
+    from app.core.extensions import db
+    from app.core.migrate import upgrade
+    from app.services.models import register_shipped, serving_version
+    from tests.service.conftest import base_config
+
+    shutil.copytree(checkpoints["class"], tmp_path / "models" / "tiny")
+    (tmp_path / "models" / "tiny" / "card.json").write_text(json.dumps({"name": "tiny"}))
+    local = create_app(base_config(tmp_path))
+    upgrade(local)
+    with local.app_context():
+        assert [what for _, what in register_shipped(tmp_path / "models")] == ["registered"]
+    remote = create_app(base_config(tmp_path, **store_config(s3)))
+    with remote.app_context():
+        assert [what for _, what in register_shipped(tmp_path / "models")] == ["updated"]
+        version = serving_version("tiny")
+        assert version.version == 2 and version.checkpoint_key and version.weights_sha256
+        assert [what for _, what in register_shipped(tmp_path / "models")] == ["unchanged"]
+    for app in (local, remote):
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
