@@ -10,5 +10,9 @@ from app.core.factory import create_base_app
 from workers.bootsteps import install
 
 flask_app = create_base_app()
+if "priorforge_storage_error" in flask_app.extensions:
+    # a worker can neither fetch a model nor store an image: refuse to start (the jobs wait in the queue)
+    raise SystemExit(f"priorforge worker: cannot start, the object store is not usable: "
+                     f"{flask_app.extensions['priorforge_storage_error']}")
 celery_app = flask_app.extensions["celery"]
 install(celery_app, flask_app)

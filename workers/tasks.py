@@ -35,10 +35,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
+from app.core.checkpoint_store import checkpoint_folder
 from app.core.extensions import db
 from app.core.models import Image, Job, ModelVersion, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
-from app.core.storage import image_key
+from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
 from workers.batching import JobSnapshot, stage_clock
 from workers.image_writer import ImageWriter
@@ -68,7 +69,10 @@ def get_model(version: ModelVersion | Any) -> tuple[Any, Any]:
     from generation.checkpoint import load_checkpoint
     from generation.device import resolve_device
 
-    model, info = load_checkpoint(version.checkpoint_path, device=resolve_device(current_app.config["DEVICE"]))
+    # from the object store into this machine's cache when it lives there; its hash checked either way
+    folder = checkpoint_folder(version, current_app.extensions["priorforge_storage"],
+                               current_app.config["MODEL_CACHE_DIR"])
+    model, info = load_checkpoint(folder, device=resolve_device(current_app.config["DEVICE"]))
     with _MODELS_LOCK:
         _MODELS[key] = (model, info)
         _MODELS.move_to_end(key)
@@ -217,6 +221,9 @@ class VersionSnapshot:
     version: int
     backend: str
     checkpoint_path: str
+    weights_sha256: str | None
+    checkpoint_key: str | None
+    checkpoint_files: dict[str, str] | None
 
     @classmethod
     def columns(cls) -> list:
@@ -283,6 +290,11 @@ def _generate_images(job_id: str) -> str:
             finish_failed(member, member_token, f"timed out: the job ran past the soft time limit of "
                                                 f"{cfg['TASK_SOFT_TIME_LIMIT']} s")
         return "timeout"
+    except StorageUnavailable as exc:  # the store is at fault, not the job: back to the queue
+        log.warning("job %s: the object store is unavailable, the job goes back to the queue: %s", job_id, exc)
+        for member, member_token in lease.tokens.items():
+            _requeue(member, member_token, str(exc))
+        return "requeued"
     except Exception as exc:  # a failing model must not take the worker down: record and move on
         log.exception("job %s failed", job_id)
         for member, member_token in lease.tokens.items():
@@ -291,6 +303,20 @@ def _generate_images(job_id: str) -> str:
     finally:
         # wake the requests waiting on these jobs (?wait=): whatever became of them, it is committed now
         announce_finished(list(lease.tokens))
+
+
+def _requeue(job_id: str, token: str, reason: str) -> None:
+    """queued again (fenced by the claim token): the reconciliation re-sends it after QUEUED_STALE_AFTER, a
+    back-off while the store is down; failed once it has been attempted MAX_ATTEMPTS times."""
+    db.session.rollback()
+    ours = (Job.id == job_id, Job.claim_token == token, Job.status == "running")
+    max_attempts = int(current_app.config["MAX_ATTEMPTS"])
+    db.session.execute(update(Job).where(*ours, Job.attempts >= max_attempts).values(
+        status="failed", finished_at=utcnow(), error=f"the object store was unavailable {max_attempts} times: {reason}"[:2000]))
+    db.session.execute(update(Job).where(*ours).values(
+        status="queued", claim_token=None, progress=0.0, enqueued_at=utcnow(),
+        error=f"waiting for the object store: {reason}"[:2000]))
+    db.session.commit()
 
 
 def _readable(exc: BaseException) -> str:

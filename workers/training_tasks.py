@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -170,6 +171,7 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
     assert run is not None
     settings, out = dict(run.settings), Path(run.output_dir)
     db.session.commit()  # end the read transaction: the writes below go through their own connections
+    mirror, out = _mirror_run(run_id, settings, out)
 
     lease.write(phase="loading data")
     train_data = load_training_data(settings)
@@ -208,6 +210,8 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
             raise TrainingCancelled()
         if step_delay and event.kind == "step":
             time.sleep(step_delay)
+        if mirror is not None and event.kind == "sample":  # the grid (and checkpoint) for other machines
+            mirror.sync()
         if not attempt_start:
             attempt_start.append((event.step, event.elapsed, trainer.cpu_seconds()))
         now = time.monotonic()
@@ -235,7 +239,48 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
                           checkpoint_extra={"data_root": settings["source"]["data_root"], **text_extra})
     if lease.lost.is_set():
         raise RunLost()
+    if mirror is not None:
+        mirror.sync()
     return _register(run_id, token, out, settings, metrics, resumed_from if resume else None)
+
+
+def _mirror_run(run_id: str, settings: dict[str, Any], out: Path) -> tuple[Any, Path]:
+    """(mirror, the run's folder). With an object store (issue 19) the trainer may be any machine: it trains in
+    its own TRAINING_ROOT (the row's output_dir is the web's), an uploaded data set is fetched from the store, a
+    run started elsewhere resumes from the folder mirrored there, and this attempt mirrors the folder (grids,
+    history, checkpoint) after each grid. With the local store: (None, output_dir), as before."""
+    from app.core.checkpoint_store import FolderMirror, download_folder
+    from generation.checkpoint import STATE_JSON_FILE
+
+    storage = current_app.extensions["priorforge_storage"]
+    if not storage.remote:
+        return None, out
+    out = Path(current_app.config["TRAINING_ROOT"]).resolve() / run_id
+    settings["source"] = _local_source(settings["source"], storage)
+    prefix = f"trainings/{run_id}"
+    if not (out / STATE_JSON_FILE).is_file() and storage.exists(f"{prefix}/{STATE_JSON_FILE}"):
+        shutil.rmtree(out, ignore_errors=True)
+        download_folder(storage, prefix, out)
+        log.info("training run %s: fetched its checkpoint from the store", run_id)
+    return FolderMirror(storage, out, prefix), out
+
+
+def _local_source(source: dict[str, Any], storage: Any) -> dict[str, Any]:
+    """An uploaded data set's folder (the web's DATASET_ROOT/<name>), fetched from the store into this machine's
+    DATASET_ROOT when it is not here."""
+    from app.core.checkpoint_store import download_folder
+
+    loader, root = source["loader"], source.get("data_root")
+    captions = loader.startswith("captions:")
+    path = loader[len("captions:"):] if captions else (root if loader == "imagefolder" else None)
+    if not path or Path(path).is_dir():
+        return source
+    local = Path(current_app.config["DATASET_ROOT"]) / Path(path).name
+    if not local.is_dir() and download_folder(storage, f"datasets/{local.name}", local) == 0:
+        raise FileNotFoundError(f"data set folder {path} is neither on this machine nor in the store")
+    if captions:
+        return {**source, "loader": f"captions:{local}"}
+    return {**source, "data_root": str(local)}
 
 
 def estimate_seconds_left(start: tuple[int, float, float], now: tuple[int, float, float], total_steps: int,

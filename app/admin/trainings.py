@@ -6,15 +6,17 @@ progress.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
-from flask import g, jsonify, redirect, render_template, request, send_file, url_for
+from flask import current_app, g, jsonify, redirect, render_template, request, send_file, url_for
 
 from app.admin.blueprints import api_bp, bp
 from app.admin.views import run_to_dict
 from app.core.errors import ApiError
 from app.core.http import json_body
+from app.core.storage import StorageError
 from app.services import models, trainings
 from app.services.datasets import builtin_datasets, uploaded_datasets
 from priorforge.spec.backends import backend_names
@@ -133,6 +135,12 @@ def training_sample(run_id: str):
     path = trainings.latest_sample(trainings.get_run(run_id))
     if path is None:
         raise ApiError(404, "this run has no sample grid yet")
+    if isinstance(path, str):  # a key of the object store: the trainer may be another machine
+        try:
+            return send_file(io.BytesIO(current_app.extensions["priorforge_storage"].get(path)),
+                             mimetype="image/png", max_age=0)
+        except (KeyError, StorageError):
+            raise ApiError(404, "the sample grid is not available from the store") from None
     return send_file(path, mimetype="image/png", max_age=0)
 
 

@@ -143,9 +143,10 @@ def spec() -> dict[str, Any]:
             "history": {"type": "array", "items": {"type": "object"}},
             "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
         "Health": {"type": "object", "required": ["status"],
-                   "description": "database and broker (with the error text) only for an admin's token",
+                   "description": "database, broker and store (with the error text) only for an admin's token",
                    "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
-                                  "database": {"type": "object"}, "broker": {"type": "object"}}},
+                                  "database": {"type": "object"}, "broker": {"type": "object"},
+                                  "storage": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
     run_id = _id("run_id", "training run id")
@@ -208,9 +209,12 @@ def spec() -> dict[str, Any]:
             "summary": "The PNG (generation parameters in its text chunks)", "operationId": "getImagePng",
             "parameters": [_id("image_id", "image id")],
             "responses": {"200": {"description": "the PNG", "content": {"image/png": {
-                "schema": {"type": "string", "format": "binary"}}}}, "404": _error("no such image")}}},
+                "schema": {"type": "string", "format": "binary"}}}},
+                "302": {"description": "IMAGE_DELIVERY=redirect: a presigned URL of the object store"},
+                "404": _error("no such image"), "503": _error("the object store is unavailable")}}},
         "/health": {"get": {
-            "summary": "Database and broker reachability (details for an admin's token only)", "operationId": "health", "security": [{}, {"bearer": []}],
+            "summary": "Database, broker and image store reachability (details for an admin's token only)",
+            "operationId": "health", "security": [{}, {"bearer": []}],
             "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
         # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
         "/admin/datasets": {

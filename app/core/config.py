@@ -28,6 +28,19 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
         "STORAGE_BACKEND": "local",
         "STORAGE_ROOT": str(instance / "images"),
+        # issue 19: one store for images, checkpoints, training grids and uploaded data sets. None: the local
+        # STORAGE_ROOT (one machine); s3://bucket/prefix: an S3 API shared by every node
+        "STORAGE_URL": None,
+        "S3_ENDPOINT_URL": None,  # MinIO/Ceph (None: AWS, or boto3's AWS_ENDPOINT_URL); credentials: AWS_* variables
+        "S3_REGION": None,  # None: boto3's (AWS_DEFAULT_REGION)
+        "S3_ADDRESSING_STYLE": "auto",  # path for most MinIO set-ups behind one host name
+        "STORAGE_TIMEOUT": 5.0,  # seconds to connect to the store: an unreachable one is an error, not a hang
+        "IMAGE_DELIVERY": "stream",  # stream: through the API; redirect: 302 to a presigned URL of the store
+        "PRESIGNED_URL_SECONDS": 3600,
+        "MODEL_CACHE_DIR": str(instance / "model-cache"),  # checkpoints fetched from the store, by version
+        # Celery queue of each model's jobs ({"cifar10-text": "generate.gpu"}); others go to GENERATE_QUEUE
+        "MODEL_QUEUES": {},
+        "GENERATE_QUEUE": "generate",
         "MAX_CONTENT_LENGTH": 1024 * 1024,  # request bodies (JSON, batch files) above this get 413
         "MAX_IMAGES_PER_JOB": 64,
         "MAX_BATCH_ITEMS": 500,
@@ -134,6 +147,7 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app.config["SQLALCHEMY_DATABASE_URI"])
     _require_whole_number(app.config, "PNG_THREADS", 0, "from 0 (inline) up")
     _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
+    _check_storage_settings(app.config)
     if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
         raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
     app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
@@ -164,6 +178,16 @@ def _normalise_db_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
+
+
+def _check_storage_settings(config: Any) -> None:
+    """The storage and routing settings that are not checked where they are used (a ValueError names them)."""
+    if config["IMAGE_DELIVERY"] not in ("stream", "redirect"):
+        raise ValueError(f"IMAGE_DELIVERY must be stream or redirect, got {config['IMAGE_DELIVERY']!r}")
+    queues = config["MODEL_QUEUES"]
+    if not isinstance(queues, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                               for k, v in queues.items()):
+        raise ValueError(f"MODEL_QUEUES must be a JSON object of model name -> queue name, got {queues!r}")
 
 
 def _require_whole_number(config: Any, key: str, minimum: int, what: str) -> None:

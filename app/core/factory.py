@@ -5,6 +5,7 @@ API and admin on top; ``workers.celery_app`` adds the tasks.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,7 +15,9 @@ from sqlalchemy import event
 from app.core.config import load_config
 from app.core.extensions import db
 from app.core.queue import celery_init_app
-from app.core.storage import storage_from_config
+from app.core.storage import StorageError, storage_from_config
+
+log = logging.getLogger(__name__)
 
 
 def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -27,7 +30,12 @@ def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
-    app.extensions["priorforge_storage"] = storage_from_config(app.config)
+    storage = app.extensions["priorforge_storage"] = storage_from_config(app.config)  # bad settings: ValueError
+    try:  # a missing bucket or a store that is down: said at once; the web still starts (health: degraded)
+        storage.check()
+    except StorageError as exc:
+        log.error("storage: %s", exc)
+        app.extensions["priorforge_storage_error"] = str(exc)
     celery_init_app(app)
     return app
 

@@ -71,6 +71,12 @@ class ModelVersion(db.Model):
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     serving: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # issue 19: SHA-256 of the weights, checked by the worker before it loads them (a mismatch fails the job);
+    # checkpoint_key: the checkpoint's folder in the object store (None: checkpoint_path is read directly), with
+    # checkpoint_files the SHA-256 of each of its files, checked when a worker fetches it into its cache
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    checkpoint_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    checkpoint_files: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Batch(db.Model):

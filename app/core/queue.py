@@ -48,7 +48,9 @@ def celery_config(app: Flask) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
         "result_backend": None,
-        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        # plus the generation queues of the routing settings (issue 19: generate.gpu, generate.cpu, ...)
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in dict.fromkeys(
+            [*QUEUES, config["GENERATE_QUEUE"], *config["MODEL_QUEUES"].values()])],
         "task_default_queue": "generate",
         "task_routes": {GENERATE_TASK: {"queue": "generate"}, TRAIN_TASK: {"queue": "train"}},
         # a training runs for hours: its own limits, not the generation jobs'

@@ -1,4 +1,4 @@
-"""What ``GET /api/v1/health`` reports: whether the database and the broker answer."""
+"""What ``GET /api/v1/health`` reports: whether the database, the broker and the object store answer."""
 
 from __future__ import annotations
 
@@ -25,5 +25,11 @@ def health() -> dict[str, Any]:
         out["broker"] = {"ok": True, "transport": conn.transport_cls if isinstance(conn.transport_cls, str) else "?"}
     except Exception as exc:
         out["broker"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    out["status"] = "ok" if out["database"]["ok"] and out["broker"]["ok"] else "degraded"
+    storage = current_app.extensions["priorforge_storage"]
+    try:
+        storage.check()
+        out["storage"] = {"ok": True, "backend": storage.describe()}
+    except Exception as exc:  # a missing bucket, an unreachable store: jobs wait in the queue meanwhile
+        out["storage"] = {"ok": False, "backend": storage.describe(), "error": str(exc)}
+    out["status"] = "ok" if all(out[part]["ok"] for part in ("database", "broker", "storage")) else "degraded"
     return out

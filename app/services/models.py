@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func, select, update
 
+from app.core.checkpoint_store import upload_checkpoint
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import ModelVersion, iso
@@ -64,15 +66,19 @@ def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
     model_config = config.get("model_config", {})
     metrics = read_metrics(folder)
     card = read_card(folder)
+    digest = weights_digest(folder)  # workers check it before loading the weights (issue 19)
     if card is not None:
-        card["weights_sha256"] = weights_digest(folder)
+        card["weights_sha256"] = digest
+    storage = current_app.extensions["priorforge_storage"]
+    key, files = upload_checkpoint(storage, folder) if storage.remote else (None, None)  # for the other nodes
     condition = config.get("condition", model_config.get("condition", "none"))
     latest = db.session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     version = ModelVersion(
         name=name, version=(latest or 0) + 1, backend=config["backend"], checkpoint_path=str(folder),
         condition=condition, num_classes=int(model_config.get("num_classes", 0)) if condition in ("class", "cluster") else 0,
         class_names=list(config.get("class_names", [])), image_shape=list(config.get("image_shape", [])),
-        dataset=config.get("dataset"), metrics=metrics, card=card, serving=False)
+        dataset=config.get("dataset"), metrics=metrics, card=card, serving=False, weights_sha256=digest,
+        checkpoint_key=key, checkpoint_files=files)
     db.session.add(version)
     db.session.flush()
     if serve or (latest is None and serve_first):
@@ -91,6 +97,8 @@ def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
     folder: a version an admin promoted stays serving.
     """
     out = []
+    # a version registered before STORAGE_URL named an object store is not in it: registered again, published
+    remote = current_app.extensions["priorforge_storage"].remote
     for card_path in sorted(Path(models_dir).glob(f"*/{CARD_FILE}")):
         folder = card_path.parent.resolve()
         card = read_card(folder) or {}
@@ -98,7 +106,8 @@ def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
         previous = db.session.scalars(select(ModelVersion).where(
             ModelVersion.name == name, ModelVersion.checkpoint_path == str(folder))
             .order_by(ModelVersion.version.desc())).first()
-        if previous is not None and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
+        published = previous is not None and (previous.checkpoint_key or not remote)
+        if published and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
             out.append((previous, "unchanged"))
             continue
         serving = serving_version(name)
@@ -163,7 +172,8 @@ def card_summary(version: ModelVersion) -> dict[str, Any] | None:
 
 
 def version_to_dict(version: ModelVersion) -> dict[str, Any]:
-    return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path}
+    return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path,
+            "checkpoint_key": version.checkpoint_key, "weights_sha256": version.weights_sha256}
 
 
 MAX_ROW_ID = 2**31 - 1  # integer primary keys (PostgreSQL INTEGER); a larger id from a URL names no row

@@ -7,16 +7,33 @@ import logging
 from typing import Iterable
 
 from flask import current_app
+from sqlalchemy import select
 
+from app.core.extensions import db
+from app.core.models import Job, ModelVersion
 from app.core.queue import GENERATE_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
 
-def send_jobs(job_ids: Iterable[str], queue: str = "generate") -> int:
-    """Publish one ``generate_images`` message per job on ``queue`` (``generate``, the interactive lane, or
-    ``bulk``: batches and large jobs, so they cannot starve small ones); returns how many went out."""
-    return send_messages(GENERATE_TASK, job_ids, queue, "job")
+def send_jobs(job_ids: Iterable[str], queue: str | None = None) -> int:
+    """Publish one ``generate_images`` message per job; returns how many went out.
+
+    ``queue`` is the lane: None for the interactive one (``GENERATE_QUEUE``, ``generate``), or ``bulk`` for
+    batches and large jobs, so they cannot starve small ones. A model routed by ``MODEL_QUEUES`` (e.g.
+    ``{"cifar10-text": "generate.gpu"}``) goes to its queue in either lane: a deployment mixing GPU and CPU
+    nodes starts each node's worker on the queues it should serve (docs/scaling.md)."""
+    cfg = current_app.config
+    routes, lane = cfg["MODEL_QUEUES"], queue or cfg["GENERATE_QUEUE"]
+    job_ids = list(job_ids)
+    if not routes:
+        return send_messages(GENERATE_TASK, job_ids, lane, "job")
+    names = dict(db.session.execute(select(Job.id, ModelVersion.name).join(
+        ModelVersion, Job.model_version_id == ModelVersion.id).where(Job.id.in_(job_ids))).all())
+    by_queue: dict[str, list[str]] = {}
+    for job_id in job_ids:
+        by_queue.setdefault(routes.get(names.get(job_id), lane), []).append(job_id)
+    return sum(send_messages(GENERATE_TASK, ids, q, "job") for q, ids in by_queue.items())
 
 
 def send_runs(run_ids: Iterable[str]) -> int:

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import TrainingRun, User, get_or_404, utcnow
+from app.core.storage import StorageError
 from app.services.datasets import dataset_source
 from app.services.queue import send_runs
 from priorforge.spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
@@ -290,18 +291,25 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
 def read_history(run: TrainingRun, max_points: int = 400) -> list[dict[str, Any]]:
     """The run's losses per step from ``history.jsonl`` (steps redone after a resume count once, the last
     write wins), thinned to at most ``max_points`` evenly spaced steps (the last one always kept)."""
-    path = Path(run.output_dir) / "history.jsonl"
-    if not run.output_dir or not path.is_file():
-        return []
+    storage = current_app.extensions["priorforge_storage"]
+    if storage.remote:  # the trainer may be another machine: it mirrors the run's folder to the store
+        try:
+            lines = storage.get(f"{run_prefix(run)}/history.jsonl").decode().splitlines()
+        except (KeyError, StorageError):
+            return []
+    else:
+        path = Path(run.output_dir) / "history.jsonl"
+        if not run.output_dir or not path.is_file():
+            return []
+        lines = path.read_text().splitlines()
     by_step: dict[int, dict[str, Any]] = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a killed worker
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                by_step[row["step"]] = row
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed worker
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            by_step[row["step"]] = row
     rows = [by_step[s] for s in sorted(by_step)]
     if len(rows) > max_points:
         stride = math.ceil(len(rows) / max_points)
@@ -309,7 +317,24 @@ def read_history(run: TrainingRun, max_points: int = 400) -> list[dict[str, Any]
     return rows
 
 
-def latest_sample(run: TrainingRun) -> Path | None:
+def run_prefix(run: TrainingRun) -> str:
+    """Where a run's folder is mirrored in an object store (workers/training_tasks.py)."""
+    return f"trainings/{run.id}"
+
+
+def latest_sample(run: TrainingRun) -> Path | str | None:
+    """The run's latest sample grid: a local file, or (object store) its key in the store (a str)."""
+    storage = current_app.extensions["priorforge_storage"]
+    if storage.remote:
+        try:
+            keys = storage.list(run_prefix(run))
+        except StorageError:
+            return None
+        final = f"{run_prefix(run)}/samples.png"
+        if final in keys and run.status == "succeeded":
+            return final
+        grids = [k for k in keys if k.startswith(f"{run_prefix(run)}/samples/step-") and k.endswith(".png")]
+        return grids[-1] if grids else None
     if not run.output_dir:
         return None
     folder = Path(run.output_dir)

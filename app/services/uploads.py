@@ -32,9 +32,11 @@ from typing import IO
 from flask import current_app
 from sqlalchemy import select
 
+from app.core.checkpoint_store import upload_folder
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import Dataset, User
+from app.core.storage import StorageUnavailable
 from app.services.datasets import BUILTIN
 from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
 from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
@@ -258,6 +260,18 @@ def check_name(name: str) -> str:
     return name
 
 
+def _publish(folder: Path, name: str) -> None:
+    """With an object store, the data set also goes to ``datasets/<name>/`` there: the trainer that runs on it
+    may be on another machine (workers/training_tasks.py fetches it). All or nothing with the upload."""
+    storage = current_app.extensions["priorforge_storage"]
+    if not storage.remote:
+        return
+    try:
+        upload_folder(storage, folder, f"datasets/{name}")
+    except StorageUnavailable as exc:
+        raise ApiError(503, f"the data set could not be stored: {exc}") from None
+
+
 def store_upload(name: str, stream: IO[bytes], filename: str, user: User | None) -> Dataset:
     """Validate the zip in ``stream`` (seekable) and store it as data set ``name``; all or nothing."""
     name = check_name(name)
@@ -292,6 +306,7 @@ def store_upload(name: str, stream: IO[bytes], filename: str, user: User | None)
             shutil.rmtree(staging, ignore_errors=True)
             raise
     try:
+        _publish(final, name)
         db.session.commit()
     except BaseException:
         db.session.rollback()

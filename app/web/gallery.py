@@ -8,6 +8,7 @@ import re
 from flask import current_app, render_template, request, send_file
 
 from app.core.errors import ApiError
+from app.core.storage import StorageUnavailable
 from app.core.models import Image
 from app.services import gallery
 from app.services.jobs import get_image
@@ -47,4 +48,6 @@ def download_image(image_id: str):
         data = current_app.extensions["priorforge_storage"].get(image.storage_key)
     except KeyError:
         raise ApiError(404, f"the file of image {image_id} is missing from storage") from None
+    except StorageUnavailable as exc:
+        raise ApiError(503, f"the image store is unavailable: {exc}") from None
     return send_file(io.BytesIO(data), mimetype="image/png", as_attachment=True, download_name=download_name(image))

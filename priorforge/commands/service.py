@@ -21,8 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dev", action="store_true", help="Flask's development server (auto-reload, debugger off)")
     p.set_defaults(func=run_serve)
 
-    p = subparsers.add_parser("worker", help="run a Celery worker (queues generate,train)")
-    p.add_argument("--queues", default="generate,train")
+    p = subparsers.add_parser("worker", help="run a Celery worker (queues generate,bulk,train)")
+    p.add_argument("--queues", default="generate,bulk,train")
     p.add_argument("--concurrency", type=int, default=None, help="pool processes (default: WORKER_CONCURRENCY)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=run_worker)

@@ -1,5 +1,5 @@
 """Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures), 0005
-(model_versions.card) and 0006 (ownership columns, users.session_version): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
+(model_versions.card), 0006 (ownership columns, users.session_version) and 0008 (model_versions' checkpoint hash and store key): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
 matches the models' metadata (Alembic's autogenerate comparison finds no difference)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import inspect
 
 ADMIN_TABLES = {"users", "api_tokens", "datasets", "training_runs", "login_failures"}
+STORE_COLUMNS = {"weights_sha256", "checkpoint_key", "checkpoint_files"}
 
 
 def _schema_diff(app) -> list:
@@ -30,11 +31,14 @@ def _round_trip(app):
     assert current(app) == head_revision()
     with app.app_context():
         assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
-        assert "card" in {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
+        assert {"card", *STORE_COLUMNS} <= {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
         assert "session_version" in {c["name"] for c in inspect(db.engine).get_columns("users")}
         assert {"owner_token_id", "cancel_hash", "client_key"} <= {c["name"] for c in
                                                                    inspect(db.engine).get_columns("jobs")}
     assert _schema_diff(app) == []
+    downgrade(app, "0006")
+    with app.app_context():
+        assert not STORE_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
     downgrade(app, "0005")
     with app.app_context():
         assert "session_version" not in {c["name"] for c in inspect(db.engine).get_columns("users")}

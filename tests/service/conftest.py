@@ -259,9 +259,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class WorkerProcess:
     """``celery -A workers.celery_app worker`` in its own process group, configured through PRIORFORGE_*."""
 
-    def __init__(self, config: dict[str, Any], log_path: Path):
+    def __init__(self, config: dict[str, Any], log_path: Path, queues: str = "generate,bulk,train"):
         self.config = config
         self.log_path = log_path
+        self.queues = queues
         self.proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -275,13 +276,18 @@ class WorkerProcess:
             env[f"PRIORFORGE_{key}"] = value if isinstance(value, str) else json.dumps(value)
         return env
 
-    def start(self, timeout: float = 240) -> "WorkerProcess":
+    def start(self, timeout: float = 240, wait: bool = True) -> "WorkerProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "generate,bulk,train",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
             cwd=REPO, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 240) -> "WorkerProcess":
         wait_for(lambda: self._ready(), timeout, f"the worker to start (log: {self.log_path})", interval=0.5)
         return self
 
@@ -322,14 +328,24 @@ class WorkerProcess:
 def start_worker(tmp_path):
     workers: list[WorkerProcess] = []
 
-    def start(config: dict[str, Any], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log")
+    def start(config: dict[str, Any], name: str = "worker", queues: str = "generate,bulk,train",
+              wait: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log", queues)
         workers.append(worker)
-        return worker.start()
+        return worker.start(wait=wait)
 
     yield start
+    for worker in workers:  # all are asked to stop at once, then awaited: their shutdowns overlap
+        if worker.alive:
+            assert worker.proc is not None
+            os.killpg(worker.proc.pid, signal.SIGTERM)
     for worker in workers:
-        worker.stop()
+        if worker.proc is not None:
+            try:
+                worker.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        worker.stop()  # a worker still running is killed here; the log is closed
     from app.core.doorbell import sweep
 
     for worker in workers:  # the sockets of a killed worker (its broker folder) are not left in /tmp
