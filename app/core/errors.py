@@ -22,3 +22,31 @@ class ApiError(Exception):
         """HTTP headers that go with it: Retry-After when ``details`` has ``retry_after`` (seconds)."""
         retry = self.details.get("retry_after")
         return {"Retry-After": str(int(retry))} if retry is not None else {}
+
+
+MAX_JSON_DEPTH = 64  # far above any request this API takes; checked before parsing
+
+
+def json_depth(text: str | bytes) -> int:
+    """How deeply ``[`` and ``{`` nest in a JSON text (strings skipped), without parsing it: a limit that does
+    not depend on the interpreter's recursion limit, which other libraries raise."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest

@@ -7,7 +7,7 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from app.core.errors import ApiError
+from app.core.errors import MAX_JSON_DEPTH, ApiError, json_depth
 
 
 def json_body() -> Any:
@@ -15,6 +15,8 @@ def json_body() -> Any:
     parser's recursion included)."""
     if not request.is_json:
         raise ApiError(415, f"expected Content-Type: application/json, got {request.mimetype or 'none'!r}")
+    if json_depth(request.get_data(cache=True)) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the JSON in the request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         return request.get_json()
     except (BadRequest, UnsupportedMediaType):

@@ -21,7 +21,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import joinedload
 
-from app.core.errors import ApiError
+from app.core.errors import MAX_JSON_DEPTH, ApiError, json_depth
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
 from app.services.job_events import announce_finished
@@ -187,6 +187,9 @@ def parse_batch_file(filename: str, data: bytes) -> list[tuple[str, Any]]:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if json_depth(line) > MAX_JSON_DEPTH:
+                raise ApiError(422, f"{filename} line {number}: JSON nested too deeply (more than {MAX_JSON_DEPTH} "
+                                    "levels)", line=number)
             try:
                 items.append((f"line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:

@@ -325,3 +325,22 @@ def test_a_nul_in_a_sign_in_is_a_wrong_password_on_postgres(tmp_path, checkpoint
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_nesting_limit_does_not_depend_on_the_recursion_limit(tmp_path, checkpoints):
+    # torch and other libraries raise sys.getrecursionlimit(); the depth check must not rely on it
+    import sys
+
+    from app.core.errors import MAX_JSON_DEPTH, json_depth
+
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, 20000))
+    try:
+        client = make_app(tmp_path, checkpoints).test_client()
+        resp = client.post("/api/v1/jobs", data='{"label": ' + deep(MAX_JSON_DEPTH + 1) + "}",
+                           content_type="application/json")
+        assert resp.status_code == 400 and "nested" in resp.get_json()["error"]
+    finally:
+        sys.setrecursionlimit(before)
+    assert json_depth('{"a": "[[[{{", "b": [["\\"]"]]}') == 3  # brackets inside strings do not count
+    assert json_depth(b"[]") == 1 and json_depth("7") == 0
