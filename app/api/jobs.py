@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import jsonify, request, url_for
 
 from app.api.blueprint import bp, wait_seconds
@@ -9,15 +11,27 @@ from app.api.views import batch_to_dict, job_to_dict
 from app.core.errors import ApiError
 from app.core.http import json_body
 from app.core.models import FINAL_STATUSES
-from app.services import jobs
+from app.services import idempotency, jobs
+from app.services.idempotency import IdempotentRequest
 from app.services.job_events import wait_until_ended
+
+
+def _idempotent(scope: str, fingerprint: bytes) -> IdempotentRequest | None:
+    """The request's ``Idempotency-Key`` (None without one), with a fingerprint of what it asks for."""
+    return idempotency.from_header(scope, request.headers.get(idempotency.HEADER), fingerprint)
+
+
+def _json_fingerprint(body: object) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 @bp.post("/jobs")
 def create_job():
     wait = wait_seconds()  # checked before anything is stored
-    spec = jobs.validate_job(json_body())
-    job_id = jobs.create_job(spec)
+    body = json_body()
+    idempotent = _idempotent("jobs", _json_fingerprint(body))
+    spec = jobs.validate_job(body)
+    job_id = jobs.create_job(spec, idempotent)
     url = url_for("api.get_job", job_id=job_id)
     if wait is None:
         return jsonify({"id": job_id, "url": url, "status": "queued"}), 202, {"Location": url}
@@ -51,8 +65,10 @@ def create_batch():
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             raise ApiError(422, "multipart upload needs a 'file' field (a .csv or .jsonl file)")
-        items = jobs.parse_batch_file(upload.filename, upload.read())
+        data = upload.read()
+        items = jobs.parse_batch_file(upload.filename, data)
         source = upload.filename
+        fingerprint = upload.filename.encode() + b"\0" + data
     else:
         body = json_body()
         if isinstance(body, dict) and set(body) == {"items"}:
@@ -61,8 +77,10 @@ def create_batch():
             raise ApiError(422, "a JSON batch is a list of job objects (or {\"items\": [...]})")
         items = [(f"item {i}", item) for i, item in enumerate(body, start=1)]
         source = "json"
+        fingerprint = _json_fingerprint(body)
+    idempotent = _idempotent("batches", fingerprint)
     specs = jobs.validate_batch(items)
-    batch = jobs.create_batch(specs, source)
+    batch = jobs.create_batch(specs, source, idempotent)
     body = batch_to_dict(batch)
     return jsonify(body), 202, {"Location": body["url"]}
 

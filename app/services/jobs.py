@@ -16,14 +16,17 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
+from app.core.queue import GENERATE_TASK
+from app.services import idempotency, outbox
+from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
 from app.services.models import conditions_of, default_model_name, serving_models, serving_version
-from app.services.queue import send_jobs
 from priorforge.spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
@@ -199,26 +202,53 @@ def _job_from_spec(spec: JobSpec, **extra: Any) -> Job:
                n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(), **extra)
 
 
-def create_job(spec: JobSpec) -> str:
-    """Store the job (committed first: the row is the source of truth), then send its message; its id."""
+def create_job(spec: JobSpec, idempotent: IdempotentRequest | None = None) -> str:
+    """Store the job and its message (the outbox row) in one transaction, then publish the message; the job's
+    id. With ``idempotent``: the job an earlier request with the same key made, if there is one."""
+    if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
+        return found
     job = _job_from_spec(spec)
     db.session.add(job)
     db.session.flush()
     job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
-    db.session.commit()
-    send_jobs([job_id])
+    messages = outbox.add(GENERATE_TASK, "generate", [job_id])
+    if idempotent is not None:
+        idempotency.remember(idempotent, job_id)
+    if not _commit_or_earlier(idempotent):
+        return idempotency.earlier(idempotent) or job_id  # type: ignore[arg-type]
+    outbox.publish_pending([m.id for m in messages])
     return job_id
 
 
-def create_batch(specs: list[JobSpec], source: str) -> Batch:
+def create_batch(specs: list[JobSpec], source: str, idempotent: IdempotentRequest | None = None) -> Batch:
+    if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
+        return get_batch(found)
     batch = Batch(source=source[:200])
     db.session.add(batch)
     db.session.flush()
-    for i, spec in enumerate(specs):
-        db.session.add(_job_from_spec(spec, batch_id=batch.id, batch_index=i))
-    db.session.commit()
-    send_jobs([job.id for job in batch.jobs])
-    return batch
+    jobs = [_job_from_spec(spec, batch_id=batch.id, batch_index=i) for i, spec in enumerate(specs)]
+    db.session.add_all(jobs)
+    db.session.flush()
+    batch_id = batch.id
+    messages = outbox.add(GENERATE_TASK, "generate", [job.id for job in jobs])
+    if idempotent is not None:
+        idempotency.remember(idempotent, batch_id)
+    if not _commit_or_earlier(idempotent):
+        return get_batch(idempotency.earlier(idempotent))  # type: ignore[arg-type]
+    outbox.publish_pending([m.id for m in messages])
+    return get_batch(batch_id)
+
+
+def _commit_or_earlier(idempotent: IdempotentRequest | None) -> bool:
+    """Commit; False when a concurrent request with the same key committed first (this one is rolled back)."""
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        if idempotent is None:
+            raise
+        return False
+    return True
 
 
 def cancel_job(job_id: str) -> Job:

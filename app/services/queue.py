@@ -29,16 +29,25 @@ def send_messages(task_name: str, ids: Iterable[str], queue: str, what: str) -> 
     A broker that is down is not an error for the client: the row stays ``queued`` in the database and the
     reconciliation sends it again once the broker is back.
     """
-    celery = current_app.extensions["celery"]
     sent = 0
     for row_id in ids:
         try:
-            # time limits are the worker's own (its configuration): an explicit None keeps Celery from
-            # stamping the sender's defaults into the message
-            celery.send_task(task_name, args=[row_id], queue=queue, time_limit=None, soft_time_limit=None,
-                             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                       "interval_step": 0.5, "interval_max": 1})
+            publish(task_name, row_id, queue)
             sent += 1
         except Exception as exc:  # broker unreachable: reconciliation will send it later
             log.warning("could not send %s %s to the broker (%s); reconciliation will retry", what, row_id, exc)
     return sent
+
+
+# one quick reconnect: a connection of the pool broken by a broker restart is replaced at once, and a broker
+# that is down fails the publish within a fraction of a second (the outbox's relay tries again)
+QUICK_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def publish(task_name: str, row_id: str, queue: str) -> None:
+    """Publish one message; raises when the broker does not take it."""
+    celery = current_app.extensions["celery"]
+    # time limits are the worker's own (its configuration): an explicit None keeps Celery from stamping the
+    # sender's defaults into the message
+    celery.send_task(task_name, args=[row_id], queue=queue, time_limit=None, soft_time_limit=None,
+                     retry=True, retry_policy=QUICK_RETRY)

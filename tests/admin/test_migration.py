@@ -1,5 +1,5 @@
-"""Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures) and 0005
-(model_versions.card): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
+"""Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures), 0005
+(model_versions.card) and 0007 (outbox, idempotency_keys, jobs.deaths/isolated): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
 matches the models' metadata (Alembic's autogenerate comparison finds no difference)."""
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def _round_trip(app):
     from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision() == "0005"
+    assert current(app) == head_revision() == "0007"
     with app.app_context():
-        assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
+        assert ADMIN_TABLES | {"outbox", "idempotency_keys"} <= set(inspect(db.engine).get_table_names())
         assert "card" in {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
     assert _schema_diff(app) == []
+    downgrade(app, "0005")
+    with app.app_context():
+        assert not {"outbox", "idempotency_keys"} & set(inspect(db.engine).get_table_names())
+        assert "deaths" not in {c["name"] for c in inspect(db.engine).get_columns("jobs")}
     downgrade(app, "0004")
     with app.app_context():
         assert "card" not in {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
@@ -44,7 +48,7 @@ def _round_trip(app):
         tables = set(inspect(db.engine).get_table_names())
         assert not ADMIN_TABLES & tables and "jobs" in tables
     upgrade(app)
-    assert current(app) == "0005"
+    assert current(app) == "0007"
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
