@@ -216,7 +216,7 @@ def create_job(spec: JobSpec, idempotent: IdempotentRequest | None = None) -> st
         idempotency.remember(idempotent, job_id)
     if not _commit_or_earlier(idempotent):
         return idempotency.earlier(idempotent) or job_id  # type: ignore[arg-type]
-    outbox.publish_pending([m.id for m in messages])
+    outbox.publish_pending(messages)
     return job_id
 
 
@@ -235,7 +235,7 @@ def create_batch(specs: list[JobSpec], source: str, idempotent: IdempotentReques
         idempotency.remember(idempotent, batch_id)
     if not _commit_or_earlier(idempotent):
         return get_batch(idempotency.earlier(idempotent))  # type: ignore[arg-type]
-    outbox.publish_pending([m.id for m in messages])
+    outbox.publish_pending(messages)
     return get_batch(batch_id)
 
 

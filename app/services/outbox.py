@@ -34,11 +34,15 @@ log = logging.getLogger(__name__)
 BATCH = 500  # rows a relay reads at a time
 
 
-def add(task_name: str, queue: str, ref_ids: Iterable[str]) -> list[OutboxMessage]:
-    """Stage one message per id in the current session (the caller commits it with its rows)."""
+def add(task_name: str, queue: str, ref_ids: Iterable[str]) -> list[int]:
+    """Stage one message per id in the current session (the caller commits it with its rows); the outbox ids
+    (read now: after the commit another relay may have published and deleted the rows)."""
     rows = [OutboxMessage(task=task_name, queue=queue, ref_id=ref_id) for ref_id in ref_ids]
+    if not rows:
+        return []
     db.session.add_all(rows)
-    return rows
+    db.session.flush()
+    return [row.id for row in rows]
 
 
 def publish_pending(ids: list[int] | None = None, *, kick: bool = True) -> int:

@@ -142,7 +142,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     messages = outbox.add(GENERATE_TASK, "generate", [*to_send, *resent])
     db.session.commit()
     if messages:
-        outbox.publish_pending([m.id for m in messages])
+        outbox.publish_pending(messages)
     if failed:
         announce_finished(failed)
     if time.monotonic() - _last_expiry[0] > 60:
@@ -161,5 +161,5 @@ def after_broker_outage() -> int:
     messages = outbox.add(GENERATE_TASK, "generate", ids)
     db.session.commit()
     if messages:
-        outbox.publish_pending([m.id for m in messages])
+        outbox.publish_pending(messages)
     return len(ids)
