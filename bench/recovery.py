@@ -259,11 +259,20 @@ class Db:
         return done == len(ids)
 
 
-def recovery_seconds(db: Db, ids: set[str], since: float, deadline: Deadline) -> float:
-    while not db.all_succeeded(ids):
+def recovery_seconds(db: Db, ids: set[str], since: float, deadline: Deadline, worker: str | None = None
+                     ) -> tuple[float, float | None]:
+    """(seconds from ``since`` until every job of ``ids`` has ended, seconds until none of them was still
+    ``running`` in ``worker``: the death noticed, or the jobs finished by an orphaned pool process)."""
+    released = None
+    while True:
+        if worker is not None and released is None and not any(
+                r[1] == worker and r[0] in ids for r in db.running()):
+            released = time.monotonic() - since
+        if db.all_succeeded(ids):
+            break
         deadline.check("waiting for the jobs of a fault")
         time.sleep(0.05)
-    return time.monotonic() - since
+    return time.monotonic() - since, released
 
 
 # -- faults --------------------------------------------------------------------------------------------
@@ -290,7 +299,9 @@ def inject(kind: str, db: Db, web: subprocess.Popen, redis: RedisServer | None, 
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:  # it had just finished
             pass
-        return {"kind": kind, "jobs": len(ids), "recovery_s": round(recovery_seconds(db, ids, t0, deadline), 3)}
+        total, released = recovery_seconds(db, ids, t0, deadline, worker)
+        return {"kind": kind, "jobs": len(ids), "recovery_s": round(total, 3),
+                "released_s": None if released is None else round(released, 3)}
     if kind == "kill-broker":
         assert redis is not None
         redis.kill()
@@ -298,7 +309,7 @@ def inject(kind: str, db: Db, web: subprocess.Popen, redis: RedisServer | None, 
         redis.start()
         t0 = time.monotonic()
         ids = db.unfinished()
-        return {"kind": kind, "jobs": len(ids), "recovery_s": round(recovery_seconds(db, ids, t0, deadline), 3)}
+        return {"kind": kind, "jobs": len(ids), "recovery_s": round(recovery_seconds(db, ids, t0, deadline)[0], 3)}
     if kind == "reload-web":
         t0 = time.monotonic()
         os.kill(web.pid, signal.SIGHUP)

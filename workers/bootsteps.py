@@ -7,6 +7,8 @@ embedded broker. It runs on the worker's own timer (the main process's event loo
 processes never happens while another thread holds a lock), and every repair it makes is a conditional
 UPDATE on the job row, so several workers reconciling at once never send the same job twice.
 
+A pool process's death (issue 18) stalled its worker for 10 s (Celery's ``worker_lost_wait``); here 0.5 s.
+
 Broker outages (issue 18): Celery's consumer reconnects with kombu's default back-off (2, 4, 6 ... 30 s), so a
 worker came back up to several seconds after Redis did; :class:`Consumer` retries every 0.2-1 s instead. Each
 reconnection after the first runs :func:`app.services.reconcile.after_broker_outage`: a broker restarted
@@ -59,6 +61,10 @@ def _in_app(flask_app: Flask, what: str, fn: Callable[[], Any]) -> Any:
 def install(celery_app: Celery, flask_app: Flask) -> None:
     cfg = flask_app.config
     celery_app.conf.worker_consumer = f"{__name__}:Consumer"
+    # after a pool process dies, billiard waits this long for a result it might have sent before it marks the
+    # task lost (10 s by default); until then the task holds its pool slot and, with a prefetch of one, the
+    # worker fetches nothing. Results are not stored here (task_ignore_result): nothing is worth the wait
+    celery_app.conf.worker_lost_wait = 0.5
 
     def run_reconcile() -> None:
         counts = _in_app(flask_app, "reconciliation", reconcile)

@@ -48,6 +48,8 @@ def add(task_name: str, queue: str, ref_ids: Iterable[str]) -> list[int]:
 def publish_pending(ids: list[int] | None = None, *, kick: bool = True) -> int:
     """Publish the outbox rows ``ids`` (None: the oldest pending ones, up to BATCH) and delete them; returns how
     many went out. Never raises: on a broker error what is left stays for the relay, which is started (``kick``)."""
+    if ids is not None and len(ids) > BATCH:
+        return sum(publish_pending(ids[i:i + BATCH], kick=kick) for i in range(0, len(ids), BATCH))
     if ids is not None and not ids:
         return 0
     sent: list[int] = []

@@ -157,7 +157,8 @@ def after_broker_outage() -> int:
     (Redis without persistence), so every queued job is sent again now rather than after
     QUEUED_STALE_AFTER. Returns how many."""
     now = utcnow()
-    ids = resend_queued(now, None)
+    # not those sent in the last second: by another worker that reconnected just before, or after the return
+    ids = resend_queued(now, 1.0)
     messages = outbox.add(GENERATE_TASK, "generate", ids)
     db.session.commit()
     if messages:
