@@ -13,8 +13,10 @@ A worker's death is found two ways (issue 18; measured in docs/benchmarks.md, "R
 
 Attempts are charged fairly: the jobs of one dead process are the batch it was decoding. A job that ran alone
 is the likely cause of its worker's death and is charged (``deaths``); it is failed once charged
-``MAX_ATTEMPTS`` times. Batch-mates are re-queued without a charge but ``isolated``: each runs alone next
-time, so the one that kills its worker again is found and charged, and the others are not.
+``MAX_ATTEMPTS`` times. Batch-mates are re-queued without a charge, and batched again: most deaths are not a
+job's doing (a deploy, the OOM killer, a lost machine), and the batch re-runs as one task. A job whose batch
+dies a second time is ``isolated``: it runs alone from then on, so a poison job is charged by killing its
+worker alone, and the others finish uncharged.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
     host = socket.gethostname()
     max_deaths = int(cfg["MAX_ATTEMPTS"])
     counts = {"requeued_running": 0, "failed_running": 0, "requeued_uncharged": 0}
-    running = db.session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.claim_token, Job.deaths)
-                                 .where(Job.status == "running")).all()
+    running = db.session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.claim_token, Job.deaths,
+                                        Job.attempts).where(Job.status == "running")).all()
     db.session.commit()
     by_worker: dict[str | None, list] = defaultdict(list)
     for row in running:
@@ -88,6 +90,10 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
                 continue
             alone = len(rows) == 1  # the dead process decoded this job only: it is the likely cause
             deaths = row.deaths + (1 if alone else 0)
+            # batched: run alone next time only if it was in a dying batch before (every claim but the first
+            # followed a death, and the charged ones are counted): a one-off death's batch runs again as one
+            # task, and a poison job is isolated at its second death
+            isolate = alone or row.attempts - 1 - row.deaths >= 1
             cond = (Job.id == row.id, Job.status == "running", Job.claim_token == row.claim_token)
             if deaths >= max_deaths:
                 result = db.session.execute(update(Job).where(*cond).values(
@@ -101,7 +107,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             else:
                 result = db.session.execute(update(Job).where(*cond).values(
                     status="queued", enqueued_at=now, claim_token=None, progress=0.0, deaths=deaths,
-                    isolated=True))
+                    isolated=isolate))
                 if result.rowcount:
                     counts["requeued_running" if alone else "requeued_uncharged"] += 1
                     to_send.append(row.id)
@@ -157,8 +163,10 @@ def after_broker_outage() -> int:
     (Redis without persistence), so every queued job is sent again now rather than after
     QUEUED_STALE_AFTER. Returns how many."""
     now = utcnow()
-    # not those sent in the last second: by another worker that reconnected just before, or after the return
-    ids = resend_queued(now, 1.0)
+    # all of them: a message published just before the broker died is lost too (a threshold of even a second
+    # left such jobs to QUEUED_STALE_AFTER, measured at 114 s); another worker reconnecting at the same time
+    # sends them once more, and the claim absorbs it
+    ids = resend_queued(now, None)
     messages = outbox.add(GENERATE_TASK, "generate", ids)
     db.session.commit()
     if messages:

@@ -171,7 +171,7 @@ def test_an_expired_lease_requeues_the_job(app, client):
     assert job(app, stale).status == "queued" and job(app, stale).isolated
 
 
-def test_batch_mates_of_a_death_are_not_charged_but_run_alone_next(app, client):
+def test_batch_mates_of_a_death_are_not_charged_and_run_alone_after_a_second_one(app, client):
     from app.services.reconcile import reconcile
 
     worker = f"{HOST}:{dead_pid()}"
@@ -181,7 +181,18 @@ def test_batch_mates_of_a_death_are_not_charged_but_run_alone_next(app, client):
     assert counts["requeued_uncharged"] == 3 and counts["requeued_running"] == 0
     for job_id in mates:
         row = job(app, job_id)
-        assert (row.status, row.deaths, row.isolated) == ("queued", 0, True)
+        assert (row.status, row.deaths, row.isolated) == ("queued", 0, False)  # batched again
+    # claimed again (attempt 2), batched with a new job, and that worker dies too: the old ones run alone next
+    worker = f"{HOST}:{dead_pid()}"
+    with app.app_context():
+        db.session.execute(update(Job).where(Job.id.in_(mates)).values(
+            status="running", worker=worker, attempts=2, claim_token="t2", heartbeat_at=utcnow()))
+        db.session.commit()
+    new = running_job(client, app, worker)
+    with app.app_context():
+        assert reconcile()["requeued_uncharged"] == 4
+    assert all(job(app, j).isolated and job(app, j).deaths == 0 for j in mates)
+    assert not job(app, new).isolated
 
 
 def test_a_job_that_kills_its_worker_alone_too_often_is_failed_as_poison(app, client):
