@@ -216,3 +216,24 @@ def test_broker_idle_cpu_refuses_a_bad_local_wakeups(capsys):
     with pytest.raises(SystemExit):
         broker_idle_cpu.main(["--local-wakeups", "maybe"])
     assert "--local-wakeups" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_recovery_quick():
+    """bench/recovery.py --quick on the embedded default: a pool process and a worker's main process are
+    SIGKILLed and the web server reloaded under load; nothing is lost, duplicated, failed or changed, no
+    client sees an error, and each killed worker's jobs are done again within the issue's 5 s."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "recovery.py"), "--quick", "--timeout", "500"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    payload = parse_json_line(res.stdout)
+    assert payload["benchmark"] == "recovery" and payload["backend"] == "sqlite+embedded"
+    assert payload["jobs"] >= 40
+    for key in ("lost", "duplicated", "failed", "wrong_image_rows", "pixel_differences", "client_errors"):
+        assert payload[key] == 0, (key, payload)
+    kinds = [fault["kind"] for fault in payload["faults"]]
+    assert kinds == ["kill-child", "kill-main", "reload-web"], payload["faults"]
+    assert payload["recovery_worker"]["count"] >= 1 and payload["recovery_worker"]["max_s"] <= 5, payload

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from flask import current_app, g, jsonify, request, url_for
 
 from app.api.blueprint import bp, wait_seconds
@@ -9,7 +12,8 @@ from app.api.views import batch_to_dict, job_to_dict
 from app.core.errors import ApiError
 from app.core.http import json_body
 from app.core.models import FINAL_STATUSES
-from app.services import jobs
+from app.services import idempotency, jobs
+from app.services.idempotency import IdempotentRequest
 from app.services.job_events import wait_until_ended
 
 
@@ -22,12 +26,25 @@ def _owner() -> jobs.Owner:
     return jobs.Owner(client.key, client.token_id)
 
 
+def _idempotent(kind: str, fingerprint: bytes, owner: jobs.Owner) -> IdempotentRequest | None:
+    """The request's ``Idempotency-Key`` (None without one), with a fingerprint of what it asks for; keys are
+    scoped by client, so one client's key never returns another's job."""
+    client = hashlib.sha256((owner.client_key or "").encode()).hexdigest()[:16]
+    return idempotency.from_header(f"{kind[0]}:{client}", request.headers.get(idempotency.HEADER), fingerprint)
+
+
+def _json_fingerprint(body: object) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 @bp.post("/jobs")
 def create_job():
     wait = wait_seconds()  # checked before anything is stored
     owner = _owner()
-    spec = jobs.validate_job(json_body())
-    created = jobs.create_job(spec, owner)
+    body = json_body()
+    idempotent = _idempotent("jobs", _json_fingerprint(body), owner)
+    spec = jobs.validate_job(body)
+    created = jobs.create_job(spec, owner, idempotent)
     url = url_for("api.get_job", job_id=created.id)
     capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
     if wait is None:
@@ -68,8 +85,10 @@ def create_batch():
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             raise ApiError(422, "multipart upload needs a 'file' field (a .csv or .jsonl file)")
-        items = jobs.parse_batch_file(upload.filename, upload.read())
+        data = upload.read()
+        items = jobs.parse_batch_file(upload.filename, data)
         source = upload.filename
+        fingerprint = upload.filename.encode() + b"\0" + data
     else:
         body = json_body()
         if isinstance(body, dict) and set(body) == {"items"}:
@@ -78,8 +97,10 @@ def create_batch():
             raise ApiError(422, "a JSON batch is a list of job objects (or {\"items\": [...]})")
         items = [(f"item {i}", item) for i, item in enumerate(body, start=1)]
         source = "json"
+        fingerprint = _json_fingerprint(body)
+    idempotent = _idempotent("batches", fingerprint, owner)
     specs = jobs.validate_batch(items)
-    batch, secret = jobs.create_batch(specs, source, owner)
+    batch, secret = jobs.create_batch(specs, source, owner, idempotent)
     body = batch_to_dict(batch)
     if secret:
         body["cancel_secret"] = secret  # cancels each of the batch's jobs

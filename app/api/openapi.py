@@ -50,6 +50,15 @@ def _wait(what: str) -> dict[str, Any]:
                            "(as with wait=0)"}
 
 
+def _idempotency_key(what: str) -> dict[str, Any]:
+    return {"name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[\\x21-\\x7e]+$"},
+            "description": f"a key of the client's choosing (e.g. a UUID), to retry safely: a request with a key "
+                           f"used before (within IDEMPOTENCY_KEY_TTL, 24 h by default) and the same body returns "
+                           f"the {what} the first one made instead of making another; the same key with a "
+                           f"different body is refused with 422"}
+
+
 def spec() -> dict[str, Any]:
     from flask import current_app
 
@@ -157,7 +166,8 @@ def spec() -> dict[str, Any]:
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
     paths = {
         "/jobs": {"post": {
-            "summary": "Queue a generation job", "operationId": "createJob", "parameters": [_wait("the job")],
+            "summary": "Queue a generation job", "operationId": "createJob",
+            "parameters": [_wait("the job"), _idempotency_key("job")],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
             "responses": {"200": _json("with wait: the job, ended within the wait", "Job"),
@@ -176,7 +186,7 @@ def spec() -> dict[str, Any]:
                           "404": _error("no such job"), "409": _error("the job has already finished")}}},
         "/batches": {"post": {
             "summary": "Queue many jobs at once (all items are validated before anything is stored)",
-            "operationId": "createBatch",
+            "operationId": "createBatch", "parameters": [_idempotency_key("batch")],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"oneOf": [
                     {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},

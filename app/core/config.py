@@ -66,12 +66,22 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "LOCAL_WAKEUPS": True,
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
-        "HEARTBEAT_INTERVAL": 5.0,  # a running job's lease is renewed this often
-        "LEASE_TIMEOUT": 60.0,  # a running job whose lease is older is taken as abandoned
-        "RECONCILE_INTERVAL": 30.0,  # how often each worker runs the reconciliation
+        # worker death (issue 18, docs/service.md "Reliability"): a running job's lease is renewed this often, and
+        # a lease older than LEASE_TIMEOUT means its worker died; every worker reconciles every RECONCILE_INTERVAL
+        "HEARTBEAT_INTERVAL": 1.0,
+        "LEASE_TIMEOUT": 4.0,
+        "RECONCILE_INTERVAL": 1.0,
+        # a job run by a process of this machine that is gone is re-queued at the next reconciliation, without
+        # waiting for its lease (off: leases alone, e.g. where workers share a host name but not a process table)
+        "LOCAL_DEATH_CHECK": True,
         "QUEUED_STALE_AFTER": 120.0,  # a queued job whose message is this old is sent again
-        "MAX_ATTEMPTS": 3,  # a job abandoned this many times is failed
+        "MAX_ATTEMPTS": 3,  # a job whose worker died this many times while it ran alone is failed (poison)
+        # the transactional outbox (app/services/outbox.py): how often a relay looks for messages not yet published
+        "OUTBOX_RELAY_INTERVAL": 0.5,
+        "IDEMPOTENCY_KEY_TTL": 24 * 3600,  # seconds an Idempotency-Key is remembered
+        "BROKER_CLEANUP_INTERVAL": 600.0,  # embedded broker: seconds between clean-ups of its file (0: never)
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
+        "TEST_POISON_SEED": None,  # FOR TESTS ONLY: a job with this seed kills its worker process (SIGKILL)
         "DEFAULT_MODEL": None,  # None: the serving model whose card is the default (mnist), else the first
         "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
         # ?wait=S on the job and batch endpoints (app/services/job_events.py): the longest wait a request may ask for,

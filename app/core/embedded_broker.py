@@ -10,7 +10,10 @@ Here the sleep is a wait on this process's socket in an :class:`app.core.doorbel
 broker URL: every publish on this machine rings it after its commit, and an acknowledgement wakes the
 acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
 cannot ring (on another machine, when the broker table is on a database server) is found as before.
-Everything else (tables, messages, fetching) is kombu's.
+Everything else (tables, messages, fetching) is kombu's, but for three changes (issue 18): the tables are
+created under a file lock (two processes starting together raced to create them), a fetched message is
+deleted instead of kept invisible for ever, and :func:`cleanup` (every worker, at start and every
+``BROKER_CLEANUP_INTERVAL``) deletes what older versions left and VACUUMs a mostly empty file.
 
 On SQLite the broker's file is also switched to write-ahead logging, as the app's database is (app/core/factory.py):
 the web processes' publishes and the worker's fetches then no longer create and delete a rollback journal at
@@ -22,13 +25,18 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
+from filelock import FileLock
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.transport.virtual import Empty
-from sqlalchemy import event
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from sqlalchemy import event, text
 
 from app.core.doorbell import Doorbell, Listener
 
@@ -54,12 +62,62 @@ def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``[sqla[doorbell]+]sqlite:///path`` URL (None: another database, or in memory)."""
+    url = url.split("+", 1)[1] if url.startswith(("sqla+", ALIAS + "+")) else url
+    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+        return None
+    return Path(url[len("sqlite:///"):])
+
+
+def _file_lock(url: str) -> FileLock | None:
+    """A lock file beside the broker's SQLite file: one process at a time creates the tables."""
+    path = _sqlite_path(url)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
 class Channel(kombu_sqla.Channel):
     def _engine_from_config(self) -> Any:
         engine = super()._engine_from_config()
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _write_ahead_log)
         return engine
+
+    def _open(self) -> Any:
+        """kombu's, with the tables created under a file lock: kombu creates them in every process that opens
+        the broker, and two processes starting together both found them missing ("table kombu_queue already
+        exists")."""
+        hostname = self.connection.client.hostname
+        if hostname in self._engines:
+            return self._engines[hostname]
+        lock = _file_lock(hostname)
+        if lock is None:
+            return super()._open()
+        with lock:
+            return super()._open()
+
+    def _get(self, queue: str) -> Any:
+        """kombu's fetch, deleting the message instead of marking it invisible: kombu never reads an invisible
+        row again (an unacknowledged message is held in the consumer's memory and put back from there), so the
+        rows only made the table grow forever."""
+        obj = self._get_or_create(queue)
+        session = self.session
+        if session.bind.name == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+        try:
+            msg = session.query(self.message_cls).with_for_update() \
+                .filter(self.message_cls.queue_id == obj.id, self.message_cls.visible != False) \
+                .order_by(self.message_cls.sent_at, self.message_cls.id).limit(1).first()  # noqa: E712
+            if msg is None:
+                raise Empty()
+            payload = loads(bytes_to_str(msg.payload))
+            session.delete(msg)
+            return payload
+        finally:
+            session.commit()
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         super()._put(queue, payload, **kwargs)  # committed when this returns
@@ -121,3 +179,28 @@ class Transport(kombu_sqla.Transport):
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+
+
+def cleanup(url: str, vacuum_ratio: float = 0.5) -> dict[str, int]:
+    """Keep the broker's SQLite file small: delete the consumed rows older versions left (``visible = 0``:
+    kombu kept every delivered message), and VACUUM when more than ``vacuum_ratio`` of the file is free pages.
+    Safe while the service runs (a VACUUM waits for, and briefly holds, the write lock). Run by every worker at
+    start and every ``BROKER_CLEANUP_INTERVAL``."""
+    path = _sqlite_path(url)
+    if path is None or not path.exists():
+        return {"deleted": 0, "vacuumed": 0}
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        deleted = conn.execute("DELETE FROM kombu_message WHERE visible = 0").rowcount \
+            if "kombu_message" in tables else 0
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        vacuumed = 0
+        if pages > 64 and free > vacuum_ratio * pages:
+            conn.execute("VACUUM")
+            vacuumed = 1
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"deleted": max(0, deleted), "vacuumed": vacuumed}
+    finally:
+        conn.close()

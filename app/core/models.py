@@ -125,11 +125,40 @@ class Job(db.Model):
     owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
     cancel_hash: Mapped[str | None] = mapped_column(String(64))
     client_key: Mapped[str | None] = mapped_column(String(80))
+    # worker deaths charged to this job: only those where it ran alone, so it is the likely cause (issue 18)
+    deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # run alone (no companions) next time: its worker died while it was batched with others
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false())
 
     model_version: Mapped[ModelVersion] = relationship()
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
     images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.index",
                                                cascade="all, delete-orphan")
+
+
+class OutboxMessage(db.Model):
+    """A task message waiting to be published (the transactional outbox, :mod:`app.services.outbox`): written
+    in the transaction that creates or re-queues its row, deleted once the broker has accepted it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(50))
+    ref_id: Mapped[str] = mapped_column(String(36))  # the job's (or training run's) id: the task's argument
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IdempotencyKey(db.Model):
+    """What a creating request with an ``Idempotency-Key`` header made, so that a retry returns it."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(20), primary_key=True)  # "jobs" | "batches"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the request body
+    resource_id: Mapped[str] = mapped_column(String(36))  # the job's or batch's id
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class Image(db.Model):

@@ -7,6 +7,7 @@ HTTP request. Bad input raises :class:`ApiError` with the status a caller should
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import hmac
@@ -19,14 +20,18 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from app.core.errors import MAX_JSON_DEPTH, ApiError, json_depth
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
+from app.core.queue import GENERATE_TASK
+from app.services import idempotency, outbox
+from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
 from app.services.models import conditions_of, default_model_name, serving_models, serving_version
-from app.services.queue import send_jobs
+from app.services.queue import job_queues
 from priorforge.spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
@@ -238,12 +243,15 @@ def _secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _new_capability(owner: Owner | None) -> tuple[str | None, str | None]:
-    """(secret to hand out, its hash to store) for an anonymous creator; (None, None) for a token."""
+def _capability_of(owner: Owner | None, kind: str, resource_id: str) -> str | None:
+    """The capability secret of an anonymous creator's job or batch, None for a token's. Derived from the
+    SECRET_KEY and the id (only its hash is stored), so a retried request with the same Idempotency-Key gets
+    the same secret back; a key rotation changes what would be derived, never what the stored hash accepts."""
     if owner is not None and not owner.anonymous:
-        return None, None
-    secret = secrets.token_urlsafe(24)
-    return secret, _secret_hash(secret)
+        return None
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    digest = hmac.new(key, f"cancel:{kind}:{resource_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
 
 def check_quota(client_key: str | None, images: int) -> None:
@@ -282,43 +290,83 @@ def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str |
 @dataclass(frozen=True)
 class Created:
     id: str
-    cancel_secret: str | None  # the anonymous creator's capability (shown once), None for a token
+    cancel_secret: str | None  # the anonymous creator's capability, None for a token
 
 
-def create_job(spec: JobSpec, owner: Owner | None = None) -> Created:
-    """Store the job (committed first: the row is the source of truth), then send its message."""
+def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: IdempotentRequest | None = None) -> Created:
+    """Store the job and its message (the outbox row) in one transaction, then publish the message. With
+    ``idempotent``: the job an earlier request with the same key (of the same client) made, if there is one."""
+    if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
+        return Created(found, _capability_of(owner, "job", found))
     check_quota(owner.client_key if owner else None, spec.n)
-    secret, cancel_hash = _new_capability(owner)
-    job = _job_from_spec(spec, owner, cancel_hash)
+    job = _job_from_spec(spec, owner)
     db.session.add(job)
     db.session.flush()
     job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
-    db.session.commit()
-    send_jobs([job_id], queue=lane_of(None, spec.n))
+    secret = _capability_of(owner, "job", job_id)
+    job.cancel_hash = _secret_hash(secret) if secret else None
+    messages = stage_messages([job_id], lane_of(None, spec.n))
+    if idempotent is not None:
+        idempotency.remember(idempotent, job_id)
+    if not _commit_or_earlier(idempotent):
+        found = idempotency.earlier(idempotent) or job_id  # type: ignore[arg-type]
+        return Created(found, _capability_of(owner, "job", found))
+    outbox.publish_pending(messages)
     return Created(job_id, secret)
 
 
-def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None) -> tuple[Batch, str | None]:
-    """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` queue."""
+def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
+                 idempotent: IdempotentRequest | None = None) -> tuple[Batch, str | None]:
+    """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` lane."""
+    if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
+        return get_batch(found), _capability_of(owner, "batch", found)
     check_quota(owner.client_key if owner else None, sum(spec.n for spec in specs))
-    secret, cancel_hash = _new_capability(owner)
     source = "".join(c for c in source if ord(c) >= 32)[:200]  # a file name as sent: no NUL or controls
-    batch = Batch(source=source, owner_token_id=owner.token_id if owner else None, cancel_hash=cancel_hash)
+    batch = Batch(source=source, owner_token_id=owner.token_id if owner else None)
     db.session.add(batch)
     db.session.flush()
-    for i, spec in enumerate(specs):
-        db.session.add(_job_from_spec(spec, owner, cancel_hash, batch_id=batch.id, batch_index=i))
-    db.session.commit()
-    send_jobs([job.id for job in batch.jobs], queue="bulk")
-    return batch, secret
+    batch_id = batch.id
+    secret = _capability_of(owner, "batch", batch_id)
+    batch.cancel_hash = cancel_hash = _secret_hash(secret) if secret else None
+    jobs = [_job_from_spec(spec, owner, cancel_hash, batch_id=batch_id, batch_index=i) for i, spec in enumerate(specs)]
+    db.session.add_all(jobs)
+    db.session.flush()
+    messages = stage_messages([job.id for job in jobs], "bulk")
+    if idempotent is not None:
+        idempotency.remember(idempotent, batch_id)
+    if not _commit_or_earlier(idempotent):
+        found = idempotency.earlier(idempotent)  # type: ignore[arg-type]
+        return get_batch(found), _capability_of(owner, "batch", found)  # type: ignore[arg-type]
+    outbox.publish_pending(messages)
+    return get_batch(batch_id), secret
 
 
-def resend_jobs(job_ids: list[str]) -> int:
-    """Send these jobs' messages again, each on its lane (the reconciliation's resend)."""
+def _commit_or_earlier(idempotent: IdempotentRequest | None) -> bool:
+    """Commit; False when a concurrent request with the same key committed first (this one is rolled back)."""
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        if idempotent is None:
+            raise
+        return False
+    return True
+
+
+def stage_messages(job_ids: list[str], lane: str | None = None) -> list[int]:
+    """Outbox rows (app.services.outbox) for these jobs' messages, committed by the caller with its rows: each
+    on its queue, the lane (``lane``, else each job's own: bulk or interactive) as MODEL_QUEUES routes it."""
+    if not job_ids:
+        return []
     lanes: dict[str, list[str]] = {}
-    for job_id, batch_id, n in db.session.execute(select(Job.id, Job.batch_id, Job.n).where(Job.id.in_(job_ids))):
-        lanes.setdefault(lane_of(batch_id, n), []).append(job_id)
-    return sum(send_jobs(ids, queue=queue) for queue, ids in lanes.items())
+    if lane is not None:
+        lanes[lane] = list(job_ids)
+    else:
+        for job_id, batch_id, n in db.session.execute(
+                select(Job.id, Job.batch_id, Job.n).where(Job.id.in_(job_ids))):
+            lanes.setdefault(lane_of(batch_id, n), []).append(job_id)
+    return [row for each_lane, ids in lanes.items() for queue, routed in job_queues(ids, each_lane).items()
+            for row in outbox.add(GENERATE_TASK, queue, routed)]
 
 
 def may_cancel(job: Job, *, token_id: int | None = None, secret: str | None = None, admin: bool = False) -> bool:

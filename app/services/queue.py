@@ -16,24 +16,28 @@ from app.core.queue import GENERATE_TASK, TRAIN_TASK
 log = logging.getLogger(__name__)
 
 
-def send_jobs(job_ids: Iterable[str], queue: str | None = None) -> int:
-    """Publish one ``generate_images`` message per job; returns how many went out.
-
-    ``queue`` is the lane: None for the interactive one (``GENERATE_QUEUE``, ``generate``), or ``bulk`` for
-    batches and large jobs, so they cannot starve small ones. A model routed by ``MODEL_QUEUES`` (e.g.
+def job_queues(job_ids: Iterable[str], lane: str | None = None) -> dict[str, list[str]]:
+    """Queue -> job ids. ``lane`` is None for the interactive lane (``GENERATE_QUEUE``, ``generate``) or ``bulk``
+    for batches and large jobs, so they cannot starve small ones. A model routed by ``MODEL_QUEUES`` (e.g.
     ``{"cifar10-text": "generate.gpu"}``) goes to its queue in either lane: a deployment mixing GPU and CPU
     nodes starts each node's worker on the queues it should serve (docs/scaling.md)."""
     cfg = current_app.config
-    routes, lane = cfg["MODEL_QUEUES"], queue or cfg["GENERATE_QUEUE"]
+    routes, lane = cfg["MODEL_QUEUES"], lane or cfg["GENERATE_QUEUE"]
     job_ids = list(job_ids)
     if not routes:
-        return send_messages(GENERATE_TASK, job_ids, lane, "job")
+        return {lane: job_ids} if job_ids else {}
     names = dict(db.session.execute(select(Job.id, ModelVersion.name).join(
         ModelVersion, Job.model_version_id == ModelVersion.id).where(Job.id.in_(job_ids))).all())
     by_queue: dict[str, list[str]] = {}
     for job_id in job_ids:
         by_queue.setdefault(routes.get(names.get(job_id), lane), []).append(job_id)
-    return sum(send_messages(GENERATE_TASK, ids, q, "job") for q, ids in by_queue.items())
+    return by_queue
+
+
+def send_jobs(job_ids: Iterable[str], queue: str | None = None) -> int:
+    """Publish one ``generate_images`` message per job directly (no outbox), on the queues of
+    :func:`job_queues`; returns how many went out."""
+    return sum(send_messages(GENERATE_TASK, ids, q, "job") for q, ids in job_queues(job_ids, queue).items())
 
 
 def send_runs(run_ids: Iterable[str]) -> int:
@@ -47,16 +51,25 @@ def send_messages(task_name: str, ids: Iterable[str], queue: str, what: str) -> 
     A broker that is down is not an error for the client: the row stays ``queued`` in the database and the
     reconciliation sends it again once the broker is back.
     """
-    celery = current_app.extensions["celery"]
     sent = 0
     for row_id in ids:
         try:
-            # time limits are the worker's own (its configuration): an explicit None keeps Celery from
-            # stamping the sender's defaults into the message
-            celery.send_task(task_name, args=[row_id], queue=queue, time_limit=None, soft_time_limit=None,
-                             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                       "interval_step": 0.5, "interval_max": 1})
+            publish(task_name, row_id, queue)
             sent += 1
         except Exception as exc:  # broker unreachable: reconciliation will send it later
             log.warning("could not send %s %s to the broker (%s); reconciliation will retry", what, row_id, exc)
     return sent
+
+
+# one quick reconnect: a connection of the pool broken by a broker restart is replaced at once, and a broker
+# that is down fails the publish within a fraction of a second (the outbox's relay tries again)
+QUICK_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def publish(task_name: str, row_id: str, queue: str) -> None:
+    """Publish one message; raises when the broker does not take it."""
+    celery = current_app.extensions["celery"]
+    # time limits are the worker's own (its configuration): an explicit None keeps Celery from stamping the
+    # sender's defaults into the message
+    celery.send_task(task_name, args=[row_id], queue=queue, time_limit=None, soft_time_limit=None,
+                     retry=True, retry_policy=QUICK_RETRY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -76,6 +77,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
             "--access-logfile", "-", "app.wsgi:app"]
+    conf = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"  # graceful reloads, no shared control socket
+    if conf.is_file():
+        argv[3:3] = ["--config", str(conf)]
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
 

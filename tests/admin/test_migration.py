@@ -1,5 +1,5 @@
 """Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures), 0005
-(model_versions.card), 0006 (ownership columns, users.session_version) and 0008 (model_versions' checkpoint hash and store key): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
+(model_versions.card), 0006 (ownership columns, users.session_version), 0008 (model_versions' checkpoint hash and store key) and 0009 (outbox, idempotency_keys, jobs.deaths/isolated): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
 matches the models' metadata (Alembic's autogenerate comparison finds no difference)."""
 
 from __future__ import annotations
@@ -28,14 +28,18 @@ def _round_trip(app):
     from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision()
+    assert current(app) == head_revision() == "0009"
     with app.app_context():
-        assert ADMIN_TABLES <= set(inspect(db.engine).get_table_names())
+        assert ADMIN_TABLES | {"outbox", "idempotency_keys"} <= set(inspect(db.engine).get_table_names())
         assert {"card", *STORE_COLUMNS} <= {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
         assert "session_version" in {c["name"] for c in inspect(db.engine).get_columns("users")}
-        assert {"owner_token_id", "cancel_hash", "client_key"} <= {c["name"] for c in
-                                                                   inspect(db.engine).get_columns("jobs")}
+        assert {"owner_token_id", "cancel_hash", "client_key", "deaths"} <= {c["name"] for c in
+                                                                             inspect(db.engine).get_columns("jobs")}
     assert _schema_diff(app) == []
+    downgrade(app, "0008")
+    with app.app_context():
+        assert not {"outbox", "idempotency_keys"} & set(inspect(db.engine).get_table_names())
+        assert "deaths" not in {c["name"] for c in inspect(db.engine).get_columns("jobs")}
     downgrade(app, "0006")
     with app.app_context():
         assert not STORE_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("model_versions")}

@@ -157,14 +157,18 @@ def test_reconcile_resends_lost_and_abandoned_jobs(app):
     fresh = _job(app, enqueued_at=now)
     lost = _job(app, enqueued_at=now - timedelta(seconds=120))
     never_sent = _job(app, enqueued_at=None)
-    alive = _job(app, status="running", attempts=1, heartbeat_at=now - timedelta(seconds=5), claim_token="a")
-    dead = _job(app, status="running", attempts=1, heartbeat_at=now - timedelta(seconds=300), claim_token="b")
-    hopeless = _job(app, status="running", attempts=3, heartbeat_at=now - timedelta(seconds=300), claim_token="c")
+    # each on a worker of its own (another machine: leases only), so each ran alone and is charged its death
+    alive = _job(app, status="running", attempts=1, heartbeat_at=now - timedelta(seconds=5), claim_token="a",
+                 worker="elsewhere:1")
+    dead = _job(app, status="running", attempts=1, heartbeat_at=now - timedelta(seconds=300), claim_token="b",
+                worker="elsewhere:2")
+    hopeless = _job(app, status="running", attempts=3, deaths=2, heartbeat_at=now - timedelta(seconds=300),
+                    claim_token="c", worker="elsewhere:3")
     done = _job(app, status="succeeded", enqueued_at=now - timedelta(seconds=999))
     msgs = broker_messages(app)
     with app.app_context():
         counts = reconcile()
-        assert counts == {"requeued_running": 1, "failed_running": 1, "resent_queued": 2,
+        assert counts == {"requeued_running": 1, "failed_running": 1, "requeued_uncharged": 0, "resent_queued": 2,
                           "requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
         assert broker_messages(app) == msgs + 3
         status = {job_id: db.session.get(Job, job_id) for job_id in (fresh, lost, never_sent, alive, dead,
@@ -172,7 +176,7 @@ def test_reconcile_resends_lost_and_abandoned_jobs(app):
         assert [status[j].status for j in (fresh, lost, never_sent, alive, dead, hopeless, done)] == \
             ["queued", "queued", "queued", "running", "queued", "failed", "succeeded"]
         assert status[dead].claim_token is None
-        assert "abandoned by its worker 3 times" in status[hopeless].error
+        assert "died 3 times while it ran alone" in status[hopeless].error
         # a second pass right away finds nothing: each job is sent once per threshold
         db.session.expire_all()
         assert not any(reconcile().values())
