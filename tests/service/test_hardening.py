@@ -36,12 +36,11 @@ def token_of(app, name: str = "script-user", admin: bool = False) -> dict[str, s
 
 
 def sent_queues(monkeypatch) -> list[tuple[str, str]]:
-    """(queue, job id) of each generate message the services send from now on."""
-    from app.services import queue
+    """(queue, job id) of each generate message the services publish from now on (through the outbox)."""
+    from app.services import outbox
 
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(queue, "send_messages",
-                        lambda task, ids, q, what: sent.extend((q, i) for i in ids) or len(sent))
+    monkeypatch.setattr(outbox, "publish", lambda task, ref_id, q: sent.append((q, ref_id)))
     return sent
 
 

@@ -139,10 +139,15 @@ def test_missing_bucket_and_unreachable_store(s3, tmp_path, checkpoints):
     upgrade(app)
     with app.app_context():
         register_test_models(checkpoints)  # local store: registered as they are
+        from app.services.accounts import create_user, issue_token
+
+        admin = {"Authorization": "Bearer " + issue_token(create_user("admin", "correct horse battery",
+                                                                      is_admin=True), "t").token}
     missing = create_app(base_config(tmp_path, **store_config(s3, bucket="no-such-bucket")))
     assert "does not exist" in missing.extensions["priorforge_storage_error"]
     client = missing.test_client()
-    resp = client.get("/api/v1/health")
+    assert client.get("/api/v1/health").get_json() == {"status": "degraded"}  # the details are for admins
+    resp = client.get("/api/v1/health", headers=admin)
     body = resp.get_json()
     assert resp.status_code == 503 and body["status"] == "degraded"
     assert body["database"]["ok"] and not body["storage"]["ok"]
@@ -165,7 +170,7 @@ def test_missing_bucket_and_unreachable_store(s3, tmp_path, checkpoints):
 
     # the store comes back (the bucket is created): the same job is healthy and still queued, nothing lost
     s3.client().create_bucket(Bucket="no-such-bucket")
-    assert client.get("/api/v1/health").get_json()["storage"]["ok"]
+    assert client.get("/api/v1/health", headers=admin).get_json()["storage"]["ok"]
     for a in (app, missing):
         with a.app_context():
             from app.core.extensions import db
@@ -325,7 +330,7 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
 
     # the store goes away: the job is not lost; it waits as queued and is done once the store is back
     s3.stop()
-    health = client.get("/api/v1/health")
+    health = client.get("/api/v1/health", headers=headers)
     assert health.status_code == 503 and not health.get_json()["storage"]["ok"]
     job_id = client.post("/api/v1/jobs", json={"model": "tiny", "label": "1", "n": 1}).get_json()["id"]
     wait_for(lambda: "waiting for the object store" in (client.get(f"/api/v1/jobs/{job_id}").get_json()["error"] or ""),

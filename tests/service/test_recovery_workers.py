@@ -80,7 +80,12 @@ def test_a_job_created_while_the_broker_is_down_goes_out_when_it_returns(service
         done = wait_status(app, job_id, ("succeeded", "failed"), timeout=120)
         assert done.status == "succeeded", done.error
         assert time.monotonic() - back_at < 15  # was: ~123 s without other traffic (QUEUED_STALE_AFTER)
-        with app.app_context():
-            assert pending_count() == 0
+        # the job may have run from the message the worker re-sent on reconnecting; the original row goes out
+        # with the next relay pass (a duplicate message is harmless: the claim absorbs it)
+        def outbox_empty() -> bool:
+            with app.app_context():
+                return pending_count() == 0
+
+        wait_for(outbox_empty, 15, "the outbox to be empty")
     finally:
         redis_server.stop()
