@@ -343,3 +343,19 @@ def test_nesting_limit_does_not_depend_on_the_recursion_limit(tmp_path, checkpoi
         sys.setrecursionlimit(before)
     assert json_depth('{"a": "[[[{{", "b": [["\\"]"]]}') == 3  # brackets inside strings do not count
     assert json_depth(b"[]") == 1 and json_depth("7") == 0
+
+
+def test_an_idempotency_key_is_scoped_by_client_and_a_retry_gets_the_same_cancel_secret(tmp_path, checkpoints):
+    app = make_app(tmp_path, checkpoints)
+    first, other = app.test_client(), app.test_client()
+    key = {"Idempotency-Key": "4f1c2a9e-retry"}
+    body = {"label": "3", "n": 1}
+    made = first.post("/api/v1/jobs", json=body, headers=key, environ_base={"REMOTE_ADDR": "10.0.0.1"}).get_json()
+    again = first.post("/api/v1/jobs", json=body, headers=key, environ_base={"REMOTE_ADDR": "10.0.0.1"}).get_json()
+    assert again["id"] == made["id"] and again["cancel_secret"] == made["cancel_secret"]
+    theirs = other.post("/api/v1/jobs", json=body, headers=key, environ_base={"REMOTE_ADDR": "10.0.0.2"}).get_json()
+    assert theirs["id"] != made["id"] and theirs["cancel_secret"] != made["cancel_secret"]
+    # the other client's secret does not cancel the first client's job; the first one's does
+    cancel = f"/api/v1/jobs/{made['id']}/cancel"
+    assert other.post(cancel, headers={"X-Cancel-Secret": theirs["cancel_secret"]}).status_code == 403
+    assert first.post(cancel, headers={"X-Cancel-Secret": made["cancel_secret"]}).status_code == 200
