@@ -505,7 +505,10 @@ def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | N
     env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
                 "PRIORFORGE_SQLALCHEMY_DATABASE_URI": db_url, "PRIORFORGE_CELERY_BROKER_URL": broker_url,
                 "PRIORFORGE_STORAGE_ROOT": str(workdir / "images"),
-                "PRIORFORGE_DATASET_ROOT": str(workdir / "datasets"), "PRIORFORGE_DEVICE": "cpu"})
+                "PRIORFORGE_DATASET_ROOT": str(workdir / "datasets"), "PRIORFORGE_DEVICE": "cpu",
+                # one client sends every request of a benchmark: the per-client abuse limits (docs/security.md)
+                # are off, so the figures measure the service, not the limiter
+                "PRIORFORGE_RATELIMIT_ENABLED": "false", "PRIORFORGE_MAX_IMAGES_IN_FLIGHT_PER_CLIENT": "1000000000"})
     if key_prefix:
         env["PRIORFORGE_BROKER_KEY_PREFIX"] = key_prefix
     return env

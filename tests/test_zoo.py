@@ -137,7 +137,10 @@ def test_a_shipped_model_loads_and_samples_the_same_pixels_every_time(folder):
     card = json.loads((folder / "card.json").read_text())
     assert not card["tiny"] and card["evaluation_samples"] == zoo.EVAL_SAMPLES
     model, info = load_checkpoint(folder)
-    assert model.inference_only
+    export = json.loads((folder / "config.json").read_text())["export"]  # an export, checked when it was made
+    assert export["precision"] == "fp16" and export["repeatable"] and export["max_abs_pixel_diff"] <= 2
+    # something training-only was dropped, unless the recipe keeps the encoder and nothing else is droppable
+    assert model.inference_only or (card["keeps_encoder"] and not export["dropped_modules"])
     rows = zoo.sample_grid_rows(zoo.select([card["name"]])[0], model, info)
     _, condition = rows[0]
     first = generate(model, 3, condition, seed=11)
