@@ -16,5 +16,5 @@ case "${HOST:-127.0.0.1}" in 127.*|localhost|::1) ;;
   *) echo "run: HOST=$HOST exposes the service: serve it over HTTPS with PRIORFORGE_ENV=production and" \
           "PRIORFORGE_SESSION_COOKIE_SECURE=true (docs/security.md)" >&2 ;;
 esac
-echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT), worker (generate) and trainer (train)" >&2
+echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT), worker (queues generate, bulk) and trainer (train)" >&2
 exec .venv/bin/honcho start -f Procfile
