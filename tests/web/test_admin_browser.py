@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin.conftest import ADMIN
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, WebServer
+from tests.web.test_browser import CHROMIUM, WebServer, browser_page
 
 pytestmark = [
     pytest.mark.browser,
@@ -54,67 +54,56 @@ def admin_stack(tmp_path, pg_url, redis_url, start_worker):
 
 
 def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack):
-    from playwright.sync_api import sync_playwright
-
     app, server = admin_stack
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    with browser_page(height=900) as (page, errors):
+        page.goto(f"{server.url}/admin/trainings")  # anonymous: sent to the login form first
+        page.wait_for_url(f"{server.url}/admin/login**")
+        page.get_by_label("User name").fill(ADMIN[0])
+        page.get_by_label("Password").fill(ADMIN[1])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{server.url}/admin/trainings")
 
-            page.goto(f"{server.url}/admin/trainings")  # anonymous: sent to the login form first
-            page.wait_for_url(f"{server.url}/admin/login**")
-            page.get_by_label("User name").fill(ADMIN[0])
-            page.get_by_label("Password").fill(ADMIN[1])
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(f"{server.url}/admin/trainings")
+        page.get_by_label("Backend").select_option("aae-cg")
+        page.get_by_label("Data set").select_option("digits")
+        page.get_by_label("Register as model").fill("digits-admin")
+        page.get_by_label("Steps", exact=True).fill("40")
+        page.get_by_label("Batch size", exact=True).fill("16")
+        page.get_by_label("Sample grid every (steps)").fill("10")
+        page.get_by_label("Checkpoint every (steps)").fill("10")
+        page.get_by_label("Evaluate at the end").uncheck()
+        page.get_by_label("Model options (JSON)").fill(json.dumps(TINY))
+        page.get_by_role("button", name="Start training").click()
+        page.wait_for_url(f"{server.url}/admin/trainings/*")
+        page.evaluate("() => { window.__sameDocument = true; }")
 
-            page.get_by_label("Backend").select_option("aae-cg")
-            page.get_by_label("Data set").select_option("digits")
-            page.get_by_label("Register as model").fill("digits-admin")
-            page.get_by_label("Steps", exact=True).fill("40")
-            page.get_by_label("Batch size", exact=True).fill("16")
-            page.get_by_label("Sample grid every (steps)").fill("10")
-            page.get_by_label("Checkpoint every (steps)").fill("10")
-            page.get_by_label("Evaluate at the end").uncheck()
-            page.get_by_label("Model options (JSON)").fill(json.dumps(TINY))
-            page.get_by_role("button", name="Start training").click()
-            page.wait_for_url(f"{server.url}/admin/trainings/*")
-            page.evaluate("() => { window.__sameDocument = true; }")
+        # live progress: the step counter moves while the page stays loaded
+        page.wait_for_function("() => Number(document.getElementById('run-step').textContent) >= 5",
+                               timeout=300_000)
+        seen = int(page.locator("#run-step").inner_text())
+        page.wait_for_function(f"() => Number(document.getElementById('run-step').textContent) > {seen}",
+                               timeout=120_000)
+        assert page.locator("#run-status").inner_text() == "running"
+        assert page.locator("#run-losses").inner_text() != ""
+        page.wait_for_function("() => document.querySelectorAll('#loss-plot polyline').length >= 2",
+                               timeout=60_000)
+        page.wait_for_function("() => { const img = document.getElementById('run-sample');"
+                               " return !img.hidden && img.complete && img.naturalWidth > 0; }", timeout=120_000)
 
-            # live progress: the step counter moves while the page stays loaded
-            page.wait_for_function("() => Number(document.getElementById('run-step').textContent) >= 5",
-                                   timeout=300_000)
-            seen = int(page.locator("#run-step").inner_text())
-            page.wait_for_function(f"() => Number(document.getElementById('run-step').textContent) > {seen}",
-                                   timeout=120_000)
-            assert page.locator("#run-status").inner_text() == "running"
-            assert page.locator("#run-losses").inner_text() != ""
-            page.wait_for_function("() => document.querySelectorAll('#loss-plot polyline').length >= 2",
-                                   timeout=60_000)
-            page.wait_for_function("() => { const img = document.getElementById('run-sample');"
-                                   " return !img.hidden && img.complete && img.naturalWidth > 0; }", timeout=120_000)
+        page.wait_for_function("() => document.getElementById('training').dataset.status === 'succeeded'",
+                               timeout=300_000)
+        assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+        assert page.locator("#run-step").inner_text() == "40"
+        assert page.locator("#cancel-form").is_hidden()
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        version_link = page.locator("#run-version-link")
+        assert version_link.inner_text().strip() == "digits-admin v1"
 
-            page.wait_for_function("() => document.getElementById('training').dataset.status === 'succeeded'",
-                                   timeout=300_000)
-            assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
-            assert page.locator("#run-step").inner_text() == "40"
-            assert page.locator("#cancel-form").is_hidden()
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-            version_link = page.locator("#run-version-link")
-            assert version_link.inner_text().strip() == "digits-admin v1"
-
-            version_link.click()
-            page.wait_for_url(f"{server.url}/admin/models/*")
-            assert page.locator("#serving-badge").count() == 0  # registered, not serving
-            page.get_by_role("button", name="Promote v1").click()
-            page.wait_for_selector("#serving-badge")
-            assert errors == []
-        finally:
-            browser.close()
+        version_link.click()
+        page.wait_for_url(f"{server.url}/admin/models/*")
+        assert page.locator("#serving-badge").count() == 0  # registered, not serving
+        page.get_by_role("button", name="Promote v1").click()
+        page.wait_for_selector("#serving-badge")
+        assert errors == []
 
     from app.core.extensions import db
     from app.core.models import ModelVersion, TrainingRun

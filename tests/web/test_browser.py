@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,24 @@ from tests.web.conftest import DIGITS_CHECKPOINT
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@contextmanager
+def browser_page(height: int = 800):
+    """A page of headless Debian chromium, 1000 px wide, and the list its script errors and console errors
+    are appended to (a test asserts it stays empty); the browser is closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            yield page, errors
+        finally:
+            browser.close()
 SCREENSHOT = Path("/tmp/priorforge-job.png")
 TEXT_SCREENSHOT = Path("/tmp/priorforge-text-job.png")
 SHIPPED_MODELS = REPO / "models"
@@ -116,69 +135,58 @@ ALL_IMAGES_LOADED = """(n) => {
 
 
 def test_generate_digits_in_the_browser(stack):
-    from playwright.sync_api import sync_playwright
-
     app, server = stack
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    with browser_page(height=800) as (page, errors):
+        page.goto(f"{server.url}/")
+        page.get_by_label("Model").select_option("digits")
+        page.locator('fieldset[data-model="digits"]').get_by_label("Label").select_option("7")
+        page.get_by_label("Number of images").fill(str(N_IMAGES))
+        page.get_by_label("Seed").fill("2024")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_url(f"{server.url}/jobs/*")
+        job_id = page.url.rsplit("/", 1)[1]
+        # a mark on this document: it must survive until the images show (no reload, no meta refresh)
+        page.evaluate("() => { window.__sameDocument = true; }")
 
-            page.goto(f"{server.url}/")
-            page.get_by_label("Model").select_option("digits")
-            page.locator('fieldset[data-model="digits"]').get_by_label("Label").select_option("7")
-            page.get_by_label("Number of images").fill(str(N_IMAGES))
-            page.get_by_label("Seed").fill("2024")
-            page.get_by_role("button", name="Generate").click()
-            page.wait_for_url(f"{server.url}/jobs/*")
-            job_id = page.url.rsplit("/", 1)[1]
-            # a mark on this document: it must survive until the images show (no reload, no meta refresh)
-            page.evaluate("() => { window.__sameDocument = true; }")
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
+        assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+        assert page.locator("#job-status").inner_text() == "succeeded"
+        assert page.locator("#job-progress").get_attribute("value") == "100"
+        assert page.locator("#job-images img").first.get_attribute("alt").endswith("label 7, seed 2024")
+        assert page.locator("#cancel-form").is_hidden()
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert errors == []
 
-            page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
-            assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
-            assert page.locator("#job-status").inner_text() == "succeeded"
-            assert page.locator("#job-progress").get_attribute("value") == "100"
-            assert page.locator("#job-images img").first.get_attribute("alt").endswith("label 7, seed 2024")
-            assert page.locator("#cancel-form").is_hidden()
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-            assert errors == []
+        # the image page and its download link, in the same browser
+        page.locator("#job-images a").first.click()
+        page.wait_for_url(f"{server.url}/images/*")
+        assert "label 7" in page.locator("#image-meta").inner_text()
+        with page.expect_download() as download_info:
+            page.get_by_role("link", name="Download PNG").click()
+        download = download_info.value
+        assert download.suggested_filename == "priorforge-digits-2024.png"
+        assert Path(download.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-            # the image page and its download link, in the same browser
-            page.locator("#job-images a").first.click()
-            page.wait_for_url(f"{server.url}/images/*")
-            assert "label 7" in page.locator("#image-meta").inner_text()
-            with page.expect_download() as download_info:
-                page.get_by_role("link", name="Download PNG").click()
-            download = download_info.value
-            assert download.suggested_filename == "priorforge-digits-2024.png"
-            assert Path(download.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # a batch upload: the batch page follows its jobs live to the combined status
+        page.goto(f"{server.url}/batches/new")
+        page.get_by_label("Prompts or labels file (.csv or .jsonl)").set_input_files(files=[{
+            "name": "labels.csv", "mimeType": "text/csv",
+            "buffer": b"model,label,n,seed\ndigits,1,1,5\ndigits,9,2,6\n"}])
+        page.get_by_role("button", name="Upload and start").click()
+        page.wait_for_url(f"{server.url}/batches/*")
+        batch_id = page.url.rsplit("/", 1)[1]
+        page.wait_for_function(
+            "() => document.getElementById('batch').dataset.status === 'succeeded'", timeout=300_000)
+        assert page.locator("#batch-status").inner_text() == "succeeded"
+        assert page.locator("tr[data-job-id] .status").all_inner_texts() == ["succeeded", "succeeded"]
+        assert page.locator("#batch-counts").inner_text() == "2 succeeded"
+        assert errors == []
 
-            # a batch upload: the batch page follows its jobs live to the combined status
-            page.goto(f"{server.url}/batches/new")
-            page.get_by_label("Prompts or labels file (.csv or .jsonl)").set_input_files(files=[{
-                "name": "labels.csv", "mimeType": "text/csv",
-                "buffer": b"model,label,n,seed\ndigits,1,1,5\ndigits,9,2,6\n"}])
-            page.get_by_role("button", name="Upload and start").click()
-            page.wait_for_url(f"{server.url}/batches/*")
-            batch_id = page.url.rsplit("/", 1)[1]
-            page.wait_for_function(
-                "() => document.getElementById('batch').dataset.status === 'succeeded'", timeout=300_000)
-            assert page.locator("#batch-status").inner_text() == "succeeded"
-            assert page.locator("tr[data-job-id] .status").all_inner_texts() == ["succeeded", "succeeded"]
-            assert page.locator("#batch-counts").inner_text() == "2 succeeded"
-            assert errors == []
-
-            # without JavaScript, the finished job page shows the same images
-            nojs = browser.new_context(java_script_enabled=False).new_page()
-            nojs.goto(f"{server.url}/jobs/{job_id}")
-            assert nojs.locator("#job-images img").count() == N_IMAGES
-            assert nojs.evaluate(ALL_IMAGES_LOADED, N_IMAGES)
-        finally:
-            browser.close()
+        # without JavaScript, the finished job page shows the same images
+        nojs = page.context.browser.new_context(java_script_enabled=False).new_page()
+        nojs.goto(f"{server.url}/jobs/{job_id}")
+        assert nojs.locator("#job-images img").count() == N_IMAGES
+        assert nojs.evaluate(ALL_IMAGES_LOADED, N_IMAGES)
 
     from app.core.extensions import db
     from app.core.models import Batch, Job
@@ -200,45 +208,35 @@ def test_generate_digits_in_the_browser(stack):
 def test_a_typed_prompt_for_the_shipped_text_model(stack):
     """The shipped fashion-text model: its example prompts fill the box, a typed prompt gives images, and the
     job page and the gallery show the prompt."""
-    from playwright.sync_api import sync_playwright
-
     app, server = stack
     prompt = "a light, narrow dress"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.goto(f"{server.url}/")
-            page.get_by_label("Model").select_option("fashion-text")
-            fieldset = page.locator('fieldset[data-model="fashion-text"]')
-            box = fieldset.get_by_label("Prompt")
-            examples = fieldset.locator("a.example-prompt")
-            assert 4 <= examples.count() <= 6
-            examples.first.click()  # fills the box, no navigation
-            assert box.input_value() == examples.first.get_attribute("data-prompt")
-            assert page.url == f"{server.url}/"
-            box.fill(prompt)
-            page.get_by_label("Number of images").fill(str(N_IMAGES))
-            page.get_by_label("Seed").fill("7")
-            page.get_by_role("button", name="Generate").click()
-            page.wait_for_url(f"{server.url}/jobs/*")
-            job_id = page.url.rsplit("/", 1)[1]
-            page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
-            assert page.locator("#job-status").inner_text() == "succeeded"
-            assert prompt in page.locator("main").inner_text()
-            page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
+    with browser_page(height=900) as (page, errors):
+        page.goto(f"{server.url}/")
+        page.get_by_label("Model").select_option("fashion-text")
+        fieldset = page.locator('fieldset[data-model="fashion-text"]')
+        box = fieldset.get_by_label("Prompt")
+        examples = fieldset.locator("a.example-prompt")
+        assert 4 <= examples.count() <= 6
+        examples.first.click()  # fills the box, no navigation
+        assert box.input_value() == examples.first.get_attribute("data-prompt")
+        assert page.url == f"{server.url}/"
+        box.fill(prompt)
+        page.get_by_label("Number of images").fill(str(N_IMAGES))
+        page.get_by_label("Seed").fill("7")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_url(f"{server.url}/jobs/*")
+        job_id = page.url.rsplit("/", 1)[1]
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
+        assert page.locator("#job-status").inner_text() == "succeeded"
+        assert prompt in page.locator("main").inner_text()
+        page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
 
-            page.goto(f"{server.url}/gallery?prompt=narrow+dress")
-            assert page.locator("#gallery img").count() == N_IMAGES
-            assert prompt in page.locator("#gallery").inner_text()
-            page.goto(f"{server.url}/models")
-            assert page.locator("#model-fashion-text img.model-samples").evaluate("img => img.naturalWidth") > 0
-            assert errors == []
-        finally:
-            browser.close()
+        page.goto(f"{server.url}/gallery?prompt=narrow+dress")
+        assert page.locator("#gallery img").count() == N_IMAGES
+        assert prompt in page.locator("#gallery").inner_text()
+        page.goto(f"{server.url}/models")
+        assert page.locator("#model-fashion-text img.model-samples").evaluate("img => img.naturalWidth") > 0
+        assert errors == []
 
     from app.core.extensions import db
     from app.core.models import Job
