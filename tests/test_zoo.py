@@ -145,3 +145,28 @@ def test_a_shipped_model_loads_and_samples_the_same_pixels_every_time(folder):
     _, condition = rows[0]
     first = generate(model, 3, condition, seed=11)
     assert torch.equal(first, generate(model, 3, condition, seed=11))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["zoo", "cards", "--models-dir", "no/such/folder"], "--models-dir: no/such/folder is not a folder"),
+    (["zoo", "report", "--models-dir", "no/such/folder"], "--models-dir: no/such/folder is not a folder"),
+    (["zoo", "build", "--data-root", "no/such/folder"], "--data-root: no/such/folder is not a folder"),
+    (["zoo", "build", "--data-root", ".", "--only", "nosuch"], "--only:"),
+    (["zoo", "build", "--data-root", ".", "--jobs", "0"], "--jobs must be at least 1"),
+    (["zoo", "report", "--curve", "no/such/run"], "--curve: no/such/run has no history.jsonl"),
+])
+def test_zoo_command_errors_name_the_flag(argv, message, capsys, tmp_path, monkeypatch):
+    from priorforge.cli import main
+
+    monkeypatch.chdir(tmp_path)  # nothing is written: each error comes before any work
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_learning_curve_averages_the_window_up_to_each_step(tmp_path):
+    (tmp_path / "history.jsonl").write_text("".join(
+        json.dumps({"step": k, "rec_pix": float(k), "d_img": 1.0}) + "\n" for k in range(1, 11)))
+    table = zoo_report.learning_curve(tmp_path, [4, 10, 50], window=2)
+    assert "| 4 | 3.5 | 1 |" in table and "| 10 | 9.5 | 1 |" in table
+    assert "| 50 |" not in table  # no step in its window

@@ -79,3 +79,21 @@ def report(models_dir: str | Path) -> str:
         if recipe.condition == "text" and path.is_file():
             lines += text_tables(recipe.name, json.loads(path.read_text())["evaluation"])
     return "\n".join(lines)
+
+
+CURVE_KEYS = (("aux_cls", "aux class loss"), ("rec_pix", "pixel reconstruction"), ("d_img", "D(image) loss"),
+              ("g_adv", "G adversarial"))
+
+
+def learning_curve(run_dir: str | Path, at: list[int], window: int = 500) -> str:
+    """A code-generator AAE training's losses at steps ``at`` (each the mean of the ``window`` steps up to it),
+    from its ``history.jsonl``, as a Markdown table."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "history.jsonl").read_text().splitlines() if line]
+    keys = [(k, name) for k, name in CURVE_KEYS if rows and k in rows[-1]]
+    lines = ["| step | " + " | ".join(name for _, name in keys) + " |", "| --- " * (len(keys) + 1) + "|"]
+    for step in at:
+        recent = [r for r in rows if step - window < r["step"] <= step]
+        if recent:
+            means = [sum(r[k] for r in recent) / len(recent) for k, _ in keys]
+            lines.append(f"| {step:,} | " + " | ".join(f"{m:.3g}" for m in means) + " |")
+    return "\n".join(lines)

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     cards.set_defaults(func=run_cards)
     rep = sub.add_parser("report", help="print the shipped models' figures as Markdown tables (from metrics.json)")
     rep.add_argument("--models-dir", default="models", help="the folder of shipped models")
+    rep.add_argument("--curve", default=None, metavar="RUN_DIR",
+                     help="instead: the learning curve of a training folder (its history.jsonl), e.g. runs/zoo/cifar10-text")
+    rep.add_argument("--at", default="1000,3000,6000,9000", help="with --curve: the steps to show, comma-separated")
     rep.set_defaults(func=run_report)
 
 
@@ -85,8 +88,17 @@ def run_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from priorforge.cli import CLIError
-    from training.zoo_report import report
+    from training.zoo_report import learning_curve, report
 
+    if args.curve is not None:
+        if not (Path(args.curve) / "history.jsonl").is_file():
+            raise CLIError(f"--curve: {args.curve} has no history.jsonl")
+        try:
+            at = [int(x) for x in args.at.split(",")]
+        except ValueError:
+            raise CLIError(f"--at must be whole step numbers separated by commas, got {args.at!r}") from None
+        print(learning_curve(args.curve, at))
+        return 0
     if not Path(args.models_dir).is_dir():
         raise CLIError(f"--models-dir: {args.models_dir} is not a folder")
     print(report(args.models_dir))
