@@ -273,7 +273,7 @@ def check_quota(client_key: str | None, images: int) -> None:
 
 def lane_of(batch_id: str | None, n: int) -> str:
     """The lane a job goes to: ``bulk`` for a batch's jobs and large jobs, the interactive ``GENERATE_QUEUE``
-    (``generate``) for the rest; ``MODEL_QUEUES`` may still route a model elsewhere (queue.send_jobs)."""
+    (``generate``) for the rest; ``MODEL_QUEUES`` may still route a model elsewhere (queue.job_queues)."""
     cfg = current_app.config
     return "bulk" if batch_id is not None or n > int(cfg["INTERACTIVE_MAX_IMAGES"]) else cfg["GENERATE_QUEUE"]
 

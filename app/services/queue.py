@@ -35,8 +35,9 @@ def job_queues(job_ids: Iterable[str], lane: str | None = None) -> dict[str, lis
 
 
 def send_jobs(job_ids: Iterable[str], queue: str | None = None) -> int:
-    """Publish one ``generate_images`` message per job directly (no outbox), on the queues of
-    :func:`job_queues`; returns how many went out."""
+    """Publish one ``generate_images`` message per job directly, on the queues of :func:`job_queues`; returns
+    how many went out. The services send through the outbox (``jobs.stage_messages``); this direct send is for
+    tools and tests that publish an extra message on purpose (a duplicate delivery)."""
     return sum(send_messages(GENERATE_TASK, ids, q, "job") for q, ids in job_queues(job_ids, queue).items())
 
 
