@@ -107,3 +107,30 @@ def test_digits_needs_no_files():
     assert len(train) + len(test) == 1797
     assert train.image_shape == (1, 28, 28)
     assert set(train.labels.tolist()) == set(range(10))
+
+
+def _load_after(barrier, root: Path, queue) -> None:
+    barrier.wait()
+    try:
+        queue.put(len(load_dataset("mnist", root, "train")))
+    except Exception as exc:  # reported to the parent, which asserts on it
+        queue.put(repr(exc))
+
+
+def test_processes_preparing_one_cache_at_once_all_load_it(tmp_path):
+    """A benchmark's parallel runs fill the shared-data cache at the same moment: none may fail (they once
+    raced on one temporary file name)."""
+    import multiprocessing
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "mnist", "train", rng.integers(0, 255, (20000, 28, 28)), np.arange(20000) % 10)
+    write_idx(tmp_path / "mnist", "t10k", rng.integers(0, 255, (10, 28, 28)), np.arange(10) % 10)
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    workers = [ctx.Process(target=_load_after, args=(barrier, tmp_path, queue)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    assert results == [20000] * 4

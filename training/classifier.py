@@ -14,17 +14,15 @@ and a lock file keeps two processes from training the same classifier at once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from generation.checkpoint import write_json_atomic
-from training.data import ImageData, cache_root, load_dataset, resize_uint8
+from training.data import ImageData, cache_root, file_lock, load_dataset, resize_uint8
 
 FORMAT_VERSION = 1
 FEATURE_DIM = 128
@@ -171,7 +169,7 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
     cached = _load_cached(path, device, wanted)
     if cached is not None:
         return cached
-    with _file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         cached = _load_cached(path, device, wanted)  # another process may have trained it meanwhile
         if cached is not None:
             return cached
@@ -300,17 +298,6 @@ def _save(model: ImageClassifier, path: Path, info: dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     write_json_atomic(_info_path(path), info)
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- data helpers ------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ turned once into a torchvision-layout cache under ``$PRIORFORGE_CACHE`` (default
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import os
 import shutil
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, NamedTuple
@@ -176,10 +178,31 @@ def _load_mnist_family(name: str, root: Path, split: Split, download: bool) -> I
     return ImageData(name, images, dataset.targets.long(), class_names)
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (``flock`` on ``path``): processes that fill one cache entry at
+    once (a benchmark's parallel runs, a worker and a trainer) wait for each other instead of racing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _prepare_idx_cache(shared: Path, folder_name: str) -> Path:
     """Gunzip ``shared/*-idx?-ubyte.gz`` into ``<cache>/<folder_name>/raw/`` (torchvision's layout)."""
     cache = _cache_dir_for(shared, folder_name.lower())
     raw = cache / folder_name / "raw"
+    if all((raw / stem).is_file() for stem in MNIST_FILES):
+        return cache
+    with file_lock(cache / "prepare.lock"):
+        _gunzip_idx_files(shared, raw)
+    return cache
+
+
+def _gunzip_idx_files(shared: Path, raw: Path) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     for stem in MNIST_FILES:
         target = raw / stem
@@ -192,7 +215,7 @@ def _prepare_idx_cache(shared: Path, folder_name: str) -> Path:
                 shutil.copyfile(plain, target)
                 continue
             raise DatasetError(f"{shared}: expected {stem}.gz (one of the four MNIST-format idx files)")
-        tmp = target.with_suffix(".partial")
+        tmp = target.with_suffix(f".{os.getpid()}.partial")
         try:
             with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -200,7 +223,6 @@ def _prepare_idx_cache(shared: Path, folder_name: str) -> Path:
             tmp.unlink(missing_ok=True)
             raise DatasetError(f"{source} is not a readable gzip file: {exc}") from None
         os.replace(tmp, target)
-    return cache
 
 
 # -- CIFAR-10 ---------------------------------------------------------------------------------------
@@ -228,10 +250,16 @@ def _cached_folder_tensor(archive: Path, split: Split, name: str) -> ImageData:
     """Decode ``archive``'s ``<split>/<class>/*`` images once and cache them as a safetensors file."""
     cache = _cache_dir_for(archive, name)
     tensor_file = cache / f"{split}.safetensors"
-    if tensor_file.is_file():
-        stored = load_file(str(tensor_file))
-        names = (cache / "classes.txt").read_text().split("\n")
-        return ImageData(name, stored["images"], stored["labels"], names)
+    if not tensor_file.is_file():
+        with file_lock(cache / "prepare.lock"):
+            if not tensor_file.is_file():  # another process may have decoded it meanwhile
+                return _decode_archive_split(archive, split, name, cache, tensor_file)
+    stored = load_file(str(tensor_file))
+    names = (cache / "classes.txt").read_text().split("\n")
+    return ImageData(name, stored["images"], stored["labels"], names)
+
+
+def _decode_archive_split(archive: Path, split: Split, name: str, cache: Path, tensor_file: Path) -> ImageData:
     extract_dir = cache / "extracted"
     if not (extract_dir / split).is_dir():
         _safe_extract(archive, extract_dir)
@@ -239,7 +267,7 @@ def _cached_folder_tensor(archive: Path, split: Split, name: str) -> ImageData:
     if not split_dir.is_dir():
         raise DatasetError(f"{archive}: expected a top-level folder {split}/ with one sub-folder per class")
     data = _decode_folder(split_dir, name, size=None, channels=3)
-    tmp = tensor_file.with_suffix(".partial")
+    tmp = tensor_file.with_suffix(f".{os.getpid()}.partial")
     save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp))
     (cache / "classes.txt").write_text("\n".join(data.class_names))
     os.replace(tmp, tensor_file)
