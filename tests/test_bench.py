@@ -134,3 +134,26 @@ def test_worker_timeline_reads_a_worker_log(tmp_path, capsys):
     assert payload["real_s"] == 0.03 and payload["noop_s"] == 0.001 and payload["gaps_s"] == 0.01
     with pytest.raises(SystemExit):
         worker_timeline.main([str(tmp_path / "missing.log")])
+
+
+def test_text_encoder_probe_quick(capsys):
+    from bench import text_encoder_probe
+
+    payload = run_script(text_encoder_probe, ["--datasets", "fashion-mnist-captions", "--per-combination", "4"],
+                         capsys)
+    rows = payload["rows"]
+    assert {(r["target"], r["phrasing"]) for r in rows} == {
+        (t, k) for t in ("class", "tone", "shape") for k in text_encoder_probe.KINDS}
+    for row in rows:
+        assert 0 <= row["linear"] <= 1 and 0 <= row["knn"] <= 1 and row["training_captions"] == 40 * 4
+    train_class = next(r for r in rows if r["target"] == "class" and r["phrasing"] == "train")
+    assert train_class["linear"] > 0.5  # the training words are easy: far above the 10% of chance
+    assert set(train_class["linear_per_value"]) == set(text_encoder_probe.CLASS_NAMES["fashion-mnist-captions"])
+
+
+def test_text_encoder_probe_refuses_an_unknown_dataset(capsys):
+    from bench import text_encoder_probe
+
+    with pytest.raises(SystemExit) as exc:
+        text_encoder_probe.main(["--datasets", "mnist"])
+    assert exc.value.code == 2 and "--datasets" in capsys.readouterr().err
