@@ -63,9 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conditions", default=",".join(CONDITIONS), help="class and/or none")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cpu-minutes", type=float, default=2.0, help="training CPU budget per backend per data set")
-    p.add_argument("--epochs", type=int, default=1000,
-                   help="passed to train: large, so that the CPU budget and not the epoch count ends every run "
-                        "(at the trainers' default of 10, GLF and the LDE stop before a 15-minute budget is spent)")
+    p.add_argument("--epochs", type=int, default=100,
+                   help="passed to train: more than any budget here buys, so that the CPU budget and not the epoch "
+                        "count ends every run (at the trainers' default of 10, GLF and the LDE stop before a "
+                        "15-minute budget is spent). GLF stretches its lr halvings (every 50 of these epochs) over "
+                        "the steps the budget buys, so 100 halves once, half-way, as the zoo recipes do")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="model sizes: the backends' defaults, or 'small' (fields in PRESETS) for every backend")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -232,7 +234,8 @@ def train_argv(backend: str, dataset: str, condition: str, out: Path,
         argv += ["--batch-size", "16"]
     for key, value in sets.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]
-    return argv, {"model_sets": sets, "max_cpu_minutes": args.cpu_minutes, "max_steps": max_steps, "epochs": args.epochs}
+    return argv, {"model_sets": sets, "max_cpu_minutes": args.cpu_minutes, "max_steps": max_steps,
+                  "epochs": args.epochs}
 
 
 def run_child(cmd: list[str], log: Path) -> tuple[int, str]:
@@ -352,7 +355,8 @@ def run_all(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int
     with ThreadPoolExecutor(max_workers=1 if args.quick else max(1, args.jobs)) as pool:
         per_job = pool.map(lambda run: run_one(*run, args, work), runs)
         rows = [row for job_rows in per_job for row in job_rows]
-    settings = {"cpu_minutes": args.cpu_minutes, "epochs": args.epochs, "preset": args.preset, "preset_fields": PRESETS[args.preset],
+    settings = {"cpu_minutes": args.cpu_minutes, "epochs": args.epochs, "preset": args.preset,
+                "preset_fields": PRESETS[args.preset],
                 "sets": parse_sets(args.sets), "conditions": conditions, "code_priors": args.code_priors.split(","),
                 "eval_samples": args.eval_samples, "gaussian_codes": GAUSSIAN_CODES, "jobs": args.jobs,
                 "seed": args.seed, "quick": args.quick,

@@ -55,7 +55,7 @@ def test_quality_quick_every_backend_class_and_unconditional(capsys):
         assert math.isfinite(row["feature_fid"]) and positive(row["sampling_images_per_s"])
         assert (0 <= row["label_accuracy"] <= 1) if row["condition"] == "class" else row["label_accuracy"] is None
     assert payload["settings"]["quick"] is True
-    assert payload["settings"]["epochs"] == 1000  # the CPU budget, not the trainers' default 10 epochs, ends a run
+    assert payload["settings"]["epochs"] == 100  # the CPU budget, not the trainers' default 10 epochs, ends a run
 
 
 def test_quality_evaluates_class_models_with_other_code_priors(capsys):
