@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/text_encoder_probe.py` from anywhere
 
-from bench.common import emit, markdown_table  # noqa: E402
+from bench.common import emit, machine_info, markdown_table, pick_device  # noqa: E402
 from training.captions import CAPTIONS_PER_COMBINATION, PHRASINGS, caption_pool, prompt_text  # noqa: E402
 from training.text_eval import CLASS_NAMES  # noqa: E402
 
@@ -81,15 +81,6 @@ def probe_prompts(dataset: str, kind: str) -> tuple[list[str], list[dict[str, st
     return texts, labels
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """Majority label of the ``k`` most cosine-similar training rows (ties: the smaller label index)."""
-    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-    b = x / np.linalg.norm(x, axis=1, keepdims=True)
-    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
-    votes = train_y[nearest]
-    return np.array([np.bincount(row, minlength=int(train_y.max()) + 1).argmax() for row in votes])
-
-
 def per_value(names: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, Any]]:
     """For each true value: the probe's accuracy on its prompts and the value it predicts most often."""
     out = {}
@@ -103,6 +94,7 @@ def per_value(names: list[str], truth: np.ndarray, predicted: np.ndarray) -> dic
 
 def probe_dataset(dataset: str, per_combination: int, seed: int) -> list[dict[str, Any]]:
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
 
     from generation.text_encoder import encode_captions_cached
 
@@ -116,6 +108,7 @@ def probe_dataset(dataset: str, per_combination: int, seed: int) -> list[dict[st
         names = sorted({lab[target] for lab in train_labels})
         train_y = np.array([names.index(lab[target]) for lab in train_labels])
         linear = LogisticRegression(max_iter=2000, C=1.0).fit(train_x, train_y)
+        knn = KNeighborsClassifier(n_neighbors=NEIGHBOURS, metric="cosine").fit(train_x, train_y)
         for kind in KINDS:
             y = np.array([names.index(lab[target]) for lab in prompts[kind][1]])
             x = embedded[kind]
@@ -123,7 +116,7 @@ def probe_dataset(dataset: str, per_combination: int, seed: int) -> list[dict[st
             rows.append({"dataset": dataset, "target": target, "phrasing": kind, "prompts": len(y),
                          "chance": round(1 / len(names), 3),
                          "linear": round(float((predicted == y).mean()), 3),
-                         "knn": round(float((knn_predict(train_x, train_y, x) == y).mean()), 3),
+                         "knn": round(float((knn.predict(x) == y).mean()), 3),
                          "training_captions": len(train_texts),
                          "linear_per_value": per_value(names, y, predicted)})
     return rows
@@ -136,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(["dataset", "target", "phrasing", "prompts", "chance", "linear probe", "15-NN probe"],
                            [[r["dataset"], r["target"], r["phrasing"], r["prompts"], f"{r['chance']:.0%}",
                              f"{r['linear']:.1%}", f"{r['knn']:.1%}"] for r in rows])
-    from bench.common import machine_info, pick_device
-
     emit(table, {"rows": rows, "per_combination": args.per_combination, "seed": args.seed,
                  "machine": machine_info(pick_device("cpu"))}, args.json_out)
     return 0
