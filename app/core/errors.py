@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -50,3 +51,19 @@ def json_depth(text: str | bytes) -> int:
         elif ch in "]}":
             depth -= 1
     return deepest
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a lone UTF-16 surrogate (``"\\udfff"``) in a string or key: JSON's
+    escapes allow one, Python's parser returns it, and it is no character: it cannot be encoded as UTF-8 (for
+    the database, a log line or a PNG chunk), so such input is refused where it is parsed. A valid pair
+    (``"\\ud83d\\ude00"``) is decoded into its one character and passes."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+LONE_SURROGATE_MESSAGE = ("a string in the JSON holds a lone UTF-16 surrogate escape (such as \\udfff), which is "
+                          "not a character; send text as UTF-8 or as complete surrogate pairs")

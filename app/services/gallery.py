@@ -6,6 +6,7 @@ Everything here reads; creating and validating jobs is :mod:`app.services.jobs`,
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,9 @@ def gallery_select(filters: GalleryFilters) -> Select:
     return stmt.order_by(Image.created_at.desc(), Image.job_id.desc(), Image.index)
 
 
+PAGE_NUMBER = re.compile(r"[0-9]{1,9}")  # far past any last page, and int() stays cheap
+
+
 def parse_page_args(args: Any) -> tuple[int, int]:
     """``page`` (>= 1) and ``per_page`` (1..MAX_PER_PAGE) from the query string; GalleryError(400) if bad."""
     values = []
@@ -99,7 +103,8 @@ def parse_page_args(args: Any) -> tuple[int, int]:
         if not raw:
             values.append(default)
             continue
-        if not raw.isdigit() or int(raw) < 1 or (upper is not None and int(raw) > upper):
+        # ASCII digits only: str.isdigit also takes "²" and "①", which int() then refuses
+        if not PAGE_NUMBER.fullmatch(raw) or int(raw) < 1 or (upper is not None and int(raw) > upper):
             bound = f"from 1 to {upper}" if upper else "of at least 1"
             raise GalleryError(400, f"{name} must be a whole number {bound}, got {raw!r}")
         values.append(int(raw))

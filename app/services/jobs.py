@@ -23,7 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
-from app.core.errors import MAX_JSON_DEPTH, ApiError, json_depth
+from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
 from app.core.queue import GENERATE_TASK
@@ -196,12 +196,15 @@ def parse_batch_file(filename: str, data: bytes) -> list[tuple[str, Any]]:
                 raise ApiError(422, f"{filename} line {number}: JSON nested too deeply (more than {MAX_JSON_DEPTH} "
                                     "levels)", line=number)
             try:
-                items.append((f"line {number}", json.loads(line)))
+                item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ApiError(422, f"{filename} line {number}: invalid JSON ({exc.msg})", line=number) from None
             except (RecursionError, ValueError):  # nested too deeply, or an integer of thousands of digits
                 raise ApiError(422, f"{filename} line {number}: JSON nested too deeply or a number too long",
                                line=number) from None
+            if has_lone_surrogate(item):
+                raise ApiError(422, f"{filename} line {number}: {LONE_SURROGATE_MESSAGE}", line=number)
+            items.append((f"line {number}", item))
     else:
         raise ApiError(415, f"batch file {filename!r} must be .csv or .jsonl")
     return items

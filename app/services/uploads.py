@@ -45,6 +45,9 @@ IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # archivers' metadata: skippe
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # a member this big must not be compressed more than DATASET_MAX_RATIO
 CHUNK = 64 * 1024
+# file systems refuse longer names (NAME_MAX is 255 bytes); the whole path stays far below PATH_MAX
+MAX_NAME_PART_BYTES = 255
+MAX_PATH_BYTES = 1024
 PIL_FORMATS = {"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"}
 
 
@@ -92,6 +95,10 @@ def _name_problem(info: zipfile.ZipInfo) -> str | None:
         return "absolute path"
     if ".." in PurePosixPath(name).parts:
         return "path escapes the data set folder ('..')"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_PART_BYTES for part in PurePosixPath(name).parts):
+        return f"a file or folder name is longer than {MAX_NAME_PART_BYTES} bytes"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes"
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         return "symbolic link"
@@ -156,6 +163,9 @@ def plan_archive(zf: zipfile.ZipFile, archive_bytes: int) -> Plan:
             rejected.append(Rejected(info.filename, "hidden file or folder"))
         else:
             kept.append((info, parts))
+    folders = {parts[:i] for _, parts in kept for i in range(1, len(parts))}
+    rejected.extend(Rejected(info.filename, "a later member uses this file as a folder")
+                    for info, parts in kept if parts in folders)
     n_images = sum(1 for _, parts in kept if parts != (CAPTIONS_FILE,))
     if rejected:
         raise UploadRejected(422, f"{len(rejected)} file(s) rejected; nothing was stored", rejected)
@@ -174,9 +184,9 @@ def _extract(zf: zipfile.ZipFile, plan: Plan, staging: Path) -> int:
     total = 0
     for info, parts in plan.members:
         target = staging.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "xb") as dst:
                 while chunk := src.read(CHUNK):
                     written += len(chunk)

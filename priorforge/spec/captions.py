@@ -40,7 +40,12 @@ def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
     problems: list[str] = []
     entries: list[_Entry] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}: {exc.reason})") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         bad = lambda msg: problems.append(f"line {number}: {msg}")  # noqa: E731
@@ -48,6 +53,14 @@ def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             bad(f"not valid JSON ({exc.msg})")
+            continue
+        except (ValueError, RecursionError):  # an integer of thousands of digits, or nested too deeply
+            bad("not valid JSON here (a number too long or nesting too deep)")
+            continue
+        try:  # a lone surrogate escape ("\\udfff") decodes to no character: it could not be written back
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            bad("a string holds a lone UTF-16 surrogate escape, which is not a character")
             continue
         if not isinstance(obj, dict):
             bad(f"expected a JSON object, got {type(obj).__name__}")
@@ -60,7 +73,7 @@ def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
             bad('missing "file" (the image path, relative to the folder)')
         elif (root / file).suffix.lower() not in IMAGE_EXTENSIONS:
             bad(f"file {file!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
-        elif not (root / file).is_file():
+        elif not _is_file(root / file):
             bad(f"file {file!r} does not exist in {root}")
         elif file in seen:
             bad(f"file {file!r} is already listed on line {seen[file]}")
@@ -83,6 +96,14 @@ def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
     if not entries:
         raise DatasetError(f"{path} lists no images")
     return entries
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a name the file system cannot even look up (too long, NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _entry_captions(obj: dict, bad, max_chars: int) -> list[str]:

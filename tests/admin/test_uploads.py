@@ -99,6 +99,36 @@ def test_bad_archives_are_refused_and_leave_nothing(admin_app, upload, tmpdir_gu
     assert os.listdir(tmpdir_guard) == []
 
 
+def captions_zip(captions: bytes, **more: bytes) -> bytes:
+    return make_zip({"img/a.png": png(), "captions.jsonl": captions, **more})
+
+
+# each of these answered 500: the archive's names or captions.jsonl broke the file system or the parser
+@pytest.mark.parametrize("make, file, reason", [
+    (lambda: captions_zip(b'{"file": "img/a.png", "caption": "caf\xe9 au lait"}\n'), "captions.jsonl",
+     "not UTF-8 text (line 1"),
+    (lambda: captions_zip(b'{"file": "img/a.png", "caption": "x", "label": ' + b"7" * 5000 + b"}\n"),
+     "captions.jsonl", "line 1: not valid JSON here (a number too long"),
+    (lambda: captions_zip(b'{"file": "img/a.png", "caption": "a \\udfff dress"}\n'), "captions.jsonl",
+     "line 1: a string holds a lone UTF-16 surrogate"),
+    (lambda: captions_zip(b'{"file": "img/' + b"x" * 300 + b'.png", "caption": "x"}\n'), "captions.jsonl",
+     "does not exist"),
+    (lambda: make_zip({"cls/a.png": png(), "x" * 300 + "/b.png": png()}), "x" * 300 + "/b.png",
+     "longer than 255 bytes"),
+    (lambda: make_zip({"cls/a.png": png(), "/".join(["d" * 200] * 6) + "/b.png": png()}),
+     "/".join(["d" * 200] * 6) + "/b.png", "path longer than 1024 bytes"),
+    (lambda: captions_zip(b'{"file": "img/a.png", "caption": "x"}\n', **{"img/b.png": png(), "img/b.png/c.png": png()}),
+     "img/b.png", "a later member uses this file as a folder"),
+])
+def test_unusable_names_and_captions_are_refused_not_500(admin_app, upload, tmpdir_guard, make, file, reason):
+    response = upload(make(), name="odd")
+    body = response.get_json()
+    assert response.status_code == 422, body
+    assert any(r["file"] == file and reason in r["reason"] for r in body["rejected"]), body
+    assert stored(admin_app) == ([], 0)
+    assert os.listdir(tmpdir_guard) == []
+
+
 def test_a_symlink_member_is_refused(admin_app, upload):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:

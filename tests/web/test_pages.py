@@ -225,6 +225,11 @@ def test_gallery_is_newest_first_and_paginated(web_app, client):
     ("page=two", 400, "page must be a whole number"),
     ("per_page=1000", 400, "per_page must be a whole number from 1 to 96"),
     ("page=9", 404, "page 9 does not exist; the last page is 1"),
+    # digits that str.isdigit takes and int() refuses (these answered 500), and a number of 5,000 digits
+    ("page=%C2%B2", 400, "page must be a whole number of at least 1, got &#39;²&#39;"),
+    ("per_page=%E2%91%A0", 400, "per_page must be a whole number from 1 to 96"),
+    ("page=%D9%A3", 400, "page must be a whole number"),
+    ("page=" + "9" * 5000, 400, "page must be a whole number"),
 ])
 def test_gallery_rejects_bad_page_parameters(web_app, client, query, status, message):
     add_finished_job(web_app, label="1", n=1)
