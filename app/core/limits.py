@@ -8,7 +8,7 @@ One Limiter per app (not a module-level one): its storage is per instance, and t
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
 # the routes that queue work, sharing one RATELIMIT_CREATE budget per client
@@ -31,10 +31,18 @@ def init_limiter(app: Flask) -> Limiter:
     cfg = app.config
     if not cfg.get("RATELIMIT_STORAGE_URI"):
         cfg["RATELIMIT_STORAGE_URI"] = _storage_uri(cfg)
-    cfg.setdefault("RATELIMIT_HEADERS_ENABLED", True)  # Retry-After on a 429, X-RateLimit-* otherwise
+    cfg.setdefault("RATELIMIT_HEADERS_ENABLED", True)  # X-RateLimit-*, and Retry-After on its 429s
     cfg.setdefault("RATELIMIT_SWALLOW_ERRORS", True)  # Redis down: serve without limits rather than fail
     cfg.setdefault("RATELIMIT_KEY_PREFIX", f"{cfg.get('BROKER_KEY_PREFIX') or ''}priorforge")
+    # Retry-After only where it belongs: Flask-Limiter's header injection (an after_request hook) sets it on
+    # every response, 200s included, and raises an answer's own value to its window's reset. The hook below,
+    # registered first, runs after that injection (Flask runs them in reverse): it puts back the value the
+    # answer set itself (the image quota's, the sign-in throttle's: header and body agree), keeps the
+    # Limiter's on its own 429s, and drops it from every other response. The one registered after the
+    # Limiter runs before its injection and notes the answer's own value.
+    app.after_request(_final_retry_after)
     limiter = Limiter(client_key, app=app)
+    app.after_request(_note_own_retry_after)
     create = limiter.shared_limit(lambda: current_app.config["RATELIMIT_CREATE"], scope="create")
     for endpoint in CREATE_ENDPOINTS:
         app.view_functions[endpoint] = create(app.view_functions[endpoint])
@@ -42,3 +50,18 @@ def init_limiter(app: Flask) -> Limiter:
         app.view_functions[endpoint] = limiter.exempt(app.view_functions[endpoint])
     app.extensions["priorforge_limiter"] = limiter
     return limiter
+
+
+def _note_own_retry_after(response: Response) -> Response:
+    if "Retry-After" in response.headers:
+        g.own_retry_after = response.headers["Retry-After"]
+    return response
+
+
+def _final_retry_after(response: Response) -> Response:
+    own = g.pop("own_retry_after", None)
+    if own is not None:
+        response.headers["Retry-After"] = own
+    elif response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+    return response

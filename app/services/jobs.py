@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -257,21 +257,39 @@ def _capability_of(owner: Owner | None, kind: str, resource_id: str) -> str | No
     return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
 
+def check_request_size(images: int) -> None:
+    """ApiError(422) for a request of more images than MAX_IMAGES_IN_FLIGHT_PER_CLIENT: it can never fit, so
+    it gets a final answer, not a "retry later"."""
+    limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
+    if images > limit:
+        raise ApiError(422, f"this asks for {images} images; a client may have at most {limit} queued or running "
+                            "at once, so it can never be accepted: split it into requests of at most that many")
+
+
+def lock_client(client_key: str | None) -> None:
+    """Serialize the creating transactions of one client until their commit, so that the quota's count and
+    the insert it allows are one step: on PostgreSQL an advisory transaction lock on the client key; SQLite
+    has one writer at a time, and the insert that comes before the count (:func:`check_quota`) takes its
+    write lock."""
+    if client_key is not None and db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 23))"),
+                           {"key": f"quota:{client_key}"})
+
+
 def check_quota(client_key: str | None, images: int) -> None:
-    """ApiError(429) when ``client_key`` would have more than MAX_IMAGES_IN_FLIGHT_PER_CLIENT images queued or
-    running. Counted before the insert, so concurrent requests of one client may overshoot by one request."""
+    """ApiError(429) when ``client_key`` has more than MAX_IMAGES_IN_FLIGHT_PER_CLIENT images queued or running,
+    counting the ``images`` of this request, whose rows are already flushed in this transaction after
+    :func:`lock_client`: concurrent requests of one client are counted one after the other and cannot pass
+    the limit together. The caller rolls back on the error."""
     limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
     if client_key is None:
         return
-    if images > limit:
-        raise ApiError(429, f"this asks for {images} images; a client may have at most {limit} queued or "
-                            "running at once", retry_after=QUOTA_RETRY_AFTER)
     busy = db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(
         Job.client_key == client_key, Job.status.in_(("queued", "running")))) or 0
-    if busy + images > limit:
-        raise ApiError(429, f"{busy} of your images are queued or running; with these {images} that would pass "
-                            f"the limit of {limit} per client: wait for some to finish",
-                       retry_after=QUOTA_RETRY_AFTER)
+    if busy > limit:
+        raise ApiError(429, f"{busy - images} of your images are queued or running; with these {images} that would "
+                            f"pass the limit of {limit} per client: wait for some to finish (retry after "
+                            f"{QUOTA_RETRY_AFTER} s)", retry_after=QUOTA_RETRY_AFTER)
 
 
 def lane_of(batch_id: str | None, n: int) -> str:
@@ -301,11 +319,14 @@ def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: Idempotent
     ``idempotent``: the job an earlier request with the same key (of the same client) made, if there is one."""
     if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
         return Created(found, _capability_of(owner, "job", found))
-    check_quota(owner.client_key if owner else None, spec.n)
+    client_key = owner.client_key if owner else None
+    check_request_size(spec.n)
+    lock_client(client_key)
     job = _job_from_spec(spec, owner)
     db.session.add(job)
     db.session.flush()
     job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
+    _check_quota_or_roll_back(client_key, spec.n)
     secret = _capability_of(owner, "job", job_id)
     job.cancel_hash = _secret_hash(secret) if secret else None
     messages = stage_messages([job_id], lane_of(None, spec.n))
@@ -323,7 +344,9 @@ def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
     """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` lane."""
     if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
         return get_batch(found), _capability_of(owner, "batch", found)
-    check_quota(owner.client_key if owner else None, sum(spec.n for spec in specs))
+    client_key, images = owner.client_key if owner else None, sum(spec.n for spec in specs)
+    check_request_size(images)
+    lock_client(client_key)
     source = "".join(c for c in source if ord(c) >= 32)[:200]  # a file name as sent: no NUL or controls
     batch = Batch(source=source, owner_token_id=owner.token_id if owner else None)
     db.session.add(batch)
@@ -334,6 +357,7 @@ def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
     jobs = [_job_from_spec(spec, owner, cancel_hash, batch_id=batch_id, batch_index=i) for i, spec in enumerate(specs)]
     db.session.add_all(jobs)
     db.session.flush()
+    _check_quota_or_roll_back(client_key, images)
     messages = stage_messages([job.id for job in jobs], "bulk")
     if idempotent is not None:
         idempotency.remember(idempotent, batch_id)
@@ -342,6 +366,14 @@ def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
         return get_batch(found), _capability_of(owner, "batch", found)  # type: ignore[arg-type]
     outbox.publish_pending(messages)
     return get_batch(batch_id), secret
+
+
+def _check_quota_or_roll_back(client_key: str | None, images: int) -> None:
+    try:
+        check_quota(client_key, images)
+    except ApiError:
+        db.session.rollback()
+        raise
 
 
 def _commit_or_earlier(idempotent: IdempotentRequest | None) -> bool:

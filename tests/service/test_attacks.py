@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from tests.service.conftest import row_counts
+from tests.service.conftest import pg_url, row_counts  # noqa: F401
 from tests.service.test_hardening import make_app
 
 SURROGATE = '"a \\udfff dress"'  # the JSON text of a string with a lone low surrogate
@@ -48,3 +48,83 @@ def test_a_surrogate_pair_is_a_character_and_passes(tmp_path, checkpoints):
     response = app.test_client().post("/api/v1/jobs", data='{"model": "captions", "prompt": "a \\ud83d\\ude00 dress"}',
                                       content_type="application/json")
     assert response.status_code == 202, response.get_json()
+
+
+# -- the image quota under concurrent requests -----------------------------------------------------------
+def send_at_once(app, count: int, body: dict, **kwargs) -> list:
+    """``count`` POST /api/v1/jobs from one client, released together from as many threads."""
+    import threading
+
+    barrier, responses = threading.Barrier(count), [None] * count
+
+    def send(i: int) -> None:
+        client = app.test_client()
+        barrier.wait()
+        responses[i] = client.post("/api/v1/jobs", json=body, **kwargs)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return responses
+
+
+def images_in_flight(app) -> int:
+    from sqlalchemy import func, select
+
+    from app.core.extensions import db
+    from app.core.models import Job
+
+    with app.app_context():
+        return db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(Job.status == "queued"))
+
+
+def assert_quota_holds(app) -> None:
+    """40 simultaneous 64-image jobs against a quota of 1,024 images: 16 accepted, 24 told to wait."""
+    responses = send_at_once(app, 40, {"label": "1", "n": 64})
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] * 16 + [429] * 24, statuses
+    assert images_in_flight(app) == 1024
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["Retry-After"] == str(refused.get_json()["retry_after"])
+
+
+def test_the_image_quota_holds_under_concurrent_requests_on_sqlite(tmp_path, checkpoints):
+    assert_quota_holds(make_app(tmp_path, checkpoints))
+
+
+@pytest.mark.integration
+def test_the_image_quota_holds_under_concurrent_requests_on_postgresql(tmp_path, checkpoints, pg_url):
+    app = make_app(tmp_path, checkpoints, SQLALCHEMY_DATABASE_URI=pg_url)
+    try:
+        assert_quota_holds(app)
+    finally:
+        with app.app_context():
+            from app.core.extensions import db
+
+            db.session.remove()
+            db.engine.dispose()
+
+
+# -- Retry-After only where it belongs --------------------------------------------------------------------
+def test_retry_after_only_on_answers_that_ask_to_retry(tmp_path, checkpoints):
+    app = make_app(tmp_path, checkpoints, MAX_IMAGES_IN_FLIGHT_PER_CLIENT=64, RATELIMIT_DEFAULT="4 per minute")
+    client = app.test_client()
+    ok = client.get("/api/v1/models")
+    assert ok.status_code == 200 and "Retry-After" not in ok.headers and "X-RateLimit-Limit" in ok.headers
+    created = client.post("/api/v1/jobs", json={"label": "1", "n": 64})
+    assert created.status_code == 202 and "Retry-After" not in created.headers
+    # over the image quota: the header says what the body says
+    over = client.post("/api/v1/jobs", json={"label": "1", "n": 1})
+    assert over.status_code == 429
+    assert over.headers["Retry-After"] == str(over.get_json()["retry_after"]) == "30"
+    assert "retry after 30 s" in over.get_json()["error"]
+    # a request that can never fit: a final 422, nothing to retry
+    never = client.post("/api/v1/batches", json=[{"label": "1", "n": 64}] * 500)
+    assert never.status_code == 422 and "Retry-After" not in never.headers
+    assert "can never be accepted" in never.get_json()["error"]
+    # the rate limit's own 429 keeps its Retry-After
+    limited = [client.get("/api/v1/models") for _ in range(4)][-1]
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    assert client.get("/", environ_base={"REMOTE_ADDR": "10.9.9.9"}).headers.get("Retry-After") is None
