@@ -170,3 +170,44 @@ def test_the_class_head_learns_from_real_images_only(digits_train):
         if seed:
             assert changed(heads[0], model.image_discriminator.class_head) is False
     assert all(torch.equal(a, b) for a, b in zip(*heads))
+
+
+def noise_share_of_codes(model, cond: torch.Tensor, draws: int = 32) -> float:
+    """Share of the code variance that the noise explains, for one condition vector."""
+    model.eval()
+    with torch.no_grad():
+        codes = model.code_generator(torch.randn(draws, model.config.noise_dim), cond.expand(draws, -1))
+    model.train()
+    return float(codes.var(0).sum())
+
+
+def test_diversity_term_makes_a_noise_blind_code_generator_use_its_noise(digits_train):
+    """The diversity-sensitive term: a CG that ignores its noise (its noise weights zeroed) learns to use it
+    when the term is on, and not (or far less) in the same steps without it."""
+    images, labels, _ = digits_train.batch(torch.arange(16))
+    cond = torch.randn(16, 12)
+    spread = {}
+    for weight in (0.0, 4.0):
+        torch.manual_seed(0)
+        model = build_tiny("aae-cg", condition="text", text_dim=12)
+        first = model.code_generator.net[0]
+        with torch.no_grad():
+            first.weight[:, :model.config.noise_dim] = 0  # noise-blind
+        trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=16, device="cpu", progress_bar=False),
+                                          {"diversity_weight": weight})
+        model.train()
+        for _ in range(15):
+            out = trainer.train_step(images, cond, labels)
+        assert ("diversity" in out) == (weight > 0)
+        spread[weight] = noise_share_of_codes(model, cond[:1])
+    assert spread[4.0] > 3 * spread[0.0]
+
+
+def test_diversity_ratio_is_zero_for_copies_and_capped_in_the_loss():
+    fake = torch.zeros(6, 1, 2, 2)
+    noise = torch.randn(6, 5)
+    assert AAECodeGeneratorTrainer._diversity(fake, noise, n=4, pairs=2).item() == 0.0
+    fake[4:] = 1.0  # the second draws differ by 1 per pixel from the first
+    ratio = AAECodeGeneratorTrainer._diversity(fake, noise, n=4, pairs=2)
+    expected = (1.0 / (noise[:2] - noise[4:]).abs().mean(1)).mean()
+    assert ratio.item() == pytest.approx(expected.item())

@@ -75,35 +75,67 @@ def test_stray_pixels_do_not_stretch_the_box():
 
 
 # -- phrasings -----------------------------------------------------------------------------------------
-def all_training_captions(name: str) -> set[str]:
+def training_caption_sample(name: str) -> set[str]:
+    """The caption pools that training draws from, for every class and attribute combination (pool seeds 0-2
+    of each: build_captions numbers its pools in the order the images bring them)."""
     ph = C.PHRASINGS[name]
+    values = {v for a in ph.attributes for v in ph.values[a]}
+    classes = [k for k in ph.train_synonyms if k not in values]
     out = set()
-    classes = [k for k in ph.train_synonyms if k not in {v for a in ph.attributes for v in ph.values[a]}]
     for cls in classes:
         for combo in itertools.product(*(ph.values[a] for a in ph.attributes)):
-            word_lists = [ph.train_synonyms[v] for v in combo]
-            for template, cls_word, *words in itertools.product(ph.train_templates, ph.train_synonyms[cls],
-                                                                *word_lists):
-                out.add(C.render(template, cls_word, dict(zip(ph.attributes, words))))
+            for pool_seed in range(3):
+                out.update(C.caption_pool(ph, cls, dict(zip(ph.attributes, combo)), C.CAPTIONS_PER_COMBINATION,
+                                          np.random.default_rng([0, pool_seed])))
     return out
+
+
+def contains_word(text: str, word: str) -> bool:
+    """``word`` as a whole word or phrase of ``text`` ("jet" is not in "jet-black"'s neighbour "jetty", and a
+    hyphenated word counts as one)."""
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
 
 
 @pytest.mark.parametrize("name", sorted(C.PHRASINGS))
 def test_heldout_prompts_never_occur_in_training_captions(name):
-    training = all_training_captions(name)
     ph = C.PHRASINGS[name]
     assert not set(ph.heldout_templates) & set(ph.train_templates)
-    for key, words in ph.heldout_synonyms.items():
-        assert not set(words) & {w for ws in ph.train_synonyms.values() for w in ws}, key
+    train_words = {w for ws in ph.train_synonyms.values() for w in ws}
+    literals = [re.sub(r"\{\w+\}", "§", t) for t in ph.train_templates]
+    heldout_words = [w for ws in ph.heldout_synonyms.values() for w in ws]
+    assert all(ph.heldout_synonyms.values()), "every class and value has a held-out word"
+    for word in heldout_words:
+        # a caption is a template with words in its slots: a held-out word is in neither
+        assert word not in train_words, word
+        assert not any(contains_word(t, word) for t in [*train_words, *literals]), word
+    sample = training_caption_sample(name)
     for kind in ("heldout", "heldout-synonyms"):
         prompts = [p for p, _, _ in alignment_prompts(name, kind)]
-        assert prompts and not set(prompts) & training
-    assert {p for p, _, _ in alignment_prompts(name, "train")} <= training
-    # not even as a phrase inside a longer training caption ("jet" in "jet-black" would leak)
-    corpus = "\n".join(sorted(training))
-    for words in ph.heldout_synonyms.values():
-        for word in words:
-            assert not re.search(rf"\b{re.escape(word)}\b", corpus), word
+        assert prompts and not set(prompts) & sample
+    corpus = "\n".join(sorted(sample))
+    for word in heldout_words:  # nor across a slot's edge in the captions training really draws
+        assert not contains_word(corpus, word), word
+
+
+def test_words_people_type_reach_training():
+    """Everyday words that users were seen typing are training words of the right class."""
+    expect = {"fashion-mnist-captions": {"Dress": "frock", "Pullover": "jumper", "Sneaker": "trainers",
+                                         "Bag": "purse"},
+              "cifar10-captions": {"truck": "lorry", "dog": "puppy", "airplane": "jet", "cat": "kitten"}}
+    for name, words in expect.items():
+        for cls, word in words.items():
+            assert word in C.PHRASINGS[name].train_synonyms[cls], (name, word)
+
+
+def test_vocabulary_rule_keeps_canonical_and_contained_words_in_training():
+    from training.vocabulary import keep_heldout_unseen, split_words
+
+    split = split_words("frog", "frog", ["frog", "toad", "bullfrog", "tree frog", "froggy", "tadpole"], [])
+    assert split["train"][0] == "frog" and "frog" not in split["heldout"]
+    assert set(split["train"]) | set(split["heldout"]) == {"frog", "toad", "bullfrog", "tree frog", "froggy",
+                                                           "tadpole"}
+    moved = keep_heldout_unseen({"frog": {"train": ["frog", "tree toad"], "heldout": ["toad", "tadpole"]}})
+    assert moved["frog"] == {"train": ["frog", "toad", "tree toad"], "heldout": ["tadpole"]}
 
 
 @pytest.mark.parametrize("name", sorted(C.PHRASINGS))

@@ -79,7 +79,10 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
         if recipe.condition == "class":
             assert card["labels"] and "label_accuracy" in card["metrics"]
         if recipe.condition == "cluster":
-            assert set(card["clusters"]) == {str(k) for k in range(10)}
+            assert set(card["clusters"]) == {str(k) for k in range(recipe.clusters)}
+        assert isinstance(card["caveats"], list)  # a tiny model falls short everywhere: its card says so
+        if recipe.condition == "text":
+            assert card["caveats"] and len(card["per_class"]) == 10  # a row per class
     assert (models / zoo.MONTAGE_FILE).is_file()  # the README's picture: a row per model
     index = (models / "README.md").read_text()
     assert all(f"[{name}]({name}/README.md)" in index for name in zoo.recipe_names())
@@ -124,7 +127,7 @@ def test_every_recipe_is_shipped_within_the_size_limits():
     assert sorted(p.name for p in SHIPPED) == sorted(zoo.recipe_names())
     sizes = {p.name: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for p in SHIPPED}
     assert all(size <= 8 * MB for size in sizes.values()), sizes
-    assert sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file()) <= 40 * MB
+    assert sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file()) <= 60 * MB
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)

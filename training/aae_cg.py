@@ -39,6 +39,14 @@ class AAECodeGeneratorTrainer(Trainer):
         real_q_weight: weight of Q's loss on real labelled images (class models only).
         aux_class_weight: text models with ``aux_classes``: weight of the auxiliary class head's cross-entropy
             (D_I learns it on real images, CG + G on generated ones; TAC-GAN).
+        diversity_weight: weight of the diversity-sensitive term on CG + G (Yang et al., "Diversity-sensitive
+            conditional GANs", 2019): for half the batch a second noise draw with the same condition is
+            decoded, and CG + G maximise ``min(mean|G(CG(z1,s)) - G(CG(z2,s))| / mean|z1 - z2|, diversity_cap)``.
+            Without it a conditional generator learns to ignore its noise (one image per prompt). 0 = off
+            (the paper's objective exactly, and no extra samples).
+        diversity_cap: the ratio above which the diversity term stops pushing (its tau): real images of one
+            class differ by about 0.3-0.5 per pixel in [-1, 1], noise draws by 1.13, so 0.4 asks for real
+            variety and no more.
         text_noise: text models: standard deviation of Gaussian noise added to the condition vector fed to CG
             (StackGAN's conditioning augmentation): nearby sentences map to the same images, so wording never
             seen in training still lands on what it means. 0 = off.
@@ -55,6 +63,8 @@ class AAECodeGeneratorTrainer(Trainer):
         "real_q_weight": 1.0,
         "aux_class_weight": 1.0,
         "text_noise": 0.0,
+        "diversity_weight": 0.0,
+        "diversity_cap": 0.4,
         "beta1": 0.5,
     }
     model: CodeGeneratorAAE
@@ -109,10 +119,13 @@ class AAECodeGeneratorTrainer(Trainer):
         # forward passes under self.autocast() (mixed precision when TrainConfig.amp is on; the BCE, CE and MSE
         # losses are computed in fp32 by autocast itself)
         # --- prior-improvement phase: D_I, then CG + G (Eq. 4, Eq. 7) ---
+        pairs = n // 2 if h["diversity_weight"] else 0  # rows drawn a second time for the diversity term
         with self.autocast():
-            noise = self.randn(n, m.config.noise_dim)
-            z_c = m.code_generator(noise, s_gen)  # (B, latent_dim)
-            fake = m.decoder(z_c)  # (B, C, H, W)
+            noise = self.randn(n + pairs, m.config.noise_dim)
+            # one CG pass over both draws: the BatchNorm statistics see them together
+            z_all = m.code_generator(noise, torch.cat([s_gen, s_gen[:pairs]]))  # (B + pairs, latent_dim)
+            fake_all = m.decoder(z_all)  # (B + pairs, C, H, W)
+            z_c, fake = z_all[:n], fake_all[:n]
             real_logit, real_q, real_aux = m.image_discriminator.judge(images, di_cond)
             fake_logit, fake_q, _ = m.image_discriminator.judge(fake.detach(), di_cond)
             # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
@@ -133,7 +146,11 @@ class AAECodeGeneratorTrainer(Trainer):
             info_loss = self._q_loss(gen_q, s, q_targets)
             gen_adv = _bce(gen_logit, 1.0)
             aux_loss = F.cross_entropy(gen_aux, aux) if aux is not None else torch.zeros((), device=self.device)
-        self.backward_step(gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss, "prior")
+            diversity = self._diversity(fake_all, noise, n, pairs)
+        prior_loss = gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss
+        if pairs:
+            prior_loss = prior_loss - h["diversity_weight"] * diversity.clamp(max=h["diversity_cap"])
+        self.backward_step(prior_loss, "prior")
 
         # --- AAE phase: D_C, then E + G (Eq. 5/8, Eq. 6) ---
         dc_cond = s if m.config.condition in ("class", "text") else None
@@ -160,4 +177,16 @@ class AAECodeGeneratorTrainer(Trainer):
                 "rec_pix": pixel_loss.item(), "e_adv": enc_adv.item()}
         if aux is not None:
             out["aux_cls"] = aux_loss.item()
+        if pairs:
+            out["diversity"] = diversity.item()
         return out
+
+    @staticmethod
+    def _diversity(fake_all: Tensor, noise: Tensor, n: int, pairs: int) -> Tensor:
+        """Mean per-pixel distance of the paired samples over the mean distance of their noise draws (DSGAN's
+        ratio; 0 when the generator ignores its noise)."""
+        if not pairs:
+            return torch.zeros((), device=noise.device)
+        image_gap = (fake_all[:pairs].float() - fake_all[n:].float()).abs().flatten(1).mean(1)  # (pairs,)
+        noise_gap = (noise[:pairs] - noise[n:]).abs().mean(1)  # (pairs,)
+        return (image_gap / noise_gap).mean()

@@ -56,6 +56,14 @@ class Phrasing:
     heldout_synonyms: dict[str, tuple[str, ...]]
 
 
+def _words(dataset: str, part: str) -> dict[str, tuple[str, ...]]:
+    """Class name or attribute value -> its training words (the first is the canonical one) or its held-out
+    words, from ``training/vocabulary.json`` (:mod:`training.vocabulary`: WordNet and everyday words)."""
+    from training.vocabulary import load
+
+    return {key: tuple(entry[part]) for key, entry in load(dataset).items()}
+
+
 CIFAR_PHRASING = Phrasing(
     attributes=("color",),
     values={"color": attrs.COLOR_NAMES},
@@ -80,38 +88,8 @@ CIFAR_PHRASING = Phrasing(
         "there is a {color} {cls} in this image", "you can see a {cls}, colored {color}",
         "my {color} {cls}", "snapshot showing one {color} {cls}",
     ),
-    train_synonyms={
-        "airplane": ("airplane", "plane", "aeroplane", "aircraft", "airliner", "passenger plane", "propeller plane"),
-        "automobile": ("car", "automobile", "hatchback", "motor car", "station wagon", "sports car", "convertible",
-                       "coupe"),
-        "bird": ("bird", "little bird", "sparrow", "finch", "robin", "seagull", "parrot"),
-        "cat": ("cat", "kitty", "house cat", "tomcat", "tabby cat", "pet cat"),
-        "deer": ("deer", "doe", "roe deer", "reindeer", "stag", "elk"),
-        "dog": ("dog", "puppy", "pup", "doggy", "terrier", "retriever", "poodle"),
-        "frog": ("frog", "toad", "tree frog", "amphibian", "pond frog"),
-        "horse": ("horse", "pony", "mare", "foal", "racehorse", "colt"),
-        "ship": ("ship", "boat", "cargo ship", "ferry", "steamer", "cruise ship", "sailboat", "tanker"),
-        "truck": ("truck", "lorry", "pickup truck", "dump truck", "delivery truck", "tow truck", "cement truck"),
-        "red": ("red", "crimson", "cherry-red", "ruby", "brick red"),
-        "orange": ("orange", "tangerine", "copper", "rust-orange", "pumpkin orange"),
-        "yellow": ("yellow", "golden", "mustard", "canary-yellow", "sunflower yellow"),
-        "green": ("green", "emerald", "olive", "leafy green", "lime", "forest green"),
-        "blue": ("blue", "navy", "sky-blue", "cobalt", "royal blue", "turquoise"),
-        "purple": ("purple", "violet", "lavender", "lilac", "mauve", "indigo"),
-        "pink": ("pink", "rose", "salmon", "magenta", "fuchsia", "hot pink"),
-        "brown": ("brown", "chocolate", "tan", "chestnut", "bronze", "caramel"),
-        "white": ("white", "snowy", "cream", "milky white", "pearl white", "chalk-white"),
-        "grey": ("grey", "gray", "silver", "ash-grey", "charcoal grey"),
-        "black": ("black", "inky black", "pitch-black", "coal-black", "midnight black"),
-    },
-    heldout_synonyms={
-        "airplane": ("jet",), "automobile": ("sedan",), "bird": ("songbird",), "cat": ("kitten",),
-        "deer": ("fawn",), "dog": ("hound",), "frog": ("bullfrog",), "horse": ("stallion",),
-        "ship": ("vessel",), "truck": ("semi truck",),
-        "red": ("scarlet",), "orange": ("amber",), "yellow": ("lemon",), "green": ("jade",), "blue": ("azure",),
-        "purple": ("plum",), "pink": ("blush",), "brown": ("coffee",), "white": ("ivory",), "grey": ("slate",),
-        "black": ("ebony",),
-    },
+    train_synonyms=_words("cifar10-captions", "train"),
+    heldout_synonyms=_words("cifar10-captions", "heldout"),
 )
 
 FASHION_PHRASING = Phrasing(
@@ -139,40 +117,8 @@ FASHION_PHRASING = Phrasing(
         "you are looking at a {cls} that is {shape} and {tone}", "one {tone} {cls}, rather {shape}",
         "catalogue shot: {shape} {cls}, {tone} fabric",
     ),
-    train_synonyms={
-        "T-shirt/top": ("t-shirt", "top", "tank top", "short-sleeved top", "tshirt", "crew-neck t-shirt",
-                        "sleeveless top", "vest top", "camisole", "polo top"),
-        "Trouser": ("pair of trousers", "pair of pants", "pair of jeans", "pair of leggings", "pair of chinos",
-                    "pair of joggers", "pair of sweatpants", "pair of cargo pants"),
-        "Pullover": ("pullover", "sweater", "knit sweater", "sweatshirt", "long-sleeved knit", "cardigan", "knitwear",
-                     "woolly sweater", "turtleneck", "crew-neck sweater"),
-        "Dress": ("dress", "gown", "sundress", "evening dress", "cocktail dress", "maxi dress", "summer dress",
-                  "shift dress"),
-        "Coat": ("coat", "jacket", "parka", "raincoat", "anorak", "trench coat", "puffer jacket", "winter coat",
-                 "peacoat"),
-        "Sandal": ("sandal", "flip-flop", "open-toed sandal", "summer sandal", "slide", "gladiator sandal",
-                   "heeled sandal", "beach sandal", "espadrille"),
-        "Shirt": ("shirt", "blouse", "work shirt", "collared shirt", "oxford shirt", "flannel shirt", "denim shirt",
-                  "linen shirt"),
-        "Sneaker": ("sneaker", "trainer", "sports shoe", "tennis shoe", "low-top sneaker", "athletic shoe",
-                    "jogging shoe", "gym shoe", "canvas sneaker"),
-        "Bag": ("bag", "handbag", "tote bag", "shoulder bag", "satchel", "clutch", "backpack", "shopping bag",
-                "leather bag"),
-        "Ankle boot": ("ankle boot", "boot", "short boot", "chelsea boot", "heeled boot", "desert boot",
-                       "chukka boot", "winter boot", "leather boot"),
-        "dark": ("dark", "dim", "deep-toned", "dark-coloured", "blackish", "black", "charcoal", "shadowy",
-                 "dark grey", "murky"),
-        "light": ("light", "pale", "light-coloured", "whitish", "pastel", "white", "light grey", "luminous",
-                  "bleached", "faded"),
-        "narrow": ("narrow", "slim", "thin", "slender", "tight", "fitted", "lean", "close-fitting", "tapered"),
-        "wide": ("wide", "broad", "loose", "baggy", "oversized", "voluminous", "boxy", "relaxed-fit", "ample"),
-    },
-    heldout_synonyms={
-        "T-shirt/top": ("tee",), "Trouser": ("pair of slacks",), "Pullover": ("jumper",), "Dress": ("frock",),
-        "Coat": ("overcoat",), "Sandal": ("strappy shoe",), "Shirt": ("button-up shirt",),
-        "Sneaker": ("running shoe",), "Bag": ("purse",), "Ankle boot": ("bootie",),
-        "dark": ("dusky",), "light": ("bright",), "narrow": ("skinny",), "wide": ("roomy",),
-    },
+    train_synonyms=_words("fashion-mnist-captions", "train"),
+    heldout_synonyms=_words("fashion-mnist-captions", "heldout"),
 )
 
 PHRASINGS = {"cifar10-captions": CIFAR_PHRASING, "fashion-mnist-captions": FASHION_PHRASING}
@@ -291,7 +237,7 @@ def dataset_choices() -> str:
 
 def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split = "train", *,
                            image_size: int | None = None, captions_per_image: int = DEFAULT_CAPTIONS_PER_IMAGE,
-                           seed: int = 0) -> ImageData:
+                           seed: int = 0, channels: int | None = None) -> ImageData:
     """Split ``split`` of a captioned data set with RAW 384-D caption embeddings (see the module doc).
 
     Args:
@@ -300,6 +246,8 @@ def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split
         image_size: resize to this square size (default: the set's own; 64 for folders of photos).
         captions_per_image: captions generated per image (built-in sets only).
         seed: seeds the caption phrasing (built-in sets only; the same seed gives the same captions).
+        channels: 1 (grey) or 3 (RGB) for folders of images (``captions:<folder>``, flowers; default 3); the
+            built-in sets keep their own (Fashion-MNIST grey, CIFAR-10 colour).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -307,11 +255,11 @@ def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split
         folder = name[len(GENERIC_PREFIX):]
         if not folder:
             raise DatasetError(f"--dataset {GENERIC_PREFIX}<folder>: the folder is missing")
-        return load_jsonl_captions(folder, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+        return load_jsonl_captions(folder, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE, channels or 3)
     if name == "oxford102-flowers":
         if data_root is None:
             raise DatasetError("oxford102-flowers needs --data-root (the folder holding jpg/ and text_c10/)")
-        return load_text_c10(data_root, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+        return load_text_c10(data_root, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE, channels or 3)
     if name not in PHRASINGS:
         raise DatasetError(f"unknown data set {name!r}; valid: {dataset_choices()}")
     if captions_per_image < 1:
@@ -324,7 +272,9 @@ def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split
 
 
 # -- the generic jsonl format (parsed by priorforge.spec.captions) --------------------------------
-def load_jsonl_captions(folder: str | Path, split: Split, image_size: int) -> ImageData:
+def load_jsonl_captions(folder: str | Path, split: Split, image_size: int, channels: int = 3) -> ImageData:
+    """Split ``split`` of a folder with ``captions.jsonl``: images as ``channels`` (1: grey, 3: RGB) x
+    ``image_size`` squares, labels where the lines have them (-1 elsewhere), the raw caption embeddings."""
     entries = parse_captions_jsonl(folder)
     if any(e.split is not None for e in entries):
         chosen = [e for e in entries if (e.split or "train") == split]
@@ -335,7 +285,7 @@ def load_jsonl_captions(folder: str | Path, split: Split, image_size: int) -> Im
     label_names = sorted({str(e.label) for e in entries if e.label is not None},
                          key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
     labels = [label_names.index(str(e.label)) if e.label is not None else -1 for e in chosen]
-    images = _decode_images([e.file for e in chosen], image_size)
+    images = _decode_images([e.file for e in chosen], image_size, channels)
     data = ImageData(f"{GENERIC_PREFIX}{Path(folder).name}", images, torch.tensor(labels, dtype=torch.long),
                      label_names)
     return attach_captions(data, [e.captions for e in chosen])
@@ -349,8 +299,10 @@ def _holdout(items: list, split: Split, every: int = 10) -> list:
     return [x for i, x in enumerate(items) if (i in test_index) == (split == "test")]
 
 
-def _decode_images(paths: Sequence[Path], size: int) -> Tensor:
-    """uint8 ``(N, 3, size, size)``, centre-cropped and resized."""
+def _decode_images(paths: Sequence[Path], size: int, channels: int = 3) -> Tensor:
+    """uint8 ``(N, channels, size, size)``, centre-cropped and resized (1 channel: Pillow's grey, "L")."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
     from PIL import Image, UnidentifiedImageError
 
     from training.data import _center_crop_resize
@@ -359,17 +311,18 @@ def _decode_images(paths: Sequence[Path], size: int) -> Tensor:
     for path in paths:
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (size, size):
                     img = _center_crop_resize(img, size)
-                out.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+                array = np.asarray(img, dtype=np.uint8)
+                out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         except (UnidentifiedImageError, OSError) as exc:
             raise DatasetError(f"{path}: not a readable image ({exc})") from None
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
 
 
 # -- Oxford-102 flowers, Reed et al.'s text_c10 layout ----------------------------------------------
-def load_text_c10(data_root: str | Path, split: Split, image_size: int) -> ImageData:
+def load_text_c10(data_root: str | Path, split: Split, image_size: int, channels: int = 3) -> ImageData:
     """``<root>/jpg/image_XXXXX.jpg`` + ``<root>/text_c10/class_XXXXX/image_XXXXX.txt``."""
     root = Path(data_root).expanduser()
     if not (root / "text_c10").is_dir() and (root / "flowers" / "text_c10").is_dir():
@@ -404,7 +357,7 @@ def load_text_c10(data_root: str | Path, split: Split, image_size: int) -> Image
         raise DatasetError(f"oxford102-flowers: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:50]))
     if not items:
         raise DatasetError(f"oxford102-flowers: no images in the {split!r} split under {root}")
-    images = _decode_images([i for i, _, _ in items], image_size)
+    images = _decode_images([i for i, _, _ in items], image_size, channels)
     labels = torch.tensor([label for _, _, label in items], dtype=torch.long)
     data = ImageData("oxford102-flowers", images, labels, classes)
     return attach_captions(data, [c for _, c, _ in items])

@@ -11,6 +11,7 @@ attribute extractor (:mod:`training.attributes`; Fashion-MNIST's shape threshold
 from __future__ import annotations
 
 import itertools
+import statistics
 from typing import Any
 
 import torch
@@ -114,9 +115,12 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
                      data_root: str, real_per_class: int = 200) -> dict[str, Any]:
     """How varied one prompt's samples are: the mean pairwise distance of their classifier features, divided
     by the same for real test images of the prompt's class (1 = as varied as real images of that kind; a
-    model that draws one image per prompt gives 0). Averaged over prompts, and per class."""
-    from training.data import load_dataset
+    model that draws one image per prompt gives 0). Mean, median and minimum over prompts, and per class; with
+    ``text_feature_fid``, the Frechet distance between every prompt's samples and the (class-balanced) real
+    test images in the same classifier features."""
     from priorforge.spec.datasets import image_dataset_name
+    from training.data import load_dataset
+    from training.evaluate import frechet_distance
 
     test = load_dataset(image_dataset_name(name), data_root, "test")
     real_spread: dict[str, float] = {}
@@ -130,8 +134,13 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
         spread = mean_pairwise_distance(features[start:start + n_per_prompt])
         ratios.setdefault(cls, []).append(spread / max(real_spread[cls], 1e-12))
     per_class = {cls: round(sum(v) / len(v), 4) for cls, v in ratios.items()}
-    overall = sum(sum(v) for v in ratios.values()) / sum(len(v) for v in ratios.values())
-    return {"text_diversity": round(overall, 4), "text_diversity_per_class": per_class}
+    every = [r for v in ratios.values() for r in v]
+    # class-matched feature FID: the prompts cover every class equally, as the balanced test set does
+    real_features, _ = classifier.features_and_logits(to_float(test.images))
+    return {"text_diversity": round(sum(every) / len(every), 4),
+            "text_diversity_median": round(statistics.median(every), 4),
+            "text_diversity_min": round(min(every), 4), "text_diversity_per_class": per_class,
+            "text_feature_fid": round(frechet_distance(real_features, features), 4)}
 
 
 def _predict(classifier: Any, images: Tensor) -> Tensor:
@@ -160,7 +169,11 @@ def _summarise(name: str, prompts: list, n: int, class_ok: Tensor, found: dict[s
         table[attr] = {"all_prompts": _shares(found[attr], names)}
         for k, value in enumerate(names):
             table[attr][value] = _shares(found[attr][wanted == k], names)
+    per_class: dict[str, list[bool]] = {}
+    for (_, cls, _), start in zip(prompts, range(0, len(class_ok), n)):
+        per_class.setdefault(cls, []).extend(bool(x) for x in class_ok[start:start + n])
     return {
+        "text_class_accuracy_per_class": {cls: round(sum(v) / len(v), 4) for cls, v in per_class.items()},
         "text_phrasing": phrasing, "text_prompts": len(prompts), "text_samples_per_prompt": n,
         "text_example_prompts": [p for p, _, _ in prompts[:3]],
         "text_class_accuracy": float(class_ok.double().mean()),

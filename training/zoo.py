@@ -60,6 +60,8 @@ class Recipe:
         examples: what the form offers to try: labels, or 4-6 prompts for a text model.
         default: the model a job gets when it names none (exactly one recipe).
         keep_encoder: the export keeps the encoder, so ``priorforge interpolate`` / ``mix`` work with it.
+        clusters: cluster models only: how many clusters the model learns (``--clusters``).
+        known_limits: what a person sees that no metric here states (shown with the measured caveats).
     """
 
     name: str
@@ -74,6 +76,8 @@ class Recipe:
     examples: tuple[str, ...] = ()
     default: bool = False
     keep_encoder: bool = False
+    clusters: int = 10
+    known_limits: tuple[str, ...] = ()
 
     def train_args(self, data_root: str, out: str, tiny: bool = False) -> list[str]:
         """The ``priorforge train`` arguments (after ``priorforge``)."""
@@ -81,6 +85,8 @@ class Recipe:
         args = ["train", "--model", self.backend, "--dataset", self.dataset, "--condition", self.condition,
                 "--data-root", data_root, "--out", out, *budget, "--batch-size", "16" if tiny else "64",
                 "--seed", "0"]
+        if self.condition == "cluster":
+            args += ["--clusters", str(self.clusters)]
         options = {**self.options, **({k: v for k, v in TINY_OPTIONS.items() if k in self.options} if tiny else {})}
         for key, value in options.items():
             args += ["--set", f"{key}={json.dumps(value, separators=(',', ':'))}"]
@@ -94,6 +100,13 @@ def _number(x: float) -> str:
 
 
 MNIST_SIZES = {"base_channels": 32, "hidden_dim": 512, "disc_hidden": 512}
+# text AAEs: conditioning augmentation, and the diversity-sensitive term that keeps CG from ignoring its noise
+# (docs/models.md, "Noise that matters")
+TEXT_AAE_HPARAMS = {"text_noise": 0.2, "diversity_weight": 4.0}
+FASHION_PROMPTS = ("a dark, wide pullover", "a light, narrow dress", "a pair of dark trousers", "a pale sneaker",
+                   "a dark ankle boot", "a light handbag")
+CIFAR_PROMPTS = ("a red car", "a photo of a white ship", "a green frog", "a brown horse", "a blue airplane",
+                 "a yellow truck")
 
 RECIPES: tuple[Recipe, ...] = (
     Recipe(
@@ -105,30 +118,39 @@ RECIPES: tuple[Recipe, ...] = (
         name="fashion-text", title="Fashion-MNIST garments from a text prompt",
         description="The code-generator AAE conditioned on a sentence: name a garment, and optionally its tone "
                     "(dark or light) and cut (wide or narrow).",
-        backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=25,
-        options={**MNIST_SIZES, "aux_classes": 10}, hparams={"text_noise": 0.2},
-        examples=("a dark, wide pullover", "a light, narrow dress", "a pair of dark trousers", "a pale sneaker",
-                  "a dark ankle boot", "a light handbag")),
+        backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=30,
+        options={**MNIST_SIZES, "aux_classes": 10}, hparams=TEXT_AAE_HPARAMS, examples=FASHION_PROMPTS),
     Recipe(
         name="cifar10-text", title="CIFAR-10 photos from a text prompt (32x32 colour)",
         description="The code-generator AAE conditioned on a sentence naming one of CIFAR-10's ten kinds of "
                     "object and, optionally, its colour.",
         backend="aae-cg", dataset="cifar10-captions", condition="text", cpu_minutes=60,
-        options={**MNIST_SIZES, "aux_classes": 10, "upsample": "nearest"}, hparams={"text_noise": 0.2},
-        examples=("a red car", "a photo of a white ship", "a green frog", "a brown horse", "a blue airplane",
-                  "a yellow truck")),
+        options={**MNIST_SIZES, "aux_classes": 10, "upsample": "nearest"}, hparams=TEXT_AAE_HPARAMS,
+        examples=CIFAR_PROMPTS),
     Recipe(
         name="mnist-clusters", title="Handwritten digits (MNIST), by learned cluster",
-        description="The unsupervised code-generator AAE: trained without labels, it found 10 clusters of its "
-                    "own; ask for a cluster (its card says which digits each one holds).",
-        backend="aae-cg", dataset="mnist", condition="cluster", cpu_minutes=15, options=dict(MNIST_SIZES),
-        examples=("0", "4", "8")),
+        description="The unsupervised code-generator AAE: trained without labels, it found 30 clusters of its "
+                    "own; ask for a cluster (its card says which digit each one holds).",
+        backend="aae-cg", dataset="mnist", condition="cluster", cpu_minutes=20, options=dict(MNIST_SIZES),
+        clusters=30, examples=("0", "4", "8")),
     Recipe(
         name="fashion-glf", title="Fashion-MNIST garments by class, generative latent flow",
         description="The GLF backend (an autoencoder and a normalising flow on its codes) with a class label: "
                     "stable, non-adversarial training and fast sampling.",
         backend="glf", dataset="fashion-mnist", condition="class", cpu_minutes=15,
         options={"base_channels": 32, "hidden_dim": 512}, examples=("Sneaker", "Bag", "Dress"), keep_encoder=True),
+    Recipe(
+        name="fashion-text-glf", title="Fashion-MNIST garments from a text prompt, generative latent flow",
+        description="The GLF backend with the sentence as the flow prior's condition: the same prompts as "
+                    "fashion-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
+        backend="glf", dataset="fashion-mnist-captions", condition="text", cpu_minutes=20,
+        options={"base_channels": 32, "hidden_dim": 512}, examples=FASHION_PROMPTS, keep_encoder=True),
+    Recipe(
+        name="cifar10-text-glf", title="CIFAR-10 photos from a text prompt, generative latent flow (32x32 colour)",
+        description="The GLF backend with the sentence as the flow prior's condition: the same prompts as "
+                    "cifar10-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
+        backend="glf", dataset="cifar10-captions", condition="text", cpu_minutes=25,
+        options={"base_channels": 32, "hidden_dim": 512}, examples=CIFAR_PROMPTS, keep_encoder=True),
 )
 
 
@@ -186,6 +208,8 @@ def check_trained_by(recipe: Recipe, folder: Path, tiny: bool) -> None:
         problems.append(f"data set {config.get('dataset')!r}")
     if training.get("max_cpu_seconds") != expected_cpu or training.get("seed") != 0:
         problems.append(f"budget {training.get('max_cpu_seconds')} CPU s, seed {training.get('seed')}")
+    if recipe.condition == "cluster" and config.get("model_config", {}).get("num_classes") != recipe.clusters:
+        problems.append(f"{config.get('model_config', {}).get('num_classes')} clusters")
     options = {k: v for k, v in recipe.options.items() if not tiny or k not in TINY_OPTIONS}
     for key, value in options.items():
         saved = config.get("model_config", {}).get(key)
@@ -240,7 +264,53 @@ def summary(recipe: Recipe, metrics: dict[str, Any]) -> dict[str, Any]:
         out[f"text_class_accuracy[{phrasing}]"] = _round(m["text_class_accuracy"])
         for attr, value in m["text_attribute_accuracy_per_attribute"].items():
             out[f"text_{attr}_accuracy[{phrasing}]"] = _round(value)
+        if phrasing == "heldout":  # variety and image quality: one phrasing says it (the others agree)
+            for key in ("text_diversity_median", "text_diversity_min", "text_feature_fid"):
+                if m.get(key) is not None:
+                    out[f"{key}[{phrasing}]"] = _round(m[key])
     return out
+
+
+# below these a card says, in words, that the model falls short (the issue's bars for a model worth showing)
+DIVERSITY_BAR, DIVERSITY_FLOOR, CLASS_BAR, WORDS_BAR, ATTRIBUTE_BAR, PURITY_BAR = 0.6, 0.4, 0.8, 0.6, 0.6, 0.8
+
+
+def caveats(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
+    """Where the model falls short by its own evaluation, in plain words (empty when it clears every bar)."""
+    out = []
+    label = metrics.get("label_accuracy")
+    if recipe.condition == "class" and isinstance(label, float) and label < CLASS_BAR + 0.1:
+        out.append(f"It draws the class asked for {label:.0%} of the time.")
+    purity = metrics.get("cluster_sample_purity")
+    if recipe.condition == "cluster" and isinstance(purity, float) and purity < PURITY_BAR:
+        out.append(f"Its clusters mix digits: {purity:.0%} of a cluster's samples are its main digit.")
+    by_phrasing = metrics.get("text_alignment_by_phrasing") or {}
+    held = by_phrasing.get("heldout") or {}
+    if held:
+        median, low = held.get("text_diversity_median"), held.get("text_diversity_min")
+        if median is not None and median < DIVERSITY_BAR:
+            out.append(f"Samples of one prompt look alike: their variety is {median:.2f} of real images' "
+                       f"(1.0 = as varied as real photos of that kind).")
+        elif low is not None and low < DIVERSITY_FLOOR:
+            out.append(f"Some prompts give near-copies (the least varied prompt: {low:.2f} of real images' variety).")
+        if held["text_class_accuracy"] < CLASS_BAR:
+            out.append(f"It draws the object a prompt names {held['text_class_accuracy']:.0%} of the time.")
+        for attr, value in held["text_attribute_accuracy_per_attribute"].items():
+            if value < ATTRIBUTE_BAR:
+                out.append(f"It follows the {attr} word {value:.0%} of the time.")
+    words = (by_phrasing.get("heldout-synonyms") or {}).get("text_class_accuracy")
+    if words is not None and words < WORDS_BAR:
+        out.append(f"Words outside its training vocabulary often miss: {words:.0%} of prompts with held-out "
+                   "words get the object right.")
+    return out + list(recipe.known_limits)
+
+
+def per_class_table(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Text models: per class, the share of held-out prompts drawn as that class and their variety."""
+    held = (metrics.get("text_alignment_by_phrasing") or {}).get("heldout") or {}
+    accuracy, variety = held.get("text_class_accuracy_per_class") or {}, held.get("text_diversity_per_class") or {}
+    return {cls: {"class_accuracy": accuracy[cls], **({"diversity": variety[cls]} if cls in variety else {})}
+            for cls in accuracy}
 
 
 def _round(x: Any) -> Any:
@@ -284,7 +354,8 @@ def export_and_describe(recipe: Recipe, checkpoint: Path, models_dir: Path, trai
         "image_shape": list(info.image_shape), "default": recipe.default, "examples": list(recipe.examples),
         "labels": list(info.class_names) if recipe.condition == "class" else [],
         "clusters": cluster_names(metrics) if recipe.condition == "cluster" else {},
-        "metrics": summary(recipe, metrics), "evaluation_samples": TINY_EVAL_SAMPLES if tiny else EVAL_SAMPLES,
+        "metrics": summary(recipe, metrics), "caveats": caveats(recipe, metrics),
+        "per_class": per_class_table(metrics), "evaluation_samples": TINY_EVAL_SAMPLES if tiny else EVAL_SAMPLES,
         "training": training,
         "export": {"command": f"priorforge export {checkpoint} --out models/{recipe.name}"
                               + (" --keep-encoder" if recipe.keep_encoder else ""),
@@ -337,7 +408,8 @@ def render_index(models_dir: Path) -> str:
              "Built by `bash scripts/build-models.sh` (`priorforge zoo build`: train within the recorded CPU budget, "
              "evaluate on 5,000 samples, export in fp16, write the card). `scripts/run.sh` serves every folder "
              "here that has a `card.json`, under that name.", "", f"![a row per model]({MONTAGE_FILE})", "",
-             "| model | what | try | headline metric | CPU minutes | size |", "| --- | --- | --- | --- | --- | --- |"]
+             "| model | what | try | headline metric | diversity | CPU minutes | size |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for recipe in RECIPES:
         card = read_card(models_dir / recipe.name)
         if card is None:
@@ -345,8 +417,10 @@ def render_index(models_dir: Path) -> str:
         key = HEADLINE.get(card["condition"], "feature_fid")
         value = card["metrics"].get(key)
         shown = f"{key} {value:.1%}" if isinstance(value, float) and "fid" not in key else f"{key} {value}"
+        variety = card["metrics"].get("text_diversity_median[heldout]")
         lines.append(f"| [{card['name']}]({card['name']}/README.md) | {card['title']} | `{card['examples'][0]}` | "
-                     f"{shown} | {card['training']['cpu_seconds'] / 60:.1f} | {card['size_bytes'] / 2**20:.1f} MiB |")
+                     f"{shown} | {'-' if variety is None else variety} | {card['training']['cpu_seconds'] / 60:.1f} | "
+                     f"{card['size_bytes'] / 2**20:.1f} MiB |")
     return "\n".join(lines + [""])
 
 
@@ -391,6 +465,9 @@ def render_card(card: dict[str, Any]) -> str:
              f"- Weights: {card['export']['precision']}, inference only"
              f"{' (the encoder kept, for interpolate and mix)' if card.get('keeps_encoder') else ''}; the pixels "
              f"stay within {card['export']['max_abs_pixel_diff']} of 255 levels of the full-precision model.", ""]
+    if card.get("caveats"):
+        lines += ["**Limits of this model** (its own evaluation):", ""]
+        lines += [f"- {c}" for c in card["caveats"]] + [""]
     if card["examples"]:
         lines += ["Try: " + ", ".join(f"`{e}`" for e in card["examples"]), ""]
     if card["clusters"]:
@@ -399,6 +476,12 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [f"## Metrics ({card['evaluation_samples']} samples, the project's own evaluation)", "",
               "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
+    if card.get("per_class"):
+        lines += ["", "Per class, held-out wording (class: share of samples drawn as the class asked for; "
+                  "diversity: 1.0 = as varied as real images of the class):", "",
+                  "| class | class accuracy | diversity |", "| --- | --- | --- |"]
+        lines += [f"| {cls} | {v['class_accuracy']:.1%} | {v.get('diversity', '-')} |"
+                  for cls, v in card["per_class"].items()]
     lines += ["", "All figures, per class and per phrasing: [metrics.json](metrics.json). How they are measured: "
               "[docs/results.md](../../docs/results.md).", "", "## Recipe", "", "```bash", t["command"],
               card["export"]["command"], "```",
@@ -447,6 +530,9 @@ def refresh_cards(models_dir: str | Path) -> list[Path]:
         if card is None:
             continue
         card["keeps_encoder"] = recipe.keep_encoder
+        if (folder / "metrics.json").is_file():  # the caveats and per-class table follow the current rules
+            evaluation = json.loads((folder / "metrics.json").read_text()).get("evaluation") or {}
+            card["caveats"], card["per_class"] = caveats(recipe, evaluation), per_class_table(evaluation)
         (folder / CARD_README).write_text(render_card(card))
         card["size_bytes"] = folder_size(folder)
         write_json_atomic(folder / CARD_FILE, card)

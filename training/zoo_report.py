@@ -26,7 +26,7 @@ def _headline(card: dict[str, Any]) -> str:
         return f"label accuracy {_pct(m.get('label_accuracy'))}"
     if card["condition"] == "cluster":
         return (f"sample purity {_pct(m.get('cluster_sample_purity'))}, "
-                f"{m.get('cluster_classes_covered')} of 10 classes have a cluster")
+                f"{m.get('cluster_classes_covered')} of 10 classes have a cluster ({len(card['clusters'])} clusters)")
     return (f"class {_pct(m.get('text_class_accuracy[train]'))} / {_pct(m.get('text_class_accuracy[heldout]'))}"
             f" / {_pct(m.get('text_class_accuracy[heldout-synonyms]'))} (training / held-out / synonyms)")
 
@@ -51,16 +51,20 @@ def text_tables(name: str, evaluation: dict[str, Any]) -> list[str]:
         return []
     first = next(iter(by_phrasing.values()))
     attributes = list(first["text_attribute_accuracy_per_attribute"])
-    head = "| phrasing | example prompt | class | " + " | ".join(attributes) + " | class and all attributes |"
+    head = ("| phrasing | example prompt | class | " + " | ".join(attributes)
+            + " | class and all attributes | diversity (median / lowest prompt) | FID (features) |")
     lines = [f"`{name}`, {first['text_prompts']} prompts x {first['text_samples_per_prompt']} samples per phrasing:",
-             "", head, "| --- " * (4 + len(attributes)) + "|"]
+             "", head, "| --- " * (6 + len(attributes)) + "|"]
     for phrasing in TEXT_PHRASINGS:
         m = by_phrasing.get(phrasing)
         if m is None:
             continue
         per = m["text_attribute_accuracy_per_attribute"]
+        variety = (f"{m['text_diversity_median']} / {m['text_diversity_min']}" if "text_diversity_median" in m
+                   else m.get("text_diversity", "-"))
         lines.append(f"| {phrasing} | \"{m['text_example_prompts'][0]}\" | {_pct(m['text_class_accuracy'])} | "
-                     + " | ".join(_pct(per[a]) for a in attributes) + f" | {_pct(m['text_alignment'])} |")
+                     + " | ".join(_pct(per[a]) for a in attributes)
+                     + f" | {_pct(m['text_alignment'])} | {variety} | {m.get('text_feature_fid', '-')} |")
     lines.append("")
     for phrasing in ("heldout", "heldout-synonyms"):
         table = (by_phrasing.get(phrasing) or {}).get("text_attribute_table") or {}
@@ -82,7 +86,7 @@ def report(models_dir: str | Path) -> str:
 
 
 CURVE_KEYS = (("aux_cls", "aux class loss"), ("rec_pix", "pixel reconstruction"), ("d_img", "D(image) loss"),
-              ("g_adv", "G adversarial"))
+              ("g_adv", "G adversarial"), ("diversity", "diversity ratio"))
 
 
 def learning_curve(run_dir: str | Path, at: list[int], window: int = 500) -> str:
