@@ -36,9 +36,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
+from app.core import metrics
 from app.core.checkpoint_store import checkpoint_folder
 from app.core.extensions import db
-from app.core.models import Image, Job, ModelVersion, image_id, utcnow
+from app.core.models import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
@@ -104,6 +105,7 @@ class Lease:
         self.job_id, self.interval = job_id, interval
         self.tokens: dict[str, str] = {job_id: token}
         self.lost_jobs: set[str] = set()
+        self.lost_count = 0  # jobs whose renewal found the row no longer ours (metrics: leases lost)
         self.engine = db.engine
         self.lost = threading.Event()
         self._lock = threading.Lock()
@@ -162,6 +164,7 @@ class Lease:
                         lost.append(job_id)
         with self._lock:
             self.lost_jobs.update(lost)
+            self.lost_count += len(lost)
         if not self.live():
             self.lost.set()
 
@@ -245,6 +248,13 @@ def _lookup_statement() -> Any:
 @shared_task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
              Strategy="workers.strategy:skip_settled_jobs")
 def generate_images(self: Any, job_id: str) -> str:
+    try:
+        return _generate_images_timed(job_id)
+    finally:
+        note_worker(getattr(self.request, "hostname", None))
+
+
+def _generate_images_timed(job_id: str) -> str:
     if not LOG_STAGE_TIMES:
         return _generate_images(job_id)
     stage_clock.reset()  # one task at a time in a pool process
@@ -311,6 +321,8 @@ def _generate_images(job_id: str) -> str:
     finally:
         # wake the requests waiting on these jobs (?wait=): whatever became of them, it is committed now
         announce_finished(list(lease.tokens))
+        metrics.leases_lost(lease.lost_count)
+        record_finished(list(lease.tokens))
 
 
 def _requeue(job_id: str, token: str, reason: str) -> None:
@@ -418,6 +430,7 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
         os.kill(os.getpid(), signal.SIGKILL)  # FOR TESTS ONLY: a job that kills its worker process
     if companions:
         log.info("job %s: batched with %d queued job(s) of the same model version", job_id, len(companions))
+    metrics.decode_batch(1 + len(companions), primary.n + sum(job.n for job in companions))
 
     from generation.sampling import decode_group_key
     from generation.precision import resolve_precision
@@ -586,6 +599,51 @@ def _remove_unrecorded_files(job_id: str) -> None:
         key = image_key(job_id, i)
         if key not in recorded:
             storage.delete(key)
+
+
+# -- metrics and the queue page ----------------------------------------------------------------------
+def record_finished(job_ids: list[str]) -> None:
+    """Count the task's jobs that ended (by model, status and lane) and their latencies from submission
+    (/metrics). One read after the task's last commit; never raises."""
+    try:
+        from app.services.metrics import lane_name
+
+        db.session.rollback()
+        rows = db.session.execute(
+            select(Job.status, Job.n, Job.batch_id, Job.created_at, Job.started_at, Job.finished_at, ModelVersion.name)
+            .join(ModelVersion, Job.model_version_id == ModelVersion.id)
+            .where(Job.id.in_(job_ids), Job.status.in_(("succeeded", "failed")))).all()
+        db.session.commit()
+        for row in rows:
+            created, started, finished = aware(row.created_at), aware(row.started_at), aware(row.finished_at)
+            metrics.job_finished(row.name, row.status, lane_name(row.batch_id, row.n), row.n,
+                                 (started - created).total_seconds() if started and created else None,
+                                 (finished - created).total_seconds() if finished and created else None)
+    except Exception as exc:
+        db.session.rollback()
+        log.warning("metrics of jobs %s: %s: %s", job_ids, type(exc).__name__, exc)
+
+
+_tasks_run = [0]
+
+
+def note_worker(node: str | None) -> None:
+    """This pool process's row of ``worker_status`` (the admin's queue page): its loaded models. Never raises."""
+    _tasks_run[0] += 1
+    try:
+        from app.services.dashboard import note_worker as note
+
+        with _MODELS_LOCK:
+            keys = list(_MODELS)
+        labels = {row.id: f"{row.name} v{row.version}" for row in db.session.execute(
+            select(ModelVersion.id, ModelVersion.name, ModelVersion.version).where(
+                ModelVersion.id.in_([version_id for version_id, _ in keys])))} if keys else {}
+        note(f"{socket.gethostname()}:{os.getpid()}", node, [labels.get(version_id, f"version id {version_id}")
+                                                             for version_id, _ in keys],
+             _tasks_run[0])
+    except Exception as exc:
+        db.session.rollback()
+        log.warning("worker status: %s: %s", type(exc).__name__, exc)
 
 
 @shared_task(name=RECONCILE_TASK, ignore_result=True)

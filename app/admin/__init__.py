@@ -12,6 +12,7 @@ from flask_wtf.csrf import CSRFError
 
 from app.admin import datasets, pages, trainings  # noqa: F401  (register their routes on bp and api_bp)
 from app.admin.blueprints import api_bp, bp, guard
+from app.admin.operations import ops_bp
 
 
 def init_app(app: Flask) -> None:
@@ -19,6 +20,7 @@ def init_app(app: Flask) -> None:
     app.before_request(guard)
     app.register_blueprint(bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1/admin")
+    app.register_blueprint(ops_bp)  # /metrics: its own access check (admins or allowed networks)
 
     @app.errorhandler(CSRFError)
     def _csrf_error(exc: CSRFError):

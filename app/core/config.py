@@ -94,6 +94,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "SESSION_COOKIE_SAMESITE": "Lax",
         # the session cookie only over HTTPS; must be true when ENV is production (behind TLS)
         "SESSION_COOKIE_SECURE": False,
+        # how long a signed session cookie is accepted (Flask's default is 31 days), and how long an admin
+        # sign-in lasts however busy the session (app/admin/sessions.py): 12 hours, a working day
+        "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+        "ADMIN_SESSION_LIFETIME": 12 * 3600,
         # abuse limits (docs/security.md, "Quotas"): Flask-Limiter's own settings, per client (API token, else
         # address); the storage is the broker's Redis when the service uses Redis, else this process's memory
         "RATELIMIT_ENABLED": True,

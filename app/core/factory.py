@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 
+from app.core import metrics
 from app.core.config import load_config
 from app.core.extensions import db
 from app.core.queue import celery_init_app
@@ -26,6 +27,7 @@ def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
     load_config(app, test_config)
     os.makedirs(app.instance_path, exist_ok=True)
 
+    metrics.configure(app)  # before any metric is recorded: the folder every process writes its counters to
     db.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":

@@ -11,6 +11,8 @@ from __future__ import annotations
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
+from app.core import metrics
+
 # the routes that queue work, sharing one RATELIMIT_CREATE budget per client
 CREATE_ENDPOINTS = ("api.create_job", "api.create_batch", "web.submit_job", "web.create_batch")
 # no limit: files a page embeds by the dozen (gallery thumbnails), and the health check of load balancers
@@ -41,7 +43,7 @@ def init_limiter(app: Flask) -> Limiter:
     # Limiter's on its own 429s, and drops it from every other response. The one registered after the
     # Limiter runs before its injection and notes the answer's own value.
     app.after_request(_final_retry_after)
-    limiter = Limiter(client_key, app=app)
+    limiter = Limiter(client_key, app=app, on_breach=_count_breach)
     app.after_request(_note_own_retry_after)
     create = limiter.shared_limit(lambda: current_app.config["RATELIMIT_CREATE"], scope="create")
     for endpoint in CREATE_ENDPOINTS:
@@ -50,6 +52,10 @@ def init_limiter(app: Flask) -> Limiter:
         app.view_functions[endpoint] = limiter.exempt(app.view_functions[endpoint])
     app.extensions["priorforge_limiter"] = limiter
     return limiter
+
+
+def _count_breach(_limit: object) -> None:
+    metrics.refused("rate_limit")  # /metrics: priorforge_refusals_total{reason="rate_limit"}
 
 
 def _note_own_retry_after(response: Response) -> Response:

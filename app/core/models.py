@@ -89,6 +89,11 @@ class Batch(db.Model):
     # handed to its anonymous creator; either is needed to cancel its jobs
     owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
     cancel_hash: Mapped[str | None] = mapped_column(String(64))
+    # a callback URL POSTed when the batch starts or ends (app/services/webhooks.py), the events it wants, and
+    # whether an event is still to be recorded (true until the batch has ended and its deliveries exist)
+    webhook: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false(), index=True)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
 
@@ -129,6 +134,10 @@ class Job(db.Model):
     deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # run alone (no companions) next time: its worker died while it was batched with others
     isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false())
+    # a callback URL POSTed when the job starts or ends (app/services/webhooks.py), as for a batch
+    webhook: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false(), index=True)
 
     model_version: Mapped[ModelVersion] = relationship()
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
@@ -215,6 +224,8 @@ class ApiToken(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the key that signs the webhooks of this token's jobs (HMAC-SHA256), made when first asked for
+    webhook_secret: Mapped[str | None] = mapped_column(String(80))
 
     user: Mapped[User] = relationship(back_populates="tokens")
 
@@ -297,3 +308,41 @@ class LoginFailure(db.Model):
     username: Mapped[str] = mapped_column(String(100), index=True)
     remote_addr: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- operations: webhooks and the queue dashboard -------------------------------------------------------
+class WebhookDelivery(db.Model):
+    """One event of a job or batch to POST to its webhook (app/services/webhooks.py): made once per (job or
+    batch, event) from the committed state, then tried until the receiver answers 2xx or the tries run out."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "event"), UniqueConstraint("batch_id", "event"),
+                      Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)  # the Webhook-Id header
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(20))  # start | completed
+    url: Mapped[str] = mapped_column(Text)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerStatus(db.Model):
+    """What a generation worker's pool process last said of itself (the admin's queue page): its loaded models.
+    Its current job is the running job whose ``worker`` column names it."""
+
+    __tablename__ = "worker_status"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as in jobs.worker
+    node: Mapped[str | None] = mapped_column(String(200))  # the Celery node name (name@host)
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)  # "name vN" of each loaded model, LRU order
+    tasks: Mapped[int] = mapped_column(Integer, default=0)  # tasks run by this process
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

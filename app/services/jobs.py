@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
+from app.core import metrics
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
@@ -262,6 +263,7 @@ def check_request_size(images: int) -> None:
     it gets a final answer, not a "retry later"."""
     limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
     if images > limit:
+        metrics.refused("quota_request_too_large")
         raise ApiError(422, f"this asks for {images} images; a client may have at most {limit} queued or running "
                             "at once, so it can never be accepted: split it into requests of at most that many")
 
@@ -287,6 +289,7 @@ def check_quota(client_key: str | None, images: int) -> None:
     busy = db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(
         Job.client_key == client_key, Job.status.in_(("queued", "running")))) or 0
     if busy > limit:
+        metrics.refused("quota")
         raise ApiError(429, f"{busy - images} of your images are queued or running; with these {images} that would "
                             f"pass the limit of {limit} per client: wait for some to finish (retry after "
                             f"{QUOTA_RETRY_AFTER} s)", retry_after=QUOTA_RETRY_AFTER)

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import or_, select, update
 
+from app.core import metrics
 from app.core.extensions import db
 from app.core.models import Job, utcnow
 from app.services import outbox
@@ -155,6 +156,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
         _last_expiry[0] = time.monotonic()
         forget_expired(now)
     counts.update(reconcile_runs(now))
+    metrics.recovered(counts)  # /metrics: priorforge_jobs_recovered_total{action}
     return counts
 
 
@@ -171,4 +173,5 @@ def after_broker_outage() -> int:
     db.session.commit()
     if messages:
         outbox.publish_pending(messages)
+    metrics.recovered({"resent_after_broker_outage": len(ids)})
     return len(ids)

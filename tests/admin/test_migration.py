@@ -28,7 +28,7 @@ def _round_trip(app):
     from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision() == "0009"
+    assert current(app) == head_revision() == "0010"
     with app.app_context():
         assert ADMIN_TABLES | {"outbox", "idempotency_keys"} <= set(inspect(db.engine).get_table_names())
         assert {"card", *STORE_COLUMNS} <= {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
@@ -36,6 +36,13 @@ def _round_trip(app):
         assert {"owner_token_id", "cancel_hash", "client_key", "deaths"} <= {c["name"] for c in
                                                                              inspect(db.engine).get_columns("jobs")}
     assert _schema_diff(app) == []
+    with app.app_context():
+        assert {"webhook_deliveries", "worker_status"} <= set(inspect(db.engine).get_table_names())
+    downgrade(app, "0009")
+    with app.app_context():
+        assert not {"webhook_deliveries", "worker_status"} & set(inspect(db.engine).get_table_names())
+        assert "webhook" not in {c["name"] for c in inspect(db.engine).get_columns("jobs")}
+        assert "webhook_secret" not in {c["name"] for c in inspect(db.engine).get_columns("api_tokens")}
     downgrade(app, "0008")
     with app.app_context():
         assert not {"outbox", "idempotency_keys"} & set(inspect(db.engine).get_table_names())

@@ -97,13 +97,15 @@ def sqlite_app_for_worker(tmp_path: Path, checkpoints: dict[str, Path]):
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """The app must read only what a test gives it."""
+def _clean_env(monkeypatch, tmp_path):
+    """The app must read only what a test gives it; Prometheus counters (app/core/metrics.py) go to the test's
+    own folder (this process's apps and the worker processes it starts), never to instance/."""
     for key in list(os.environ):
         if key.startswith("PRIORFORGE_") and not key.startswith("PRIORFORGE_TEST_"):
             monkeypatch.delenv(key)
     for key in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
 
 
 @pytest.fixture
