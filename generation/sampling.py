@@ -108,6 +108,8 @@ def image_grid(images: Tensor, nrow: int | None = None) -> Image.Image:
     else:
         nrow = nrow or max(1, int(round(pixels.shape[0] ** 0.5)))
         array = make_grid(pixels, nrow=nrow, padding=2, pad_value=0)
+        if pixels.shape[1] == 1:  # make_grid repeats a grey channel three times: grey grids stay grey
+            array = array[:1]
     array = array.permute(1, 2, 0).numpy()
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], mode="L")

@@ -14,7 +14,13 @@ Metrics (all JSON-able; ``evaluate_model`` returns them in one dict):
 - ``cluster`` models: per cluster, the classifier's class histogram of its samples, majority class and
   purity (``cluster_alignment``); with a Q head (``predict_condition``), the clustering of real test images
   against their labels: ``cluster_nmi`` and ``cluster_accuracy`` (best one-to-one matching, Hungarian).
-- ``text`` models: whatever ``training.text_eval.text_alignment_metrics`` returns, when that module exists.
+- ``text`` models: one sample per held-out image, drawn for its first caption: ``caption_match_rate`` (is the
+  sample nearer its own image than another image with a different caption? 0.5 = the prompt is ignored) and,
+  for labelled images, ``caption_class_accuracy`` (the classifier puts the sample in its image's class); then
+  whatever ``training.text_eval.text_alignment_metrics`` returns, when that module exists.
+- held-out images without labels (an uploaded captioned set without ``label``s): no classifier can be trained,
+  so :func:`evaluate_without_classifier` gives the reconstruction error and ``caption_match_rate`` in pixel
+  space, with a note saying what is missing.
 
 Sampling is seeded (:func:`generation.sampling.generate` with seeds derived from ``seed``), so evaluating
 one checkpoint twice gives identical numbers on one device.
@@ -206,6 +212,8 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
             metrics.update(label_accuracy(predictions, groups, class_names, classifier))
         elif kind == "cluster":
             metrics.update(cluster_alignment(predictions, groups, model.config.num_classes, classifier))
+        elif kind == "text":
+            metrics.update(caption_metrics(real, fake_features, real_features, predictions, class_names, classifier))
     if kind == "cluster" and hasattr(model, "predict_condition") and not model.inference_only:
         metrics.update(cluster_assignment(model, real))
     if kind == "text":
@@ -255,6 +263,72 @@ def label_accuracy(predictions: Tensor, requested: Tensor, class_names: list[str
     return {"label_accuracy": float(correct.double().mean()), "label_accuracy_per_class": per_class}
 
 
+def caption_match_rate(fake: Tensor, real: Tensor, captions: Tensor) -> float | None:
+    """Does a sample drawn for a held-out image's caption look more like that image than like another one?
+
+    ``fake[i]`` was drawn for ``captions[i]`` (the embedding of image ``i``'s first caption) and ``real[i]`` is
+    that image (both as feature rows, or flattened pixels). Image ``i``'s partner is the next image whose
+    caption differs; the score is the share of samples nearer their own image than their partner (ties
+    count one half): 0.5 is what a model that ignores its prompt gets, 1 is every sample on its side. None
+    when every caption is the same (no partner)."""
+    n = len(fake)
+    fake, real = fake.double().flatten(1), real.double().flatten(1)
+    scores = []
+    for i in range(n):
+        partner = next((j % n for j in range(i + 1, i + n) if not torch.equal(captions[j % n], captions[i])), None)
+        if partner is None:
+            continue
+        own, other = float((fake[i] - real[i]).norm()), float((fake[i] - real[partner]).norm())
+        scores.append(1.0 if own < other else 0.5 if own == other else 0.0)
+    return sum(scores) / len(scores) if scores else None
+
+
+def caption_metrics(real: ImageData, fake_features: Tensor, real_features: Tensor, predictions: Tensor,
+                    class_names: list[str], classifier: TrainedClassifier) -> dict[str, Any]:
+    """Text models, one sample per held-out image drawn for its first caption: ``caption_match_rate`` in the
+    classifier's feature space, and where the images have labels ``caption_class_accuracy``, the share of
+    samples the classifier puts in their image's class."""
+    out: dict[str, Any] = {}
+    if real.text_embeddings is not None:
+        rate = caption_match_rate(fake_features, real_features, real.text_embeddings[:, 0])
+        if rate is not None:
+            out["caption_match_rate"] = rate
+    labelled = torch.nonzero(real.labels >= 0).squeeze(1)
+    lookup = {name.lower(): i for i, name in enumerate(classifier.class_names)}
+    if len(labelled) and all(name.lower() in lookup for name in class_names):
+        target = torch.tensor([lookup[class_names[int(k)].lower()] for k in real.labels[labelled]])
+        out["caption_class_accuracy"] = float((predictions[labelled] == target).double().mean())
+        out["caption_class_images"] = int(len(labelled))
+    return out
+
+
+@torch.no_grad()
+def evaluate_without_classifier(model: GenerativeModel, test_data: ImageData, *, n_samples: int = 1000,
+                                seed: int = 0) -> dict[str, Any]:
+    """What can be measured on a held-out split without labels (no classifier can be trained): the
+    reconstruction error, and for text models ``caption_match_rate`` in pixel space. ``notes`` says what is
+    missing and why."""
+    shape = tuple(model.config.image_shape)
+    from training.classifier import match_shape
+
+    real = match_shape(test_data, shape).subset(min(n_samples, len(test_data)), seed=seed)
+    model.eval()
+    kind = model.config.condition
+    metrics: dict[str, Any] = {"n_real": len(real), "seed": seed, "condition": kind, "notes": [
+        "the held-out images have no labels, so no classifier could be trained: feature_fid, precision/recall "
+        "and class accuracy need a 'label' on the lines of captions.jsonl (or class folders)"]}
+    if model.has_encoder:
+        metrics["reconstruction_mse"] = reconstruction_mse(model, real)
+    if kind == "text" and real.text_embeddings is not None:
+        fake = torch.cat([generate_batched(model, 1, Condition("text", embedding=real.text_embeddings[i, 0]), seed, i)
+                          for i in range(len(real))])
+        metrics["n_generated"] = int(len(fake))
+        rate = caption_match_rate(fake, to_float(real.images), real.text_embeddings[:, 0])
+        if rate is not None:
+            metrics["caption_match_rate"] = rate
+    return metrics
+
+
 def cluster_alignment(predictions: Tensor, clusters: Tensor, num_clusters: int,
                       classifier: TrainedClassifier) -> dict[str, Any]:
     """Per cluster: the classifier's class histogram of its samples, the majority class and its share."""
@@ -297,5 +371,6 @@ def _text_metrics(model: GenerativeModel, dataset: str, data_root: str | None, d
     return dict(text_alignment_metrics(model, dataset=dataset, data_root=data_root, device=device, seed=seed))
 
 
-__all__ = ["FEATURE_FID_NOTE", "best_match_accuracy", "evaluate_model", "frechet_distance", "precision_recall",
+__all__ = ["FEATURE_FID_NOTE", "best_match_accuracy", "caption_match_rate", "evaluate_model",
+           "evaluate_without_classifier", "frechet_distance", "precision_recall",
            "reconstruction_mse"]

@@ -110,7 +110,7 @@ def _finish(run_id: str, token: str, **values: Any) -> bool:
     db.session.rollback()
     res = db.session.execute(update(TrainingRun).where(
         TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")
-        .values(finished_at=utcnow(), heartbeat_at=utcnow(), **values))
+        .values(finished_at=utcnow(), heartbeat_at=utcnow(), eta_seconds=None, **values))
     db.session.commit()
     return res.rowcount == 1
 
@@ -149,14 +149,20 @@ def train_model(self: Any, run_id: str) -> str:
 
 def load_training_data(settings: dict[str, Any]) -> Any:
     """The train split a run trains on (as the stored settings describe it)."""
+    return load_split(settings, "train")
+
+
+def load_split(settings: dict[str, Any], split: str) -> Any:
+    """Split ``split`` of the run's data set, in the run's image size and channels (a grey upload stays 1
+    channel, through the captioned loader too)."""
     from training.captions import is_captioned_dataset, load_captioned_dataset
     from training.data import load_dataset
 
     source = settings["source"]
     if is_captioned_dataset(source["loader"]):
-        return load_captioned_dataset(source["loader"], source["data_root"], "train",
-                                      image_size=settings["image_size"])
-    return load_dataset(source["loader"], source["data_root"], "train", image_size=settings["image_size"],
+        return load_captioned_dataset(source["loader"], source["data_root"], split,  # type: ignore[arg-type]
+                                      image_size=settings["image_size"], channels=settings["channels"])
+    return load_dataset(source["loader"], source["data_root"], split, image_size=settings["image_size"],  # type: ignore[arg-type]
                         channels=settings["channels"])
 
 
@@ -229,11 +235,15 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
         if lease.lost.is_set():
             raise RunLost()
 
-    def evaluate(trained: Any) -> dict[str, Any]:
-        lease.write(phase="evaluating")
+    def phase(text: str) -> None:
+        lease.write(phase=text[:40])
         if lease.lost.is_set():
             raise RunLost()
-        return evaluate_run(trained, settings, train_data, trainer.device)
+
+    def evaluate(trained: Any) -> dict[str, Any]:
+        phase("evaluating")
+        return evaluate_run(trained, settings, train_data, trainer.device, phase=phase,
+                            classifier_steps=cfg.get("TRAINING_EVAL_CLASSIFIER_STEPS"))
 
     metrics = trainer.fit(train_data, out, resume=resume, callback=on_progress, evaluate=evaluate,
                           checkpoint_extra={"data_root": settings["source"]["data_root"], **text_extra})
@@ -297,19 +307,87 @@ def estimate_seconds_left(start: tuple[int, float, float], now: tuple[int, float
     return left
 
 
-def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: Any) -> dict[str, Any]:
-    """The metrics of ``priorforge evaluate`` for the run's data set; a data set the evaluation cannot use is
-    reported, not fatal (the checkpoint is already saved)."""
+def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: Any, *,
+                 phase: Any = None, classifier_steps: int | None = None) -> dict[str, Any]:
+    """The metrics of ``priorforge evaluate`` for the run's data set. An uploaded captioned set is evaluated on
+    its own held-out split (:func:`evaluate_upload`). A data set the evaluation cannot use is reported as
+    ``skipped`` with the reason (no server path in it), not fatal: the checkpoint is already saved."""
     from training.evaluate import evaluate_model
 
     source = settings["source"]
+    phase = phase or (lambda text: None)
     try:
+        if source["loader"].startswith("captions:"):
+            return evaluate_upload(model, settings, train_data, device, phase, classifier_steps)
         return evaluate_model(model, dataset=source["loader"], class_names=train_data.class_names,
                               data_root=source["data_root"], device=device, n_samples=settings["eval_samples"],
                               train_data=train_data)
     except ValueError as exc:
         log.warning("evaluation skipped: %s", exc)
-        return {"skipped": str(exc)}
+        return {"skipped": public_message(str(exc), settings)}
+
+
+def public_message(text: str, settings: dict[str, Any]) -> str:
+    """``text`` with the data set's server folder replaced by its name (the message is shown to anyone who
+    lists the models)."""
+    source = settings["source"]
+    for path in (source["loader"].removeprefix("captions:"), source.get("data_root")):
+        if path and len(path) > 1:
+            text = text.replace(f"captions:{path}", settings["dataset"]).replace(path, settings["dataset"])
+    return text
+
+
+def upload_classifier_key(settings: dict[str, Any], train_data: Any) -> str:
+    """The evaluation classifier's cache name for an uploaded set: its name and a digest of its folder, class
+    names, labels and image shape (a re-uploaded set of the same name gets its own classifier)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([settings["source"]["loader"], list(train_data.class_names),
+                                        list(train_data.image_shape)]).encode()
+                            + train_data.labels.numpy().tobytes()).hexdigest()[:12]
+    return f"upload-{settings['dataset']}-{digest}"
+
+
+def evaluate_upload(model: Any, settings: dict[str, Any], train_data: Any, device: Any, phase: Any,
+                    classifier_steps: int | None = None) -> dict[str, Any]:
+    """An uploaded captioned set, evaluated on its held-out split (its ``split: test`` lines, or every 10th
+    image): with labels of at least 2 classes, the project's classifier is trained on the upload's train split
+    (cached; its accuracy is measured on the held-out split) and gives feature FID, precision/recall, label
+    accuracy (class models) or caption class accuracy (text models); without labels, the reconstruction error
+    and the caption match rate in pixel space, with a note saying why the rest is missing."""
+    import torch
+
+    from training.captions import project_embeddings
+    from training.classifier import get_classifier
+    from training.evaluate import evaluate_model, evaluate_without_classifier
+
+    phase("evaluating: loading the held-out split")
+    test = load_split(settings, "test")
+    if model.config.condition == "text" and test.text_embeddings is not None:
+        test.text_embeddings = project_embeddings(model, test.text_embeddings, test.caption_counts)
+    where = f"held-out split of {settings['dataset']!r} ({len(test)} images)"
+    train_classes = set(train_data.labels[train_data.labels >= 0].tolist())
+    test_labelled = int((test.labels >= 0).sum())
+    if len(train_classes) >= 2 and test_labelled:
+        key = upload_classifier_key(settings, train_data)
+        shape = tuple(model.config.image_shape)
+        phase("evaluating: training the classifier")
+        classifier = get_classifier(key, None, device, train_data=train_data, test_data=test, image_shape=shape,
+                                    max_steps=classifier_steps, quiet=True)
+        phase("evaluating: sampling")
+        with torch.no_grad():
+            metrics = evaluate_model(model, dataset=key, class_names=list(train_data.class_names), data_root=None,
+                                     device=device, n_samples=settings["eval_samples"], test_data=test,
+                                     train_data=train_data)
+        metrics.pop("text_alignment_note", None)  # the built-in sets' attribute prompts do not apply
+        metrics["classifier"] = {"test_accuracy": classifier.test_accuracy, "trained_on": "the upload's train "
+                                 f"split ({int((train_data.labels >= 0).sum())} labelled images)",
+                                 "classes": list(classifier.class_names)}
+    else:
+        phase("evaluating: sampling")
+        metrics = evaluate_without_classifier(model, test, n_samples=settings["eval_samples"])
+    metrics["evaluated_on"] = where
+    return metrics
 
 
 def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metrics: dict[str, Any],

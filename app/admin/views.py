@@ -7,7 +7,24 @@ from typing import Any
 from flask import url_for
 
 from app.core.models import ModelVersion, TrainingRun, iso
+from app.services.models import evaluation_summary, public_json
 from app.services.trainings import latest_sample, read_history
+
+
+def run_evaluation(run: TrainingRun) -> dict[str, Any]:
+    """Whether the run is (or will be) evaluated, and why not: shown on the run page before promotion."""
+    settings = run.settings or {}
+    if run.status in ("queued", "running"):
+        if not settings.get("evaluate", True):
+            return {"state": "off", "reason": "evaluate is off in this run's settings: the new version will "
+                                              "have no evaluation figures", "notes": [], "evaluated_on": None}
+        return {"state": "pending", "reason": None, "notes": [], "evaluated_on": None}
+    if run.status != "succeeded":
+        return {"state": "not evaluated", "reason": f"the run {run.status}", "notes": [], "evaluated_on": None}
+    if not settings.get("evaluate", True):
+        return {"state": "off", "reason": "evaluate was off in this run's settings", "notes": [],
+                "evaluated_on": None}
+    return evaluation_summary(run.metrics)
 
 
 def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
@@ -17,9 +34,11 @@ def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
         "condition": run.condition, "model_name": run.model_name, "settings": settings,
         "step": run.step, "total_steps": run.total_steps, "epoch": run.epoch, "losses": run.losses or {},
         "elapsed_seconds": round(run.elapsed_seconds or 0.0, 1),
-        "eta_seconds": None if run.eta_seconds is None else round(run.eta_seconds, 1),
+        # a time left only while the run is alive (a canceled or failed run keeps its last estimate in the row)
+        "eta_seconds": None if run.eta_seconds is None or run.status in ("canceled", "failed")
+        else round(run.eta_seconds, 1),
         "cancel_requested": run.cancel_requested, "attempts": run.attempts, "error": run.error,
-        "metrics": run.metrics or {}, "created_at": iso(run.created_at), "started_at": iso(run.started_at),
+        "metrics": public_json(run.metrics or {}), "evaluation": run_evaluation(run), "created_at": iso(run.created_at), "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "model_version": _version_ref(run.model_version) if run.model_version else None,
         "url": url_for("admin_api.get_training", run_id=run.id),

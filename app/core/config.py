@@ -136,6 +136,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "TRAINING_TIME_LIMIT": 24 * 3600 + 600,  # hard limit: the pool process is killed
         "TRAINING_PROGRESS_INTERVAL": 1.0,  # seconds between progress writes to the run's row
         "TRAINING_MAX_ATTEMPTS": 3,  # a run abandoned by its worker this many times is failed
+        # steps of the evaluation classifier trained on an uploaded set with labels (None: its default, at
+        # least 600 steps and 2 epochs); tests and quick trials set a handful
+        "TRAINING_EVAL_CLASSIFIER_STEPS": None,
         "TEST_TRAIN_STEP_DELAY": 0.0,  # FOR TESTS ONLY: seconds a training run sleeps after each step
     }
 

@@ -15,6 +15,11 @@ from app.core.models import Dataset, iso
 from priorforge.spec.datasets import CAPTIONED_DATASETS, IMAGE_EXTENSIONS
 
 BUILTIN = ("mnist", "fashion-mnist", "cifar10", "digits")
+# the captioned built-in sets: captions written from the image set's classes and attributes (flowers: its own)
+CAPTIONED_BUILTIN = {"fashion-mnist-captions": "fashion-mnist", "cifar10-captions": "cifar10",
+                     "oxford102-flowers": None}
+assert set(CAPTIONED_BUILTIN) == set(CAPTIONED_DATASETS)
+RESERVED_NAMES = (*BUILTIN, *CAPTIONED_DATASETS, "imagefolder")  # an upload may not take these names
 
 
 def dataset_source(name: str) -> dict[str, Any]:
@@ -28,17 +33,20 @@ def dataset_source(name: str) -> dict[str, Any]:
                                 f"({data_root or 'not set'}) does not hold it", field="dataset")
         return {"loader": name, "data_root": data_root, "labels": True, "captions": False, "images": None}
     if name in CAPTIONED_DATASETS:
-        if not data_root:
-            raise ApiError(422, f"data set {name!r} needs DATA_ROOT, which is not set", field="dataset")
+        available = {d["name"]: d["available"] for d in builtin_datasets()}
+        if not available[name]:
+            raise ApiError(422, f"built-in data set {name!r} is not available: DATA_ROOT "
+                                f"({data_root or 'not set'}) does not hold it", field="dataset")
         return {"loader": name, "data_root": data_root, "labels": True, "captions": True, "images": None}
     row = db.session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if row is None:
         uploaded = list(db.session.scalars(select(Dataset.name)))
-        raise ApiError(422, f"unknown data set {name!r}; built-in: {', '.join(BUILTIN)}; uploaded: "
-                            f"{', '.join(uploaded) or 'none'}", field="dataset")
-    if row.layout == "captions":
-        return {"loader": f"captions:{row.path}", "data_root": None, "labels": False, "captions": True,
-                "images": row.images, **_image_defaults(Path(row.path))}
+        raise ApiError(422, f"unknown data set {name!r}; built-in: {', '.join(BUILTIN)}; captioned built-in: "
+                            f"{', '.join(CAPTIONED_DATASETS)}; uploaded: {', '.join(uploaded) or 'none'}",
+                       field="dataset")
+    if row.layout == "captions":  # lines with a "label" make classes: class-conditional by default then
+        return {"loader": f"captions:{row.path}", "data_root": None, "labels": row.classes >= 2,
+                "captions": True, "images": row.images, **_image_defaults(Path(row.path))}
     return {"loader": "imagefolder", "data_root": row.path, "labels": row.classes >= 2, "captions": False,
             "images": row.images, **_image_defaults(Path(row.path))}
 
@@ -71,7 +79,8 @@ def uploaded_datasets() -> list[Dataset]:
 
 
 def builtin_datasets() -> list[dict[str, Any]]:
-    """The built-in data sets and whether ``DATA_ROOT`` holds them (``digits`` ships with scikit-learn)."""
+    """The built-in data sets and whether ``DATA_ROOT`` holds them (``digits`` ships with scikit-learn), then
+    the captioned built-in sets (``captions: true``), available when their image set is."""
     data_root = current_app.config.get("DATA_ROOT")
     root = Path(data_root).expanduser() if data_root else None
     where = {
@@ -85,5 +94,12 @@ def builtin_datasets() -> list[dict[str, Any]]:
             available = True
         else:
             available = root is not None and any((root / sub).is_dir() for sub in where[name])
-        out.append({"name": name, "builtin": True, "available": available})
+        out.append({"name": name, "builtin": True, "available": available, "captions": False})
+    images = {d["name"]: d["available"] for d in out}
+    for name, base in CAPTIONED_BUILTIN.items():
+        if base is not None:
+            available = images[base]
+        else:  # Reed et al.'s layout: <root>/text_c10 (or <root>/flowers/text_c10) beside jpg/
+            available = root is not None and any((root / sub / "text_c10").is_dir() for sub in (".", "flowers"))
+        out.append({"name": name, "builtin": True, "available": available, "captions": True})
     return out

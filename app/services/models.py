@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,36 @@ def conditions_of(version: ModelVersion) -> list[str]:
     return ["cluster", "none"] if version.condition == "cluster" else [version.condition]
 
 
+SERVER_PATH = re.compile(r"(?:captions:)?(?<![\w.~])/(?:[^\s'\"/]+/)+[^\s'\",;)]*")
+PRIVATE_KEYS = ("path", "data_root", "checkpoint_path", "output_dir")
+
+
+def public_json(value: Any) -> Any:
+    """``value`` (metrics, a card) without the server's file paths: keys that hold a path are left out and
+    an absolute path inside a text becomes ``<server path>`` (the public API lists them for anyone)."""
+    if isinstance(value, dict):
+        return {k: public_json(v) for k, v in value.items() if k not in PRIVATE_KEYS}
+    if isinstance(value, list):
+        return [public_json(v) for v in value]
+    if isinstance(value, str):
+        return SERVER_PATH.sub("<server path>", value)
+    return value
+
+
+def evaluation_summary(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether a version's metrics hold an evaluation: ``state`` ``evaluated``, ``skipped`` (``reason`` says
+    why) or ``missing``; ``notes`` are what the evaluation could not measure; ``evaluated_on`` the images."""
+    evaluation = (metrics or {}).get("evaluation")
+    if not isinstance(evaluation, dict):
+        return {"state": "missing", "reason": "no evaluation was recorded (the run was started with evaluate "
+                                              "off, or the checkpoint has none)", "notes": [], "evaluated_on": None}
+    if evaluation.get("skipped"):
+        return {"state": "skipped", "reason": public_json(str(evaluation["skipped"])), "notes": [],
+                "evaluated_on": None}
+    return {"state": "evaluated", "reason": None, "notes": public_json(list(evaluation.get("notes") or [])),
+            "evaluated_on": evaluation.get("evaluated_on")}
+
+
 def model_to_dict(version: ModelVersion) -> dict[str, Any]:
     return {
         "name": version.name, "version": version.version, "backend": version.backend,
@@ -149,8 +180,8 @@ def model_to_dict(version: ModelVersion) -> dict[str, Any]:
         "class_names": list(version.class_names or []),
         "num_clusters": version.num_classes if version.condition == "cluster" else None,
         "image_shape": list(version.image_shape or []), "dataset": version.dataset,
-        "metrics": version.metrics or {}, "serving": version.serving, "created_at": iso(version.created_at),
-        "card": card_summary(version),
+        "metrics": public_json(version.metrics or {}), "serving": version.serving,
+        "created_at": iso(version.created_at), "card": card_summary(version),
     }
 
 
@@ -160,20 +191,22 @@ def card_summary(version: ModelVersion) -> dict[str, Any] | None:
     if not card:
         return None
     training = card.get("training") or {}
-    return {
+    return public_json({
         "title": card.get("title"), "description": card.get("description"),
         "examples": list(card.get("examples") or []), "clusters": dict(card.get("clusters") or {}),
         "metrics": dict(card.get("metrics") or {}), "evaluation_samples": card.get("evaluation_samples"),
+        "caveats": [str(c) for c in card.get("caveats") or []],
         "training": {"command": training.get("command"), "steps": training.get("steps"),
                      "cpu_minutes": round(float(training.get("cpu_seconds") or 0) / 60, 1)},
         "export": dict(card.get("export") or {}), "size_bytes": card.get("size_bytes"),
         "default": bool(card.get("default")),
-    }
+    })
 
 
 def version_to_dict(version: ModelVersion) -> dict[str, Any]:
     return {"id": version.id, **model_to_dict(version), "checkpoint_path": version.checkpoint_path,
-            "checkpoint_key": version.checkpoint_key, "weights_sha256": version.weights_sha256}
+            "checkpoint_key": version.checkpoint_key, "weights_sha256": version.weights_sha256,
+            "evaluation": evaluation_summary(version.metrics)}
 
 
 MAX_ROW_ID = 2**31 - 1  # integer primary keys (PostgreSQL INTEGER); a larger id from a URL names no row
@@ -207,7 +240,9 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 # which way is better, for the metrics a person compares first (others are shown without a verdict)
 LOWER_IS_BETTER = ("feature_fid", "reconstruction_mse", "lde_test_nll")
-HIGHER_IS_BETTER = ("label_accuracy", "precision", "recall", "nmi", "best_match_accuracy")
+HIGHER_IS_BETTER = ("label_accuracy", "precision", "recall", "nmi", "best_match_accuracy", "cluster_nmi",
+                    "cluster_accuracy", "cluster_sample_purity", "caption_match_rate", "caption_class_accuracy",
+                    "text_class_accuracy", "text_attribute_accuracy", "text_alignment")
 
 
 def _better(metric: str, candidate: float, serving: float) -> str | None:

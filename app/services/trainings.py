@@ -227,7 +227,8 @@ def cancel_run(run_id: str) -> TrainingRun:
     run = get_run(run_id)
     now = utcnow()
     res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued")
-                             .values(status="canceled", finished_at=now, phase="canceled", claim_token=None))
+                             .values(status="canceled", finished_at=now, phase="canceled", claim_token=None,
+                                     eta_seconds=None))
     if res.rowcount == 0:
         res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
                                                            TrainingRun.status == "running")
@@ -263,7 +264,7 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
             values = {"status": "queued", "phase": "queued (worker lost; will resume)", "claim_token": None,
                       "enqueued_at": now}
         if values["status"] != "queued":
-            values["finished_at"] = now
+            values["finished_at"], values["eta_seconds"] = now, None
         res = db.session.execute(update(TrainingRun).where(*where).values(**values)
                                  .execution_options(synchronize_session=False))  # SQLite: naive datetimes
         db.session.commit()

@@ -37,7 +37,7 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import Dataset, User
 from app.core.storage import StorageUnavailable
-from app.services.datasets import BUILTIN
+from app.services.datasets import RESERVED_NAMES
 from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
 from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
 
@@ -262,7 +262,7 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise ApiError(422, "a data set name is 1-64 characters: lower-case letters, digits, '-' and '_', "
                             "starting with a letter or digit")
-    if name in BUILTIN or name == "imagefolder":
+    if name in RESERVED_NAMES:
         raise ApiError(409, f"{name!r} is the name of a built-in data set")
     if db.session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None \
             or (dataset_root() / name).exists():

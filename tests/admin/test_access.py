@@ -114,7 +114,9 @@ def test_admins_get_in(admin_app, client):
     token = token_for(admin_app, ADMIN[0])
     response = client.get("/api/v1/admin/datasets", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
-    assert [d["name"] for d in response.get_json()["builtin"]] == ["mnist", "fashion-mnist", "cifar10", "digits"]
+    assert [d["name"] for d in response.get_json()["builtin"]] == ["mnist", "fashion-mnist", "cifar10", "digits",
+                                                                   "fashion-mnist-captions", "cifar10-captions",
+                                                                   "oxford102-flowers"]
 
 
 def test_login_needs_the_right_password_and_a_csrf_token(client):
