@@ -26,7 +26,7 @@ from app.core.storage import StorageError
 from app.services.datasets import dataset_source
 from app.services.queue import send_runs
 from priorforge.spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
-    backends, check_condition, check_hparams, check_model_options, int_bounds
+    backends, check_condition, check_hparams, check_model_options, describe_rule, int_bounds, value_rule
 
 TRAINING_FIELDS = {
     "backend": "backend name (aae-cg, lde, glf, pga, vae)",
@@ -158,6 +158,16 @@ def _option_schema(option: dict[str, Any], name: str, *, hparam: bool = False) -
         schema = {"type": "number", "minimum": -bound, "maximum": bound}
     else:
         schema = {"type": "string", "maxLength": MAX_STRING}
+    rule = value_rule("", name, hparam=hparam)  # the rule shared by the backends (a backend's own is stricter)
+    if rule is not None and schema["type"] in ("integer", "number") and rule[0] in ("int", "number"):
+        schema["minimum"], schema["maximum"] = rule[1], rule[2]
+        if rule[0] == "number":
+            schema.update({k: True for k, flag in (("exclusiveMinimum", rule[3]), ("exclusiveMaximum", rule[4]))
+                           if flag})
+    elif rule is not None and schema["type"] == "string" and rule[0] == "choice":
+        schema["enum"] = list(rule[1])
+    if rule is not None:
+        schema["description"] = describe_rule(rule)
     if nullable:
         schema["nullable"] = True
     return schema

@@ -29,6 +29,83 @@ MAX_STRING = 64  # a name of a variant, an upsampling mode...
 MAX_LIST = 16  # hidden layer widths
 
 
+# What each option and hyper-parameter ACCEPTS, beyond its JSON type: the ranges and choices the model and
+# trainer classes check when they are built (or would fail on with an IndexError deep inside a layer). A
+# request outside them is refused before a run is queued; ``tests/admin/test_option_ranges.py`` checks that
+# every choice list matches the classes and that every value on a range's edge builds. Keyed by name, or by
+# (backend, name) where one backend differs. A rule: ("int", low, high), ("number", low, high, open_low,
+# open_high) (an open end excludes the bound), ("choice", values) or ("numbers", count, low, high, open_high).
+_POSITIVE = ("int", 1, MAX_INT_OPTION)
+_WEIGHT = ("number", 0.0, MAX_FLOAT, False, False)
+_RATE = ("number", 0.0, 10.0, True, False)
+_SHARE = ("number", 0.0, 1.0, False, False)
+_OPEN_SHARE = ("number", 0.0, 1.0, False, True)
+OPTION_RULES: dict[Any, tuple] = {
+    "base_channels": _POSITIVE, "hidden_dim": _POSITIVE, "disc_hidden": _POSITIVE, "latent_dim": _POSITIVE,
+    "noise_dim": _POSITIVE, "text_dim": ("int", 1, 384), "coupling_hidden": _POSITIVE, "flow_blocks": _POSITIVE,
+    "lde_channels": _POSITIVE, "lde_max_channels": _POSITIVE, "num_mixtures": _POSITIVE,
+    "max_channels": _POSITIVE, "aux_classes": ("int", 0, 1000), "permutation_seed": ("int", 0, 2**31 - 1),
+    "scale_clamp": ("number", 0.0, 100.0, True, False), "temperature": ("number", 0.0, 100.0, True, False),
+    "upsample": ("choice", ("transpose", "nearest")),
+    "class_prior": ("choice", ("gaussian", "flow", "standard")),
+    ("lde", "variant"): ("choice", ("ae", "iae")), ("pga", "variant"): ("choice", ("lpga", "vpga")),
+    ("glf", "latent_dim"): ("int", 2, MAX_INT_OPTION),
+}
+HPARAM_RULES: dict[Any, tuple] = {
+    "beta1": _OPEN_SHARE, "momentum": _OPEN_SHARE, "flow_betas": ("numbers", 2, 0.0, 1.0, True),
+    "lde_fraction": _OPEN_SHARE, "lde_holdout": _OPEN_SHARE, "iae_warmup_fraction": ("number", 0.0, 1.0, True, False),
+    "warmup_fraction": _SHARE, "final_lr_fraction": _SHARE,
+    "flow_lr": _RATE, "lde_lr": _RATE, "prior_lr": _RATE, "radius_scale": ("number", 0.0, MAX_FLOAT, True, False),
+    "lde_batch_size": ("int", 1, MAX_INT_HPARAM), "lde_max_codes": ("int", 1, MAX_INT_HPARAM),
+    "iae_start_dims": ("int", 1, MAX_INT_OPTION), "lde_steps_per_step": ("int", 1, 1000),
+    "lde_steps": ("int", 0, MAX_INT_HPARAM), "prior_codes": ("int", 2, MAX_INT_HPARAM),
+    "warmup_steps": ("int", 0, MAX_INT_HPARAM), "lr_halve_epochs": ("int", 0, MAX_INT_HPARAM),
+    "optimizer": ("choice", ("adam", "sgd")),
+    # the weights of loss terms, noise levels and caps: 0 (off) or more
+    **{name: _WEIGHT for name in (
+        "aux_class_weight", "code_adv_weight", "info_weight", "real_q_weight", "rec_feature_weight",
+        "rec_pixel_weight", "text_noise", "diversity_weight", "diversity_cap", "nll_weight", "flow_weight_decay",
+        "alpha", "beta", "gamma", "vkld", "vrec", "kl_weight")},
+}
+
+
+def value_rule(backend: str, name: str, *, hparam: bool = False) -> tuple | None:
+    """The range or choices of ``backend``'s option (or hyper-parameter) ``name``; None: only its JSON type."""
+    rules = HPARAM_RULES if hparam else OPTION_RULES
+    return rules.get((backend, name), rules.get(name))
+
+
+def describe_rule(rule: tuple) -> str:
+    """A rule in words, for the 422 and the docs: ``an integer from 1 to 4096``, ``one of 'a', 'b'``..."""
+    kind = rule[0]
+    if kind == "int":
+        return f"an integer from {rule[1]} to {rule[2]}"
+    if kind == "choice":
+        return "one of " + ", ".join(repr(v) for v in rule[1])
+    if kind == "numbers":
+        return f"a list of {rule[1]} numbers, each from {rule[2]:g} to {rule[3]:g}" + \
+            (f" (below {rule[3]:g})" if rule[4] else "")
+    low, high, open_low, open_high = rule[1:]
+    low_text = f"above {low:g}" if open_low else f"from {low:g}"
+    high_text = f"below {high:g}" if open_high else f"at most {high:g}"
+    return f"a number {low_text} and {high_text}"
+
+
+def _in_rule(value: Any, rule: tuple) -> bool:
+    kind = rule[0]
+    if kind == "int":
+        return _is_int(value) and rule[1] <= value <= rule[2]
+    if kind == "choice":
+        return isinstance(value, str) and value in rule[1]
+    if kind == "numbers":
+        return isinstance(value, (list, tuple)) and len(value) == rule[1] and all(
+            _in_rule(v, ("number", rule[2], rule[3], False, rule[4])) for v in value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    low, high, open_low, open_high = rule[1:]
+    return (low < value if open_low else low <= value) and (value < high if open_high else value <= high)
+
+
 class SetupError(ValueError):
     """A training request that cannot work; ``field`` names what to fix."""
 
@@ -146,8 +223,12 @@ def check_model_options(backend: str, options: dict[str, Any]) -> dict[str, Any]
                 continue
             default = _example_of(fields[key]["type"])
         problem = _type_problem(value, default, int_bounds(key))
+        rule = value_rule(backend, key)
+        if problem is None and rule is not None and not _in_rule(value, rule):
+            problem = describe_rule(rule)
         if problem:
-            raise SetupError(f"model_options.{key}", f"model option {key!r} must be {problem}, got {_short(value)}")
+            raise SetupError(f"model_options.{key}", f"model option {key!r} of {backend} must be {problem}, got "
+                                                     f"{_short(value)}")
         out[key] = tuple(value) if isinstance(default, tuple) else value
     return out
 
@@ -160,6 +241,9 @@ def check_hparams(backend: str, hparams: dict[str, Any]) -> dict[str, Any]:
             raise SetupError(f"hparams.{key}", f"backend {backend!r} has no hyper-parameter {key!r}; "
                                                f"valid: {', '.join(sorted(defaults))}")
         problem = _type_problem(value, defaults[key], int_bounds(key, hparam=True))
+        rule = value_rule(backend, key, hparam=True)
+        if problem is None and rule is not None and value is not None and not _in_rule(value, rule):
+            problem = describe_rule(rule) + (" (or null: the default)" if defaults[key] is None else "")
         if problem:
             raise SetupError(f"hparams.{key}", f"hyper-parameter {key!r} must be {problem}, got {_short(value)}")
     return dict(hparams)
