@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, abort, g, request
+from urllib.parse import urlsplit
+
+from flask import Flask, abort, g, jsonify, request
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -25,6 +27,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = create_base_app(test_config)
     # before every other hook: who is asking (rate limits, quotas, ownership), and no NUL in a path or query
     app.before_request(_identify_client)
+    app.before_request(_refuse_cross_site_api_writes)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(web.bp)
     init_limiter(app)  # its check runs after _identify_client and before the admin's access hook
@@ -48,3 +51,28 @@ def _identify_client() -> None:
         abort(400, "NUL character in the query string")
     client = identify_client(request.headers.get("Authorization"), request.remote_addr)
     g.client, g.client_key = client, client.key
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _refuse_cross_site_api_writes():
+    """The JSON API takes no cookies and so no CSRF token, but a browser still sends another site's plain
+    form (multipart, urlencoded, text/plain: no CORS preflight) with its visitor's address, and so his quota.
+    A write under /api/ that a browser marks as sent from another site is refused: ``Sec-Fetch-Site`` other
+    than ``same-origin`` or ``none`` (a typed URL, a bookmark), else an ``Origin`` whose host is not this
+    one (``null`` included). Scripts and curl send neither header and are not affected."""
+    if request.method in SAFE_METHODS or not request.path.startswith("/api/"):
+        return None
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if fetch_site is not None:
+        cross = fetch_site.strip().lower() not in ("same-origin", "none")
+    elif origin is not None:
+        cross = urlsplit(origin.strip()).netloc.lower() != request.host.lower()
+    else:
+        return None
+    if cross:
+        return jsonify({"error": "cross-site request refused: the API does not take writes sent by another "
+                                 "site's page (Sec-Fetch-Site / Origin); call it from a script or this site"}), 403
+    return None

@@ -17,7 +17,7 @@ bp = Blueprint("admin", __name__)  # HTML, /admin
 api_bp = Blueprint("admin_api", __name__)  # JSON, /api/v1/admin
 
 PUBLIC_ENDPOINTS = {"admin.login"}  # everything else under /admin and /api/v1/admin needs an admin
-SIGNED_IN_ENDPOINTS = {"admin.logout"}  # ... except these, open to any signed-in user
+SIGNED_IN_ENDPOINTS = {"admin.logout", "admin.change_password"}  # ... except these, open to any signed-in user
 UPLOAD_ENDPOINTS = {"admin.upload_dataset", "admin_api.upload_dataset_api"}
 
 

@@ -30,7 +30,8 @@ def _idempotent(kind: str, fingerprint: bytes, owner: jobs.Owner) -> IdempotentR
     """The request's ``Idempotency-Key`` (None without one), with a fingerprint of what it asks for; keys are
     scoped by client, so one client's key never returns another's job."""
     client = hashlib.sha256((owner.client_key or "").encode()).hexdigest()[:16]
-    return idempotency.from_header(f"{kind[0]}:{client}", request.headers.get(idempotency.HEADER), fingerprint)
+    return idempotency.from_header(f"{kind[0]}:{client}", request.headers.get(idempotency.HEADER), fingerprint,
+                                   anonymous=owner.anonymous)
 
 
 def _json_fingerprint(body: object) -> bytes:

@@ -31,13 +31,25 @@ class IdempotentRequest:
     request_hash: str
 
 
-def from_header(scope: str, header: str | None, fingerprint: bytes) -> IdempotentRequest | None:
-    """None without the header; ApiError(422) for a malformed key."""
+# An anonymous client is only its address, which many users share behind a NAT; a replay answers with the job
+# AND its cancel secret, so such a key must be as unguessable as a secret: 16 or more characters, 8 or more of
+# them distinct (a UUID, a ULID, secrets.token_urlsafe()), not "retry-1" or a counter another user of the same
+# client library and address would send too. A token's keys are scoped by the token and may be anything.
+ANONYMOUS_KEY_MIN_LENGTH = 16
+ANONYMOUS_KEY_MIN_DISTINCT = 8
+
+
+def from_header(scope: str, header: str | None, fingerprint: bytes, *, anonymous: bool = False) -> IdempotentRequest | None:
+    """None without the header; ApiError(422) for a malformed key (or, ``anonymous``, a guessable one)."""
     if header is None:
         return None
     key = header.strip()
     if not KEY_PATTERN.fullmatch(key):
         raise ApiError(422, f"{HEADER} must be 1 to 200 visible ASCII characters (e.g. a UUID)", field=HEADER)
+    if anonymous and (len(key) < ANONYMOUS_KEY_MIN_LENGTH or len(set(key)) < ANONYMOUS_KEY_MIN_DISTINCT):
+        raise ApiError(422, f"without an API token an {HEADER} must be a random value of at least "
+                            f"{ANONYMOUS_KEY_MIN_LENGTH} characters (e.g. a UUID): clients sharing an address "
+                            "share its keys", field=HEADER)
     return IdempotentRequest(scope, key, hashlib.sha256(fingerprint).hexdigest())
 
 

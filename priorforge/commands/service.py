@@ -1,5 +1,5 @@
 """Service sub-commands: ``serve``, ``worker``, ``db upgrade|downgrade|current``, ``register-model``, ``register-shipped``,
-``create-admin``.
+``create-admin``, ``reset-password``.
 
 All of them build the app with ``create_app()``, so they read the same configuration (``PRIORFORGE_*``,
 ``DATABASE_URL``, ``REDIS_URL`` / ``CELERY_BROKER_URL``).
@@ -63,6 +63,16 @@ def register(subparsers: Any) -> None:
                    help="also print a new API token (for an existing admin: only that, no password needed)")
     p.add_argument("--token-name", default="cli")
     p.set_defaults(func=run_create_admin)
+
+    p = subparsers.add_parser(
+        "reset-password", help="set a new password for an account (signs out all its sessions)",
+        description="Set a new password for an existing account, on the server (a forgotten password, or one "
+                    "that may have leaked). Every session of the account is signed out and its failed sign-ins "
+                    "are forgotten; its API tokens stay valid (revoke them on the admin page).")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin instead of prompting")
+    p.set_defaults(func=run_reset_password)
 
 
 def _app():
@@ -184,4 +194,29 @@ def run_create_admin(args: argparse.Namespace) -> int:
         if args.token:
             issued = issue_token(user, args.token_name)
             print(f"token (shown once; send it as 'Authorization: Bearer <token>'): {issued.token}")
+    return 0
+
+
+def run_reset_password(args: argparse.Namespace) -> int:
+    from sqlalchemy import delete, select
+
+    from app.core.errors import ApiError
+    from app.core.extensions import db
+    from app.core.models import LoginFailure, User
+    from app.services.accounts import set_password
+
+    app = _app()
+    with app.app_context():
+        user = db.session.scalars(select(User).where(User.username == args.username.strip())).first()
+        if user is None:
+            print(f"error: no user {args.username.strip()!r} (create one with priorforge create-admin)", file=sys.stderr)
+            return 1
+        try:
+            set_password(user, _read_password(args.password_stdin))
+        except ApiError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        db.session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))
+        db.session.commit()
+        print(f"new password set for {user.username!r}; every session of it is signed out")
     return 0

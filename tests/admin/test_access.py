@@ -187,7 +187,10 @@ def test_public_forms_need_the_csrf_token_and_the_json_api_does_not(client):
     assert client.post("/api/v1/jobs", json={"model": "nope", "n": 1}).status_code in (404, 422)
 
 
-@pytest.mark.parametrize("key", ["dev", "changeme", "CHANGE-ME", "short", "k" * 64, "secret"])
+@pytest.mark.parametrize("key", ["dev", "changeme", "CHANGE-ME", "short", "k" * 64, "secret",
+                                 # long enough, and still typed rather than drawn
+                                 "abcdefghabcdefghabcdefghabcdefgh", "0123456789abcdef" * 3,
+                                 "abcdefghijklmnopqrstuvwxyz0123456789", "aaaaaaaabbbbbbbbccccccccddddddddeeeeffffgghh"])
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_a_known_or_weak_secret_key_is_refused_in_every_mode(tmp_path, monkeypatch, env, key):
     """Issue 17, finding 1: the default key was the fixed string 'dev', refused only in production."""
@@ -217,7 +220,7 @@ def test_production_needs_secure_cookies(tmp_path, monkeypatch):
     from app import create_app
 
     monkeypatch.setenv("PRIORFORGE_ENV", "production")
-    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "0123456789abcdef" * 3)
+    monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "5e0f3c9a71d24b86ae13f07c9d5b2e48c61a7f3092db54e8")
     with pytest.raises(RuntimeError, match="SESSION_COOKIE_SECURE"):
         create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
     monkeypatch.setenv("PRIORFORGE_SESSION_COOKIE_SECURE", "true")

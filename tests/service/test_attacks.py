@@ -128,3 +128,62 @@ def test_retry_after_only_on_answers_that_ask_to_retry(tmp_path, checkpoints):
     limited = [client.get("/api/v1/models") for _ in range(4)][-1]
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert client.get("/", environ_base={"REMOTE_ADDR": "10.9.9.9"}).headers.get("Retry-After") is None
+
+
+# -- cross-site form posts ---------------------------------------------------------------------------------
+CSV = b"model,label,n\ntiny,1,2\n"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "same-site"},
+    {"Origin": "https://evil.example"},  # a browser without Fetch Metadata
+    {"Origin": "null"},  # a sandboxed frame or a data: page
+])
+def test_another_sites_form_cannot_post_to_the_api(tmp_path, checkpoints, headers):
+    app = make_app(tmp_path, checkpoints)
+    client = app.test_client()
+    response = client.post("/api/v1/batches", data={"file": (io.BytesIO(CSV), "b.csv")},
+                           content_type="multipart/form-data", headers=headers)
+    assert response.status_code == 403 and "cross-site" in response.get_json()["error"]
+    response = client.post("/api/v1/jobs", data='{"label": "1"}', content_type="text/plain", headers=headers)
+    assert response.status_code == 403
+    assert row_counts(app) == {"jobs": 0, "batches": 0, "images": 0}
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # curl, scripts
+    {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"},  # this site's own pages
+    {"Origin": "http://localhost"},
+    {"Sec-Fetch-Site": "none"},  # typed by the user
+])
+def test_scripts_and_this_sites_pages_still_post(tmp_path, checkpoints, headers):
+    app = make_app(tmp_path, checkpoints)
+    client = app.test_client()
+    response = client.post("/api/v1/batches", data={"file": (io.BytesIO(CSV), "b.csv")},
+                           content_type="multipart/form-data", headers=headers)
+    assert response.status_code == 202, response.get_json()
+    # reading stays open to every site (the answers are public)
+    assert client.get("/api/v1/models", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+# -- anonymous idempotency keys ------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["retry-1", "0000000000000001", "aaaaaaaabbbbbbbbcccc"])
+def test_an_anonymous_client_must_send_an_unguessable_idempotency_key(tmp_path, checkpoints, key):
+    """Clients behind one NAT share an address, so an anonymous key is a secret: a replay answers with the job
+    and its cancel secret. A guessable key (a counter, a word) is refused before anything is stored."""
+    app = make_app(tmp_path, checkpoints)
+    client = app.test_client()
+    response = client.post("/api/v1/jobs", json={"label": "1"}, headers={"Idempotency-Key": key})
+    assert response.status_code == 422 and "at least 16 characters" in response.get_json()["error"]
+    assert row_counts(app) == {"jobs": 0, "batches": 0, "images": 0}
+
+
+def test_a_token_may_use_any_idempotency_key(tmp_path, checkpoints):
+    from tests.service.test_hardening import token_of
+
+    app = make_app(tmp_path, checkpoints)
+    client, headers = app.test_client(), {**token_of(app), "Idempotency-Key": "retry-1"}
+    first = client.post("/api/v1/jobs", json={"label": "1"}, headers=headers)
+    again = client.post("/api/v1/jobs", json={"label": "1"}, headers=headers)
+    assert first.status_code == again.status_code == 202 and first.get_json()["id"] == again.get_json()["id"]

@@ -348,7 +348,7 @@ def test_nesting_limit_does_not_depend_on_the_recursion_limit(tmp_path, checkpoi
 def test_an_idempotency_key_is_scoped_by_client_and_a_retry_gets_the_same_cancel_secret(tmp_path, checkpoints):
     app = make_app(tmp_path, checkpoints)
     first, other = app.test_client(), app.test_client()
-    key = {"Idempotency-Key": "4f1c2a9e-retry"}
+    key = {"Idempotency-Key": "4f1c2a9e-b7d3-retry"}
     body = {"label": "3", "n": 1}
     made = first.post("/api/v1/jobs", json=body, headers=key, environ_base={"REMOTE_ADDR": "10.0.0.1"}).get_json()
     again = first.post("/api/v1/jobs", json=body, headers=key, environ_base={"REMOTE_ADDR": "10.0.0.1"}).get_json()

@@ -22,18 +22,20 @@ HOST = socket.gethostname()
 
 
 # -- Idempotency-Key ------------------------------------------------------------------------------------
+# anonymous clients' keys must be unguessable (docs/security.md): random values, as a client would send
+RETRY_1, RETRY_2, BATCH_KEY = "7c0f2e5a-9b41-4d3e-a8f6-1e2d3c4b5a69", "0d9e8f7a-6b5c-4d3e-9f1a-2b3c4d5e6f70", "b-5f2a9c1e7d3b4a60"
 def test_a_retry_with_the_same_key_returns_the_first_job(app, client):
     before, msgs = row_counts(app), broker_messages(app)
     body = {"model": "tiny", "label": "3", "n": 2}  # no seed: a random one, so a second job would differ
-    first = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "retry-1"})
-    again = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "retry-1"})
+    first = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": RETRY_1})
+    again = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": RETRY_1})
     assert first.status_code == again.status_code == 202
     assert first.get_json() == again.get_json()
     assert row_counts(app)["jobs"] == before["jobs"] + 1 and broker_messages(app) == msgs + 1
     # the same key with another body is refused; another key makes another job
-    other = client.post("/api/v1/jobs", json={**body, "n": 3}, headers={"Idempotency-Key": "retry-1"})
+    other = client.post("/api/v1/jobs", json={**body, "n": 3}, headers={"Idempotency-Key": RETRY_1})
     assert other.status_code == 422 and "different request" in other.get_json()["error"]
-    assert client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "retry-2"}).get_json()["id"] \
+    assert client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": RETRY_2}).get_json()["id"] \
         != first.get_json()["id"]
     assert client.post("/api/v1/jobs", json=body).status_code == 202  # no key: no check
     assert row_counts(app)["jobs"] == before["jobs"] + 3
@@ -49,13 +51,13 @@ def test_a_malformed_key_is_refused_before_anything_is_stored(app, client, key):
 
 def test_batches_are_idempotent_too(app, client):
     items = [{"model": "tiny", "label": str(i)} for i in range(3)]
-    first = client.post("/api/v1/batches", json=items, headers={"Idempotency-Key": "b-1"})
-    again = client.post("/api/v1/batches", json=items, headers={"Idempotency-Key": "b-1"})
+    first = client.post("/api/v1/batches", json=items, headers={"Idempotency-Key": BATCH_KEY})
+    again = client.post("/api/v1/batches", json=items, headers={"Idempotency-Key": BATCH_KEY})
     assert first.status_code == again.status_code == 202
     assert first.get_json()["id"] == again.get_json()["id"]
     assert row_counts(app)["batches"] == 1 and row_counts(app)["jobs"] == 3
     upload = {"file": (__import__("io").BytesIO(b"label\n1\n2\n"), "jobs.csv")}
-    resp = client.post("/api/v1/batches", data=upload, headers={"Idempotency-Key": "b-1"},
+    resp = client.post("/api/v1/batches", data=upload, headers={"Idempotency-Key": BATCH_KEY},
                        content_type="multipart/form-data")
     assert resp.status_code == 422  # the same key for another request
 
