@@ -64,7 +64,15 @@ def _render_index(*, error: str | None = None, rejected: list[dict[str, str]] | 
 
 @bp.get("/")
 def index():
-    return _render_index()
+    created = request.args.get("created")
+    row = next((d for d in uploaded_datasets() if d.name == created), None) if created else None
+    return _render_index(created=row)
+
+
+@bp.get("/datasets")
+def datasets_page():
+    """The upload form posts here; a reload or a bookmark of this address lands on the data set list."""
+    return redirect(url_for("admin.index", _anchor="datasets-heading"), code=303)
 
 
 @bp.post("/datasets")
@@ -76,7 +84,8 @@ def upload_dataset():
         return _render_index(error=exc.message, rejected=exc.details["rejected"], status=exc.status)
     except ApiError as exc:
         return _render_index(error=exc.message, status=exc.status)
-    return _render_index(created=row, status=201)
+    # POST, redirect, GET: the page after an upload is /admin/ (a reload does not post the zip again)
+    return redirect(url_for("admin.index", created=row.name, _anchor="datasets-heading"), code=303)
 
 
 @bp.post("/tokens")

@@ -26,6 +26,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if not _wants_json():
+            if exc.code == 405:  # a page's address reached with the wrong method: the site's error page
+                allow = {"Allow": ", ".join(exc.valid_methods)} if exc.valid_methods else {}  # type: ignore[attr-defined]
+                return render_template("error.html", status=405, message=f"This address does not take a "
+                                       f"{request.method} request."), 405, allow
             return exc
         messages = {
             404: "no such resource",

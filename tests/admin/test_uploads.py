@@ -167,8 +167,15 @@ def test_the_admin_page_upload_form(admin_app, client):
                        content_type="multipart/form-data").status_code == 400  # CSRF
     response = client.post("/admin/datasets", data={"file": (io.BytesIO(good), "g.zip"), "name": "two",
                                                     "csrf_token": token}, content_type="multipart/form-data")
-    assert response.status_code == 201
-    assert "Stored data set <strong>two</strong>" in response.get_data(as_text=True)
+    # POST, redirect, GET: the page after an upload is the admin index, and reloading it posts nothing again
+    assert response.status_code == 303 and response.headers["Location"] == "/admin/?created=two#datasets-heading"
+    assert "Stored data set <strong>two</strong>" in client.get(response.headers["Location"]).get_data(as_text=True)
+    # the form's own address, reloaded or bookmarked, lands on the data set list instead of a bare 405
+    back = client.get("/admin/datasets")
+    assert back.status_code == 303 and back.headers["Location"] == "/admin/#datasets-heading"
+    wrong_method = client.get("/admin/tokens")  # a POST-only page: the site's own error page, with Allow
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
+    assert '<p class="error-message" role="alert">' in wrong_method.get_data(as_text=True)
     response = client.post("/admin/datasets", data={"file": (io.BytesIO(slip()), "s.zip"), "name": "slip",
                                                     "csrf_token": token}, content_type="multipart/form-data")
     body = response.get_data(as_text=True)
