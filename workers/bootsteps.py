@@ -29,6 +29,7 @@ from flask import Flask
 from app.core.extensions import db
 from app.services.outbox import publish_pending
 from app.services.reconcile import after_broker_outage, reconcile
+from app.services.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
     if str(cfg["CELERY_BROKER_URL"]).startswith("sqla+"):
         timers.append((float(cfg["BROKER_CLEANUP_INTERVAL"]), run_cleanup))
 
+    dispatcher = Dispatcher(flask_app)
+
     class Timers(bootsteps.StartStopStep):
         """The periodic work, each first run just after start (a sweep of what dead workers left)."""
 
@@ -93,12 +96,14 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
             self.refs: list[Any] = []
 
         def start(self, worker: Any) -> None:
+            dispatcher.start()  # webhooks: a thread, since a POST may wait WEBHOOK_TIMEOUT seconds
             for interval, fn in timers:
                 if interval > 0:
                     self.refs.append(worker.timer.call_after(0.1, fn))
                     self.refs.append(worker.timer.call_repeatedly(interval, fn))
 
         def stop(self, worker: Any) -> None:
+            dispatcher.stop()
             for ref in self.refs:
                 ref.cancel()
             self.refs.clear()

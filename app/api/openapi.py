@@ -79,8 +79,13 @@ def spec() -> dict[str, Any]:
                 "n": {"type": "integer", "minimum": 1, "maximum": limit, "default": 1},
                 "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
                          "description": "random when absent (and stored); image i uses seed + i"},
+                "webhook": {"type": "string", "minLength": 1, "maxLength": 2000,
+                            "description": "http(s) URL POSTed when the job starts or ends (webhook_events_filter), "
+                                           "signed with the token's secret (GET /webhook-secret); needs an API "
+                                           "token; private, loopback and link-local targets are refused"},
+                "webhook_events_filter": {"type": "array", "minItems": 1, "items": {
+                    "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"},
             },
-        },
         "JobCreated": {
             "type": "object", "required": ["id", "url", "status"],
             "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
@@ -109,6 +114,16 @@ def spec() -> dict[str, Any]:
             "started_at": {"type": "string", "format": "date-time", "nullable": True},
             "finished_at": {"type": "string", "format": "date-time", "nullable": True},
             "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+            "webhook": {"type": "object", "description": "the job's webhook and its deliveries: for the token "
+                                                         "that created it and admins only", "properties": {
+                "url": {"type": "string"}, "events_filter": {"type": "array", "items": {"type": "string"}},
+                "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "event": {"type": "string"},
+                    "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                    "attempts": {"type": "integer"}, "last_status_code": {"type": "integer", "nullable": True},
+                    "last_error": {"type": "string", "nullable": True},
+                    "created_at": {"type": "string", "nullable": True},
+                    "delivered_at": {"type": "string", "nullable": True}}}}}},
             "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
@@ -222,6 +237,14 @@ def spec() -> dict[str, Any]:
                 "schema": {"type": "string", "format": "binary"}}}},
                 "302": {"description": "IMAGE_DELIVERY=redirect: a presigned URL of the object store"},
                 "404": _error("no such image"), "503": _error("the object store is unavailable")}}},
+        "/webhook-secret": {"get": {
+            "summary": "The secret that signs the webhooks of this token's jobs (HMAC-SHA256 over "
+                       "'<Webhook-Timestamp>.<body>')", "operationId": "getWebhookSecret", "security": [{"bearer": []}],
+            "responses": {"200": {"description": "the secret", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["secret"], "properties": {
+                    "secret": {"type": "string"}, "algorithm": {"type": "string"}, "signed": {"type": "string"},
+                    "header": {"type": "string"}}}}}},
+                "401": _error("no API token")}}},
         "/health": {"get": {
             "summary": "Database, broker and image store reachability (details for an admin's token only)",
             "operationId": "health", "security": [{}, {"bearer": []}],

@@ -36,3 +36,15 @@ def health():
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(spec())
+
+
+@bp.get("/webhook-secret")
+def webhook_secret():
+    """The secret that signs the webhooks of this token's jobs (made on first use; docs/service.md)."""
+    from app.core.errors import ApiError
+    from app.services.webhooks import secret_of
+
+    if g.client.token_id is None:
+        raise ApiError(401, "send the API token whose webhook secret you want: Authorization: Bearer <token>")
+    return jsonify({"secret": secret_of(g.client.token_id), "algorithm": "HMAC-SHA256",
+                    "signed": "<Webhook-Timestamp>.<body>", "header": "Webhook-Signature: v1=<hex digest>"})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import url_for
+from flask import g, url_for
 
 from app.core.models import Batch, Image, Job, iso
 from app.services.jobs import batch_summary
+from app.services.webhooks import deliveries_of
 
 
 def image_to_dict(image: Image) -> dict[str, Any]:
@@ -31,7 +32,19 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "n": job.n, "seed": job.seed, "attempts": job.attempts, "batch_id": job.batch_id,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "images": [image_to_dict(image) for image in job.images] if job.status == "succeeded" else [],
+        **_webhook_of(job),
     }
+
+
+def _webhook_of(job: Job) -> dict[str, Any]:
+    """The job's webhook and its recorded deliveries, for the token that created it or an admin only (the URL
+    may hold a receiver's own secret; job ids are visible on public pages)."""
+    client = g.get("client")
+    if not job.webhook or client is None or not (client.is_admin or (
+            client.token_id is not None and client.token_id == job.owner_token_id)):
+        return {}
+    return {"webhook": {"url": job.webhook, "events_filter": list(job.webhook_events or []),
+                        "deliveries": deliveries_of(job_id=job.id)}}
 
 
 def batch_to_dict(batch: Batch) -> dict[str, Any]:

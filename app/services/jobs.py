@@ -15,7 +15,7 @@ import io
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import current_app
@@ -28,7 +28,7 @@ from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, ha
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
 from app.core.queue import GENERATE_TASK
-from app.services import idempotency, outbox
+from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
 from app.services.models import conditions_of, default_model_name, serving_models, serving_version
@@ -36,7 +36,7 @@ from app.services.queue import job_queues
 from priorforge.spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
-JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed")
+JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed", "webhook", "webhook_events_filter")
 # an integer typed as text (forms, CSV cells): ASCII digits only (int() also takes "٣" and "1_000") and at
 # most 20 of them (int() of more than 4,300 digits raises instead of failing cleanly)
 INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
@@ -66,6 +66,9 @@ class JobSpec:
     label_index: int | None = None
     cluster: int | None = None
     prompt: str | None = None
+    # as sent; checked with the creator's token by create_job/create_batch (app/services/webhooks.py)
+    webhook: Any = None
+    webhook_events: Any = None
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -109,6 +112,14 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
     elif not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ApiError(422, f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
+    spec = _validate_condition(data, version, name, n, seed)
+    if data.get("webhook") is not None or data.get("webhook_events_filter") is not None:
+        spec = replace(spec, webhook=data.get("webhook"), webhook_events=data.get("webhook_events_filter"))
+    return spec
+
+
+def _validate_condition(data: dict[str, Any], version: ModelVersion, name: str, n: int, seed: int) -> JobSpec:
+    cfg = current_app.config
     label, cluster, prompt = data.get("label"), data.get("cluster"), data.get("prompt")
     given = [k for k, v in (("label", label), ("cluster", cluster), ("prompt", prompt)) if v is not None]
     if len(given) > 1:
@@ -304,6 +315,9 @@ def lane_of(batch_id: str | None, n: int) -> str:
 
 # -- creating and sending ---------------------------------------------------------------------------
 def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str | None = None, **extra: Any) -> Job:
+    url, events = webhooks.validate(spec.webhook, spec.webhook_events, owner.token_id if owner else None)
+    if url is not None:
+        extra.update(webhook=url, webhook_events=events, webhook_pending=True)
     return Job(status="queued", model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
                label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
                n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(),
@@ -324,8 +338,8 @@ def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: Idempotent
         return Created(found, _capability_of(owner, "job", found))
     client_key = owner.client_key if owner else None
     check_request_size(spec.n)
+    job = _job_from_spec(spec, owner)  # the webhook checked (422) before any lock or row
     lock_client(client_key)
-    job = _job_from_spec(spec, owner)
     db.session.add(job)
     db.session.flush()
     job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
@@ -349,6 +363,11 @@ def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
         return get_batch(found), _capability_of(owner, "batch", found)
     client_key, images = owner.client_key if owner else None, sum(spec.n for spec in specs)
     check_request_size(images)
+    for i, spec in enumerate(specs, start=1):  # every item's webhook checked (422) before anything is stored
+        try:
+            webhooks.validate(spec.webhook, spec.webhook_events, owner.token_id if owner else None)
+        except ApiError as exc:
+            raise ApiError(exc.status, f"item {i}: {exc.message}", item=i) from None
     lock_client(client_key)
     source = "".join(c for c in source if ord(c) >= 32)[:200]  # a file name as sent: no NUL or controls
     batch = Batch(source=source, owner_token_id=owner.token_id if owner else None)
