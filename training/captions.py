@@ -223,7 +223,8 @@ def attach_captions(data: ImageData, captions: Sequence[Sequence[str]], name: st
     padded = torch.cat([table, torch.zeros(1, EMBEDDING_DIM)])  # row -1: zeros past caption_counts
     embeddings = padded[rows]  # (N, K, 384)
     counts = torch.tensor([len(caps) for caps in captions], dtype=torch.long)
-    return ImageData(name or data.name, data.images, data.labels, data.class_names, embeddings, counts)
+    return ImageData(name or data.name, data.images, data.labels, data.class_names, embeddings, counts,
+                     [caps[0].strip() for caps in captions])
 
 
 def is_captioned_dataset(name: str) -> bool:

@@ -58,6 +58,7 @@ class ImageData:
     # captioned data sets: (N, K, D) condition vectors of up to K captions per image, and how many are real
     text_embeddings: Tensor | None = None
     caption_counts: Tensor | None = None
+    first_captions: list[str] | None = None  # each image's first caption (the live grids' prompts)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -98,7 +99,8 @@ class ImageData:
         """The rows ``index`` of this data set (captions included)."""
         return ImageData(self.name, self.images[index], self.labels[index], self.class_names,
                          None if self.text_embeddings is None else self.text_embeddings[index],
-                         None if self.caption_counts is None else self.caption_counts[index])
+                         None if self.caption_counts is None else self.caption_counts[index],
+                         None if self.first_captions is None else [self.first_captions[int(i)] for i in index])
 
 
 def to_float(images_uint8: Tensor) -> Tensor:

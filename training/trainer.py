@@ -388,13 +388,31 @@ class Trainer:
             images, nrow = torch.cat(rows), per_row
         elif kind == "text":
             embeddings = self._data.text_embeddings
-            conds = embeddings[:8, 0] if embeddings is not None else torch.zeros(8, model.config.text_dim)
+            rows = grid_rows(self._data)
+            conds = embeddings[rows, 0] if embeddings is not None else torch.zeros(8, model.config.text_dim)
             images = torch.cat([model.sample(8, Condition("text", embedding=c), generator) for c in conds])
             nrow = 8
+            if self._data.first_captions is not None:  # the rows' prompts, beside the grid, for the run page
+                write_json_atomic(Path(path).with_suffix(".json"),
+                                  {"prompts": [self._data.first_captions[int(i)] for i in rows]})
         else:
             images, nrow = model.sample(64, Condition("none"), generator), 8
         model.train(was_training)
         return save_png(images.cpu(), path, {"step": self.step, "backend": model.backend}, nrow=nrow)
+
+
+def grid_rows(data: ImageData, count: int = 8) -> Tensor:
+    """The images whose first captions prompt a text model's live grid: one per class first (a class-sorted
+    upload still shows every class), then evenly spread over the data set."""
+    picked: list[int] = []
+    labels = data.labels.tolist()
+    for label in sorted({x for x in labels if x >= 0}):
+        if len(picked) < count:
+            picked.append(labels.index(label))
+    for i in torch.linspace(0, len(data) - 1, count).long().tolist():
+        if len(picked) < min(count, len(data)) and i not in picked:
+            picked.append(i)
+    return torch.tensor(sorted(picked[:count]) if not any(x >= 0 for x in labels) else picked[:count])
 
 
 class ClassPriorTraining:

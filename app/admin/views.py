@@ -43,11 +43,25 @@ def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
         "model_version": _version_ref(run.model_version) if run.model_version else None,
         "url": url_for("admin_api.get_training", run_id=run.id),
         "sample_url": url_for("admin.training_sample", run_id=run.id) if latest_sample(run) else None,
-        "sample_step": run.sample_step,
+        "sample_step": run.sample_step, "sample_prompts": sample_prompts(run),
     }
     if history:
         body["history"] = read_history(run)
     return body
+
+
+def sample_prompts(run: TrainingRun) -> list[str]:
+    """A text run's grid rows' prompts (one row per prompt), from the JSON the trainer writes beside it."""
+    import json
+    from pathlib import Path
+
+    grid = latest_sample(run)
+    if not isinstance(grid, Path) or run.condition != "text":
+        return []
+    try:
+        return [str(p) for p in json.loads(grid.with_suffix(".json").read_text())["prompts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _version_ref(version: ModelVersion) -> dict[str, Any]:

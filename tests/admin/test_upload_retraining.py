@@ -95,6 +95,9 @@ def test_a_grey_captioned_upload_trains_evaluates_compares_and_generates_in_one_
     page = client.get(f"/admin/trainings/{first['id']}").get_data(as_text=True)
     assert 'id="run-evaluation" data-state="evaluated"' in page and "held-out split of &#39;squares&#39;" in page
     assert "caption_class_accuracy" in page
+    # the live grid's rows are prompted with captions of both classes (the upload is sorted by tone), labelled
+    assert first["sample_prompts"][:2] == ["a dark square", "a light square"] and len(first["sample_prompts"]) == 8
+    assert '<ol id="sample-prompts"><li>a dark square</li><li>a light square</li>' in page
 
     # a second run: the comparison has the evaluation figures of both and says which is better
     api("POST", f"/api/v1/admin/models/{first['model_version']['id']}/promote")
