@@ -45,9 +45,16 @@ def create_job():
     body = json_body()
     idempotent = _idempotent("jobs", _json_fingerprint(body), owner)
     spec = jobs.validate_job(body)
+    # a replay (the same Idempotency-Key and body) reports the job as it stands, not as it was created: it
+    # may have run and ended since
+    replay = idempotent is not None and idempotency.earlier(idempotent) is not None
     created = jobs.create_job(spec, owner, idempotent)
     url = url_for("api.get_job", job_id=created.id)
     capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
+    if wait is None and replay:
+        job = jobs.get_job(created.id)
+        return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL_STATUSES else 202, \
+            {"Location": url}
     if wait is None:
         return jsonify({"id": created.id, "url": url, "status": "queued", **capability}), 202, {"Location": url}
     # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s (202)

@@ -59,6 +59,11 @@ def celery_config(app: Flask) -> dict:
             "time_limit": float(config["TRAINING_TIME_LIMIT"])}},
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A broker outage must not stop the jobs that are running: each keeps its claim and lease in the
+        # database, finishes and commits; its message, unacknowledged, may come again after the reconnection
+        # and is dropped by the claim. Celery 6 turns this on by default (cancel every running acks_late task
+        # when the connection drops, to be run again from the start): off, as the recovery design relies on.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": float(config["TASK_SOFT_TIME_LIMIT"]),
         "task_time_limit": float(config["TASK_TIME_LIMIT"]),
