@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +45,49 @@ def build_tiny(backend: str, **overrides):
 
     torch.manual_seed(0)
     return build_model(backend, **tiny_config_values(backend, **overrides))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _traces() -> dict[str, set[str]]:
+    """What a test run must not add: entries of the checkout's ``git status --porcelain`` (untracked files
+    included; instance/ and runs/ are git-ignored, so they are listed on their own), and the project's own
+    entries in the system's temporary folder (``priorforge*``)."""
+    found: dict[str, set[str]] = {"checkout": set(), "instance": set(), "tmp": set()}
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        if status.returncode == 0:
+            found["checkout"] = {line for line in status.stdout.splitlines() if line.strip()}
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (an unpacked archive): nothing to compare
+    for folder in ("instance", "runs"):
+        root = REPO / folder
+        if root.is_dir():  # two levels: instance/trainings/<run>, instance/datasets/<name>, ...
+            found["instance"] |= {str(p.relative_to(REPO)) for p in root.glob("*")}
+            found["instance"] |= {str(p.relative_to(REPO)) for p in root.glob("*/*")}
+    tmp = Path(tempfile.gettempdir())
+    found["tmp"] = {p.name for p in tmp.glob("priorforge*")}
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_run_leaves_no_trace():
+    """A test run leaves the checkout and the temporary folder as it found them: tests write under tmp_path.
+    Fails the run (at its end) naming what appeared. The check compares before and after, so anything else
+    that writes into a shared checkout meanwhile shows too: PRIORFORGE_TEST_TRACE_CHECK=0 turns it off."""
+    if os.environ.get("PRIORFORGE_TEST_TRACE_CHECK", "1") == "0":
+        yield
+        return
+    before = _traces()
+    yield
+    after = _traces()
+    doorbells = {name for name in after["tmp"] if name.startswith("priorforge-") and len(name) == 27}
+    gained = {kind: sorted(after[kind] - before[kind] - (doorbells if kind == "tmp" else set())) for kind in after}
+    gained = {kind: entries for kind, entries in gained.items() if entries}
+    if gained:
+        pytest.fail(f"the test run left files behind (write under tmp_path instead): {gained}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

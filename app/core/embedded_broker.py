@@ -39,6 +39,7 @@ from kombu.utils.json import loads
 from sqlalchemy import event, text
 
 from app.core.doorbell import Doorbell, Listener
+from app.core.files import sqlite_connect_listener
 
 # the URL scheme prefix that selects this transport (``<prefix>+sqlite:///...``, like kombu's ``sqla+``)
 ALIAS = "sqladoorbell"
@@ -84,6 +85,7 @@ class Channel(kombu_sqla.Channel):
         engine = super()._engine_from_config()
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _write_ahead_log)
+            event.listen(engine, "connect", sqlite_connect_listener(engine.url.database))  # 0600
         return engine
 
     def _open(self) -> Any:

@@ -41,6 +41,7 @@ def admin_app(tmp_path, tmpdir_guard):
         "STORAGE_ROOT": str(tmp_path / "images"),
         "DATASET_ROOT": str(tmp_path / "datasets"),
         "DATA_ROOT": str(tmp_path / "data"),
+        "TRAINING_ROOT": str(tmp_path / "trainings"),  # the default, instance/trainings, is in the checkout
         "RECONCILE_INTERVAL": 0,
     })
     upgrade(app)

@@ -112,7 +112,7 @@ def test_the_instance_folder_and_sqlite_files_are_private(tmp_path):
     """Made with a umask of 022 the folder was 0755 and the database 0644: password hashes readable by every
     user of the machine."""
     from app import create_app
-    from app.core.factory import _private_folder
+    from app.core.files import private_folder as _private_folder
     from app.core.migrate import upgrade
 
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
@@ -124,12 +124,13 @@ def test_the_instance_folder_and_sqlite_files_are_private(tmp_path):
         os.chmod(instance, 0o755)
         _private_folder(str(instance))  # tightened
         assert mode(instance) == 0o700
-        (instance / "broker.sqlite3").touch()
-        os.chmod(instance / "broker.sqlite3", 0o644)
+        (instance / "priorforge.sqlite3").touch()  # made by an older version with the umask's mode
+        os.chmod(instance / "priorforge.sqlite3", 0o644)
         app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{instance / 'priorforge.sqlite3'}",
                           "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
                           "SECRET_KEY_FILE": str(instance / "secret_key"), "STORAGE_ROOT": str(tmp_path / "images")})
         upgrade(app)
+        app.extensions["celery"].send_task("nothing", queue="generate")  # the embedded broker creates its file
     finally:
         os.umask(old)
     assert mode(instance / "priorforge.sqlite3") == 0o600 and mode(instance / "broker.sqlite3") == 0o600

@@ -6,7 +6,6 @@ grid) until it registers a new version, then promote that version from its page.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)"),
 ]
 
-SCREENSHOT = Path("/tmp/priorforge-training.png")
+SCREENSHOT = "priorforge-training.png"  # in the test's own temporary folder, never straight into /tmp
 TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidden": [8], "latent_dim": 8}
 
 
@@ -53,7 +52,7 @@ def admin_stack(tmp_path, pg_url, redis_url, start_worker):
         db.engine.dispose()
 
 
-def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack):
+def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack, tmp_path):
     app, server = admin_stack
     with browser_page(height=900) as (page, errors):
         page.goto(f"{server.url}/admin/trainings")  # anonymous: sent to the login form first
@@ -94,7 +93,7 @@ def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack
         assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
         assert page.locator("#run-step").inner_text() == "40"
         assert page.locator("#cancel-form").is_hidden()
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(tmp_path / SCREENSHOT), full_page=True)
         version_link = page.locator("#run-version-link")
         assert version_link.inner_text().strip() == "digits-admin v1"
 

@@ -39,8 +39,10 @@ def browser_page(height: int = 800):
             yield page, errors
         finally:
             browser.close()
-SCREENSHOT = Path("/tmp/priorforge-job.png")
-TEXT_SCREENSHOT = Path("/tmp/priorforge-text-job.png")
+# screenshots go to the test's own folder under pytest's base temporary folder (kept for the last runs), never
+# straight into /tmp, where nothing would remove them
+SCREENSHOT = "priorforge-job.png"
+TEXT_SCREENSHOT = "priorforge-text-job.png"
 SHIPPED_MODELS = REPO / "models"
 N_IMAGES = 4
 
@@ -134,7 +136,7 @@ ALL_IMAGES_LOADED = """(n) => {
 }"""
 
 
-def test_generate_digits_in_the_browser(stack):
+def test_generate_digits_in_the_browser(stack, tmp_path):
     app, server = stack
     with browser_page(height=800) as (page, errors):
         page.goto(f"{server.url}/")
@@ -154,7 +156,7 @@ def test_generate_digits_in_the_browser(stack):
         assert page.locator("#job-progress").get_attribute("value") == "100"
         assert page.locator("#job-images img").first.get_attribute("alt").endswith("label 7, seed 2024")
         assert page.locator("#cancel-form").is_hidden()
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(tmp_path / SCREENSHOT), full_page=True)
         assert errors == []
 
         # the image page and its download link, in the same browser
@@ -205,7 +207,7 @@ def test_generate_digits_in_the_browser(stack):
 
 
 @pytest.mark.skipif(not (SHIPPED_MODELS / "fashion-text" / "card.json").is_file(), reason="models/fashion-text absent")
-def test_a_typed_prompt_for_the_shipped_text_model(stack):
+def test_a_typed_prompt_for_the_shipped_text_model(stack, tmp_path):
     """The shipped fashion-text model: its example prompts fill the box, a typed prompt gives images, and the
     job page and the gallery show the prompt."""
     app, server = stack
@@ -229,7 +231,7 @@ def test_a_typed_prompt_for_the_shipped_text_model(stack):
         page.wait_for_function(ALL_IMAGES_LOADED, arg=N_IMAGES, timeout=300_000)
         assert page.locator("#job-status").inner_text() == "succeeded"
         assert prompt in page.locator("main").inner_text()
-        page.screenshot(path=str(TEXT_SCREENSHOT), full_page=True)
+        page.screenshot(path=str(tmp_path / TEXT_SCREENSHOT), full_page=True)
 
         page.goto(f"{server.url}/gallery?prompt=narrow+dress")
         assert page.locator("#gallery img").count() == N_IMAGES
