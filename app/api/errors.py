@@ -1,4 +1,4 @@
-"""JSON errors under ``/api/``; the HTML pages keep Flask's default error pages."""
+"""JSON errors under ``/api/``; every other error answers with the site's styled error page."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from sqlalchemy.exc import DataError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException
 
 from app.core.errors import ApiError
 from app.core.extensions import db
 
 log = logging.getLogger(__name__)
+
+
+HTML_MESSAGES = {
+    404: "There is no page at this address.",
+    413: "What was sent is too large.",
+    429: "Too many requests from your address; wait a minute and try again.",
+    500: "Something went wrong on the server; it has been logged.",
+}
 
 
 def _wants_json() -> bool:
@@ -26,11 +34,17 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if not _wants_json():
-            if exc.code == 405:  # a page's address reached with the wrong method: the site's error page
-                allow = {"Allow": ", ".join(exc.valid_methods)} if exc.valid_methods else {}  # type: ignore[attr-defined]
-                return render_template("error.html", status=405, message=f"This address does not take a "
-                                       f"{request.method} request."), 405, allow
-            return exc
+            if exc.code is None or exc.code < 400:  # a redirect of the routing (a missing trailing slash)
+                return exc
+            # one styled error page for every HTML error (Werkzeug's own page was unstyled)
+            headers = {}
+            if exc.code == 405:  # a page's address reached with the wrong method
+                if exc.valid_methods:  # type: ignore[attr-defined]
+                    headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+                message = f"This address does not take a {request.method} request."
+            else:
+                message = HTML_MESSAGES.get(exc.code, exc.description or exc.name)
+            return render_template("error.html", status=exc.code, message=message), exc.code, headers
         messages = {
             404: "no such resource",
             405: f"method {request.method} is not allowed here",
@@ -66,5 +80,5 @@ def register(app: Flask) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         db.session.rollback()
         if not _wants_json():
-            return InternalServerError()
+            return render_template("error.html", status=500, message=HTML_MESSAGES[500]), 500
         return jsonify({"error": "internal server error"}), 500

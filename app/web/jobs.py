@@ -104,9 +104,53 @@ def cancel_job(job_id: str):
 
 # -- batches ----------------------------------------------------------------------------------------
 def _render_batch_form(error: str | None = None, status: int = 200):
-    return render_template("batch_new.html", error=error, models=serving_models(),
-                           max_items=int(current_app.config["MAX_BATCH_ITEMS"]),
+    models = serving_models()
+    csv_example, jsonl_example = batch_examples(models)
+    return render_template("batch_new.html", error=error, models=models, csv_example=csv_example,
+                           jsonl_example=jsonl_example, max_items=int(current_app.config["MAX_BATCH_ITEMS"]),
                            max_bytes=int(current_app.config.get("MAX_CONTENT_LENGTH") or 0)), status
+
+
+def _example_items(models: list[ModelVersion]) -> list[dict]:
+    """Two job requests per kind of condition among the serving models (the first model of each), built from
+    what is served (its class names, its card's example prompts), so the page's examples are accepted as
+    printed."""
+    items: list[dict] = []
+    seen: set[str] = set()
+    for m in models:
+        if m.condition in seen:
+            continue
+        seen.add(m.condition)
+        if m.condition == "class" and m.class_names:
+            items += [{"model": m.name, "label": m.class_names[0], "n": 4, "seed": 1},
+                      {"model": m.name, "label": m.class_names[-1], "n": 2}]
+        elif m.condition == "text":
+            prompts = [p for p in ((m.card or {}).get("examples") or []) if isinstance(p, str) and p.strip()]
+            prompts = (prompts + ["a picture"] * 2)[:2]
+            items += [{"model": m.name, "prompt": prompts[0], "n": 4, "seed": 1},
+                      {"model": m.name, "prompt": prompts[1], "n": 2}]
+        elif m.condition == "cluster" and m.num_classes:
+            items += [{"model": m.name, "cluster": 0, "n": 4, "seed": 1}, {"model": m.name, "n": 2}]
+        elif m.condition == "none":
+            items += [{"model": m.name, "n": 4, "seed": 1}]
+    return items
+
+
+def batch_examples(models: list[ModelVersion]) -> tuple[str, str]:
+    """(CSV text, JSONL text) of the batch page's examples, from the serving models; empty when none."""
+    import csv
+    import io
+    import json
+
+    items = _example_items(models)
+    if not items:
+        return "", ""
+    columns = [key for key in JOB_FIELDS if any(key in item for item in items)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(items)
+    return buffer.getvalue(), "\n".join(json.dumps(item, ensure_ascii=False) for item in items) + "\n"
 
 
 @bp.get("/batches/new")

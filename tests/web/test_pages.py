@@ -340,6 +340,55 @@ def test_bad_batch_files_are_rejected_whole(web_app, client, filename, content, 
     assert job_count(web_app) == 0
 
 
+def page_examples(response) -> dict[str, str]:
+    """The batch page's examples as printed (HTML-unescaped), by format."""
+    import html
+
+    body = text_of(response)
+    return {kind: html.unescape(re.search(rf'<code id="{kind}-example">(.*?)</code>', body, re.S).group(1))
+            for kind in ("csv", "jsonl")}
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # the fixture's digits model alone
+    [("captions", "text", {"examples": ["a dark, wide pullover", "a pair of \"light\" trousers"]}),
+     ("grouped", "cluster", None), ("free", "none", None)],
+])
+def test_the_batch_pages_examples_are_accepted_as_printed(web_app, client, extra):
+    """The JSONL example named a model ("digits") that was not served; the examples now come from the serving
+    models, and each is uploaded exactly as the page prints it."""
+    from app.core.extensions import db
+    from app.core.models import ModelVersion
+
+    for name, condition, card in extra:
+        version_id = add_model(web_app, name, condition, num_classes=4 if condition == "cluster" else 0)
+        with web_app.app_context():
+            db.session.get(ModelVersion, version_id).card = card
+            db.session.commit()
+    examples = page_examples(client.get("/batches/new"))
+    names = {"digits"} | {name for name, _, _ in extra}
+    assert all(f'"model": "{name}"' in examples["jsonl"] for name in names), examples
+    for kind, text in examples.items():
+        before = job_count(web_app)
+        response = client.post("/batches", data={"file": (io.BytesIO(text.encode()), f"example.{kind}")},
+                               content_type="multipart/form-data")
+        assert response.status_code == 303, (kind, text, text_of(response))
+        assert job_count(web_app) == before + len(text.strip().splitlines()) - (kind == "csv")
+
+
+def test_the_batch_page_says_when_no_model_is_served(web_app, client):
+    from sqlalchemy import update
+
+    from app.core.extensions import db
+    from app.core.models import ModelVersion
+
+    with web_app.app_context():
+        db.session.execute(update(ModelVersion).values(serving=False))
+        db.session.commit()
+    body = text_of(client.get("/batches/new"))
+    assert "No model is served yet" in body and "digits" not in body.split("File format")[1]
+
+
 def test_batch_form_without_a_file(web_app, client):
     response = client.post("/batches", data={}, content_type="multipart/form-data")
     assert response.status_code == 422
@@ -390,3 +439,30 @@ def test_download_of_a_file_missing_from_storage_is_a_404_page(web_app, client):
     response = client.get(f"/images/{image_ids[0]}/download")
     assert response.status_code == 404
     assert "is missing from storage" in text_of(response)
+
+
+# -- errors -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, url, status, heading", [
+    ("GET", "/no-such-page", 404, "Not found"),  # was Werkzeug's unstyled "Not Found"
+    ("GET", "/images/no-such-image/extra/parts", 404, "Not found"),
+    ("POST", "/gallery", 405, "Method not allowed"),
+    ("DELETE", "/", 405, "Method not allowed"),
+])
+def test_html_errors_get_the_sites_error_page(client, method, url, status, heading):
+    response = client.open(url, method=method)
+    body = text_of(response)
+    assert response.status_code == status and response.mimetype == "text/html"
+    assert f"<h1>{heading}</h1>" in body and '<p class="error-message" role="alert">' in body
+    assert 'href="/gallery"' in body  # the site's navigation: the styled base page
+    assert "Content-Security-Policy" in response.headers
+    if status == 405:
+        assert "GET" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("method, url, status", [
+    ("GET", "/api/v1/no-such-route", 404), ("GET", "/api/v1/jobs/no-such-job", 404), ("PUT", "/api/v1/models", 405),
+])
+def test_errors_under_the_api_are_json(client, method, url, status):
+    response = client.open(url, method=method)
+    assert response.status_code == status and response.mimetype == "application/json"
+    assert response.get_json()["error"]
