@@ -28,12 +28,10 @@ one checkpoint twice gives identical numbers on one device.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
@@ -43,6 +41,7 @@ from generation.sampling import generate, to_uint8
 from training.classifier import TrainedClassifier, get_classifier, match_shape
 from priorforge.spec.datasets import image_dataset_name
 from training.data import ImageData, load_dataset, to_float
+from training.fid import as_float64, frechet_distance
 
 FEATURE_FID_NOTE = ("Fréchet distance in the project's own classifier's feature space, NOT Inception FID, "
                     "not comparable with papers")
@@ -51,41 +50,6 @@ PR_NEIGHBOURS = 3
 
 
 # -- the metrics themselves ----------------------------------------------------------------------------
-def frechet_distance(features_a: Tensor | np.ndarray, features_b: Tensor | np.ndarray, eps: float = 1e-6) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)`` and ``(M, D)``.
-
-    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` (Heusel et al. 2017, Eq. 6), with the
-    matrix square root from :func:`scipy.linalg.sqrtm`; a tiny ridge is added when the product is singular.
-    """
-    a, b = _as_float64(features_a), _as_float64(features_b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) and (M, D), got {a.shape} and {b.shape}")
-    if min(len(a), len(b)) < 2:
-        raise ValueError("the Fréchet distance needs at least 2 feature vectors per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = _sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(a.shape[1]) * eps
-        covmean = _sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    covmean = covmean.real  # imaginary parts are round-off (both factors are PSD)
-    diff = mu_a - mu_b
-    value = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
-    return float(max(value, 0.0))
-
-
-def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():  # singular products warn; the caller checks finiteness instead
-        warnings.simplefilter("ignore")
-        return np.asarray(linalg.sqrtm(matrix))
-
-
-def _as_float64(features: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(features, Tensor):
-        return features.detach().double().cpu().numpy()
-    return np.asarray(features, dtype=np.float64)
-
-
 def knn_radii(features: Tensor, k: int = PR_NEIGHBOURS) -> Tensor:
     """Distance of each row to its k-th nearest other row ``(N,)`` (the radius of its k-NN ball)."""
     if len(features) <= k:
@@ -109,7 +73,7 @@ def manifold_coverage(queries: Tensor, support: Tensor, radii: Tensor) -> float:
 def precision_recall(real: Tensor | np.ndarray, fake: Tensor | np.ndarray, k: int = PR_NEIGHBOURS) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): precision = share of generated samples on
     the real manifold (union of real k-NN balls), recall = share of real samples on the generated one."""
-    real_t, fake_t = torch.as_tensor(_as_float64(real)), torch.as_tensor(_as_float64(fake))
+    real_t, fake_t = torch.as_tensor(as_float64(real)), torch.as_tensor(as_float64(fake))
     return {"precision": manifold_coverage(fake_t, real_t, knn_radii(real_t, k)),
             "recall": manifold_coverage(real_t, fake_t, knn_radii(fake_t, k))}
 

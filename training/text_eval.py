@@ -120,7 +120,7 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
     test images in the same classifier features."""
     from priorforge.spec.datasets import image_dataset_name
     from training.data import load_dataset
-    from training.evaluate import frechet_distance
+    from training.fid import frechet_distance
 
     test = load_dataset(image_dataset_name(name), data_root, "test")
     real_spread: dict[str, float] = {}

@@ -131,7 +131,7 @@ RECIPES: tuple[Recipe, ...] = (
         name="mnist-clusters", title="Handwritten digits (MNIST), by learned cluster",
         description="The unsupervised code-generator AAE: trained without labels, it found 30 clusters of its "
                     "own; ask for a cluster (its card says which digit each one holds).",
-        backend="aae-cg", dataset="mnist", condition="cluster", cpu_minutes=20, options=dict(MNIST_SIZES),
+        backend="aae-cg", dataset="mnist", condition="cluster", cpu_minutes=15, options=dict(MNIST_SIZES),
         clusters=30, examples=("0", "4", "8")),
     Recipe(
         name="fashion-glf", title="Fashion-MNIST garments by class, generative latent flow",
@@ -143,14 +143,8 @@ RECIPES: tuple[Recipe, ...] = (
         name="fashion-text-glf", title="Fashion-MNIST garments from a text prompt, generative latent flow",
         description="The GLF backend with the sentence as the flow prior's condition: the same prompts as "
                     "fashion-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
-        backend="glf", dataset="fashion-mnist-captions", condition="text", cpu_minutes=20,
+        backend="glf", dataset="fashion-mnist-captions", condition="text", cpu_minutes=15,
         options={"base_channels": 32, "hidden_dim": 512}, examples=FASHION_PROMPTS, keep_encoder=True),
-    Recipe(
-        name="cifar10-text-glf", title="CIFAR-10 photos from a text prompt, generative latent flow (32x32 colour)",
-        description="The GLF backend with the sentence as the flow prior's condition: the same prompts as "
-                    "cifar10-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
-        backend="glf", dataset="cifar10-captions", condition="text", cpu_minutes=25,
-        options={"base_channels": 32, "hidden_dim": 512}, examples=CIFAR_PROMPTS, keep_encoder=True),
 )
 
 
