@@ -12,3 +12,29 @@ graceful_timeout = 75
 # gunicorn >= 25 opens a control socket at one fixed path per user ($XDG_RUNTIME_DIR or ~/.gunicorn), so two
 # instances on one machine took each other's; nothing here uses it (deploys use signals): off
 control_socket_disable = True
+
+
+def _errors_with_security_headers() -> None:
+    """Errors that gunicorn answers itself (a malformed request line, a header too large) never reach the app,
+    so the app's hook that adds the security headers (app/core/headers.py) does not run for them: gunicorn's
+    error writer is replaced by one that sends the same headers, with the message escaped as before."""
+    import html
+    import sys
+    from pathlib import Path
+
+    from gunicorn import util
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from app.core.headers import HEADERS
+
+    def write_error(sock, status_int, reason, mesg):  # gunicorn.util.write_error's signature
+        body = (f"<!doctype html><html><head><title>{html.escape(reason)}</title></head><body>"
+                f"<h1>{html.escape(reason)}</h1><p>{html.escape(mesg)}</p></body></html>").encode()
+        head = [f"HTTP/1.1 {status_int} {reason}", "Connection: close", "Content-Type: text/html; charset=utf-8",
+                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in HEADERS.items())]
+        util.write_nonblock(sock, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    util.write_error = write_error
+
+
+_errors_with_security_headers()

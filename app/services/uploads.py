@@ -242,7 +242,7 @@ def _check_contents(plan: Plan, staging: Path) -> tuple[list[str], int]:
 
 def _check_captions(plan: Plan, staging: Path) -> tuple[list[str], int]:
     try:
-        entries = parse_captions_jsonl(staging)
+        entries = parse_captions_jsonl(staging, inside_only=True)  # no probing of paths outside the archive
     except DatasetError as exc:
         message = str(exc).replace(f"{staging}/", "").replace(str(staging), "the archive")
         raise UploadRejected(422, "captions.jsonl is invalid", [Rejected(CAPTIONS_FILE, message)]) from None

@@ -30,8 +30,11 @@ class _Entry:
     split: str | None = None
 
 
-def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
-    """Validate ``<folder>/captions.jsonl``; every problem, with its line number, in one DatasetError."""
+def parse_captions_jsonl(folder: str | Path, *, inside_only: bool = False) -> list[_Entry]:
+    """Validate ``<folder>/captions.jsonl``; every problem, with its line number, in one DatasetError.
+
+    ``inside_only`` (uploads): a ``file`` must be a relative path inside the folder, checked before the file
+    system is asked, so that the answer never tells whether a path exists elsewhere on the machine."""
     root = Path(folder).expanduser()
     path = root / CAPTIONS_FILE
     if not path.is_file():
@@ -71,6 +74,9 @@ def parse_captions_jsonl(folder: str | Path) -> list[_Entry]:
         file = obj.get("file")
         if not isinstance(file, str) or not file.strip():
             bad('missing "file" (the image path, relative to the folder)')
+        elif inside_only and (file.startswith(("/", "\\")) or ".." in Path(file).parts or "\\" in file
+                              or "\x00" in file):
+            bad(f"file {file[:200]!r} must be a relative path inside the archive (no '/' at the start, no '..')")
         elif (root / file).suffix.lower() not in IMAGE_EXTENSIONS:
             bad(f"file {file!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
         elif not _is_file(root / file):

@@ -129,6 +129,22 @@ def test_unusable_names_and_captions_are_refused_not_500(admin_app, upload, tmpd
     assert os.listdir(tmpdir_guard) == []
 
 
+@pytest.mark.parametrize("named", ["/etc/hostname.png", "../../../../../../usr/share/pixmaps/x.png",
+                                   "img/../../x.png", "/no/such/file.png"])
+def test_captions_cannot_probe_paths_outside_the_archive(admin_app, upload, named):
+    """A path outside the archive got one answer when it existed on the server and another when it did not;
+    now any such path gets the same refusal, before the file system is asked."""
+    line = json.dumps({"file": named, "caption": "x"}).encode()
+    response = upload(captions_zip(b'{"file": "img/a.png", "caption": "x"}\n' + line + b"\n"), name="probe")
+    body = response.get_json()
+    assert response.status_code == 422
+    assert body["rejected"] == [{"file": "captions.jsonl", "reason": body["rejected"][0]["reason"]}]
+    reason = body["rejected"][0]["reason"]
+    assert "line 2: file" in reason and "must be a relative path inside the archive" in reason
+    assert "exist" not in reason and "not an image of this archive" not in reason
+    assert stored(admin_app) == ([], 0)
+
+
 def test_a_symlink_member_is_refused(admin_app, upload):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
