@@ -466,3 +466,14 @@ def test_errors_under_the_api_are_json(client, method, url, status):
     response = client.open(url, method=method)
     assert response.status_code == status and response.mimetype == "application/json"
     assert response.get_json()["error"]
+
+
+def test_the_site_menu_links_the_admin_and_wraps_between_items(client):
+    """The admin area had no link in the menu, and at 390 px the menu wrapped inside "Batch upload"."""
+    from pathlib import Path
+
+    nav = text_of(client.get("/")).split('<nav aria-label="Main">')[1].split("</nav>")[0]
+    assert '<a href="/admin/">Admin</a>' in nav
+    css = (Path(__file__).resolve().parents[2] / "app" / "static" / "style.css").read_text()
+    assert re.search(r"\.site-header ul \{[^}]*flex-wrap: wrap", css)
+    assert re.search(r"\.site-header li a \{[^}]*white-space: nowrap", css)
