@@ -15,9 +15,11 @@ from flask import current_app, g, jsonify, redirect, render_template, request, s
 from app.admin.blueprints import api_bp, bp
 from app.admin.views import run_to_dict
 from app.core.errors import ApiError
+from app.core.extensions import db
 from app.core.http import json_body
+from app.core.models import ModelVersion
 from app.core.storage import StorageError
-from app.services import models, trainings
+from app.services import cards, models, trainings
 from app.services.datasets import builtin_datasets, uploaded_datasets
 from priorforge.spec.backends import backend_names
 
@@ -63,7 +65,32 @@ def compare_model_version(version_id: int):
 
 @api_bp.post("/models/<int:version_id>/promote")
 def promote_model_version(version_id: int):
-    return jsonify(models.version_to_dict(models.promote(version_id)))
+    """Serve this version; an optional JSON body ``{"card": {...}}`` writes its card in the same transaction
+    (a card that does not validate promotes nothing)."""
+    card = None
+    if request.get_data(cache=True):
+        body = json_body()
+        if not isinstance(body, dict) or set(body) - {"card"}:
+            raise ApiError(422, "the body of a promotion is empty or {\"card\": {...}}")
+        card = body.get("card")
+    return jsonify(models.version_to_dict(_promote_with_card(version_id, card)))
+
+
+@api_bp.route("/models/<int:version_id>/card", methods=["PATCH"])
+def edit_model_card(version_id: int):
+    """Write a version's card: the fields sent (title, description, examples) replace those of the card;
+    null or an empty value removes one; fields left out stay."""
+    version = models.get_version(version_id)
+    cards.write_card(version, cards.validate_card(version, json_body()))
+    db.session.commit()
+    return jsonify(models.version_to_dict(version))
+
+
+def _promote_with_card(version_id: int, card: Any) -> ModelVersion:
+    version = models.get_version(version_id)
+    if card is not None:
+        cards.write_card(version, cards.validate_card(version, card))  # before anything changes: 422, no promotion
+    return models.promote(version_id)
 
 
 # -- HTML ----------------------------------------------------------------------------------------------
@@ -158,10 +185,44 @@ def models_page():
 
 @bp.get("/models/<int:version_id>")
 def model_version_page(version_id: int):
-    return render_template("admin/model_version.html", comparison=models.compare(version_id))
+    return _render_version(version_id, saved=request.args.get("saved") == "card")
+
+
+def _render_version(version_id: int, *, error: str | None = None, form: Any = None, saved: bool = False,
+                    status: int = 200):
+    version = models.get_version(version_id)
+    values = dict(form) if form is not None else cards.form_values(version, models.serving_version(version.name))
+    return render_template("admin/model_version.html", comparison=models.compare(version_id), card_form=values,
+                           card_error=error, card_saved=saved, limits={
+                               "title": cards.MAX_TITLE, "description": cards.MAX_DESCRIPTION,
+                               "examples": cards.MAX_EXAMPLES,
+                               "prompt": int(current_app.config["MAX_PROMPT_LENGTH"])}), status
 
 
 @bp.post("/models/<int:version_id>/promote")
 def promote_form(version_id: int):
-    models.promote(version_id)
+    """Promote; the page's card fields, when the form sends them, are written with it (a card that does not
+    validate is shown again with its message, and nothing is promoted)."""
+    card = cards.card_fields_from_form(request.form) if any(k in request.form for k in cards.CARD_FIELDS) else None
+    try:
+        _promote_with_card(version_id, card)
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        db.session.rollback()
+        return _render_version(version_id, error=exc.message, form=request.form, status=422)
     return redirect(url_for("admin.model_version_page", version_id=version_id), code=303)
+
+
+@bp.post("/models/<int:version_id>/card")
+def card_form(version_id: int):
+    version = models.get_version(version_id)
+    try:
+        cards.write_card(version, cards.validate_card(version, cards.card_fields_from_form(request.form),
+                                                      partial=False))
+    except ApiError as exc:
+        db.session.rollback()
+        return _render_version(version_id, error=exc.message, form=request.form, status=exc.status)
+    db.session.commit()
+    return redirect(url_for("admin.model_version_page", version_id=version_id, saved="card",
+                            _anchor="card-heading"), code=303)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.models import JOB_STATUSES, TRAINING_STATUSES
+from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
 from app.services.jobs import JOB_FIELDS, MAX_SEED
 from app.services.trainings import TRAINING_FIELDS, request_schema as training_request_schema
 
@@ -143,9 +144,10 @@ def spec() -> dict[str, Any]:
             "card": {"$ref": "#/components/schemas/ModelCard"}}},
         "ModelCard": {
             "type": "object", "nullable": True,
-            "description": "A shipped model's card (null for other models): what it makes, examples to try (labels, "
-                           "cluster ids or prompts), its metric summary and the recipe that trained it. The sample "
-                           "grid is at /models/{name}/samples.png.",
+            "description": "A model's card (null while nobody wrote one): what it makes, examples to try (labels, "
+                           "cluster ids or prompts), and for a shipped model its metric summary and the recipe that "
+                           "trained it. An admin writes title, description and examples (PATCH "
+                           "/admin/models/{version_id}/card). The sample grid is at /models/{name}/samples.png.",
             "properties": {
                 "title": {"type": "string", "nullable": True}, "description": {"type": "string", "nullable": True},
                 "examples": {"type": "array", "items": {"type": "string"}},
@@ -157,6 +159,16 @@ def spec() -> dict[str, Any]:
                     "cpu_minutes": {"type": "number"}}},
                 "export": {"type": "object"}, "size_bytes": {"type": "integer", "nullable": True},
                 "default": {"type": "boolean"}}},
+        "CardEdit": {
+            "type": "object", "additionalProperties": False,
+            "description": "The part of a card an admin writes. examples: prompts of a text model (the rules of a "
+                           "job's prompt), labels of a class model (its class names), cluster numbers of a cluster "
+                           "model; an unconditional model has none",
+            "properties": {
+                "title": {"type": "string", "maxLength": MAX_TITLE, "nullable": True},
+                "description": {"type": "string", "maxLength": MAX_DESCRIPTION, "nullable": True},
+                "examples": {"type": "array", "maxItems": MAX_EXAMPLES, "nullable": True,
+                             "items": {"type": "string", "minLength": 1}}}},
         "TrainingRequest": training_request_schema(),
         "TrainingRun": {"type": "object", "properties": {
             "id": {"type": "string"}, "status": {"type": "string", "enum": list(TRAINING_STATUSES)},
@@ -302,8 +314,21 @@ def spec() -> dict[str, Any]:
             "summary": "Serve this version for new jobs (promote, or roll back to an earlier version); jobs "
                        "already queued or running keep their version", "operationId": "promoteModelVersion",
             "security": ADMIN, "parameters": [version_id],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"card": {"$ref": "#/components/schemas/CardEdit"}}}}}},
             "responses": {"200": {"description": "the version, now serving", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
+                "schema": {"type": "object"}}}}, "404": _error("no such version"),
+                "422": _error("the card does not validate (nothing is promoted)"), **DENIED}}},
+        "/admin/models/{version_id}/card": {"patch": {
+            "summary": "Write a version's card (title, description, examples); fields left out stay, null or "
+                       "empty removes one", "operationId": "editModelCard",
+            "security": ADMIN, "parameters": [version_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/CardEdit"}}}},
+            "responses": {"200": {"description": "the version with its card", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "404": _error("no such version"),
+                "422": _error("a field does not validate"), **DENIED}}},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
             "responses": {"200": {"description": "OpenAPI 3 document",

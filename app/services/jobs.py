@@ -119,7 +119,6 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
 
 
 def _validate_condition(data: dict[str, Any], version: ModelVersion, name: str, n: int, seed: int) -> JobSpec:
-    cfg = current_app.config
     label, cluster, prompt = data.get("label"), data.get("cluster"), data.get("prompt")
     given = [k for k, v in (("label", label), ("cluster", cluster), ("prompt", prompt)) if v is not None]
     if len(given) > 1:
@@ -145,17 +144,24 @@ def _validate_condition(data: dict[str, Any], version: ModelVersion, name: str, 
             raise ApiError(422, f"cluster must be an integer from 0 to {version.num_classes - 1}, got {cluster!r}")
         return JobSpec(version.id, "cluster", n, seed, cluster=cluster)
     if kind == "text":
-        max_len = int(cfg["MAX_PROMPT_LENGTH"])
         if prompt is None:
             raise ApiError(422, f"model {name!r} needs a prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError(422, "prompt must be a non-empty string")
-        if len(prompt) > max_len:
-            raise ApiError(422, f"prompt is {len(prompt)} characters long; the limit is {max_len}")
-        if _has_control(prompt):
-            raise ApiError(422, "prompt must not hold control characters (such as NUL)")
-        return JobSpec(version.id, "text", n, seed, prompt=prompt.strip())
+        return JobSpec(version.id, "text", n, seed, prompt=check_prompt(prompt))
     return JobSpec(version.id, "none", n, seed)
+
+
+def check_prompt(prompt: Any, what: str = "prompt") -> str:
+    """``prompt`` as a job takes it (stripped), or ApiError(422): a non-empty string of at most
+    ``MAX_PROMPT_LENGTH`` characters without control characters. A model card's example prompts are held to
+    the same rule, so that every example the public form offers is a prompt it accepts."""
+    max_len = int(current_app.config["MAX_PROMPT_LENGTH"])
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(422, f"{what} must be a non-empty string")
+    if len(prompt) > max_len:
+        raise ApiError(422, f"{what} is {len(prompt)} characters long; the limit is {max_len}")
+    if _has_control(prompt):
+        raise ApiError(422, f"{what} must not hold control characters (such as NUL)")
+    return prompt.strip()
 
 
 def _coerce_text_item(row: dict[str, Any]) -> dict[str, Any]:

@@ -26,4 +26,15 @@
       box.focus();
     });
   }
+  // example labels and clusters: a click chooses the value in the model's select
+  var choices = document.querySelectorAll("a.example-choice");
+  for (var c = 0; c < choices.length; c++) {
+    choices[c].addEventListener("click", function (event) {
+      var field = document.getElementById(this.getAttribute("data-target"));
+      if (!field) return;
+      event.preventDefault();
+      field.value = this.getAttribute("data-value");
+      field.focus();
+    });
+  }
 })();
