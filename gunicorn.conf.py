@@ -24,7 +24,10 @@ def _errors_with_security_headers() -> None:
 
     from gunicorn import util
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = globals().get("__file__")  # gunicorn loads this file as a module; a plain exec() has no __file__
+    root = str(Path(here).resolve().parent) if here else str(Path.cwd())
+    if root not in sys.path:
+        sys.path.insert(0, root)
     from app.core.headers import HEADERS
 
     def write_error(sock, status_int, reason, mesg):  # gunicorn.util.write_error's signature
