@@ -17,6 +17,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,18 @@ def configure(app: Flask) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # created when a process first writes or reads it
 
 
+# the host's name in this process's file names: processes of several containers (or machines) may share one
+# METRICS_DIR (deploy/compose.yaml mounts one volume into the web, the workers and the trainer, so a scrape of
+# the web sees the workers' counts), and their pids repeat (each container counts from 1); the library names
+# a file <kind>_<id>.db and splits the name at "_", so the host's name carries none
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def process_identifier() -> str:
+    """``<host>-<pid>``: this process's part of its metric files' names (read again after a fork)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
 class _Metrics:
     """The metric objects writing to one folder."""
 
@@ -59,7 +73,7 @@ class _Metrics:
         # a value class of its own: its files are opened in this folder (the library keeps one file per kind
         # and process, whichever folder it was opened in); those of a previous folder are closed
         values.close_all_multiprocess_files()
-        values.ValueClass = values.MultiProcessValue()
+        values.ValueClass = values.MultiProcessValue(process_identifier=process_identifier)
         if not _exit_hook:
             _exit_hook.append(atexit.register(values.close_all_multiprocess_files))
         common: dict[str, Any] = {"registry": None}

@@ -118,6 +118,25 @@ def test_rate_limit_refusals_are_counted(tmp_path, checkpoints):
     assert total(scrape(client, token), "priorforge_refusals_total", reason="rate_limit") == 1
 
 
+def test_processes_of_two_hosts_with_the_same_pid_share_a_folder_without_sharing_a_file(tmp_path, checkpoints,
+                                                                                       monkeypatch):
+    """deploy/compose.yaml mounts one metrics volume into several containers, whose pids repeat: a file name
+    carries the host's name too, so two processes never write one file and the scrape adds both up."""
+    import os
+
+    from app.core import metrics
+
+    app, _ = make_app(tmp_path, checkpoints)
+    token = admin_token(app)
+    with app.app_context():
+        for host in ("web-a", "worker_b"):  # "_" would split the library's file name: it becomes "-"
+            monkeypatch.setattr(metrics, "_HOST", metrics.re.sub(r"[^A-Za-z0-9.-]", "-", host))
+            metrics.refused("quota")  # the library sees a new identifier (as after a fork): a file of its own
+    files = sorted(f.name for f in (tmp_path / "metrics").glob("counter_*.db"))
+    assert files == [f"counter_web-a-{os.getpid()}.db", f"counter_worker-b-{os.getpid()}.db"]
+    assert total(scrape(app.test_client(), token), "priorforge_refusals_total", reason="quota") == 2
+
+
 def test_metrics_need_an_admin_or_an_allowed_network(tmp_path, checkpoints):
     app, _ = make_app(tmp_path, checkpoints)
     client = app.test_client()
