@@ -318,7 +318,7 @@ def spec() -> dict[str, Any]:
                 "type": "object", "additionalProperties": False,
                 "properties": {"card": {"$ref": "#/components/schemas/CardEdit"}}}}}},
             "responses": {"200": {"description": "the version, now serving", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"),
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **BAD,
                 "422": _error("the card does not validate (nothing is promoted)"), **DENIED}}},
         "/admin/models/{version_id}/card": {"patch": {
             "summary": "Write a version's card (title, description, examples); fields left out stay, null or "
@@ -327,7 +327,7 @@ def spec() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/CardEdit"}}}},
             "responses": {"200": {"description": "the version with its card", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"),
+                "schema": {"type": "object"}}}}, "404": _error("no such version"), **BAD,
                 "422": _error("a field does not validate"), **DENIED}}},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
