@@ -41,3 +41,53 @@ def _errors_with_security_headers() -> None:
 
 
 _errors_with_security_headers()
+
+
+# Slow headers (Slowloris): a gthread worker reads a request's headers in one of its threads, blocking, and a
+# client sending one header line every few seconds held that thread for as long as it liked (20 such
+# connections made /api/v1/health time out). A request's headers must now arrive within this many seconds
+# in all, or the connection is closed; a body is not affected. Real clients send their headers in one packet.
+HEADER_TIMEOUT = 5.0
+
+
+def _bounded_header_reads(seconds: float) -> None:
+    """Give each request's header parsing (gunicorn's ``Request.__init__``) a deadline that the socket reads
+    under it honour (``SocketUnreader.chunk``); past it the connection ends as a client that went away."""
+    import socket
+    import time
+
+    from gunicorn.http import errors, message, unreader
+
+    original_init, original_chunk = message.Request.__init__, unreader.SocketUnreader.chunk
+
+    def init(self, cfg, source, *args, **kwargs):
+        bounded = isinstance(source, unreader.SocketUnreader)
+        if bounded:
+            source.header_deadline = time.monotonic() + seconds
+        try:
+            original_init(self, cfg, source, *args, **kwargs)
+        finally:
+            if bounded:
+                source.header_deadline = None
+
+    def chunk(self, size_hint=None):
+        deadline = getattr(self, "header_deadline", None)
+        if deadline is None:
+            return original_chunk(self, size_hint)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise errors.NoMoreData()
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(left)
+        try:
+            return original_chunk(self, size_hint)
+        except socket.timeout:
+            raise errors.NoMoreData() from None
+        finally:
+            self.sock.settimeout(previous)
+
+    message.Request.__init__ = init
+    unreader.SocketUnreader.chunk = chunk
+
+
+_bounded_header_reads(HEADER_TIMEOUT)
