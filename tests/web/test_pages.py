@@ -477,3 +477,22 @@ def test_the_site_menu_links_the_admin_and_wraps_between_items(client):
     css = (Path(__file__).resolve().parents[2] / "app" / "static" / "style.css").read_text()
     assert re.search(r"\.site-header ul \{[^}]*flex-wrap: wrap", css)
     assert re.search(r"\.site-header li a \{[^}]*white-space: nowrap", css)
+
+
+def test_the_api_reference_page_lists_every_operation_and_schema(client):
+    """The menu's "API" opened raw JSON and /api/v1/docs was a 404: a readable reference, rendered on the server
+    from the OpenAPI document, with no script (so the site's CSP holds)."""
+    document = client.get("/api/v1/openapi.json").get_json()
+    response = client.get("/api/v1/docs")
+    body = text_of(response)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "<script" not in body and " style=" not in body
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    for path, item in document["paths"].items():
+        for method in item:
+            assert f"<code>{method.upper()} /api/v1{path}</code>" in body, (method, path)
+    for name in document["components"]["schemas"]:
+        assert f'id="schema-{name}"' in body
+    assert "integer 1-64" in body  # bounds read from the schemas (n of a job)
+    nav = body.split('<nav aria-label="Main">')[1].split("</nav>")[0]
+    assert '<a href="/api/v1/docs" aria-current="page">API</a>' in nav
