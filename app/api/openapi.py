@@ -87,6 +87,7 @@ def spec() -> dict[str, Any]:
                 "webhook_events_filter": {"type": "array", "minItems": 1, "items": {
                     "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"},
             },
+        },
         "JobCreated": {
             "type": "object", "required": ["id", "url", "status"],
             "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
@@ -154,6 +155,8 @@ def spec() -> dict[str, Any]:
                 "clusters": {"type": "object", "additionalProperties": {"type": "string"}},
                 "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
                 "evaluation_samples": {"type": "integer", "nullable": True},
+                "caveats": {"type": "array", "items": {"type": "string"},
+                            "description": "Where the model falls short by its own evaluation, in plain words"},
                 "training": {"type": "object", "properties": {
                     "command": {"type": "string", "nullable": True}, "steps": {"type": "integer", "nullable": True},
                     "cpu_minutes": {"type": "number"}}},

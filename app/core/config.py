@@ -140,6 +140,18 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # least 600 steps and 2 epochs); tests and quick trials set a handful
         "TRAINING_EVAL_CLASSIFIER_STEPS": None,
         "TEST_TRAIN_STEP_DELAY": 0.0,  # FOR TESTS ONLY: seconds a training run sleeps after each step
+        # operations (docs/service.md, "Metrics", "Webhooks"). METRICS_DIR: where every process of this machine
+        # writes its Prometheus counters (None: PROMETHEUS_MULTIPROC_DIR, else instance/metrics)
+        "METRICS_DIR": None,
+        # networks (CIDR) whose addresses may read /metrics without signing in (admins always may)
+        "METRICS_ALLOW_NETWORKS": [],
+        # webhook targets in these networks (CIDR) are allowed although private, loopback or link-local
+        "WEBHOOK_ALLOW_NETWORKS": [],
+        "WEBHOOK_TIMEOUT": 10.0,  # seconds per delivery attempt
+        "WEBHOOK_MAX_ATTEMPTS": 8,  # tries before a delivery is given up (recorded as failed)
+        "WEBHOOK_RETRY_BASE": 1.0,  # seconds before the 2nd try; doubled each try, at most WEBHOOK_RETRY_MAX
+        "WEBHOOK_RETRY_MAX": 300.0,
+        "WEBHOOK_INTERVAL": 0.5,  # seconds between a worker's looks for webhook events to record and send
     }
 
 
@@ -165,6 +177,7 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
     _require_whole_number(app.config, "PNG_THREADS", 0, "from 0 (inline) up")
     _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
     _check_storage_settings(app.config)
+    _check_networks(app.config)
     if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
         raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
     app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
@@ -205,6 +218,23 @@ def _check_storage_settings(config: Any) -> None:
     if not isinstance(queues, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
                                                for k, v in queues.items()):
         raise ValueError(f"MODEL_QUEUES must be a JSON object of model name -> queue name, got {queues!r}")
+
+
+def _check_networks(config: Any) -> None:
+    """METRICS_ALLOW_NETWORKS and WEBHOOK_ALLOW_NETWORKS: lists of CIDR networks (a ValueError names a bad one)."""
+    import ipaddress
+
+    for key in ("METRICS_ALLOW_NETWORKS", "WEBHOOK_ALLOW_NETWORKS"):
+        value = config[key]
+        if isinstance(value, str):  # one network, or several separated by commas
+            value = config[key] = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list of networks such as [\"10.0.0.0/8\"], got {value!r}")
+        for network in value:
+            try:
+                ipaddress.ip_network(str(network), strict=False)
+            except ValueError:
+                raise ValueError(f"{key}: {network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
 
 
 def _require_whole_number(config: Any, key: str, minimum: int, what: str) -> None:
