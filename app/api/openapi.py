@@ -337,10 +337,14 @@ def spec() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3 document",
                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     }
+    cross_site = _error("a browser marked the request as sent from another site (Sec-Fetch-Site / Origin); "
+                        "call the API from a script or this site's pages")
     for item in paths.values():
-        for operation in item.values():
+        for method, operation in item.items():
             for code, response in COMMON.items():
                 operation["responses"].setdefault(code, response)
+            if method in ("post", "put", "patch", "delete"):  # every write refuses cross-site browser requests
+                operation["responses"].setdefault("403", cross_site)
     return {
         "openapi": "3.0.3",
         "info": {"title": "priorforge API", "version": "1",
