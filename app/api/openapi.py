@@ -332,6 +332,9 @@ def spec() -> dict[str, Any]:
             "responses": {"200": {"description": "the version with its card", "content": {"application/json": {
                 "schema": {"type": "object"}}}}, "404": _error("no such version"), **BAD,
                 "422": _error("a field does not validate"), **DENIED}}},
+        "/docs": {"get": {
+            "summary": "This document as a readable HTML reference page", "operationId": "apiReference",
+            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
             "responses": {"200": {"description": "OpenAPI 3 document",
