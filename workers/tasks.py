@@ -613,7 +613,7 @@ def record_finished(job_ids: list[str]) -> None:
             select(Job.status, Job.n, Job.batch_id, Job.created_at, Job.started_at, Job.finished_at, ModelVersion.name)
             .join(ModelVersion, Job.model_version_id == ModelVersion.id)
             .where(Job.id.in_(job_ids), Job.status.in_(("succeeded", "failed")))).all()
-        db.session.commit()
+        db.session.rollback()  # a read: ending it commits nothing (a task's job rows change in two commits)
         for row in rows:
             created, started, finished = aware(row.created_at), aware(row.started_at), aware(row.finished_at)
             metrics.job_finished(row.name, row.status, lane_name(row.batch_id, row.n), row.n,
@@ -625,6 +625,10 @@ def record_finished(job_ids: list[str]) -> None:
 
 
 _tasks_run = [0]
+# a busy worker writes its status row at most this often (and at once when its loaded models change): the row
+# is for a page that reloads every 10 s, and a commit per task would double a task's commits
+WORKER_STATUS_EVERY = 5.0
+_status_written: dict[str, Any] = {"at": None, "models": None}
 
 
 def note_worker(node: str | None) -> None:
@@ -635,6 +639,10 @@ def note_worker(node: str | None) -> None:
 
         with _MODELS_LOCK:
             keys = list(_MODELS)
+        now, last = time.monotonic(), _status_written["at"]
+        if last is not None and now - last < WORKER_STATUS_EVERY and _status_written["models"] == keys:
+            return
+        _status_written.update(at=now, models=keys)
         labels = {row.id: f"{row.name} v{row.version}" for row in db.session.execute(
             select(ModelVersion.id, ModelVersion.name, ModelVersion.version).where(
                 ModelVersion.id.in_([version_id for version_id, _ in keys])))} if keys else {}
