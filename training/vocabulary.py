@@ -225,7 +225,11 @@ def wordnet_reader(root: str | Path):
         def map_wn(self, version="wordnet"):  # no mapping to another WordNet release: this one is 3.0
             return None
 
-    return Reader(str(folder), None), folder
+    try:
+        return Reader(str(folder), None), folder
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _clean(lemma_name: str) -> str | None:
