@@ -92,9 +92,14 @@ def _the_run_leaves_no_trace():
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own PRIORFORGE_CACHE unless it sets one itself."""
+    """Every test gets its own PRIORFORGE_CACHE unless it sets one itself, and its own Prometheus counter
+    folder: an app built without METRICS_DIR would write its counters (and every process it starts, theirs)
+    into the checkout's instance/metrics."""
     if "PRIORFORGE_CACHE" not in os.environ or os.environ.get("PRIORFORGE_KEEP_CACHE") != "1":
         monkeypatch.setenv("PRIORFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("metrics")))
+    # likewise the generated secret key of an app (or a command) that configures none
+    monkeypatch.setenv("PRIORFORGE_SECRET_KEY_FILE", str(tmp_path_factory.mktemp("secret") / "secret_key"))
 
 
 @pytest.fixture(scope="session")
