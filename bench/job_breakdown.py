@@ -1,4 +1,4 @@
-"""Where a generation job's time goes inside the worker (issue 7): the task run in this process, per stage.
+"""Where a generation job's time goes inside the worker: the task run in this process, per stage.
 
 It builds the app on a fresh temporary instance (SQLite by default, or a fresh database on the PostgreSQL
 server of ``--database-url``, dropped afterwards), registers the shipped checkpoint ``tests/fixtures/digits-aae-cg``

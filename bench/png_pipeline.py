@@ -1,4 +1,4 @@
-"""PNG encoding and file writes beside the decode, or inline (issue 7): the generation task at ``PNG_THREADS``
+"""PNG encoding and file writes beside the decode, or inline: the generation task at ``PNG_THREADS``
 = 0, 1, 2..., run in this process, alternating the settings run by run.
 
 Like ``bench/job_breakdown.py`` (whose instance set-up it uses): a fresh temporary instance (SQLite, or a fresh

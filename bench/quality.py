@@ -14,7 +14,7 @@ LDE's stage split, PGA's warm-up, lr annealing and halving) from the steps the b
 decoded by the same networks: ``gaussian``, one full-covariance Gaussian per class fitted to the codes of 10,000
 training images (for ``vae``/``pga`` exactly their ``class_prior="gaussian"`` fit; for the others the "AE +
 Gaussian codes" baseline of the LDE and GLF papers) and ``standard``, N(0, I) codes for every class (``vae`` and
-``pga``: the CVAE alone, what they sampled before issue 21). A prior a row already has is not repeated.
+``pga``: the CVAE alone, what they sampled before class priors were added). A prior a row already has is not repeated.
 
     OMP_NUM_THREADS=1 python bench/quality.py --data-root /work/shared/data --cpu-minutes 15 --preset small
     python bench/quality.py --quick          # tiny models, 2 steps, sklearn digits: a smoke test

@@ -1,4 +1,4 @@
-"""Fault injection (issue 18): jobs under load while workers are SIGKILLed, the broker is killed and restarted
+"""Fault injection: jobs under load while workers are SIGKILLed, the broker is killed and restarted
 and the web server is reloaded; nothing may be lost, duplicated, failed or changed, and service must come back
 within seconds.
 

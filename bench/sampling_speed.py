@@ -1,4 +1,4 @@
-"""Raw sampling speed of every backend (issue 7): images per second at batch 1 and 64, per image size.
+"""Raw sampling speed of every backend: images per second at batch 1 and 64, per image size.
 
 Freshly built models at their default sizes (``build_model(name, image_shape=..., condition="none")``; speed
 does not depend on the weights), eval mode, ``torch.inference_mode()``. For each (backend, size, batch) the

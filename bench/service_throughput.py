@@ -1,4 +1,4 @@
-"""End-to-end service throughput and latency (issue 7): the HTTP API + one Celery worker vs the raw model.
+"""End-to-end service throughput and latency: the HTTP API + one Celery worker vs the raw model.
 
 Starts a real web server (``gunicorn app.wsgi:app``) and ONE real worker (``celery -A workers.celery_app
 worker -Q generate --concurrency 1``) on a fresh temporary instance folder: SQLite + the embedded broker by
@@ -33,7 +33,7 @@ idle. A phase's ratio service/raw divides by the mean of the two times around it
 machine's speed between the start and the phase does not show up as the service's cost; ``raw drift`` (the
 raw speed after the phase / before it - 1) shows how far the speed moved during the phase. The added latency
 of one 1-image job at K = 1 is the service p50 minus the raw time of one image around that phase. The worker
-runs with ``OMP_NUM_THREADS=1`` too. Goals (issue 7): service/raw >= 0.8 at K = 32, added p50 < 50 ms.
+runs with ``OMP_NUM_THREADS=1`` too. Goals: service/raw >= 0.8 at K = 32, added p50 < 50 ms.
 
     python bench/service_throughput.py                       # SQLite + embedded broker
     python bench/service_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/test \\

@@ -1,5 +1,5 @@
-"""Throughput of one and two generation worker processes that share only PostgreSQL, Redis and the object store
-(issue 19): no shared disk, each worker with a model cache of its own, the model fetched from the store.
+"""Throughput of one and two generation worker processes that share only PostgreSQL, Redis and the object store:
+no shared disk, each worker with a model cache of its own, the model fetched from the store.
 
 The store is moto's S3 server on 127.0.0.1 (started here, in this process); the database is a fresh PostgreSQL
 database (dropped at the end) and the broker a Redis key prefix of this run. The shipped checkpoint

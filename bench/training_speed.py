@@ -1,4 +1,4 @@
-"""Training throughput of every backend (issue 7): images per second of the trainer's step on MNIST-shaped
+"""Training throughput of every backend: images per second of the trainer's step on MNIST-shaped
 data (1x28x28, batch 64, default model sizes, class condition unless ``--condition none``).
 
 Each row is one backend's ``Trainer.train_step`` (forward, backward, optimiser step(s)) on random images in

@@ -1,4 +1,4 @@
-"""How the service's cost grows (issue 7): throughput with 1, 2 and 4 worker pool processes, and the memory of
+"""How the service's cost grows: throughput with 1, 2 and 4 worker pool processes, and the memory of
 a worker process as its model cache grows.
 
 It starts the service as ``bench/service_throughput.py`` does (a real ``gunicorn app.wsgi:app`` and Celery

@@ -222,7 +222,7 @@ class ConditionalDecoderMixin:
 
     The label alone does not make such a model honour it: the code of a training image already says which
     class it is, so the decoder may learn to ignore the label, and N(0, I) codes then decode to any class
-    (issue 21: 13% label accuracy for the VAE, 24% for LPGA). So a ``class`` model also has a class prior
+    (13% label accuracy for the VAE, 24% for LPGA). So a ``class`` model also has a class prior
     over codes, chosen by the config field ``class_prior`` (measured in docs/results.md):
 
     - ``gaussian`` (default): one full-covariance Gaussian per class fitted to the codes of training images

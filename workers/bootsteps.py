@@ -7,9 +7,9 @@ embedded broker. It runs on the worker's own timer (the main process's event loo
 processes never happens while another thread holds a lock), and every repair it makes is a conditional
 UPDATE on the job row, so several workers reconciling at once never send the same job twice.
 
-A pool process's death (issue 18) stalled its worker for 10 s (Celery's ``worker_lost_wait``); here 0.5 s.
+A pool process's death stalled its worker for 10 s (Celery's ``worker_lost_wait``); here 0.5 s.
 
-Broker outages (issue 18): Celery's consumer reconnects with kombu's default back-off (2, 4, 6 ... 30 s), so a
+Broker outages: Celery's consumer reconnects with kombu's default back-off (2, 4, 6 ... 30 s), so a
 worker came back up to several seconds after Redis did; :class:`Consumer` retries every 0.2-1 s instead. Each
 reconnection after the first runs :func:`app.services.reconcile.after_broker_outage`: a broker restarted
 without persistence has lost its messages, so the queued jobs are sent again at once.

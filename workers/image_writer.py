@@ -1,4 +1,4 @@
-"""Encoding and writing a task's images off the decoder's path (issue 7).
+"""Encoding and writing a task's images off the decoder's path.
 
 The generation task hands each job to an :class:`ImageWriter` as soon as the job's last row is decoded
 (:func:`workers.batching.decode_jobs`, ``on_ready``); with ``PNG_THREADS`` > 0 the PNG encoding and the file

@@ -8,7 +8,7 @@
 * a task also claims queued jobs of the same model version and decodes them with its own
   (micro-batching, :mod:`workers.batching`); each keeps its own claim token. The claims are one transaction
   and the finish is one transaction for all of them (one fenced UPDATE, so a job canceled meanwhile drops
-  out alone, then the image rows of the others): two commits a task whatever the number of jobs (issue 7);
+  out alone, then the image rows of the others): two commits a task whatever the number of jobs;
 * while it runs, a heartbeat thread renews the job's lease (``heartbeat_at``); a job whose worker died is
   found by the reconciliation (:func:`app.services.reconcile.reconcile`) and sent again.
 

@@ -255,7 +255,7 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
 
 
 def _mirror_run(run_id: str, settings: dict[str, Any], out: Path) -> tuple[Any, Path]:
-    """(mirror, the run's folder). With an object store (issue 19) the trainer may be any machine: it trains in
+    """(mirror, the run's folder). With an object store the trainer may be any machine: it trains in
     its own TRAINING_ROOT (the row's output_dir is the web's), an uploaded data set is fetched from the store, a
     run started elsewhere resumes from the folder mirrored there, and this attempt mirrors the folder (grids,
     history, checkpoint) after each grid. With the local store: (None, output_dir), as before."""

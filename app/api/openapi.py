@@ -264,7 +264,7 @@ def spec() -> dict[str, Any]:
             "summary": "Database, broker and image store reachability (details for an admin's token only)",
             "operationId": "health", "security": [{}, {"bearer": []}],
             "responses": {"200": _json("all reachable", "Health"), "503": _json("something is down", "Health")}}},
-        # admin (issue 6): bearer tokens only (priorforge create-admin --token, or the admin page)
+        # admin: bearer tokens only (priorforge create-admin --token, or the admin page)
         "/admin/datasets": {
             "get": {"summary": "Uploaded and built-in data sets", "operationId": "listDatasets", "security": ADMIN,
                     "responses": {"200": {"description": "data sets", "content": {"application/json": {

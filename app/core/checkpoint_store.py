@@ -1,4 +1,4 @@
-"""Folders in the object store (issue 19). Checkpoints: published once at registration, fetched by each worker
+"""Folders in the object store. Checkpoints: published once at registration, fetched by each worker
 into a local cache on first use, and verified by content hash before they are loaded. Training runs and
 uploaded data sets: mirrored (:class:`FolderMirror`, :func:`download_folder`), so a trainer on another machine
 reads an upload and the web reads a run's grids and history.
@@ -139,7 +139,7 @@ def fetch_checkpoint(storage: Storage, key: str, files: dict[str, str], cache_di
 def checkpoint_folder(version: Any, storage: Storage, cache_dir: str | Path) -> Path:
     """The local folder to load a model version from (``version`` has ``checkpoint_path``, ``checkpoint_key``,
     ``checkpoint_files``, ``weights_sha256``), fetched from the store if it lives there; its weights checked
-    against ``weights_sha256`` when the version has one (versions registered before issue 19 have none)."""
+    against ``weights_sha256`` when the version has one (versions registered before checkpoints moved to the store have none)."""
     if version.checkpoint_key:
         folder = fetch_checkpoint(storage, version.checkpoint_key, version.checkpoint_files or {}, cache_dir)
     else:

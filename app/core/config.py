@@ -28,7 +28,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "CELERY_BROKER_URL": f"sqla+sqlite:///{instance / 'broker.sqlite3'}",
         "STORAGE_BACKEND": "local",
         "STORAGE_ROOT": str(instance / "images"),
-        # issue 19: one store for images, checkpoints, training grids and uploaded data sets. None: the local
+        # one store for images, checkpoints, training grids and uploaded data sets. None: the local
         # STORAGE_ROOT (one machine); s3://bucket/prefix: an S3 API shared by every node
         "STORAGE_URL": None,
         "S3_ENDPOINT_URL": None,  # MinIO/Ceph (None: AWS, or boto3's AWS_ENDPOINT_URL); credentials: AWS_* variables
@@ -66,7 +66,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "LOCAL_WAKEUPS": True,
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
-        # worker death (issue 18, docs/service.md "Reliability"): a running job's lease is renewed this often, and
+        # worker death (docs/service.md "Reliability"): a running job's lease is renewed this often, and
         # a lease older than LEASE_TIMEOUT means its worker died; every worker reconciles every RECONCILE_INTERVAL
         "HEARTBEAT_INTERVAL": 1.0,
         "LEASE_TIMEOUT": 4.0,

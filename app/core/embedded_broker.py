@@ -10,7 +10,7 @@ Here the sleep is a wait on this process's socket in an :class:`app.core.doorbel
 broker URL: every publish on this machine rings it after its commit, and an acknowledgement wakes the
 acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
 cannot ring (on another machine, when the broker table is on a database server) is found as before.
-Everything else (tables, messages, fetching) is kombu's, but for three changes (issue 18): the tables are
+Everything else (tables, messages, fetching) is kombu's, but for three changes: the tables are
 created under a file lock (two processes starting together raced to create them), a fetched message is
 deleted instead of kept invisible for ever, and :func:`cleanup` (every worker, at start and every
 ``BROKER_CLEANUP_INTERVAL``) deletes what older versions left and VACUUMs a mostly empty file.

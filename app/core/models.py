@@ -71,7 +71,7 @@ class ModelVersion(db.Model):
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     serving: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # issue 19: SHA-256 of the weights, checked by the worker before it loads them (a mismatch fails the job);
+    # SHA-256 of the weights, checked by the worker before it loads them (a mismatch fails the job);
     # checkpoint_key: the checkpoint's folder in the object store (None: checkpoint_path is read directly), with
     # checkpoint_files the SHA-256 of each of its files, checked when a worker fetches it into its cache
     weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -130,7 +130,7 @@ class Job(db.Model):
     owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
     cancel_hash: Mapped[str | None] = mapped_column(String(64))
     client_key: Mapped[str | None] = mapped_column(String(80))
-    # worker deaths charged to this job: only those where it ran alone, so it is the likely cause (issue 18)
+    # worker deaths charged to this job: only those where it ran alone, so it is the likely cause
     deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # run alone (no companions) next time: its worker died while it was batched with others
     isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false())
@@ -191,7 +191,7 @@ def image_id(job_id: str, index: int) -> str:
     return str(uuid.uuid5(uuid.UUID(job_id), f"image-{index}"))
 
 
-# -- access control and data sets (issue 6) --------------------------------------------------------
+# -- access control and data sets --------------------------------------------------------
 class User(db.Model):
     """A person who signs in to the admin pages; ``password_hash`` is an argon2id hash
     (:mod:`app.services.accounts`)."""
@@ -249,7 +249,7 @@ class Dataset(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-# -- training runs and promotion (issue 6) ----------------------------------------------------------
+# -- training runs and promotion ----------------------------------------------------------
 TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 

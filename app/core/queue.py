@@ -48,7 +48,7 @@ def celery_config(app: Flask) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
         "result_backend": None,
-        # plus the generation queues of the routing settings (issue 19: generate.gpu, generate.cpu, ...)
+        # plus the generation queues of the routing settings (generate.gpu, generate.cpu, ...)
         "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in dict.fromkeys(
             [*QUEUES, config["GENERATE_QUEUE"], *config["MODEL_QUEUES"].values()])],
         "task_default_queue": "generate",

@@ -1,4 +1,4 @@
-"""Object storage behind one small interface: a local folder (the default) or an S3 bucket (issue 19).
+"""Object storage behind one small interface: a local folder (the default) or an S3 bucket.
 
 Keys are relative, slash-separated paths: ``jobs/<job id>/<index>.png`` for images (a retried job overwrites
 the same objects), ``checkpoints/<id>/<file>`` for model versions registered while the store is remote

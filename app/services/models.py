@@ -67,7 +67,7 @@ def register_model(name: str, checkpoint: str | Path, *, serve: bool = False,
     model_config = config.get("model_config", {})
     metrics = read_metrics(folder)
     card = read_card(folder)
-    digest = weights_digest(folder)  # workers check it before loading the weights (issue 19)
+    digest = weights_digest(folder)  # workers check it before loading the weights
     if card is not None:
         card["weights_sha256"] = digest
     storage = current_app.extensions["priorforge_storage"]

@@ -1,7 +1,7 @@
 """The reconciliation: repairs what a lost message or a dead worker leaves behind, for jobs and training runs.
 Every worker runs it on a timer (:mod:`workers.bootsteps`), every ``RECONCILE_INTERVAL`` (1 s by default).
 
-A worker's death is found two ways (issue 18; measured in docs/benchmarks.md, "Recovery"):
+A worker's death is found two ways (measured in docs/benchmarks.md, "Recovery"):
 
 * **its process is gone**: a running job's ``worker`` column names the pool process that claimed it
   (``host:pid``). A job of a process of this machine that no longer exists (or is a zombie) was abandoned:
