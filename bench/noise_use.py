@@ -78,7 +78,9 @@ def measure(checkpoint: str, data_root: str | None, n: int, seed: int = 0) -> di
            "code_noise_share_median": round(statistics.median(shares), 4)}
     if real_spread:
         ratios = [e["pixel_spread"] for e in per_prompt]
-        out |= {"pixel_spread_median": round(statistics.median(ratios), 4), "pixel_spread_min": round(min(ratios), 4)}
+        out |= {"pixel_spread_median": round(statistics.median(ratios), 4), "pixel_spread_min": round(min(ratios), 4),
+                # what the diversity term's cap is set against: two real images of one class, per pixel
+                "real_pixel_distance_mean": round(statistics.mean(real_spread.values()), 4)}
     return out | {"per_prompt": per_prompt}
 
 
