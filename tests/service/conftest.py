@@ -100,8 +100,9 @@ def sqlite_app_for_worker(tmp_path: Path, checkpoints: dict[str, Path]):
 def _clean_env(monkeypatch, tmp_path):
     """The app must read only what a test gives it; Prometheus counters (app/core/metrics.py) go to the test's
     own folder (this process's apps and the worker processes it starts), never to instance/."""
+    isolation = {"PRIORFORGE_CACHE", "PRIORFORGE_SECRET_KEY_FILE", "PRIORFORGE_STORAGE_ROOT"}  # tests/conftest.py
     for key in list(os.environ):
-        if key.startswith("PRIORFORGE_") and not key.startswith("PRIORFORGE_TEST_"):
+        if key.startswith("PRIORFORGE_") and not key.startswith("PRIORFORGE_TEST_") and key not in isolation:
             monkeypatch.delenv(key)
     for key in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
         monkeypatch.delenv(key, raising=False)
