@@ -1,6 +1,8 @@
 """Latent-space operations for any backend with an encoder, through the uniform ``encode``/``decode`` API only.
 
 - :func:`interpolate`: linear paths between the codes of two images (or two batches of images).
+- :func:`interpolate_generated`: the same between two generated codes (two seeds, labels or prompts), for any
+  backend, encoder or not: the service's interpolation experiment.
 - :func:`mix`: the STL-10 write-up's latent mixing ("pegasus" = horse codes + bird codes, methods.md
   section 5): encode two image sets, optionally flip chosen code dims (or the whole codes of chosen set-B
   images) by multiplying by -1, mix with weight ``w`` toward set A: ``z = w * z_A + (1 - w) * z_B``, decode.
@@ -76,10 +78,47 @@ def interpolate(model: GenerativeModel, a_images: Tensor, b_images: Tensor, step
     if a.shape[0] != b.shape[0]:
         raise LatentOpError(f"a_images and b_images must hold as many images, got {a.shape[0]} and {b.shape[0]}")
     za, zb = encode_images(model, a, condition), encode_images(model, b, condition)  # (B, D) each
+    return decode_latents(model, lerp_codes(za, zb, steps).flatten(0, 1), condition)  # (B * S, C, H, W)
+
+
+def lerp_codes(za: Tensor, zb: Tensor, steps: int) -> Tensor:
+    """``(B, steps, D)``: the linear paths from the codes ``za`` to ``zb`` (each ``(B, D)``), ``steps`` points
+    each with the endpoints exactly ``za`` and ``zb`` (so an end decodes to the very pixels of its code)."""
+    if int(steps) < 2:
+        raise LatentOpError(f"steps must be at least 2 (the two endpoints), got {steps}")
     t = torch.linspace(0.0, 1.0, int(steps), device=za.device).view(1, -1, 1)  # (1, S, 1)
     z = (1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)  # (B, S, D)
     z[:, 0], z[:, -1] = za, zb  # exact endpoints
-    return decode_latents(model, z.flatten(0, 1), condition)  # (B * S, C, H, W)
+    return z
+
+
+@torch.inference_mode()
+def interpolate_generated(model: GenerativeModel, condition_a: Condition, seed_a: int, condition_b: Condition,
+                          seed_b: int, steps: int, pass_size: int, precision: str = "fp32") -> Tensor:
+    """Images ``(steps, C, H, W)`` in [-1, 1] on a linear path between two *generated* codes: the code the
+    service draws for ``condition_a`` with seed ``seed_a`` (image 0 of that job) and the one of ``condition_b``
+    with ``seed_b``. No encoder is needed. The ends are decoded as a job decodes its codes (passes of exactly
+    ``pass_size`` rows, :func:`generation.sampling.decode_fixed_passes`), so they are pixel for pixel image 0
+    of those two jobs. Between two seeds of one condition the path crosses the noise's codes; between two
+    conditions (labels, prompts) with one seed it keeps the noise and crosses from one condition's code to the
+    other's, which needs a decoder that ignores the condition (``decode_group_key`` None); a backend whose
+    decoder reads it (pga, vae) interpolates between seeds of one condition only.
+
+    ``precision`` (resolved: fp32, bf16 or fp16) is the decoder's autocast, as in the service."""
+    from generation.precision import autocast
+    from generation.sampling import decode_fixed_passes, decode_group_key, per_image_latents
+
+    key_a, key_b = decode_group_key(model, condition_a), decode_group_key(model, condition_b)
+    if key_a != key_b:
+        raise LatentOpError(f"backend {model.backend!r} decodes with the condition, so it interpolates between "
+                            "seeds of one condition only, not between two conditions")
+    model.eval()
+    za = per_image_latents(model, 1, condition_a, int(seed_a))  # (1, D), as image 0 of the job draws it
+    zb = per_image_latents(model, 1, condition_b, int(seed_b))
+    codes = lerp_codes(za, zb, steps)[0]  # (steps, D)
+    with autocast(model.device, precision):
+        images = decode_fixed_passes(model, codes, None if key_a is None else condition_a, max(1, pass_size))
+    return images.float()
 
 
 def mix_codes(z_a: Tensor, z_b: Tensor, weight: float = 0.6, flip: list[int] | None = None,

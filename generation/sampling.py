@@ -16,6 +16,9 @@ from generation.base import Condition, ConditionError, GenerativeModel
 from generation.precision import autocast, resolve_precision, to_device
 from priorforge.spec.precision import DECODE_PASS_ROWS
 from priorforge.spec.conditions import resolve_label
+# backends whose ``decode`` reads the code only, never the condition (the service reads the same set); any
+# other backend decodes one condition per pass (see ``decode_group_key``)
+from priorforge.spec.experiments import CONDITION_FREE_DECODERS  # noqa: F401  (also imported from here)
 from priorforge.spec.png import read_png_params  # noqa: F401  (read back what save_png writes)
 
 
@@ -134,11 +137,6 @@ def save_png(images: Tensor, path: str | Path, params: dict[str, Any] | None = N
 
 
 # -- batch-invariant decoding (the service decodes many jobs in one pass) ---------------------------------
-# backends whose ``decode`` reads the code only, never the condition; any other backend decodes one
-# condition per pass (see ``decode_group_key``)
-CONDITION_FREE_DECODERS = frozenset({"aae-cg", "glf", "lde"})
-
-
 def decode_group_key(model: GenerativeModel, condition: Condition) -> tuple[Any, ...] | None:
     """Codes with the same key can share a ``decode`` call; None when the decoder ignores the condition."""
     if model.config.condition == "none" or model.backend in CONDITION_FREE_DECODERS:

@@ -139,6 +139,8 @@ class JobSnapshot:
     prompt: str | None
     n: int
     seed: int
+    experiment_id: str | None = None
+    operation: dict | None = None  # None: plain sampling; else e.g. an interpolation (never batched)
 
     @classmethod
     def columns(cls) -> list:
@@ -152,7 +154,8 @@ class JobSnapshot:
 def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: bool = False) -> list[JobSnapshot]:
     """Queued jobs of the primary's model version whose message was sent, oldest first, whose images fit in
     ``budget`` together (greedy, FIFO order; a job too big for what is left is skipped). An ``isolated`` job
-    (its worker died while it was batched, :mod:`app.services.reconcile`) is never a companion: it runs alone.
+    (its worker died while it was batched, :mod:`app.services.reconcile`) is never a companion: it runs alone;
+    nor is a job with an ``operation`` (an interpolation decodes codes of its own, not seeded samples).
 
     The caller claims them next, in the same transaction. On PostgreSQL the rows are read ``FOR UPDATE SKIP
     LOCKED``: rows another worker is claiming are skipped, never waited for (two workers claiming each
@@ -164,7 +167,8 @@ def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: b
     rows = db.session.execute(
         select(*JobSnapshot.columns())
         .where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
-               Job.id != primary.id, Job.enqueued_at.is_not(None), Job.isolated.is_(False))
+               Job.id != primary.id, Job.enqueued_at.is_not(None), Job.isolated.is_(False),
+               Job.operation.is_(None))
         .order_by(Job.enqueued_at, Job.created_at).limit(budget)
         .with_for_update(skip_locked=True)).all()  # FOR UPDATE is left out on SQLite
     if not in_transaction and db.engine.dialect.name == "sqlite":

@@ -289,7 +289,7 @@ def _generate_images(job_id: str) -> str:
             db.session.rollback()
             return "skipped (claimed elsewhere)"
         lease = Lease(job_id, token, float(cfg["HEARTBEAT_INTERVAL"]))
-        if isolated:
+        if isolated or primary.operation:  # an interpolation decodes codes of its own: never batched
             companions = []
         else:
             companions = claim_companions(primary, lease, in_transaction=True) if model_cached(version) else None
@@ -423,6 +423,8 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
         with stage_clock("model"):
             model, info = get_model(version)
     lease.check()
+    if primary.operation:
+        return _run_operation(primary, version, lease, model, info)
     if companions is None:
         companions = claim_companions(primary, lease) or []
     poison = cfg.get("TEST_POISON_SEED")
@@ -477,6 +479,41 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
     return outcomes
 
 
+def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, model: Any, info: Any) -> dict[str, str]:
+    """A job with an ``operation`` (an interpolation experiment, :mod:`app.services.experiments`): ``n`` images
+    on the line between the code of the job's own condition and seed and the code of the other end's, decoded
+    as a job decodes (passes of GENERATE_CHUNK rows, the same precision), then stored like any job's images."""
+    import dataclasses
+
+    from generation.latent_ops import interpolate_generated
+    from generation.precision import resolve_precision
+    from workers.batching import JobRequest
+
+    cfg = current_app.config
+    operation = dict(job.operation or {})
+    if operation.get("op") != "interpolate":
+        raise ValueError(f"unknown operation {operation.get('op')!r}")
+    end = operation["to"]
+    other = dataclasses.replace(job, condition_kind=end["condition_kind"], label=end.get("label"),
+                                label_index=end.get("label_index"), cluster=end.get("cluster"),
+                                prompt=end.get("prompt"), seed=int(end["seed"]))
+    request = JobRequest(_condition(job, model, info), job.n, job.seed)
+    condition_b = _condition(other, model, info)
+    with _stage("generation failed"):
+        with stage_clock("decode"):
+            images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
+                                           int(cfg["GENERATE_CHUNK"]),
+                                           precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device))
+    lease.check()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    writer = ImageWriter(0)
+    try:
+        writer.submit(job.id, functools.partial(_encode_and_store, app, version, job, request, images), inline=True)
+        return _store_and_finish([(job, request)], [images], lease, writer)
+    finally:
+        writer.wait_all()
+
+
 def _condition(job: JobSnapshot, model: Any, info: Any) -> Any:
     from generation.sampling import condition_from_request
 
@@ -504,6 +541,8 @@ def _encode_pngs(version: VersionSnapshot, job: JobSnapshot, request: Any, image
                    "job_id": job.id, "n": request.n, "job_seed": request.seed, **request.condition.describe()}
     if job.label is not None:
         base_params["label"] = job.label
+    if job.experiment_id is not None:
+        base_params["experiment_id"] = job.experiment_id
     pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
     out = []
     for i in range(request.n):
@@ -511,9 +550,33 @@ def _encode_pngs(version: VersionSnapshot, job: JobSnapshot, request: Any, image
         picture = PILImage.fromarray(array[:, :, 0], mode="L") if array.shape[2] == 1 \
             else PILImage.fromarray(array, mode="RGB")
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", pnginfo=png_metadata({**base_params, "index": i, "seed": request.seed + i}))
+        picture.save(buffer, format="PNG", pnginfo=png_metadata({**base_params, "index": i,
+                                                                 **_image_params(job, request, i)}))
         out.append((image_key(job.id, i), buffer.getvalue()))
     return out
+
+
+def _image_params(job: JobSnapshot, request: Any, index: int) -> dict[str, Any]:
+    """What a PNG says of its own image besides the job's parameters: its seed, and for an interpolation its
+    place on the line (``t`` from 0 at the job's own end to 1 at the other end) and both ends."""
+    operation = job.operation
+    if not operation or operation.get("op") != "interpolate":
+        return {"seed": request.seed + index}
+    steps = max(2, request.n)
+    end = operation["to"]
+    other = {key: end[key] for key in ("label", "cluster", "prompt") if end.get(key) is not None}
+    return {"seed": _image_seed(job, request, index), "operation": "interpolate", "t": round(index / (steps - 1), 6),
+            "between": list(operation.get("between") or []), "from_seed": job.seed, "to_seed": int(end["seed"]),
+            **{f"to_{key}": value for key, value in other.items()}}
+
+
+def _image_seed(job: JobSnapshot, request: Any, index: int) -> int:
+    """The seed an image row records: ``seed + index`` for a sampled image; on an interpolation the seed of
+    the nearer end (the first half the job's own, the second half the other end's)."""
+    operation = job.operation
+    if not operation or operation.get("op") != "interpolate":
+        return request.seed + index
+    return job.seed if 2 * index < request.n else int(operation["to"]["seed"])
 
 
 def _encode_and_store(app: Any, version: VersionSnapshot, job: JobSnapshot, request: Any,
@@ -547,7 +610,7 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
             keys = writer.result(job.id)
         height, width = (int(side) for side in job_images.shape[-2:])  # (n, C, H, W)
         rows = [{"id": image_id(job.id, i), "job_id": job.id, "index": i, "storage_key": key,
-                 "width": width, "height": height, "seed": request.seed + i}
+                 "width": width, "height": height, "seed": _image_seed(job, request, i)}
                 for i, key in enumerate(keys)]
         stored.append((job, rows))
 

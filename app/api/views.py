@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import g, url_for
 
-from app.core.models import Batch, Image, Job, iso
+from app.core.models import Batch, Experiment, Image, Job, iso
+from app.services import experiments
 from app.services.jobs import batch_summary
 from app.services.webhooks import deliveries_of
 
@@ -55,4 +56,31 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         "counts": summary["counts"], "progress": summary["progress"],
         "jobs": [{"id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
                   "progress": round(float(job.progress or 0.0), 4), "error": job.error} for job in batch.jobs],
+    }
+
+
+def experiment_to_dict(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
+    """An experiment with its combined status and its result as a grid: named axes, and each cell the image
+    (as :func:`image_to_dict`) or null while it is not made; a comparison's rows carry the model's figures."""
+    summary = experiments.summary(jobs)
+    grid = experiments.grid(experiment, jobs)
+    rows = []
+    for r, label in enumerate(grid["rows"]["labels"]):
+        job = grid["row_jobs"][r]
+        row: dict[str, Any] = {"label": label, "job_id": job.id if job is not None else None}
+        if grid["figures"] is not None:
+            row["figures"] = grid["figures"][r]
+        row["cells"] = [image_to_dict(image) if image is not None else None for image in grid["cells"][r]]
+        rows.append(row)
+    columns = [{"label": label, "job_id": job.id if job is not None else None}
+               for label, job in zip(grid["columns"]["labels"], grid["column_jobs"])]
+    return {
+        "id": experiment.id, "url": url_for("api.get_experiment", experiment_id=experiment.id),
+        "page_url": url_for("web.experiment", experiment_id=experiment.id), "kind": experiment.kind,
+        "status": summary["status"], "progress": summary["progress"], "counts": summary["counts"],
+        "created_at": iso(experiment.created_at), "params": experiment.params, "varied": grid["varied"],
+        "row_axis": grid["rows"]["axis"], "column_axis": grid["columns"]["axis"], "columns": columns, "rows": rows,
+        "jobs": [{"id": job.id, "url": url_for("api.get_job", job_id=job.id), "model": job.model_version.name,
+                  "status": job.status, "progress": round(float(job.progress or 0.0), 4), "error": job.error}
+                 for job in jobs],
     }

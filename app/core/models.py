@@ -98,6 +98,25 @@ class Batch(db.Model):
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
 
 
+class Experiment(db.Model):
+    """One of the papers' experiments run as ordinary jobs of the queue (:mod:`app.services.experiments`): a
+    comparison of models, an attribute sweep or an interpolation. Its jobs carry ``experiment_id`` and their
+    place in its grid (``experiment_index``); ``params`` is the validated request, which the pages and the API
+    read the grid's axes from."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(20))  # compare | sweep | interpolate
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # ownership as for a batch: the creating token, else the hash of the anonymous creator's capability secret
+    owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    cancel_hash: Mapped[str | None] = mapped_column(String(64))
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.experiment_index")
+
+
 class Job(db.Model):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
@@ -138,9 +157,17 @@ class Job(db.Model):
     webhook: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false(), index=True)
+    # the experiment the job is a cell (or row) of, and its place there; None for an ordinary job
+    experiment_id: Mapped[str | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    experiment_index: Mapped[int | None] = mapped_column(Integer)
+    # None: the job samples its n images (image i from seed + i). Otherwise what else it decodes, e.g. an
+    # interpolation {"op": "interpolate", "between": "seed" | "label" | "prompt", ...} from the job's own
+    # condition and seed (one end) to the other end named here; such a job is never batched with others
+    operation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
     model_version: Mapped[ModelVersion] = relationship()
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
+    experiment: Mapped[Experiment | None] = relationship(back_populates="jobs")
     images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.index",
                                                cascade="all, delete-orphan")
 

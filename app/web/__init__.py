@@ -9,5 +9,5 @@ The forms are plain POSTs. Each template renders ``form_guard()`` (``_macros.htm
 know, so adding CSRF protection needs no change here.
 """
 
-from app.web import gallery, jobs, models  # noqa: F401  (register their routes on bp)
+from app.web import experiments, gallery, jobs, models  # noqa: F401  (register their routes on bp)
 from app.web.blueprint import bp  # noqa: F401

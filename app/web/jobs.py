@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.core.errors import ApiError
 from app.core.models import FINAL_STATUSES, ModelVersion
 from app.services import jobs
+from app.services.experiments import compare_defaults
 from app.services.jobs import JOB_FIELDS
 from app.services.models import default_model_name, serving_models
 from app.web.blueprint import bp
@@ -85,7 +86,7 @@ def submit_job():
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     job = jobs.get_job(job_id)
-    return render_template("job.html", job=job, final=job.status in FINAL_STATUSES,
+    return render_template("job.html", job=job, final=job.status in FINAL_STATUSES, compare_args=compare_defaults(job),
                            can_cancel=jobs.may_cancel(job, secret=_capability(job)),
                            api_url=url_for("api.get_job", job_id=job.id))
 

@@ -13,4 +13,5 @@ names from here: one definition each.
   the cache folder, and the ``captions.jsonl`` format.
 * :mod:`priorforge.spec.png`: the generation parameters stored in a PNG.
 * :mod:`priorforge.spec.precision`: the names of the numeric precisions.
+* :mod:`priorforge.spec.experiments`: which decoders ignore the condition, and the attribute words a sweep varies.
 """
