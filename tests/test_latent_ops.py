@@ -212,3 +212,40 @@ def test_cli_refuses_a_backend_without_an_encoder(tmp_path, capsys, monkeypatch)
     assert main(["interpolate", "--checkpoint", str(folder), "--a", str(a), "--b", str(a),
                  "--out", str(tmp_path / "o.png"), "--device", "cpu"]) == 2
     assert "backend 'test-no-encoder' has no encoder" in capsys.readouterr().err
+
+
+# -- interpolation between generated codes (the service's interpolation experiment) ----------------------------
+def tiny_class_model(name: str) -> GenerativeModel:
+    cls = registry.get_model_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    values = {k: v for k, v in TINY_FIELDS.items() if k in fields}
+    torch.manual_seed(0)
+    return cls(cls.config_class.from_dict({"image_shape": (1, 28, 28), "condition": "class", "num_classes": 10,
+                                           **values})).eval()
+
+
+@pytest.mark.parametrize("name", registry.backend_names())
+def test_interpolate_generated_ends_are_the_service_images(name):
+    """Every backend, encoder or not: the ends of the line are, bit for bit, image 0 of the jobs of the two ends
+    (generate_like_service draws and decodes as a service job does); a backend whose decoder reads the condition
+    goes between seeds of one label only, the others between labels too."""
+    from generation.base import Condition
+    from generation.latent_ops import interpolate_generated
+    from generation.sampling import CONDITION_FREE_DECODERS, generate_like_service
+
+    model = tiny_class_model(name)
+    three, eight = Condition("class", index=3), Condition("class", index=8)
+    path = interpolate_generated(model, three, 11, three, 12, 5, pass_size=8)  # between two seeds
+    assert path.shape == (5, 1, 28, 28)
+    assert torch.equal(path[0], generate_like_service(model, 1, three, 11, pass_size=8)[0])
+    assert torch.equal(path[-1], generate_like_service(model, 1, three, 12, pass_size=8)[0])
+    assert not torch.equal(path[0], path[2])  # the middle is neither end
+    if name in CONDITION_FREE_DECODERS:
+        path = interpolate_generated(model, three, 11, eight, 11, 4, pass_size=8)  # between labels, one seed
+        assert torch.equal(path[0], generate_like_service(model, 1, three, 11, pass_size=8)[0])
+        assert torch.equal(path[-1], generate_like_service(model, 1, eight, 11, pass_size=8)[0])
+    else:
+        with pytest.raises(LatentOpError, match="between seeds of one condition only"):
+            interpolate_generated(model, three, 11, eight, 11, 4, pass_size=8)
+    with pytest.raises(LatentOpError, match="at least 2"):
+        interpolate_generated(model, three, 11, three, 12, 1, pass_size=8)
