@@ -86,9 +86,14 @@ def cancel_job(job_id: str):
     return jsonify(job_to_dict(job))
 
 
+# the fields of a JSON batch object: its items, and the webhook of the batch as a whole
+BATCH_FIELDS = ("items", "webhook", "webhook_events_filter")
+
+
 @bp.post("/batches")
 def create_batch():
     owner = _owner()
+    hook: dict[str, object] = {}  # the batch's own webhook and events, as sent
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None or not upload.filename:
@@ -96,19 +101,31 @@ def create_batch():
         data = upload.read()
         items = jobs.parse_batch_file(upload.filename, data)
         source = upload.filename
-        fingerprint = upload.filename.encode() + b"\0" + data
+        if "webhook" in request.form:
+            hook["webhook"] = request.form["webhook"]
+        if "webhook_events_filter" in request.form:  # repeated fields or one comma-separated list
+            hook["webhook_events_filter"] = [event.strip() for field in request.form.getlist("webhook_events_filter")
+                                             for event in field.split(",") if event.strip()]
+        fingerprint = upload.filename.encode() + b"\0" + data + (b"\0" + _json_fingerprint(hook) if hook else b"")
     else:
         body = json_body()
-        if isinstance(body, dict) and set(body) == {"items"}:
+        if isinstance(body, dict) and "items" in body:
+            unknown = sorted(set(body) - set(BATCH_FIELDS))
+            if unknown:
+                raise ApiError(422, f"unknown batch field(s): {', '.join(unknown)[:200]}; valid: "
+                                    f"{', '.join(BATCH_FIELDS)}")
+            hook = {key: body[key] for key in BATCH_FIELDS[1:] if key in body}
             body = body["items"]
         if not isinstance(body, list):
-            raise ApiError(422, "a JSON batch is a list of job objects (or {\"items\": [...]})")
+            raise ApiError(422, "a JSON batch is a list of job objects (or {\"items\": [...]}, optionally with the "
+                                "batch's \"webhook\" and \"webhook_events_filter\")")
         items = [(f"item {i}", item) for i, item in enumerate(body, start=1)]
         source = "json"
-        fingerprint = _json_fingerprint(body)
+        fingerprint = _json_fingerprint({"items": body, **hook} if hook else body)
     idempotent = _idempotent("batches", fingerprint, owner)
     specs = jobs.validate_batch(items)
-    batch, secret = jobs.create_batch(specs, source, owner, idempotent)
+    batch, secret = jobs.create_batch(specs, source, owner, idempotent, webhook=hook.get("webhook"),
+                                      webhook_events=hook.get("webhook_events_filter"))
     body = batch_to_dict(batch)
     if secret:
         body["cancel_secret"] = secret  # cancels each of the batch's jobs

@@ -127,6 +127,21 @@ def spec() -> dict[str, Any]:
                     "created_at": {"type": "string", "nullable": True},
                     "delivered_at": {"type": "string", "nullable": True}}}}}},
             "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
+        "BatchRequest": {
+            "type": "object", "additionalProperties": False, "required": ["items"],
+            "description": "A batch's items with the batch's own webhook: its events are POSTed once for the whole "
+                           "batch (completed: when every job has ended, however), with the body {\"event\", "
+                           "\"type\": \"batch\", \"batch\": {id, url, total, counts, created_at, jobs}}; an item "
+                           "may still name a webhook of its own",
+            "properties": {
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
+                "webhook": {"type": "string", "minLength": 1, "maxLength": 2000,
+                            "description": "http(s) URL POSTed when the batch starts (its first job starts) or "
+                                           "ends (every job has ended), by webhook_events_filter; signed with the "
+                                           "token's secret (GET /webhook-secret); needs an API token; private, "
+                                           "loopback and link-local targets are refused"},
+                "webhook_events_filter": {"type": "array", "minItems": 1, "items": {
+                    "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
             "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
@@ -134,6 +149,11 @@ def spec() -> dict[str, Any]:
             "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
             "created_at": {"type": "string", "format": "date-time"},
             "jobs": {"type": "array", "items": {"type": "object"}},
+            "webhook": {"type": "object", "description": "the batch's own webhook and its deliveries (one per "
+                                                         "event for the whole batch): for the token that created "
+                                                         "it and admins only", "properties": {
+                "url": {"type": "string"}, "events_filter": {"type": "array", "items": {"type": "string"}},
+                "deliveries": {"type": "array", "items": {"type": "object"}}}},
             "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
         "Model": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
@@ -220,14 +240,18 @@ def spec() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"oneOf": [
                     {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
-                    {"type": "object", "properties": {"items": {"type": "array", "items": {
-                        "$ref": "#/components/schemas/JobRequest"}}}}]}},
+                    {"$ref": "#/components/schemas/BatchRequest"}]}},
                 "multipart/form-data": {
                     "schema": {"type": "object", "required": ["file"], "properties": {
                         "file": {"type": "string", "format": "binary",
                                  "description": f"UTF-8 text, by the file name's extension: a .csv file with a header "
                                                 f"row of {', '.join(JOB_FIELDS)} (any subset), or a .jsonl (.ndjson) "
-                                                "file with one job object per line; another extension: 415"}}},
+                                                "file with one job object per line; another extension: 415"},
+                        "webhook": {"type": "string", "maxLength": 2000,
+                                    "description": "the batch's own webhook, as in BatchRequest"},
+                        "webhook_events_filter": {"type": "string", "description": "comma-separated events of "
+                                                                                   "the batch's webhook (start, "
+                                                                                   "completed); default completed"}}},
                     "encoding": {"file": {"contentType": "text/csv, application/jsonl, application/x-ndjson, "
                                                          "text/plain, application/octet-stream"}}}}},
             "responses": {"202": _json("queued (its jobs go to the bulk queue)", "Batch"), **BAD, **NO_TOKEN}}},

@@ -37,15 +37,16 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def _webhook_of(job: Job) -> dict[str, Any]:
-    """The job's webhook and its recorded deliveries, for the token that created it or an admin only (the URL
-    may hold a receiver's own secret; job ids are visible on public pages)."""
+def _webhook_of(owned: Job | Batch) -> dict[str, Any]:
+    """The job's (or batch's) webhook and its recorded deliveries, for the token that created it or an admin
+    only (the URL may hold a receiver's own secret; job ids are visible on public pages)."""
     client = g.get("client")
-    if not job.webhook or client is None or not (client.is_admin or (
-            client.token_id is not None and client.token_id == job.owner_token_id)):
+    if not owned.webhook or client is None or not (client.is_admin or (
+            client.token_id is not None and client.token_id == owned.owner_token_id)):
         return {}
-    return {"webhook": {"url": job.webhook, "events_filter": list(job.webhook_events or []),
-                        "deliveries": deliveries_of(job_id=job.id)}}
+    deliveries = deliveries_of(job_id=owned.id) if isinstance(owned, Job) else deliveries_of(batch_id=owned.id)
+    return {"webhook": {"url": owned.webhook, "events_filter": list(owned.webhook_events or []),
+                        "deliveries": deliveries}}
 
 
 def batch_to_dict(batch: Batch) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         "counts": summary["counts"], "progress": summary["progress"],
         "jobs": [{"id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
                   "progress": round(float(job.progress or 0.0), 4), "error": job.error} for job in batch.jobs],
+        **_webhook_of(batch),
     }
 
 

@@ -363,12 +363,17 @@ def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: Idempotent
 
 
 def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
-                 idempotent: IdempotentRequest | None = None) -> tuple[Batch, str | None]:
-    """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` lane."""
+                 idempotent: IdempotentRequest | None = None, webhook: Any = None,
+                 webhook_events: Any = None) -> tuple[Batch, str | None]:
+    """The batch and its capability secret (None for a token); its jobs go to the ``bulk`` lane. ``webhook``
+    and ``webhook_events`` (as sent) are the batch's own: its events are POSTed once for the whole batch
+    (``completed`` when every job has ended), besides any webhook of its items."""
     if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
         return get_batch(found), _capability_of(owner, "batch", found)
     client_key, images = owner.client_key if owner else None, sum(spec.n for spec in specs)
     check_request_size(images)
+    # the batch's webhook checked (422) before anything is stored
+    batch_url, batch_events = webhooks.validate(webhook, webhook_events, owner.token_id if owner else None)
     for i, spec in enumerate(specs, start=1):  # every item's webhook checked (422) before anything is stored
         try:
             webhooks.validate(spec.webhook, spec.webhook_events, owner.token_id if owner else None)
@@ -377,6 +382,8 @@ def create_batch(specs: list[JobSpec], source: str, owner: Owner | None = None,
     lock_client(client_key)
     source = "".join(c for c in source if ord(c) >= 32)[:200]  # a file name as sent: no NUL or controls
     batch = Batch(source=source, owner_token_id=owner.token_id if owner else None)
+    if batch_url is not None:  # the promise to call back, committed with the batch (app/services/webhooks.py)
+        batch.webhook, batch.webhook_events, batch.webhook_pending = batch_url, batch_events, True
     db.session.add(batch)
     db.session.flush()
     batch_id = batch.id
