@@ -6,7 +6,10 @@ from typing import Any
 
 from app.core.models import JOB_STATUSES, TRAINING_STATUSES
 from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
+from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
+    MAX_ROWS as EXPERIMENT_MAX_ROWS
 from app.services.jobs import JOB_FIELDS, MAX_SEED
+from priorforge.spec.experiments import SWEEP_WORDS
 from app.services.trainings import TRAINING_FIELDS, request_schema as training_request_schema
 
 
@@ -58,6 +61,56 @@ def _idempotency_key(what: str) -> dict[str, Any]:
                            f"used before (within IDEMPOTENCY_KEY_TTL, 24 h by default) and the same body returns "
                            f"the {what} the first one made instead of making another; the same key with a "
                            f"different body is refused with 422"}
+
+
+def _experiment_request() -> dict[str, Any]:
+    """The body of POST /experiments; ``kind`` says which fields apply (each field's description names its kinds;
+    a field of another kind is a 422)."""
+    seed = {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
+    label = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    end = {"type": "object", "additionalProperties": False, "properties": {
+        "label": label, "cluster": {"type": "integer", "minimum": 0}, "prompt": {"type": "string", "minLength": 1},
+        "seed": seed}}
+    words = "; ".join(f"{name}: {', '.join(values)}" for name, values in SWEEP_WORDS.items())
+    return {
+        "type": "object", "required": ["kind"], "additionalProperties": False,
+        "description": "compare: one request (label or prompt, seed, n) on several models, image i of each with seed "
+                       "+ i (each row equals that model's single job pixel for pixel). sweep: one model, the same "
+                       "seeds, one word varied: the label of a class model (labels), the cluster of a cluster model "
+                       "(clusters) or a word of a text model's prompt (prompt, word, values); one row per seed, "
+                       "every cell equal to the single job of its condition and seed. interpolate: steps images on "
+                       "the straight line between the codes of two single jobs (from, to), whose images are its "
+                       "two ends; pga and vae go between seeds of one condition only",
+        "properties": {
+            "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
+            "models": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_ROWS, "items": {"type": "string"},
+                       "description": "compare: the models (default: every serving model that takes the label or "
+                                      "prompt)"},
+            "model": {"type": "string", "description": "sweep, interpolate: the model (default: the default model)"},
+            "label": {**label, "description": "compare: the class name or index every model gets"},
+            "prompt": {"type": "string", "minLength": 1,
+                       "description": "compare: the prompt every model gets; sweep: the prompt whose word varies"},
+            "word": {"type": "string", "minLength": 1, "description": "sweep (text model): the word of prompt to vary"},
+            "values": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS,
+                       "items": {"type": "string", "minLength": 1},
+                       "description": f"sweep (text model): what goes in place of word; default for a known word "
+                                      f"its list ({words})"},
+            "labels": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS, "items": label,
+                       "description": "sweep (class model): the labels (default: all)"},
+            "clusters": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS,
+                         "items": {"type": "integer", "minimum": 0},
+                         "description": f"sweep (cluster model): the clusters (default: the first "
+                                        f"{EXPERIMENT_MAX_COLUMNS})"},
+            "seed": {**seed, "description": "compare, sweep: image (row) i uses seed + i; random when absent"},
+            "n": {"type": "integer", "minimum": 1, "maximum": EXPERIMENT_MAX_COLUMNS, "default": 4,
+                  "description": f"compare: images per model (up to {EXPERIMENT_MAX_COLUMNS}); sweep: seeds, one "
+                                 f"row each (up to {EXPERIMENT_MAX_ROWS})"},
+            "from": {**end, "description": "interpolate: one end, a condition (label, cluster or prompt) and a seed "
+                                           "(random when absent)"},
+            "to": {**end, "description": "interpolate: the other end (default: from's condition and seed; the two "
+                                         "ends must differ)"},
+            "steps": {"type": "integer", "minimum": 2, "maximum": EXPERIMENT_MAX_COLUMNS, "default": 8,
+                      "description": "interpolate: images on the line, both ends included"}}}
 
 
 def spec() -> dict[str, Any]:
@@ -154,6 +207,31 @@ def spec() -> dict[str, Any]:
                                                          "it and admins only", "properties": {
                 "url": {"type": "string"}, "events_filter": {"type": "array", "items": {"type": "string"}},
                 "deliveries": {"type": "array", "items": {"type": "object"}}}},
+            "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
+        "ExperimentRequest": _experiment_request(),
+        "Experiment": {"type": "object", "description": (
+            "An experiment and its result as a grid: rows (each with its label, its cells and, for a comparison, "
+            "the model's card figures and its speed in this run) and columns (each with its label), along the "
+            "named axes row_axis and column_axis; a cell is the image (as Image) or null while it is not made. "
+            "varied says in words what changes along the columns"), "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"}, "page_url": {"type": "string"},
+            "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
+            "status": {"type": "string", "enum": list(JOB_STATUSES)}, "progress": {"type": "number"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "created_at": {"type": "string", "format": "date-time"},
+            "params": {"type": "object", "description": "the request with its defaults filled in (the seed drawn)"},
+            "varied": {"type": "string"}, "row_axis": {"type": "string"}, "column_axis": {"type": "string"},
+            "columns": {"type": "array", "items": {"type": "object", "properties": {
+                "label": {"type": "string"}, "job_id": {"type": "string", "nullable": True}}}},
+            "rows": {"type": "array", "items": {"type": "object", "properties": {
+                "label": {"type": "string"}, "job_id": {"type": "string", "nullable": True},
+                "figures": {"type": "object", "properties": {
+                    "accuracy": {"type": "number", "nullable": True}, "diversity": {"type": "number", "nullable": True},
+                    "fid": {"type": "number", "nullable": True}, "backend": {"type": "string"},
+                    "seconds_per_image": {"type": "number", "nullable": True}}},
+                "cells": {"type": "array", "items": {"allOf": [{"$ref": "#/components/schemas/Image"}],
+                                                     "nullable": True}}}}},
+            "jobs": {"type": "array", "items": {"type": "object"}},
             "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
         "Model": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
@@ -260,6 +338,27 @@ def spec() -> dict[str, Any]:
             "parameters": [_id("batch_id", "batch id"), _wait("all the batch's jobs")],
             "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch"),
                           "422": _error("a bad wait")}}},
+        "/experiments": {"post": {
+            "summary": "Run an experiment as ordinary jobs: compare models, an attribute sweep or an interpolation "
+                       "(every request is validated before anything is stored)", "operationId": "createExperiment",
+            "parameters": [_wait("every job of the experiment")],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ExperimentRequest"}}}},
+            "responses": {"200": _json("with wait: the experiment, ended within the wait", "Experiment"),
+                          "202": _json("queued; poll the url", "Experiment"), **BAD, **NO_TOKEN}}},
+        "/experiments/{experiment_id}": {"get": {
+            "summary": "An experiment's status and its grid of images", "operationId": "getExperiment",
+            "parameters": [_id("experiment_id", "experiment id"), _wait("every job of the experiment")],
+            "responses": {"200": _json("the experiment", "Experiment"), "404": _error("no such experiment"),
+                          "422": _error("a bad wait")}}},
+        "/experiments/{experiment_id}/cancel": {"post": {
+            "summary": "Cancel an experiment's queued and running jobs (only its creator)",
+            "operationId": "cancelExperiment",
+            "parameters": [_id("experiment_id", "experiment id"),
+                           {"name": "X-Cancel-Secret", "in": "header", "required": False,
+                            "schema": {"type": "string"}, "description": CANCEL_SECRET}],
+            "responses": {"200": _json("canceled", "Experiment"), "403": _error("not the experiment's creator"),
+                          "404": _error("no such experiment"), "409": _error("every job has ended already")}}},
         "/models": {"get": {
             "summary": "The models being served", "operationId": "listModels",
             "responses": {"200": {"description": "serving model versions", "content": {"application/json": {

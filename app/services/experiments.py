@@ -32,7 +32,7 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
-from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _is_int,
+from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _has_control, _check_quota_or_roll_back, _is_int,
                                _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
@@ -108,7 +108,8 @@ def _model(data: dict[str, Any]) -> ModelVersion:
         name = default_model_name(current_app.config["DEFAULT_MODEL"])
     if not isinstance(name, str) or not name.strip():
         raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)", field="model")
-    version = serving_version(name.strip()[:100])
+    name = name.strip()
+    version = None if len(name) > 100 or _has_control(name) else serving_version(name)
     if version is None:
         names = ", ".join(m.name for m in serving_models()) or "none registered"
         raise ApiError(422, f"unknown model {name[:100]!r}; available: {names}", field="model")
