@@ -15,9 +15,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# docs/results.md is the record of the model runs, rewritten with the model zoo (issue 16): its links are
-# checked, its commands (with the absolute data path of their day) are not yet
-RECORD = REPO / "docs" / "results.md"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.M | re.S)
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
@@ -53,8 +50,6 @@ def shell_commands(body: str) -> list[list[str]]:
 def priorforge_commands() -> list[tuple[str, list[str]]]:
     found = []
     for path in DOCS:
-        if path == RECORD:
-            continue
         for info, body in blocks(path):
             if info.split()[:1] != ["bash"]:
                 continue
@@ -75,8 +70,7 @@ def test_links_lead_somewhere(path):
     missing = [target for target, _ in LINK.findall(text)
                if not target.startswith(("http://", "https://", "mailto:")) and not (path.parent / target).exists()]
     assert not missing, f"{path.name} links to missing files: {missing}"
-    assert path == RECORD or "/work/shared" not in text, \
-        f"{path.name}: the data folder is ../shared/data (relative to the repository)"
+    assert "/work/" not in text, f"{path.name}: paths are relative to the checkout (the data folder is ../shared/data)"
 
 
 def test_every_documented_priorforge_command_parses():
