@@ -1,4 +1,4 @@
-"""Every backend on real data under one CPU budget: train, evaluate, one comparison table (issues 4 and 21).
+"""Every backend on real data under one CPU budget: train, evaluate, one comparison table.
 
 For each (backend, data set, condition): ``priorforge train --condition C --max-cpu-minutes B --no-eval`` in
 its own process (one thread), then an evaluation process: ``training.evaluate.evaluate_model`` (feature FID,
@@ -16,7 +16,7 @@ training images (for ``vae``/``pga`` exactly their ``class_prior="gaussian"`` fi
 Gaussian codes" baseline of the LDE and GLF papers) and ``standard``, N(0, I) codes for every class (``vae`` and
 ``pga``: the CVAE alone, what they sampled before class priors were added). A prior a row already has is not repeated.
 
-    OMP_NUM_THREADS=1 python bench/quality.py --data-root /work/shared/data --cpu-minutes 15 --preset small
+    OMP_NUM_THREADS=1 python bench/quality.py --data-root ../shared/data --cpu-minutes 15 --preset small
     python bench/quality.py --quick          # tiny models, 2 steps, sklearn digits: a smoke test
     python bench/quality.py --merge a.json b.json --json-out all.json   # one table from several runs
 """

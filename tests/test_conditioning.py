@@ -1,4 +1,4 @@
-"""Every backend honours its class condition (issue 21), and the class prior of the CVAE-style backends.
+"""Every backend honours its class condition, and the class prior of the CVAE-style backends.
 
 The regression test trains a tiny model of each backend for a few hundred steps on four classes of very
 different 8x8 shapes and asks it for each class; a hand-made judge (the class of the nearest real image) must find the

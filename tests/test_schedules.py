@@ -1,4 +1,4 @@
-"""Schedules planned from the budget that will actually run (issue 21), and metrics that report what ran.
+"""Schedules planned from the budget that will actually run, and metrics that report what ran.
 
 A CPU budget is made deterministic here: each trainer sees a fake CPU clock that advances a fixed amount per
 optimisation step, so the budget buys a known number of steps (far fewer than the nominal epochs) and no test

@@ -1,4 +1,4 @@
-"""users, API tokens and uploaded data sets (issue 6)
+"""users, API tokens and uploaded data sets
 
 Revision ID: 0002
 Revises: 0001

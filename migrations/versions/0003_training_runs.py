@@ -1,4 +1,4 @@
-"""training runs (issue 6)
+"""training runs: the admin's training jobs, their settings, progress and result
 
 Revision ID: 0003
 Revises: 0002

@@ -1,4 +1,4 @@
-"""login failures: the admin sign-in throttle (issue 6)
+"""login failures: the admin sign-in throttle
 
 Revision ID: 0004
 Revises: 0003

@@ -1,4 +1,4 @@
-"""model cards: model_versions.card, what a model's card.json says (issue 16)
+"""model cards: model_versions.card, what a model's card.json says
 
 Revision ID: 0005
 Revises: 0004

@@ -1,4 +1,4 @@
-"""ownership and session revocation (issue 17): jobs/batches.owner_token_id and cancel_hash, jobs.client_key
+"""ownership and session revocation: jobs/batches.owner_token_id and cancel_hash, jobs.client_key
 (with an index for the per-client quota), users.session_version
 
 Revision ID: 0006

@@ -1,12 +1,12 @@
-"""checkpoints in the object store: model_versions.weights_sha256, checkpoint_key, checkpoint_files (issue 19)
+"""checkpoints in the object store: model_versions.weights_sha256, checkpoint_key, checkpoint_files
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 
 Written by hand to match app/core/models.py (ModelVersion); three nullable columns, so versions registered
-before keep working (no hash: not verified; no key: read from checkpoint_path). down_revision is 0005 on the
-storage branch; it is re-pointed after the migrations of issues 17 (0006) and 18 (0007) when merging.
+before keep working (no hash: not verified; no key: read from checkpoint_path). It follows 0006; the number
+0007 is unused (the recovery migration, written beside it, became 0009).
 """
 from alembic import op
 import sqlalchemy as sa

@@ -1,4 +1,4 @@
-"""recovery: the transactional outbox, idempotency keys, fair charging of worker deaths (issue 18)
+"""recovery: the transactional outbox, idempotency keys, fair charging of worker deaths
 
 Revision ID: 0009
 Revises: 0008

@@ -72,7 +72,7 @@ def test_every_admin_route_refuses_non_admins(admin_app, client):
 
 
 def test_a_non_admin_can_sign_out(admin_app, client):
-    """Issue 17, finding 4: POST /admin/logout answered 403 to a signed-in non-admin."""
+    """Any signed-in user can sign out: POST /admin/logout is not an admin-only route (it once answered 403)."""
     assert sign_in(client, *OTHER).status_code == 303
     token = csrf_token(client)
     assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
@@ -83,7 +83,8 @@ def test_a_non_admin_can_sign_out(admin_app, client):
 
 
 def test_a_signed_out_cookie_no_longer_opens_the_admin(client):
-    """Issue 17, finding 4: logout only cleared the browser's cookie; a copy of it still opened /admin/."""
+    """Signing out ends the session on the server, not only in the browser: a copy of the cookie taken before
+    no longer opens /admin/."""
     sign_in(client, *ADMIN)
     cookie = client.get_cookie("session").value
     assert client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")}).status_code == 303
@@ -194,7 +195,8 @@ def test_public_forms_need_the_csrf_token_and_the_json_api_does_not(client):
                                  "abcdefghijklmnopqrstuvwxyz0123456789", "aaaaaaaabbbbbbbbccccccccddddddddeeeeffffgghh"])
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_a_known_or_weak_secret_key_is_refused_in_every_mode(tmp_path, monkeypatch, env, key):
-    """Issue 17, finding 1: the default key was the fixed string 'dev', refused only in production."""
+    """A known or weak secret key is refused in every mode, not only in production (the default was once the
+    fixed string 'dev')."""
     from app import create_app
 
     monkeypatch.setenv("PRIORFORGE_ENV", env)
@@ -292,7 +294,7 @@ def test_spraying_many_user_names_from_one_address_is_throttled(admin_app, clien
     assert _try(client, "someone-else", "wrong password!", "10.0.0.9").status_code == 429
 
 
-# -- the throttle under concurrency (issue 17, finding 4) -----------------------------------------------
+# -- the sign-in throttle holds under concurrent attempts -----------------------------------------------
 def _concurrent_wrong_passwords(app, attempts: int = 30) -> tuple[int, list[int]]:
     """``attempts`` wrong passwords for the admin from one address at once: (password checks, statuses)."""
     import threading

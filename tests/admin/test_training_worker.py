@@ -1,4 +1,4 @@
-"""Training runs with real worker processes against PostgreSQL and Redis (issue 6's "done when"):
+"""Training runs with real worker processes against PostgreSQL and Redis, end to end:
 
 * upload a small data set made here, train a tiny model on it through the API, see it registered (not serving)
   with its evaluation, compare it with the serving version, promote it, generate with it, and find the new

@@ -1,4 +1,4 @@
-"""Schemathesis against the live app's own OpenAPI document (issue 17): every operation, admin ones with an
+"""Schemathesis against the live app's own OpenAPI document: every operation, admin ones with an
 admin's token, on the embedded default and on PostgreSQL + Redis. A case fails on any 5xx and on any response
 the document does not describe (status code, content type, headers, body schema).
 

@@ -1,4 +1,4 @@
-"""Hypothesis tests of the parsers every request goes through (issue 17): labels, integers typed as text,
+"""Hypothesis tests of the parsers every request goes through: labels, integers typed as text,
 prompts, ids and JSON bodies. Whatever the input (Unicode digits, NUL, numbers of thousands of digits, deep
 nesting), the answer is a value or a clean refusal, never another exception."""
 

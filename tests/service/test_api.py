@@ -126,7 +126,7 @@ def test_internal_errors_are_json_under_api(app, client, monkeypatch):
 
 def test_cancel(app, client):
     job = post_job(client, {"model": "tiny", "label": "2"}).get_json()
-    assert client.post(f"{job['url']}/cancel").status_code == 403  # only its creator (issue 17)
+    assert client.post(f"{job['url']}/cancel").status_code == 403  # only its creator may cancel it
     mine = {"X-Cancel-Secret": job["cancel_secret"]}
     resp = client.post(f"{job['url']}/cancel", headers=mine)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled"
@@ -156,7 +156,7 @@ def admin_headers(app) -> dict[str, str]:
 
 def test_health(app, client):
     resp = client.get("/api/v1/health")
-    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}  # anonymous: no details (issue 17)
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}  # anonymous: no details about the database or broker
     body = client.get("/api/v1/health", headers=admin_headers(app)).get_json()
     assert body["status"] == "ok" and body["database"]["ok"] and body["broker"]["ok"]
 

@@ -1,6 +1,7 @@
-"""Regression tests of issue 17 ("Hardening"): each finding of the issue, as tried against today's main, and
-the limits, ownership and headers built for it. Findings 1 (SECRET_KEY) and 4 (sessions, throttle, logout) are
-in tests/admin/test_access.py, 8 (health) in tests/service/test_api.py; the fuzzing is tests/fuzz/."""
+"""The service's hardening rules, each tried the way an attacker or a careless client would: quotas and
+fairness, ownership of jobs and batches, security headers, input that must never give a 500, and an OpenAPI
+document that agrees with the server. The secret key, sessions, the sign-in throttle and logout are tested in
+tests/admin/test_access.py, the anonymous health answer in tests/service/test_api.py; the fuzzing is tests/fuzz/."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def sent_queues(monkeypatch) -> list[tuple[str, str]]:
     return sent
 
 
-# -- finding 2: quotas and fairness ---------------------------------------------------------------------
+# -- quotas and fairness --------------------------------------------------------------------------------
 def test_a_client_over_its_image_quota_gets_429_with_retry_after(tmp_path, checkpoints):
     app = make_app(tmp_path, checkpoints, MAX_IMAGES_IN_FLIGHT_PER_CLIENT=100)
     client = app.test_client()
@@ -115,7 +116,7 @@ def test_waiting_requests_are_bounded_per_process(tmp_path, checkpoints):
     holder.join(10)
 
 
-# -- finding 3: ownership ---------------------------------------------------------------------------------
+# -- ownership ------------------------------------------------------------------------------------------
 def test_only_the_creator_can_cancel(tmp_path, checkpoints):
     app = make_app(tmp_path, checkpoints)
     client = app.test_client()
@@ -175,7 +176,7 @@ def test_switches_anonymous_generation_and_public_gallery(tmp_path, checkpoints)
     assert client.get("/gallery").status_code == 404
 
 
-# -- finding 5: headers -------------------------------------------------------------------------------
+# -- headers --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["/", "/gallery", "/models", "/api/v1/models", "/api/v1/jobs/nope", "/nope",
                                  "/admin/login", "/static/style.css"])
 def test_security_headers_on_every_response(tmp_path, checkpoints, url):
@@ -199,7 +200,7 @@ def test_no_inline_script_in_the_templates():
         assert "javascript:" not in text, path
 
 
-# -- finding 6: input that gave 500 ----------------------------------------------------------------------
+# -- input that must never give a 500 -------------------------------------------------------------------
 def deep(depth: int = 5000) -> str:
     return "[" * depth + "]" * depth
 
@@ -279,7 +280,7 @@ def test_nul_bytes_are_refused_on_postgres(tmp_path, checkpoints, pg_url):
             db.engine.dispose()
 
 
-# -- finding 7: the OpenAPI document agrees with the server -----------------------------------------------
+# -- the OpenAPI document agrees with the server --------------------------------------------------------
 def test_the_openapi_document_states_the_limits(tmp_path, checkpoints):
     app = make_app(tmp_path, checkpoints)
     doc = app.test_client().get("/api/v1/openapi.json").get_json()

@@ -1,4 +1,4 @@
-"""Object storage (issue 19) with real parts: moto's S3 server on 127.0.0.1 (started here, nothing from the
+"""Object storage with real parts: moto's S3 server on 127.0.0.1 (started here, nothing from the
 network), and for the integration test two ``celery`` generation workers with separate instance folders and
 no shared disk, on PostgreSQL and Redis. A model registered (and promoted) through one node's store is served
 by the others, every image comes back through the API whichever worker stored it, and bad settings, a missing

@@ -1,4 +1,4 @@
-"""Recovery (issue 18) on the Flask test client and SQLite, no servers: idempotent creation, the outbox,
+"""Recovery on the Flask test client and SQLite, no servers: idempotent creation, the outbox,
 finding dead workers (a process gone on this machine, an expired lease) and charging their deaths fairly,
 the embedded broker's table creation and clean-up. The same with real processes: test_recovery_workers.py."""
 

@@ -1,4 +1,4 @@
-"""Recovery (issue 18) with real worker processes: a killed pool process's job runs again within seconds
+"""Recovery with real worker processes: a killed pool process's job runs again within seconds
 (the default timings, no test shortcuts), a poison job is isolated and failed while its batch-mates succeed
 uncharged, and a job created while the broker is down goes out as soon as the broker is back, with no other
 traffic. Time bounds here are loose guards against the old behaviour (60-120 s); bench/recovery.py measures."""

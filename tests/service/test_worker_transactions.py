@@ -1,4 +1,4 @@
-"""The generation task's transactions (issue 7): a task claims its jobs in one transaction and finishes them
+"""The generation task's transactions: a task claims its jobs in one transaction and finishes them
 in one, whatever the number of jobs batched; a job canceled meanwhile drops out alone (no rows, no files);
 a lone job never waits for companions; on PostgreSQL, rows another worker is claiming are skipped."""
 
