@@ -7,7 +7,7 @@ through the app's test client (the same routes and code as over HTTP), the train
 real ``celery worker`` process. Prints a table and a ``BENCH_JSON`` line.
 
     python bench/admin_training.py --data-root ../shared/data --dataset mnist --per-class 500 \\
-        --max-cpu-minutes 4 --json-out bench/results/admin_training-mnist.json
+        --max-cpu-minutes 5 --eval-samples 1000 --json-out bench/results/admin_training-mnist.json
     python bench/admin_training.py --quick          # digits, 20 steps of a tiny model, no evaluation (smoke test)
 """
 

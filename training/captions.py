@@ -243,7 +243,7 @@ def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split
 
     Args:
         name: ``cifar10-captions``, ``fashion-mnist-captions``, ``oxford102-flowers`` or ``captions:<folder>``.
-        data_root: the folder holding the data (``/work/shared/data`` layout for the built-in ones).
+        data_root: the folder holding the data (``../shared/data`` layout for the built-in ones).
         image_size: resize to this square size (default: the set's own; 64 for folders of photos).
         captions_per_image: captions generated per image (built-in sets only).
         seed: seeds the caption phrasing (built-in sets only; the same seed gives the same captions).
