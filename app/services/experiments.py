@@ -36,7 +36,6 @@ from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _has_co
                                _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
-from priorforge.spec.conditions import ConditionError, resolve_label
 from priorforge.spec.experiments import CONDITION_FREE_DECODERS, SWEEP_WORDS, attribute_of
 
 KINDS = ("compare", "sweep", "interpolate")
@@ -133,12 +132,11 @@ def validate_experiment(data: Any) -> ExperimentPlan:
     return plan
 
 
-def _accepts_label(version: ModelVersion, label: str | int) -> bool:
-    try:
-        resolve_label(label, list(version.class_names or []))
-    except ConditionError:
-        return False
-    return True
+def _has_class(version: ModelVersion, label: str | int) -> bool:
+    """Whether ``label`` names one of the version's classes. By name only: the same index is another class
+    in another model (7 is a sneaker in Fashion-MNIST), so a comparison chooses its models by the name; a
+    model named in ``models`` still takes an index, as a single job does."""
+    return str(label).strip().lower() in [str(name).lower() for name in version.class_names or []]
 
 
 def _compare(data: dict[str, Any]) -> ExperimentPlan:
@@ -154,7 +152,7 @@ def _compare(data: dict[str, Any]) -> ExperimentPlan:
     if names is None:  # every serving model that takes this request
         kind = "class" if label is not None else "text"
         names = [m.name for m in serving_models() if m.condition == kind and
-                 (kind == "text" or _accepts_label(m, label))][:MAX_ROWS]
+                 (kind == "text" or _has_class(m, label))][:MAX_ROWS]
     if any(not isinstance(name, str) for name in names) or len(set(names)) != len(names):
         raise ApiError(422, "models must be a list of distinct model names", field="models")
     if len(names) < 2:
