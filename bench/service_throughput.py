@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "size (e.g. 3x64x64) instead of tests/fixtures/digits-aae-cg: the speed of a bigger model (the "
                         "weights do not change the speed; the images are noise)")
     p.add_argument("--quick", action="store_true", help="K = 1, 2; n = 1; 4 jobs per phase; 5 raw repeats")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="record the web server's and the worker's processes with py-spy during the phases: "
+                        "DIR/web.svg and DIR/worker.svg (flame graphs of CPU samples; pip install py-spy)")
     args = p.parse_args(argv)
     if args.untrained_shape:
         args.untrained_shape = parse_shape(args.untrained_shape, p)
@@ -684,6 +687,34 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
     return row
 
 
+@contextmanager
+def profiled(service: Service, folder: str | None) -> Iterator[None]:
+    """py-spy recording every process of the web server's and the worker's groups while the block runs: a
+    flame graph per group (``--idle`` off: CPU samples only, so a thread waiting on a socket costs nothing)."""
+    if not folder:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    recorders = [subprocess.Popen([spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
+                                   "--format", "flamegraph", "--output", str(out / f"{name}.svg"), "--nonblocking"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, pid in service.groups.items()]
+    try:
+        yield
+    finally:
+        for recorder in recorders:  # SIGINT: py-spy writes its file and exits
+            recorder.send_signal(signal.SIGINT)
+        for recorder in recorders:
+            try:
+                recorder.wait(60)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+
+
 def stage_env(args: argparse.Namespace) -> dict[str, str]:
     """The servers' extra environment: --set values, and PRIORFORGE_LOG_STAGE_TIMES with --log-stage-times."""
     env = {}
@@ -728,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_model = RawModel.from_args(args)
         raw = {n: raw_model.time(n) for n in sorted({1, *images})}  # before the servers start
         rows = []
-        with running_service(args, deadline, concurrency=args.concurrency, extra_env=stage_env(args)) as service:
+        with running_service(args, deadline, concurrency=args.concurrency, extra_env=stage_env(args)) as service, \
+                profiled(service, args.profile):
             seed = 1000
             for n in images:
                 for k in clients:

@@ -82,6 +82,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BROKER_CLEANUP_INTERVAL": 600.0,  # embedded broker: seconds between clean-ups of its file (0: never)
         "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
         "TEST_POISON_SEED": None,  # FOR TESTS ONLY: a job with this seed kills its worker process (SIGKILL)
+        # seconds a web process keeps a model name's serving version before reading it again (a promotion made
+        # by another process reaches new jobs within this time; 0: read it for every job)
+        "SERVING_CACHE_SECONDS": 2.0,
         "DEFAULT_MODEL": None,  # None: the serving model whose card is the default (mnist), else the first
         "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
         # ?wait=S on the job and batch endpoints (app/services/job_events.py): the longest wait a request may ask for,

@@ -26,12 +26,12 @@ from sqlalchemy.orm import joinedload
 from app.core import metrics
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
-from app.core.models import FINAL_STATUSES, Batch, Image, Job, ModelVersion, get_or_404, utcnow
+from app.core.models import FINAL_STATUSES, Batch, Image, Job, get_or_404, new_id, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
-from app.services.models import conditions_of, default_model_name, serving_models, serving_version
+from app.services.models import ServingModel, conditions_of, default_model_name, serving_model, serving_models
 from app.services.queue import job_queues
 from priorforge.spec.conditions import ConditionError, resolve_label
 
@@ -76,7 +76,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = None) -> JobSpec:
+def validate_job(data: Any, *, cache: dict[str, ServingModel | None] | None = None) -> JobSpec:
     """Check one job request (a dict as decoded from JSON) against the serving model; ApiError(422) if bad."""
     cfg = current_app.config
     if not isinstance(data, dict):
@@ -95,7 +95,7 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
     if cache is not None and name in cache:
         version = cache[name]
     else:
-        version = serving_version(name)
+        version = serving_model(name)
         if cache is not None:
             cache[name] = version
     if version is None:
@@ -118,7 +118,7 @@ def validate_job(data: Any, *, cache: dict[str, ModelVersion | None] | None = No
     return spec
 
 
-def _validate_condition(data: dict[str, Any], version: ModelVersion, name: str, n: int, seed: int) -> JobSpec:
+def _validate_condition(data: dict[str, Any], version: ServingModel, name: str, n: int, seed: int) -> JobSpec:
     label, cluster, prompt = data.get("label"), data.get("cluster"), data.get("prompt")
     given = [k for k, v in (("label", label), ("cluster", cluster), ("prompt", prompt)) if v is not None]
     if len(given) > 1:
@@ -235,7 +235,7 @@ def validate_batch(items: list[tuple[str, Any]]) -> list[JobSpec]:
         raise ApiError(422, "the batch has no items")
     if len(items) > limit:
         raise ApiError(422, f"the batch has {len(items)} items; the limit is {limit}")
-    cache: dict[str, ModelVersion | None] = {}
+    cache: dict[str, ServingModel | None] = {}
     specs = []
     for where, item in items:
         try:
@@ -344,14 +344,14 @@ def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: Idempotent
         return Created(found, _capability_of(owner, "job", found))
     client_key = owner.client_key if owner else None
     check_request_size(spec.n)
-    job = _job_from_spec(spec, owner)  # the webhook checked (422) before any lock or row
+    # the id is made here, not by the flush, so that the capability's hash goes into the INSERT itself
+    job_id = new_id()
+    secret = _capability_of(owner, "job", job_id)
+    job = _job_from_spec(spec, owner, _secret_hash(secret) if secret else None, id=job_id)  # webhook checked (422)
     lock_client(client_key)
     db.session.add(job)
     db.session.flush()
-    job_id = job.id  # read before the commit expires the object (reading it after would cost a SELECT)
     _check_quota_or_roll_back(client_key, spec.n)
-    secret = _capability_of(owner, "job", job_id)
-    job.cancel_hash = _secret_hash(secret) if secret else None
     messages = stage_messages([job_id], lane_of(None, spec.n))
     if idempotent is not None:
         idempotency.remember(idempotent, job_id)

@@ -2,8 +2,10 @@
 metrics with the serving one's, and promotion. Only the checkpoint's JSON is read here, never its weights.
 
 Promotion makes a version the serving one of its name: new jobs resolve the serving version when they are
-created (:func:`app.services.jobs.validate_job`), so workers pick the change up without a restart, and a job
-already queued or running keeps the version it was created with.
+created (:func:`app.services.jobs.validate_job`, through :func:`serving_model`: a web process reads a name's
+serving version at most every ``SERVING_CACHE_SECONDS``, so another process's promotion reaches it within that
+time and its own at once), so workers pick the change up without a restart, and a job already queued or
+running keeps the version it was created with.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,39 @@ log = logging.getLogger(__name__)
 def serving_version(name: str) -> ModelVersion | None:
     return db.session.scalars(select(ModelVersion).where(ModelVersion.name == name,
                                                          ModelVersion.serving.is_(True))).first()
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """What checking a job request needs of a serving version: a plain copy that a process's threads share."""
+    id: int
+    name: str
+    condition: str
+    class_names: tuple[str, ...]
+    num_classes: int
+
+
+SERVING_CACHE = "priorforge_serving_models"  # app.extensions key: name -> (read at, ServingModel)
+
+
+def serving_model(name: str) -> ServingModel | None:
+    """The serving version of ``name``, read from the database at most every ``SERVING_CACHE_SECONDS`` per
+    process (one query less per job). A name that is not served is never cached: a model registered by
+    another process is accepted at once."""
+    ttl = float(current_app.config["SERVING_CACHE_SECONDS"])
+    cache = current_app.extensions.setdefault(SERVING_CACHE, {})
+    now = time.monotonic()
+    hit = cache.get(name)
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    version = serving_version(name)
+    if version is None:
+        cache.pop(name, None)
+        return None
+    model = ServingModel(version.id, version.name, version.condition, tuple(version.class_names or ()),
+                         int(version.num_classes or 0))
+    cache[name] = (now, model)
+    return model
 
 
 def serving_models() -> list[ModelVersion]:
@@ -131,6 +168,7 @@ def default_model_name(configured: str | None) -> str | None:
 
 
 def make_serving(version: ModelVersion) -> None:
+    current_app.extensions.pop(SERVING_CACHE, None)  # this process serves the new version at once
     db.session.execute(update(ModelVersion).where(ModelVersion.name == version.name, ModelVersion.id != version.id)
                        .values(serving=False))
     db.session.flush()
@@ -138,7 +176,7 @@ def make_serving(version: ModelVersion) -> None:
     db.session.flush()
 
 
-def conditions_of(version: ModelVersion) -> list[str]:
+def conditions_of(version: ModelVersion | ServingModel) -> list[str]:
     """The request kinds a version accepts (a cluster model also takes none: a random cluster)."""
     return ["cluster", "none"] if version.condition == "cluster" else [version.condition]
 

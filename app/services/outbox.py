@@ -6,7 +6,8 @@ not stored, and a broker that is down when a job is created (or re-queued) delay
 Who publishes:
 
 * the process that wrote the rows, right after its commit (:func:`publish_pending` with their ids): the usual
-  case, no added latency;
+  case, no added latency. It knows what the rows say (its session noted them when it staged them), so it
+  publishes without reading them back and deletes what went out in one statement;
 * a :class:`Relay` thread per process that found the broker down (it tries every ``OUTBOX_RELAY_INTERVAL``
   until the outbox is empty, then stops), and one in every worker that runs all the time, for the rows of a
   process that died between its commit and its publish. When the broker returns, everything pending goes out
@@ -24,7 +25,8 @@ import threading
 from typing import Iterable
 
 from flask import Flask, current_app
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
+from sqlalchemy.orm import Session
 
 from app.core.extensions import db
 from app.core.models import OutboxMessage
@@ -32,6 +34,7 @@ from app.services.queue import publish
 
 log = logging.getLogger(__name__)
 BATCH = 500  # rows a relay reads at a time
+STAGED = "priorforge_outbox_staged"  # Session.info: outbox id -> (task, queue, ref id) of rows it staged
 
 
 def add(task_name: str, queue: str, ref_ids: Iterable[str]) -> list[int]:
@@ -42,7 +45,37 @@ def add(task_name: str, queue: str, ref_ids: Iterable[str]) -> list[int]:
         return []
     db.session.add_all(rows)
     db.session.flush()
+    staged = db.session.info.setdefault(STAGED, {})
+    staged.update({row.id: (task_name, queue, row.ref_id) for row in rows})
     return [row.id for row in rows]
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_staged(session: Session) -> None:
+    """Rows rolled back were never stored: nothing of theirs may be published."""
+    session.info.pop(STAGED, None)
+
+
+def _publish_staged(messages: list[tuple[int, tuple[str, str, str]]]) -> tuple[list[int], Exception | None]:
+    """Publish messages this process staged and committed, then delete the rows of those that went out (one
+    statement, no transaction around it: a row left behind by a failure is only sent again by a relay, and a
+    duplicate is harmless). Returns the ids sent and the first error."""
+    sent: list[int] = []
+    failure: Exception | None = None
+    for outbox_id, (task, queue, ref_id) in messages:
+        try:
+            publish(task, ref_id, queue)
+        except Exception as exc:  # the broker is down: the rest waits for the relay
+            failure = exc
+            break
+        sent.append(outbox_id)
+    if sent:
+        try:
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(sent)))
+        except Exception as exc:  # the database: the relay sends these again
+            failure = failure or exc
+    return sent, failure
 
 
 def publish_pending(ids: list[int] | None = None, *, kick: bool = True) -> int:
@@ -52,8 +85,14 @@ def publish_pending(ids: list[int] | None = None, *, kick: bool = True) -> int:
         return sum(publish_pending(ids[i:i + BATCH], kick=kick) for i in range(0, len(ids), BATCH))
     if ids is not None and not ids:
         return 0
-    sent: list[int] = []
-    failure: Exception | None = None
+    staged = db.session.info.get(STAGED, {}) if ids is not None else {}
+    if ids is not None and all(i in staged for i in ids):
+        sent, failure = _publish_staged([(i, staged.pop(i)) for i in ids])
+        if failure is not None and kick:
+            _kick_relay(len(sent), failure)
+        return len(sent)
+    sent = []
+    failure = None
     try:
         with db.engine.begin() as conn:
             query = select(OutboxMessage.id, OutboxMessage.task, OutboxMessage.queue, OutboxMessage.ref_id) \
@@ -72,10 +111,14 @@ def publish_pending(ids: list[int] | None = None, *, kick: bool = True) -> int:
     except Exception as exc:  # the database: the relay tries again (a message sent twice is harmless)
         failure = exc
     if failure is not None and kick:
-        log.warning("outbox: %d message(s) sent, the rest wait for the relay (%s: %s)", len(sent),
-                    type(failure).__name__, failure)
-        relay_for(current_app._get_current_object()).kick()  # type: ignore[attr-defined]
+        _kick_relay(len(sent), failure)
     return len(sent)
+
+
+def _kick_relay(sent: int, failure: Exception) -> None:
+    log.warning("outbox: %d message(s) sent, the rest wait for the relay (%s: %s)", sent,
+                type(failure).__name__, failure)
+    relay_for(current_app._get_current_object()).kick()  # type: ignore[attr-defined]
 
 
 def pending_count() -> int:
