@@ -28,7 +28,8 @@ from flask import Flask
 
 from app.core.extensions import db
 from app.services.outbox import publish_pending
-from app.services.reconcile import after_broker_outage, reconcile
+from app.services.reconcile import (after_broker_outage, beat_main_process, become_main_process,
+                                    become_pool_process, reconcile)
 from app.services.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,10 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
     # worker fetches nothing. Results are not stored here (task_ignore_result): nothing is worth the wait
     celery_app.conf.worker_lost_wait = 0.5
 
+    become_main_process()  # before the pool is forked: its processes record it on the jobs they claim
+
     def run_reconcile() -> None:
+        _in_app(flask_app, "worker heartbeat", beat_main_process)  # this main process lives (worker_nodes)
         counts = _in_app(flask_app, "reconciliation", reconcile)
         if counts and any(counts.values()):
             log.warning("reconciliation: %s", counts)
@@ -127,6 +131,7 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
 
     @worker_process_init.connect(weak=False)
     def _fresh_engine(**_: Any) -> None:
+        become_pool_process()
         # connections opened in the parent must not be shared with the forked pool process
         with flask_app.app_context():
             db.engine.dispose(close=False)

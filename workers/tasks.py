@@ -43,6 +43,7 @@ from app.core.models import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
+from app.services.reconcile import main_of_this_process
 from workers.batching import JobSnapshot, stage_clock
 from workers.image_writer import ImageWriter
 
@@ -184,7 +185,8 @@ def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
     queued any more: not ours)."""
     now = utcnow()
     values = {"status": "running", "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
-              "worker": f"{socket.gethostname()}:{os.getpid()}", "progress": 0.0, "error": None}
+              "worker": f"{socket.gethostname()}:{os.getpid()}", "progress": 0.0, "error": None,
+              "worker_main": main_of_this_process()}  # its death is charged only if this one lived on
     offered = {job_id: str(uuid.uuid4()) for job_id in job_ids}
     tokens: dict[str, str] = {}
     try:

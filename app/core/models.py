@@ -120,7 +120,9 @@ class Experiment(db.Model):
 class Job(db.Model):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
-                      Index("ix_jobs_client_key_status", "client_key", "status"))
+                      Index("ix_jobs_client_key_status", "client_key", "status"),
+                      # the fair share of a lane reads each client's recently claimed jobs (workers/batching.py)
+                      Index("ix_jobs_started_at", "started_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     status: Mapped[str] = mapped_column(String(20), default="queued")
@@ -153,6 +155,9 @@ class Job(db.Model):
     deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # run alone (no companions) next time: its worker died while it was batched with others
     isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=db.false())
+    # the worker main process (a worker_nodes id) whose pool process claimed the job: when it died too, the
+    # whole worker was killed (a deploy, a lost machine) and the death is not charged; None: not known
+    worker_main: Mapped[str | None] = mapped_column(String(40))
     # a callback URL POSTed when the job starts or ends (app/services/webhooks.py), as for a batch
     webhook: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
@@ -359,6 +364,20 @@ class WebhookDelivery(db.Model):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerNode(db.Model):
+    """A Celery worker's main process, alive while it renews ``seen_at`` (every RECONCILE_INTERVAL): tells a
+    pool process that died alone (charged to its job) from a worker killed whole (:mod:`app.services.reconcile`).
+    The id is new at every start, so a restarted worker (the same host and pid in a container) is another row."""
+
+    __tablename__ = "worker_nodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class WorkerStatus(db.Model):

@@ -1,6 +1,6 @@
 """Migrations 0002 (users, api_tokens, datasets), 0003 (training_runs), 0004 (login_failures), 0005
 (model_versions.card), 0006 (ownership columns, users.session_version), 0008 (model_versions' checkpoint hash and store key), 0009 (outbox, idempotency_keys, jobs.deaths/isolated), 0010 (webhooks, worker status) and 0011
-(experiments, jobs.experiment_id/operation): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
+(experiments, jobs.experiment_id/operation) and 0012 (worker_nodes, jobs.worker_main, ix_jobs_started_at): upgrade, downgrade and upgrade again on SQLite and PostgreSQL, and the migrated schema
 matches the models' metadata (Alembic's autogenerate comparison finds no difference)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _round_trip(app):
     from app.core.migrate import current, downgrade, head_revision, upgrade
 
     upgrade(app)
-    assert current(app) == head_revision() == "0011"
+    assert current(app) == head_revision() == "0012"
     with app.app_context():
         assert ADMIN_TABLES | {"outbox", "idempotency_keys"} <= set(inspect(db.engine).get_table_names())
         assert {"card", *STORE_COLUMNS} <= {c["name"] for c in inspect(db.engine).get_columns("model_versions")}
@@ -41,6 +41,10 @@ def _round_trip(app):
         assert {"webhook_deliveries", "worker_status"} <= set(inspect(db.engine).get_table_names())
     with app.app_context():
         assert "experiments" in set(inspect(db.engine).get_table_names())
+    downgrade(app, "0011")
+    with app.app_context():
+        assert "worker_nodes" not in set(inspect(db.engine).get_table_names())
+        assert "worker_main" not in {c["name"] for c in inspect(db.engine).get_columns("jobs")}
     downgrade(app, "0010")
     with app.app_context():
         assert "experiments" not in set(inspect(db.engine).get_table_names())

@@ -313,3 +313,40 @@ def test_gunicorn_has_no_shared_control_socket_and_waits_for_waiting_requests():
 def test_outbox_rows_count(app):  # the model and the migration agree on the table (a smoke check)
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_a_worker_killed_whole_is_not_charged_and_a_pool_process_that_died_alone_is(app, client, monkeypatch):
+    """The main process recorded with the job (worker_main) decides: gone on this machine or silent for a lease
+    -> the whole worker was killed, no charge; alive past the job's lease, or this very process -> charged."""
+    import os
+
+    from app.core.models import WorkerNode
+    from app.services import reconcile as rec
+
+    lease = app.config["LEASE_TIMEOUT"]
+    with app.app_context():
+        now = utcnow()
+        db.session.add_all([WorkerNode(id="killed", host=HOST, pid=dead_pid(), seen_at=now),
+                            WorkerNode(id="silent", host="another-host", pid=1, seen_at=now - timedelta(seconds=lease + 1)),
+                            WorkerNode(id="beating", host="another-host", pid=2, seen_at=now),
+                            WorkerNode(id="mine", host=HOST, pid=os.getpid(), seen_at=now)])
+        db.session.commit()
+    cases = {"killed": running_job(client, app, f"{HOST}:{dead_pid()}"),
+             "silent": running_job(client, app, "another-host:5", beat_age=lease + 1),
+             "beating": running_job(client, app, "another-host:6", beat_age=lease + 1),
+             "mine": running_job(client, app, f"{HOST}:{dead_pid()}")}
+    with app.app_context():
+        for main, job_id in cases.items():
+            db.session.execute(update(Job).where(Job.id == job_id).values(worker_main=main))
+        db.session.commit()
+        counts = rec.reconcile()
+    assert (counts["requeued_worker_lost"], counts["requeued_running"]) == (2, 1)
+    for main in ("killed", "silent"):
+        assert (job(app, cases[main]).status, job(app, cases[main]).deaths) == ("queued", 0)
+    assert (job(app, cases["beating"]).status, job(app, cases["beating"]).deaths) == ("queued", 1)
+    # a live main process of this machine that is not this one: its own reconciliation charges the job
+    assert job(app, cases["mine"]).status == "running"
+    monkeypatch.setitem(rec._this_main, "id", "mine")
+    with app.app_context():
+        assert rec.reconcile()["requeued_running"] == 1
+    assert (job(app, cases["mine"]).status, job(app, cases["mine"]).deaths) == ("queued", 1)

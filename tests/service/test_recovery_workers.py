@@ -89,3 +89,24 @@ def test_a_job_created_while_the_broker_is_down_goes_out_when_it_returns(service
         wait_for(outbox_empty, 15, "the outbox to be empty")
     finally:
         redis_server.stop()
+
+
+def test_a_worker_killed_whole_is_not_charged_to_the_job_it_ran_alone(tmp_path, checkpoints, start_worker):
+    """A deploy or an OOM kill takes every process of a worker: its lone job is re-run uncharged (with
+    MAX_ATTEMPTS=1 one charged death would fail it). The pool process killed alone is charged (above)."""
+    app, config = sqlite_app_for_worker(tmp_path, checkpoints)
+    config = {**config, "MAX_ATTEMPTS": 1}
+    client = app.test_client()
+    doomed = start_worker({**config, "TEST_TASK_DELAY": 60})  # FOR TESTS ONLY: the job outlasts the worker
+    job_id = submit(client, label="4", n=2, seed=3)
+    survivor = start_worker(config, wait=False)  # boots while the first one runs the job
+    running = wait_status(app, job_id, ("running",))
+    assert running.worker_main is not None  # the main process that forked its pool process
+    survivor.wait_ready()
+    doomed.kill()  # SIGKILL to the whole process group: main process and pool process
+    done = wait_status(app, job_id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    assert (done.deaths, done.isolated, done.attempts) == (0, False, 2)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
