@@ -15,14 +15,15 @@ import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Iterator
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import func, select
 from torch import Tensor
 
 from app.core.extensions import db
-from app.core.models import Job
+from app.core.models import Job, utcnow
 from generation.base import Condition, GenerativeModel
 from generation.sampling import decode_group_key, iter_decode_passes, per_image_latents
 
@@ -151,31 +152,54 @@ class JobSnapshot:
         return cls(**{name: getattr(job, name) for name in cls.__dataclass_fields__})
 
 
-def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: bool = False) -> list[JobSnapshot]:
-    """Queued jobs of the primary's model version whose message was sent, oldest first, whose images fit in
-    ``budget`` together (greedy, FIFO order; a job too big for what is left is skipped). An ``isolated`` job
-    (its worker died while it was batched, :mod:`app.services.reconcile`) is never a companion: it runs alone;
-    nor is a job with an ``operation`` (an interpolation decodes codes of its own, not seeded samples).
+# the fair share: a client's jobs claimed within this many seconds count against its next ones
+FAIR_SHARE_WINDOW = 30.0
 
-    The caller claims them next, in the same transaction. On PostgreSQL the rows are read ``FOR UPDATE SKIP
-    LOCKED``: rows another worker is claiming are skipped, never waited for (two workers claiming each
-    other's jobs would otherwise deadlock). SQLite has one writer at a time: there the read transaction is
+
+def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: bool = False) -> list[JobSnapshot]:
+    """Queued jobs of the primary's model version whose message was sent, in fair-share order, whose images fit
+    in ``budget`` together (greedy; a job too big for what is left is skipped). An ``isolated`` job (its worker
+    died while it was batched, :mod:`app.services.reconcile`) is never a companion: it runs alone; nor is a job
+    with an ``operation`` (an interpolation decodes codes of its own, not seeded samples).
+
+    Fair share across clients (``client_key``: the token, else the address): a queued job's place is its
+    position among its own client's queued jobs (1 for the oldest) plus the jobs that client had claimed in the
+    last FAIR_SHARE_WINDOW seconds (running or done; the primary, claimed in this transaction, included); ties
+    go oldest first. So a client flooding the queue takes turns with the others instead of filling every
+    micro-batch ahead of them, and one client alone gets first in, first out as before.
+
+    The caller claims them next, in the same transaction. The order is read first (a window function, which
+    PostgreSQL does not allow with FOR UPDATE), then those rows are locked ``FOR UPDATE SKIP LOCKED`` and read
+    again (still queued): rows another worker is claiming are skipped, never waited for (two workers claiming
+    each other's jobs would otherwise deadlock). SQLite has one writer at a time: there the read transaction is
     ended first (unless ``in_transaction``: the caller's transaction, which has written already), so the
     claims never upgrade a stale read snapshot."""
     if budget < 1:
         return []
-    rows = db.session.execute(
-        select(*JobSnapshot.columns())
-        .where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
-               Job.id != primary.id, Job.enqueued_at.is_not(None), Job.isolated.is_(False),
-               Job.operation.is_(None))
-        .order_by(Job.enqueued_at, Job.created_at).limit(budget)
-        .with_for_update(skip_locked=True)).all()  # FOR UPDATE is left out on SQLite
+    client = func.coalesce(Job.client_key, "")
+    recent = (select(client.label("client"), func.count().label("claimed"))
+              .where(Job.started_at >= utcnow() - timedelta(seconds=FAIR_SHARE_WINDOW))
+              .group_by(client).subquery())
+    queued = (select(Job.id, Job.enqueued_at, Job.created_at, client.label("client"),
+                     func.row_number().over(partition_by=client, order_by=(Job.enqueued_at, Job.created_at))
+                     .label("position"))
+              .where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
+                     Job.id != primary.id, Job.enqueued_at.is_not(None), Job.isolated.is_(False),
+                     Job.operation.is_(None))
+              .subquery())
+    order = list(db.session.scalars(
+        select(queued.c.id).select_from(queued.outerjoin(recent, recent.c.client == queued.c.client))
+        .order_by(queued.c.position + func.coalesce(recent.c.claimed, 0), queued.c.enqueued_at,
+                  queued.c.created_at).limit(2 * budget)))  # slack for rows another worker holds
+    rows = {row.id: row for row in db.session.execute(
+        select(*JobSnapshot.columns()).where(Job.id.in_(order), Job.status == "queued")
+        .with_for_update(skip_locked=True))} if order else {}  # FOR UPDATE is left out on SQLite
     if not in_transaction and db.engine.dialect.name == "sqlite":
         db.session.commit()  # end the read transaction before the claims
     chosen: list[JobSnapshot] = []
-    for row in rows:
-        if row.n <= budget:
+    for job_id in order:
+        row = rows.get(job_id)
+        if row is not None and row.n <= budget:
             chosen.append(JobSnapshot(*row))
             budget -= row.n
     return chosen

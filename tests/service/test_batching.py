@@ -257,3 +257,33 @@ def test_a_failing_encode_on_a_writer_thread_fails_the_jobs_readably_and_stores_
             job = db.session.get(Job, job_id)
             assert job.status == "failed" and "disk full (simulated)" in job.error, (job.status, job.error)
             assert job.images == []  # no row points at a file: the finish never ran
+
+
+def test_a_flood_from_several_clients_takes_turns_with_another_clients_job(app):
+    """Fair share in a lane: six addresses queue four 16-image jobs each, then another address one 1-image job.
+    Tasks run in the messages' order (first in, first out): that job is claimed with the second task's
+    micro-batch, not after the whole flood (as it was, first in first out)."""
+    from workers.tasks import generate_images
+
+    client = app.test_client()
+    flood = []
+    for address in [f"10.0.0.{i}" for i in range(1, 7)]:
+        for seed in range(4):
+            response = client.post("/api/v1/jobs", json={"model": "tiny", "label": "1", "n": 16, "seed": seed},
+                                   environ_base={"REMOTE_ADDR": address})
+            assert response.status_code == 202, response.get_json()
+            flood.append(response.get_json()["id"])
+    other = client.post("/api/v1/jobs", json={"model": "tiny", "label": "2", "n": 1},
+                        environ_base={"REMOTE_ADDR": "10.0.1.1"}).get_json()["id"]
+    task_of: dict[str, int] = {}
+    with app.app_context():
+        for task, message in enumerate([*flood, other]):
+            if generate_images.run(message).startswith("skipped"):
+                continue
+            db.session.expire_all()
+            for job_id in [*flood, other]:
+                if job_id not in task_of and db.session.get(Job, job_id).status == "succeeded":
+                    task_of[job_id] = task
+    assert set(task_of) == {*flood, other}  # every job ran, each once
+    before = [job_id for job_id in flood if task_of[job_id] < task_of[other]]
+    assert len(before) < len(flood) // 4, (len(before), len(flood))

@@ -324,18 +324,16 @@ def test_a_worker_killed_whole_is_not_charged_and_a_pool_process_that_died_alone
     from app.services import reconcile as rec
 
     lease = app.config["LEASE_TIMEOUT"]
-    with app.app_context():
-        now = utcnow()
-        db.session.add_all([WorkerNode(id="killed", host=HOST, pid=dead_pid(), seen_at=now),
-                            WorkerNode(id="silent", host="another-host", pid=1, seen_at=now - timedelta(seconds=lease + 1)),
-                            WorkerNode(id="beating", host="another-host", pid=2, seen_at=now),
-                            WorkerNode(id="mine", host=HOST, pid=os.getpid(), seen_at=now)])
-        db.session.commit()
     cases = {"killed": running_job(client, app, f"{HOST}:{dead_pid()}"),
              "silent": running_job(client, app, "another-host:5", beat_age=lease + 1),
              "beating": running_job(client, app, "another-host:6", beat_age=lease + 1),
              "mine": running_job(client, app, f"{HOST}:{dead_pid()}")}
     with app.app_context():
+        now = utcnow()  # the main processes' last beats, after the jobs' (a lease ago for "silent")
+        db.session.add_all([WorkerNode(id="killed", host=HOST, pid=dead_pid(), seen_at=now),
+                            WorkerNode(id="silent", host="another-host", pid=1, seen_at=now - timedelta(seconds=lease + 1)),
+                            WorkerNode(id="beating", host="another-host", pid=2, seen_at=now),
+                            WorkerNode(id="mine", host=HOST, pid=os.getpid(), seen_at=now)])
         for main, job_id in cases.items():
             db.session.execute(update(Job).where(Job.id == job_id).values(worker_main=main))
         db.session.commit()
