@@ -169,7 +169,7 @@ def test_reconcile_resends_lost_and_abandoned_jobs(app):
     with app.app_context():
         counts = reconcile()
         assert counts == {"requeued_running": 1, "failed_running": 1, "requeued_uncharged": 0, "resent_queued": 2,
-                          "requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
+                          "requeued_worker_lost": 0, "requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
         assert broker_messages(app) == msgs + 3
         status = {job_id: db.session.get(Job, job_id) for job_id in (fresh, lost, never_sent, alive, dead,
                                                                      hopeless, done)}
