@@ -81,6 +81,49 @@ def interpolate(model: GenerativeModel, a_images: Tensor, b_images: Tensor, step
     return decode_latents(model, lerp_codes(za, zb, steps).flatten(0, 1), condition)  # (B * S, C, H, W)
 
 
+def image_to_tensor(picture, image_shape: tuple[int, int, int] | list[int]) -> Tensor:
+    """A PIL image -> ``(C, H, W)`` in [-1, 1] at a checkpoint's shape: converted to its channels (L or RGB),
+    centre-cropped to a square and resized (bicubic) to its side. The ``interpolate`` and ``mix`` commands and
+    the service's reconstruct and mix experiments read their images this way."""
+    import numpy as np
+    from PIL import Image
+
+    channels, size = int(image_shape[0]), int(image_shape[1])
+    img = picture.convert("L" if channels == 1 else "RGB")
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    pixels = pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1)  # (C, H, W)
+    return pixels.float().div(127.5).sub(1.0)
+
+
+@torch.inference_mode()
+def reconstruct_and_mix(model: GenerativeModel, images: list[Tensor], steps: int | None, pass_size: int,
+                        condition: Condition | None = None, precision: str = "fp32") -> Tensor:
+    """The service's reconstruct and mix experiments. Each image ``(C, H, W)`` in [-1, 1] is encoded alone (a
+    batch of one, so its code does not depend on the others); then, with one image and ``steps`` None, the
+    result is ``(2, C, H, W)``: the image as the model sees it and its reconstruction; with two images, the
+    ``steps`` decodes of the codes mixed ``(1 - t) * z_a + t * z_b`` for t from 0 to 1 (:func:`mix_codes`'s
+    weight of A going from 1 to 0), whose ends are the two reconstructions. Decoded as a job decodes (passes of
+    exactly ``pass_size`` rows), so a reconstruction is the same pixels in both."""
+    from generation.precision import autocast
+    from generation.sampling import decode_fixed_passes
+
+    codes = [encode_images(model, image, condition) for image in images]  # each (1, D)
+    if len(images) == 1 and steps is None:
+        z = codes[0]
+    elif len(images) == 2 and steps is not None:
+        z = lerp_codes(codes[0], codes[1], steps)[0]  # (steps, D), ends exactly z_a and z_b
+    else:
+        raise LatentOpError("give one image to reconstruct, or two images and the steps between them")
+    with autocast(model.device, precision):
+        decoded = decode_fixed_passes(model, z, condition, max(1, pass_size)).float()
+    if steps is None:
+        return torch.cat([images[0].unsqueeze(0).float().cpu(), decoded])
+    return decoded
+
+
 def lerp_codes(za: Tensor, zb: Tensor, steps: int) -> Tensor:
     """``(B, steps, D)``: the linear paths from the codes ``za`` to ``zb`` (each ``(B, D)``), ``steps`` points
     each with the endpoints exactly ``za`` and ``zb`` (so an end decodes to the very pixels of its code)."""

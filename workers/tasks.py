@@ -482,9 +482,11 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
 
 
 def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, model: Any, info: Any) -> dict[str, str]:
-    """A job with an ``operation`` (an interpolation experiment, :mod:`app.services.experiments`): ``n`` images
-    on the line between the code of the job's own condition and seed and the code of the other end's, decoded
-    as a job decodes (passes of GENERATE_CHUNK rows, the same precision), then stored like any job's images."""
+    """A job with an ``operation`` (:mod:`app.services.experiments`), decoded as a job decodes (passes of
+    GENERATE_CHUNK rows, the same precision) and stored like any job's images: an interpolation (``n`` images
+    on the line between the code of the job's own condition and seed and the other end's), a reconstruction
+    (the input image as the model sees it, then the decoding of its code) or a mix (``n`` decodings of two
+    input images' codes mixed from all A to all B)."""
     import dataclasses
 
     from generation.latent_ops import interpolate_generated
@@ -493,19 +495,31 @@ def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mod
 
     cfg = current_app.config
     operation = dict(job.operation or {})
-    if operation.get("op") != "interpolate":
+    precision = resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device)
+    if operation.get("op") == "interpolate":
+        end = operation["to"]
+        other = dataclasses.replace(job, condition_kind=end["condition_kind"], label=end.get("label"),
+                                    label_index=end.get("label_index"), cluster=end.get("cluster"),
+                                    prompt=end.get("prompt"), seed=int(end["seed"]))
+        request = JobRequest(_condition(job, model, info), job.n, job.seed)
+        condition_b = _condition(other, model, info)
+        with _stage("generation failed"):
+            with stage_clock("decode"):
+                images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
+                                               int(cfg["GENERATE_CHUNK"]), precision=precision)
+    elif operation.get("op") in ("reconstruct", "mix"):
+        from generation.base import Condition
+        from generation.latent_ops import reconstruct_and_mix
+
+        condition = _condition(job, model, info) if job.condition_kind != "none" else Condition()
+        request = JobRequest(condition, job.n, job.seed)
+        pictures = [_input_image(key, model) for key in operation["inputs"]]
+        with _stage("could not encode the image"):
+            with stage_clock("decode"):
+                images = reconstruct_and_mix(model, pictures, operation.get("steps"), int(cfg["GENERATE_CHUNK"]),
+                                             condition if job.condition_kind != "none" else None, precision)
+    else:
         raise ValueError(f"unknown operation {operation.get('op')!r}")
-    end = operation["to"]
-    other = dataclasses.replace(job, condition_kind=end["condition_kind"], label=end.get("label"),
-                                label_index=end.get("label_index"), cluster=end.get("cluster"),
-                                prompt=end.get("prompt"), seed=int(end["seed"]))
-    request = JobRequest(_condition(job, model, info), job.n, job.seed)
-    condition_b = _condition(other, model, info)
-    with _stage("generation failed"):
-        with stage_clock("decode"):
-            images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
-                                           int(cfg["GENERATE_CHUNK"]),
-                                           precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device))
     lease.check()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     writer = ImageWriter(0)
@@ -514,6 +528,18 @@ def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mod
         return _store_and_finish([(job, request)], [images], lease, writer)
     finally:
         writer.wait_all()
+
+
+def _input_image(key: str, model: Any) -> Any:
+    """An experiment's input image (a gallery image's PNG, or an upload) from the store, as ``(C, H, W)`` in
+    [-1, 1] at the model's shape."""
+    from PIL import Image as PILImage
+
+    from generation.latent_ops import image_to_tensor
+
+    data = current_app.extensions["priorforge_storage"].get(key)
+    with _stage("could not read the input image"), PILImage.open(io.BytesIO(data)) as picture:
+        return image_to_tensor(picture, model.config.image_shape)
 
 
 def _condition(job: JobSnapshot, model: Any, info: Any) -> Any:
@@ -562,6 +588,11 @@ def _image_params(job: JobSnapshot, request: Any, index: int) -> dict[str, Any]:
     """What a PNG says of its own image besides the job's parameters: its seed, and for an interpolation its
     place on the line (``t`` from 0 at the job's own end to 1 at the other end) and both ends."""
     operation = job.operation
+    if operation and operation.get("op") in ("reconstruct", "mix"):
+        steps = max(2, request.n)
+        place = {"role": ("input", "reconstruction")[index]} if operation["op"] == "reconstruct" else \
+            {"weight_a": round(1 - index / (steps - 1), 6)}
+        return {"seed": job.seed, "operation": operation["op"], **place}
     if not operation or operation.get("op") != "interpolate":
         return {"seed": request.seed + index}
     steps = max(2, request.n)
@@ -576,6 +607,8 @@ def _image_seed(job: JobSnapshot, request: Any, index: int) -> int:
     """The seed an image row records: ``seed + index`` for a sampled image; on an interpolation the seed of
     the nearer end (the first half the job's own, the second half the other end's)."""
     operation = job.operation
+    if operation and operation.get("op") in ("reconstruct", "mix"):
+        return job.seed  # no seed is drawn: the images come from the input images' codes
     if not operation or operation.get("op") != "interpolate":
         return request.seed + index
     return job.seed if 2 * index < request.n else int(operation["to"]["seed"])

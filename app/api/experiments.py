@@ -23,11 +23,27 @@ def _reader(experiment_id: str):
     return read
 
 
+def _multipart() -> tuple[dict, dict[str, tuple[str, bytes]]]:
+    """A multipart request (uploaded input images): its text fields as the JSON body would have them (integers
+    parsed) and its files {field: (file name, bytes)}."""
+    from app.services.jobs import parse_int_text
+
+    data: dict = {}
+    for key, value in request.form.items():
+        number = parse_int_text(value.strip()) if key in ("steps", "cluster", "seed", "n") else None
+        data[key] = number if number is not None else value
+    files = {key: (upload.filename or key, upload.read()) for key, upload in request.files.items()}
+    return data, files
+
+
 @bp.post("/experiments")
 def create_experiment():
     wait = wait_seconds()  # checked before anything is stored
     owner = _owner()
-    plan = experiments.validate_experiment(json_body())
+    if request.mimetype == "multipart/form-data":
+        plan = experiments.validate_experiment(*_multipart())
+    else:
+        plan = experiments.validate_experiment(json_body())
     created = experiments.create_experiment(plan, owner)
     url = url_for("api.get_experiment", experiment_id=created.id)
     capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}

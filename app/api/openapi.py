@@ -80,7 +80,9 @@ def _experiment_request() -> dict[str, Any]:
                        "(clusters) or a word of a text model's prompt (prompt, word, values); one row per seed, "
                        "every cell equal to the single job of its condition and seed. interpolate: steps images on "
                        "the straight line between the codes of two single jobs (from, to), whose images are its "
-                       "two ends; pga and vae go between seeds of one condition only",
+                       "two ends; pga and vae go between seeds of one condition only. reconstruct: an image (image) "
+                       "and the decoding of its code; mix: two images' codes (a, b) mixed along steps weights, "
+                       "whose ends are the two reconstructions (models with an encoder)",
         "properties": {
             "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
             "models": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_ROWS, "items": {"type": "string"},
@@ -110,7 +112,28 @@ def _experiment_request() -> dict[str, Any]:
             "to": {**end, "description": "interpolate: the other end (default: from's condition and seed; the two "
                                          "ends must differ)"},
             "steps": {"type": "integer", "minimum": 2, "maximum": EXPERIMENT_MAX_COLUMNS, "default": 8,
-                      "description": "interpolate: images on the line, both ends included"}}}
+                      "description": "interpolate: images on the line, both ends included; mix: mixes from all "
+                                     "of a to all of b, both ends included"},
+            "image": {"type": "string", "description": "reconstruct (a model with an encoder): a gallery image's "
+                                                       "id; or upload the image as a file named image (multipart)"},
+            "a": {"type": "string", "description": "mix: the first image, a gallery image's id or an uploaded "
+                                                   "file named a"},
+            "b": {"type": "string", "description": "mix: the second image (id or file b)"},
+            "cluster": {"type": "integer", "minimum": 0,
+                        "description": "reconstruct, mix: the image's condition, for a model whose decoder reads "
+                                       "it (pga, vae), as label or prompt are"}}}
+
+
+def _experiment_upload() -> dict[str, Any]:
+    """POST /experiments as multipart: the same fields as text, and the input images as files."""
+    fields = {name: {"type": "string"} for name in ("model", "label", "prompt", "image", "a", "b")}
+    files = {name: {"type": "string", "format": "binary", "description": f"the {name} input image (PNG, JPEG, BMP, "
+                                                                          f"GIF, WebP or TIFF)"}
+             for name in ("image", "a", "b")}
+    return {"type": "object", "required": ["kind"], "properties": {
+        "kind": {"type": "string", "enum": ["reconstruct", "mix"]}, **fields, **files,
+        "steps": {"type": "integer", "minimum": 2, "maximum": EXPERIMENT_MAX_COLUMNS},
+        "cluster": {"type": "integer", "minimum": 0}}}
 
 
 def spec() -> dict[str, Any]:
@@ -339,11 +362,13 @@ def spec() -> dict[str, Any]:
             "responses": {"200": _json("the batch", "Batch"), "404": _error("no such batch"),
                           "422": _error("a bad wait")}}},
         "/experiments": {"post": {
-            "summary": "Run an experiment as ordinary jobs: compare models, an attribute sweep or an interpolation "
-                       "(every request is validated before anything is stored)", "operationId": "createExperiment",
+            "summary": "Run an experiment as ordinary jobs: compare models, an attribute sweep, an interpolation, "
+                       "a reconstruction or a mix (every request and upload is validated before anything is "
+                       "stored)", "operationId": "createExperiment",
             "parameters": [_wait("every job of the experiment")],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/ExperimentRequest"}}}},
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ExperimentRequest"}},
+                "multipart/form-data": {"schema": _experiment_upload()}}},
             "responses": {"200": _json("with wait: the experiment, ended within the wait", "Experiment"),
                           "202": _json("queued; poll the url", "Experiment"), **BAD, **NO_TOKEN}}},
         "/experiments/{experiment_id}": {"get": {

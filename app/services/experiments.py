@@ -13,6 +13,10 @@ makes, pixel for pixel.
 * **interpolate**: one job that decodes ``steps`` points on the straight line between two generated codes (two
   seeds, two labels or two prompts; :func:`generation.latent_ops.interpolate_generated`); its two ends are the
   codes that a single job of each end's condition and seed decodes first. One row; columns: the steps.
+* **reconstruct** and **mix** (backends with an encoder): one job that encodes an input image (a gallery image,
+  or an upload checked like a data set's images) and decodes its code, or mixes two images' codes along
+  ``steps`` weights (:func:`generation.latent_ops.reconstruct_and_mix`); the ends of a mix are the two
+  reconstructions.
 
 Like :mod:`app.services.jobs`, every function takes plain values and raises :class:`ApiError`.
 """
@@ -38,12 +42,16 @@ from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _has_co
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
 from priorforge.spec.experiments import CONDITION_FREE_DECODERS, SWEEP_WORDS, attribute_of
 
-KINDS = ("compare", "sweep", "interpolate")
+KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
 FIELDS = {
     "compare": ("kind", "models", "label", "prompt", "seed", "n"),
     "sweep": ("kind", "model", "seed", "n", "labels", "clusters", "prompt", "word", "values"),
     "interpolate": ("kind", "model", "from", "to", "steps"),
+    # an input image is a gallery image's id, or an uploaded file of the same name (multipart)
+    "reconstruct": ("kind", "model", "image", "label", "cluster", "prompt"),
+    "mix": ("kind", "model", "a", "b", "steps", "label", "cluster", "prompt"),
 }
+INPUTS = {"reconstruct": ("image",), "mix": ("a", "b")}
 END_FIELDS = ("label", "cluster", "prompt", "seed")  # what one end of an interpolation names
 MAX_ROWS = 16  # the models of a comparison, the seeds of a sweep
 MAX_COLUMNS = 32  # the seeds of a comparison, the values of a sweep (a cluster model has up to 30), the steps
@@ -54,11 +62,14 @@ DEFAULT_STEPS = 8
 @dataclass
 class ExperimentPlan:
     """A validated experiment: what to store (``params``, the request with its defaults filled in) and its jobs
-    (a job request and its operation, None for plain sampling), in grid order."""
+    (a job request and its operation, None for plain sampling), in grid order; ``uploads``: input images sent
+    with the request ({input name: (file name, bytes)}), stored with the experiment and named in the
+    operation's ``inputs`` as ``upload:<name>`` until then."""
 
     kind: str
     params: dict[str, Any]
     jobs: list[tuple[JobSpec, dict[str, Any] | None]] = field(default_factory=list)
+    uploads: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
     @property
     def images(self) -> int:
@@ -115,11 +126,12 @@ def _model(data: dict[str, Any]) -> ModelVersion:
     return version
 
 
-def validate_experiment(data: Any) -> ExperimentPlan:
-    """Check an experiment request (a dict as decoded from JSON); ApiError(422) naming the bad field if bad.
-    Nothing is stored."""
+def validate_experiment(data: Any, uploads: dict[str, tuple[str, bytes]] | None = None) -> ExperimentPlan:
+    """Check an experiment request (a dict as decoded from JSON, or a form's fields) and its uploaded input images
+    ({field: (file name, bytes)}); ApiError(422) naming the bad field if bad. Nothing is stored."""
     if not isinstance(data, dict):
         raise ApiError(422, "an experiment must be a JSON object")
+    uploads = dict(uploads or {})
     kind = data.get("kind")
     if kind not in KINDS:
         raise ApiError(422, f"kind must be one of {', '.join(KINDS)}, got {kind!r}", field="kind")
@@ -127,7 +139,13 @@ def validate_experiment(data: Any) -> ExperimentPlan:
     if unknown:
         raise ApiError(422, f"unknown field(s) for a {kind}: {', '.join(unknown)}; valid: {', '.join(FIELDS[kind])}",
                        field=unknown[0])
-    plan = {"compare": _compare, "sweep": _sweep, "interpolate": _interpolate}[kind](data)
+    stray = sorted(set(uploads) - set(INPUTS.get(kind, ())))
+    if stray:
+        raise ApiError(422, f"a {kind} takes no uploaded file {stray[0]!r}", field=stray[0])
+    if kind in INPUTS:
+        plan = _autoencode(kind, data, uploads)
+    else:
+        plan = {"compare": _compare, "sweep": _sweep, "interpolate": _interpolate}[kind](data)
     check_request_size(plan.images)
     return plan
 
@@ -281,6 +299,77 @@ def _interpolate(data: dict[str, Any]) -> ExperimentPlan:
     return ExperimentPlan("interpolate", params, [(spec, operation)])
 
 
+def _encoder_problem(version: ModelVersion) -> str | None:
+    """Why this version cannot encode an image, or None (also when its checkpoint folder is not on this machine:
+    then the worker finds out and fails the job with its reason)."""
+    from pathlib import Path
+
+    from priorforge.spec.checkpoint import CheckpointError, read_checkpoint_config
+
+    try:
+        config = read_checkpoint_config(Path(version.checkpoint_path))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    if "encoder" in ((config.get("export") or {}).get("dropped_modules") or []):
+        return (f"model {version.name!r} is an inference-only export without its encoder, so it cannot encode an "
+                "image (models with one: those whose card says it keeps its encoder)")
+    return None
+
+
+def _input(kind: str, name: str, data: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    """One input image: an uploaded file (checked like a data set's images) or a gallery image's id."""
+    from app.core.models import Image
+    from app.services.uploads import image_bytes_problem
+
+    if name in uploads:
+        if data.get(name) is not None:
+            raise ApiError(422, f"{name}: give a gallery image id or upload a file, not both", field=name)
+        filename, content = uploads[name]
+        if not content:
+            raise ApiError(422, f"{name}: the uploaded file is empty", field=name)
+        problem = image_bytes_problem(content)
+        if problem is not None:
+            raise ApiError(422, f"{name}: {filename[:100]!r} {problem}", field=name)
+        return {"source": "upload", "name": "".join(c for c in filename if ord(c) >= 32)[:200],
+                "key": f"upload:{name}"}
+    image_id = data.get(name)
+    if image_id is None:
+        what = "an image" if kind == "reconstruct" else "two images (a and b)"
+        raise ApiError(422, f"a {kind} needs {what}: a gallery image's id or an uploaded file named {name!r}",
+                       field=name)
+    image = db.session.get(Image, image_id) if isinstance(image_id, str) and len(image_id) <= 36 and \
+        not _has_control(image_id) else None
+    if image is None:
+        raise ApiError(422, f"{name}: no image {str(image_id)[:40]!r} in the gallery", field=name)
+    return {"source": "gallery", "image_id": image.id, "key": image.storage_key}
+
+
+def _autoencode(kind: str, data: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> ExperimentPlan:
+    """reconstruct: an image and its reconstruction, decode(encode(image)). mix: the codes of two images mixed
+    along ``steps`` weights, from all A to all B. Backends with an encoder; the image's condition (label,
+    cluster or prompt) is needed only by a backend whose encoder and decoder read it (pga, vae)."""
+    version = _model(data)
+    problem = _encoder_problem(version)
+    if problem is not None:
+        raise ApiError(422, problem, field="model")
+    condition = {key: data[key] for key in ("label", "cluster", "prompt") if data.get(key) is not None}
+    needs_condition = version.backend not in CONDITION_FREE_DECODERS and version.condition != "none"
+    if needs_condition or condition:
+        spec = _job({"model": version.name, **condition, "n": 1, "seed": 0}, "the image's condition")
+    else:
+        spec = JobSpec(version.id, "none", 1, 0)
+    inputs = [_input(kind, name, data, uploads) for name in INPUTS[kind]]
+    steps = _count(data, "steps", DEFAULT_STEPS, 2, MAX_COLUMNS) if kind == "mix" else None
+    n = 2 if kind == "reconstruct" else steps
+    job = JobSpec(spec.model_version_id, spec.condition_kind, n, 0, label=spec.label, label_index=spec.label_index,
+                  cluster=spec.cluster, prompt=spec.prompt)
+    operation = {"op": kind, "inputs": [item["key"] for item in inputs], "steps": steps}
+    shown = [{k: v for k, v in item.items() if k != "key"} for item in inputs]
+    params = {"model": version.name, **condition, "inputs": shown, **({"steps": steps} if steps else {})}
+    return ExperimentPlan(kind, params, [(job, operation)],
+                          uploads={name: uploads[name] for name in INPUTS[kind] if name in uploads})
+
+
 # -- creating ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Created:
@@ -300,6 +389,12 @@ def create_experiment(plan: ExperimentPlan, owner: Owner | None = None) -> Creat
     experiment_id = experiment.id
     secret = _capability_of(owner, "experiment", experiment_id)
     experiment.cancel_hash = cancel_hash = _secret_hash(secret) if secret else None
+    if plan.uploads:  # the input images, stored before the jobs that read them are committed
+        keys = {f"upload:{name}": f"inputs/{experiment_id}/{name}" for name in plan.uploads}
+        current_app.extensions["priorforge_storage"].put_many(
+            [(keys[f"upload:{name}"], content) for name, (_filename, content) in plan.uploads.items()])
+        plan.jobs = [(spec, {**operation, "inputs": [keys.get(key, key) for key in operation["inputs"]]}
+                      if operation and "inputs" in operation else operation) for spec, operation in plan.jobs]
     jobs = [_job_from_spec(spec, owner, cancel_hash, experiment_id=experiment_id, experiment_index=i,
                            **({"operation": operation} if operation else {}))
             for i, (spec, operation) in enumerate(plan.jobs)]
@@ -401,6 +496,19 @@ def grid(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
             varied, axis = f"the {p['varied']}, with the noise of each seed kept", p["varied"]
         return {"rows": {"axis": "seed", "labels": rows}, "columns": {"axis": axis, "labels": columns},
                 "cells": cells, "row_jobs": [None] * n, "column_jobs": jobs, "figures": None, "varied": varied}
+    if experiment.kind in ("reconstruct", "mix"):
+        job = jobs[0]
+        names = [_input_label(item) for item in p["inputs"]]
+        if experiment.kind == "reconstruct":
+            columns = ["input (as the model sees it)", "reconstruction"]
+            row, varied = names[0], "nothing: the image, then the decoding of its code"
+        else:
+            steps = int(p["steps"])
+            columns = [f"{1 - i / (steps - 1):.2f} A + {i / (steps - 1):.2f} B" for i in range(steps)]
+            row, varied = f"A: {names[0]} \u2192 B: {names[1]}", "the share of each image's code in the mix"
+        return {"rows": {"axis": "input", "labels": [row]}, "columns": {"axis": "image", "labels": columns},
+                "cells": [[images[job.id].get(i) for i in range(len(columns))]], "row_jobs": [job],
+                "column_jobs": [None] * len(columns), "figures": None, "varied": varied}
     steps = int(p["steps"])
     job = jobs[0]
     columns = [f"t = {i / (steps - 1):.2f}" for i in range(steps)]
@@ -409,6 +517,12 @@ def grid(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
             "row_jobs": [job], "column_jobs": [None] * steps, "figures": None,
             "varied": "the position on the line from one code to the other (between "
                       f"{' and '.join(p['between'])})"}
+
+
+def _input_label(item: dict[str, Any]) -> str:
+    if item.get("source") == "gallery":
+        return f"gallery image {str(item.get('image_id'))[:8]}"
+    return f"upload {item.get('name') or ''}".strip()
 
 
 def compare_defaults(job: Job) -> dict[str, Any]:

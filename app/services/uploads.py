@@ -204,18 +204,29 @@ def _extract(zf: zipfile.ZipFile, plan: Plan, staging: Path) -> int:
     return total
 
 
-def _image_problem(path: Path, max_side: int) -> str | None:
+def image_bytes_problem(data: bytes) -> str | None:
+    """What is wrong with one uploaded image (the reconstruct and mix experiments' inputs), by the rules of a
+    data set's images (format, each side within ``DATASET_MAX_IMAGE_SIDE``, it decodes); None when it is fine."""
+    return _image_problem(data, limit("DATASET_MAX_IMAGE_SIDE"))
+
+
+def _image_problem(path: Path | bytes, max_side: int) -> str | None:
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    def source():  # a fresh reader each time: verify() leaves an image, and a stream, unusable
+        return io.BytesIO(path) if isinstance(path, bytes) else path
+
     try:
-        with Image.open(path) as img:  # reads the header only
+        with Image.open(source()) as img:  # reads the header only
             if img.format not in PIL_FORMATS:
                 return f"image format {img.format} is not accepted ({', '.join(sorted(PIL_FORMATS))})"
             width, height = img.size
             if width > max_side or height > max_side or width < 1 or height < 1:
                 return f"{width}x{height} pixels; each side must be 1-{max_side}"
             img.verify()
-        with Image.open(path) as img:  # verify() leaves the image unusable: open again to decode it
+        with Image.open(source()) as img:  # verify() leaves the image unusable: open again to decode it
             img.load()
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return "does not decode as an image"

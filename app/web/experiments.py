@@ -1,4 +1,5 @@
-"""The experiment forms (``/compare``, ``/sweep``, ``/interpolate``) and the experiment page (``/experiments/<id>``).
+"""The experiment forms (``/compare``, ``/sweep``, ``/interpolate``, ``/reconstruct``, ``/mix``) and the experiment
+page (``/experiments/<id>``).
 
 As with the job form, every rule lives in the service (:mod:`app.services.experiments`): a form's posted strings
 become the dict ``POST /api/v1/experiments`` takes, and a bad entry shows the service's message (HTTP 422) with
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.core.errors import ApiError
 from app.core.models import FINAL_STATUSES
@@ -23,8 +25,11 @@ FORM_FIELDS = {
     "compare": ("label", "prompt", "n", "seed"),
     "sweep": ("model", "labels", "clusters", "prompt", "word", "values", "n", "seed"),
     "interpolate": ("model", "from_condition", "from_seed", "to_condition", "to_seed", "steps"),
+    "reconstruct": ("model", "image", "condition"),
+    "mix": ("model", "a", "b", "steps", "condition"),
 }
-TITLES = {"compare": "Compare models", "sweep": "Attribute sweep", "interpolate": "Interpolate"}
+TITLES = {"compare": "Compare models", "sweep": "Attribute sweep", "interpolate": "Interpolate",
+          "reconstruct": "Reconstruct an image", "mix": "Mix two images"}
 
 
 def _int_or_text(value: str) -> Any:
@@ -73,6 +78,14 @@ def experiment_request(kind: str, form: Any) -> dict[str, Any]:
             data["clusters"] = [_int_or_text(part) for part in _split(values["clusters"])]
         if values["values"].strip():
             data["values"] = _split(values["values"])
+    elif kind in ("reconstruct", "mix"):
+        if values["model"].strip():
+            data["model"] = values["model"].strip()
+        version = serving_version(values["model"].strip()) if values["model"].strip() else None
+        data.update(_condition(version, values["condition"]))
+        for name in experiments.INPUTS[kind]:
+            if values[name].strip():
+                data[name] = values[name].strip()  # a gallery image's id
     else:
         if values["model"].strip():
             data["model"] = values["model"].strip()
@@ -101,12 +114,19 @@ def _form(kind: str):
 
 
 def _submit(kind: str):
+    try:
+        request.files  # noqa: B018  (reads the body: an upload over MAX_CONTENT_LENGTH raises here)
+    except RequestEntityTooLarge:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return _render(kind, {}, f"the upload is too large (the limit is {limit} bytes)", 413)
     values: dict[str, Any] = {key: request.form.get(key, "") for key in FORM_FIELDS[kind]}
     if kind == "compare":
         values["models"] = request.form.getlist("models")
     try:
         owner = _form_owner()
-        plan = experiments.validate_experiment(experiment_request(kind, request.form))
+        files = {name: (upload.filename, upload.read()) for name in experiments.INPUTS.get(kind, ())
+                 if (upload := request.files.get(name)) is not None and upload.filename}
+        plan = experiments.validate_experiment(experiment_request(kind, request.form), files)
         created = experiments.create_experiment(plan, owner)
     except ApiError as exc:
         return _render(kind, values, exc.message, exc.status)[0], exc.status, exc.headers()
@@ -142,6 +162,26 @@ def interpolate_form():
 @bp.post("/interpolate")
 def interpolate_submit():
     return _submit("interpolate")
+
+
+@bp.get("/reconstruct")
+def reconstruct_form():
+    return _form("reconstruct")
+
+
+@bp.post("/reconstruct")
+def reconstruct_submit():
+    return _submit("reconstruct")
+
+
+@bp.get("/mix")
+def mix_form():
+    return _form("mix")
+
+
+@bp.post("/mix")
+def mix_submit():
+    return _submit("mix")
 
 
 @bp.get("/experiments/<experiment_id>")

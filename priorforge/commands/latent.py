@@ -47,25 +47,16 @@ def register(subparsers: Any) -> None:
 
 def load_image(path: Path, image_shape: tuple[int, int, int], flag: str) -> Tensor:
     """One image file -> ``(C, H, W)`` in [-1, 1] at the checkpoint's shape."""
-    import numpy as np
-    import torch
     from PIL import Image, UnidentifiedImageError
 
+    from generation.latent_ops import image_to_tensor
     from priorforge.cli import CLIError
 
-    channels, size = image_shape[0], image_shape[1]
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-            array = np.asarray(img, dtype=np.uint8)
+            return image_to_tensor(img, image_shape)
     except (UnidentifiedImageError, OSError) as exc:
         raise CLIError(f"{flag}: {path} is not a readable image ({exc})") from None
-    pixels = torch.from_numpy(array.copy())
-    pixels = pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1)  # (C, H, W)
-    return pixels.float().div(127.5).sub(1.0)
 
 
 def collect_files(items: list[str], flag: str) -> list[Path]:

@@ -1,7 +1,8 @@
-"""The experiments (compare, attribute sweep, interpolate): validation and storage on the Flask test client, and
-their defining properties through a real worker process (SQLite and the embedded broker, no servers): every
-cell of a comparison or a sweep is, pixel for pixel, the image of the single job of that model, condition and
-seed, and the two ends of an interpolation are the single jobs of its two ends."""
+"""The experiments (compare, attribute sweep, interpolate, reconstruct, mix): validation and storage on the Flask
+test client, and their defining properties through a real worker process (SQLite and the embedded broker, no
+servers): every cell of a comparison or a sweep is, pixel for pixel, the image of the single job of that model,
+condition and seed, the two ends of an interpolation are the single jobs of its two ends, and the ends of a mix
+are the two images' reconstructions."""
 
 from __future__ import annotations
 
@@ -50,8 +51,77 @@ def _run(client, body: dict) -> dict:
     return experiment
 
 
+def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    from PIL import Image as PILImage
+
+    picture = PILImage.new(mode, size)
+    picture.putdata([((x * 37 + y * 11) % 256, (x * 5) % 256, (y * 9) % 256) if mode == "RGB" else (x * y) % 256
+                     for y in range(size[1]) for x in range(size[0])])
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_reconstruct_and_mix(client) -> None:
+    """A gallery image and an upload through the autoencoder: the input column is the image as the model sees
+    it (a 28x28 gallery image unchanged), and the ends of a mix are the two reconstructions pixel for pixel."""
+    job = client.post("/api/v1/jobs?wait=60", json={"model": "tiny", "label": "2", "seed": 3}).get_json()
+    assert job["status"] == "succeeded", job
+    image = job["images"][0]
+
+    gallery = _run(client, {"kind": "reconstruct", "model": "tiny", "image": image["id"]})
+    cells = gallery["rows"][0]["cells"]
+    assert [c["label"] for c in gallery["columns"]] == ["input (as the model sees it)", "reconstruction"]
+    assert _pixels(client, cells[0]["png_url"]) == _pixels(client, image["png_url"])
+    assert _png_params(client, cells[1]["png_url"])["role"] == "reconstruction"
+
+    resp = client.post("/api/v1/experiments?wait=60", data={
+        "kind": "reconstruct", "model": "tiny", "image": (io.BytesIO(_png((40, 30))), "photo.png")},
+        content_type="multipart/form-data")
+    upload = resp.get_json()
+    assert resp.status_code == 200 and upload["status"] == "succeeded", upload
+    assert upload["params"]["inputs"] == [{"source": "upload", "name": "photo.png"}]
+
+    resp = client.post("/api/v1/experiments?wait=60", data={
+        "kind": "mix", "model": "tiny", "a": image["id"], "steps": "4",
+        "b": (io.BytesIO(_png((40, 30))), "photo.png")}, content_type="multipart/form-data")
+    mixed = resp.get_json()
+    assert resp.status_code == 200 and mixed["status"] == "succeeded", mixed
+    row = [_pixels(client, cell["png_url"]) for cell in mixed["rows"][0]["cells"]]
+    assert len(row) == 4 and row[0] == _pixels(client, cells[1]["png_url"])
+    assert row[-1] == _pixels(client, upload["rows"][0]["cells"][1]["png_url"]) and row[0] != row[-1]
+    assert _png_params(client, mixed["rows"][0]["cells"][1]["png_url"])["weight_a"] == pytest.approx(2 / 3)
+
+
+def test_reconstruct_and_mix_refuse_bad_inputs(app, client):
+    from app.services.models import register_model
+    from tests.service.conftest import REPO
+
+    with app.app_context():
+        register_model("digits", REPO / FIXTURE)  # exported without its encoder
+    before = row_counts(app)
+    for data, message, field in [
+        ({"kind": "reconstruct", "model": "tiny", "image": (io.BytesIO(b"not an image"), "x.png")},
+         "does not decode as an image", "image"),
+        ({"kind": "reconstruct", "model": "tiny", "image": (io.BytesIO(_png((5000, 2), "L")), "wide.png")},
+         "each side must be", "image"),
+        ({"kind": "reconstruct", "model": "digits", "image": (io.BytesIO(_png((28, 28))), "x.png")},
+         "without its encoder", "model"),
+        ({"kind": "reconstruct", "model": "tiny", "image": "no-such-image"}, "in the gallery", "image"),
+        ({"kind": "reconstruct", "model": "tiny"}, "needs an image", "image"),
+        ({"kind": "mix", "model": "tiny", "a": (io.BytesIO(_png((28, 28))), "a.png")}, "needs two images", "b"),
+        ({"kind": "compare", "label": "7", "image": (io.BytesIO(_png((28, 28))), "x.png")}, "no uploaded file",
+         "image"),
+    ]:
+        resp = client.post("/api/v1/experiments", data=data, content_type="multipart/form-data")
+        assert resp.status_code == 422, (data, resp.get_json())
+        assert message in resp.get_json()["error"] and resp.get_json()["field"] == field, resp.get_json()
+    assert row_counts(app) == before and broker_messages(app) == 0
+
+
 @pytest.mark.integration
 def test_each_experiment_equals_its_single_jobs_pixel_for_pixel(tmp_path, checkpoints, start_worker):
+    """compare, sweep and interpolate against the single jobs; then reconstruct and mix."""
     from app.core.extensions import db
     from app.services.models import register_model
     from tests.service.conftest import REPO
@@ -110,6 +180,8 @@ def test_each_experiment_equals_its_single_jobs_pixel_for_pixel(tmp_path, checkp
     assert gallery.status_code == 200 and cells[2]["id"].encode() in gallery.data
     page = client.get(f"/experiments/{line['id']}")
     assert page.status_code == 200 and b"t = 0.50" in page.data and cells[2]["png_url"].encode() in page.data
+
+    _check_reconstruct_and_mix(client)  # the same worker (one worker start per test costs seconds)
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

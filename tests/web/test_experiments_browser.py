@@ -1,4 +1,4 @@
-"""The experiments in a real headless Chromium, one test per kind: the form -> a real Celery worker -> the
+"""The experiments in a real headless Chromium, one test per kind (reconstruct and mix together): the form -> a real Celery worker -> the
 experiment page follows the jobs and then shows the grid with its labelled axes. One server stack for the
 module (gunicorn and a worker on SQLite with the embedded broker, the default set-up): the shipped digits
 fixture and the shipped mnist and fashion-text models.
@@ -145,4 +145,49 @@ def test_interpolate_between_two_labels(stack, tmp_path):
         assert _grid_text(page, "#experiment-grid thead th")[1:] == [f"t = {t:.2f}" for t in (0, 0.25, 0.5, 0.75, 1)]
         assert _grid_text(page, "#experiment-grid tbody th") == ["label 3, seed 9 \u2192 label 8, seed 9"]
         page.screenshot(path=str(tmp_path / "priorforge-interpolate.png"), full_page=True)
+        assert errors == []
+
+
+def test_reconstruct_a_gallery_image_then_mix_it_with_an_upload(stack, tmp_path):
+    """An mnist image's page links to its reconstruction (mnist keeps its encoder); the mix form takes that
+    image's id and an uploaded file, and shows the mixes from all A to all B."""
+    import io
+
+    from PIL import Image as PILImage
+
+    app, server = stack
+    request = urllib.request.Request(f"{server.url}/api/v1/jobs?wait=60", method="POST",
+                                     data=json.dumps({"model": "mnist", "label": "4", "n": 1, "seed": 8}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=90) as response:
+        job = json.load(response)
+    assert job["status"] == "succeeded", job
+    image_id = job["images"][0]["id"]
+    upload = io.BytesIO()
+    PILImage.new("L", (64, 48), color=30).save(upload, format="PNG")
+    with browser_page() as (page, errors):
+        page.goto(f"{server.url}/images/{image_id}")
+        page.get_by_role("link", name="Reconstruct this image").click()
+        page.wait_for_url(f"{server.url}/reconstruct?*")
+        assert page.get_by_label("Image: a gallery image's id").input_value() == image_id
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_url(f"{server.url}/experiments/*")
+        page.wait_for_selector(SUCCEEDED, timeout=120_000)
+        page.wait_for_function(GRID_LOADED, arg=2, timeout=60_000)
+        assert _grid_text(page, "#experiment-grid thead th")[1:] == ["input (as the model sees it)", "reconstruction"]
+
+        page.goto(f"{server.url}/images/{image_id}")
+        page.get_by_role("link", name="Mix it with another").click()
+        page.wait_for_url(f"{server.url}/mix?*")
+        page.get_by_label("Image B: upload a file").set_input_files(
+            files=[{"name": "grey.png", "mimeType": "image/png", "buffer": upload.getvalue()}])
+        page.get_by_label("Steps").fill("3")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_url(f"{server.url}/experiments/*")
+        page.wait_for_selector(SUCCEEDED, timeout=120_000)
+        page.wait_for_function(GRID_LOADED, arg=3, timeout=60_000)
+        assert _grid_text(page, "#experiment-grid thead th")[1:] == ["1.00 A + 0.00 B", "0.50 A + 0.50 B",
+                                                                    "0.00 A + 1.00 B"]
+        assert "upload grey.png" in page.locator("#experiment-grid tbody th").inner_text()
+        page.screenshot(path=str(tmp_path / "priorforge-mix.png"), full_page=True)
         assert errors == []
