@@ -261,3 +261,5 @@ def test_the_forms_go_through_the_same_rules(app, client):
     assert row_counts(app)["jobs"] == before + 1
     experiment = client.get("/api/v1/experiments/" + good.headers["Location"].rsplit("/", 1)[1]).get_json()
     assert experiment["params"]["from"] == {"label": "3", "seed": 4} and experiment["params"]["to"]["seed"] == 4
+    page = client.get(experiment["page_url"])  # the seeds are in the row's label; no empty "Seed" entry
+    assert b"label 3, seed 4 \xe2\x86\x92 label 8, seed 4" in page.data and b"<dt>Seed</dt>" not in page.data
