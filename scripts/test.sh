@@ -6,11 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 bash scripts/ensure-services.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# two pytest processes (pytest-xdist): most tests wait on servers, workers and browsers, so two share the
+# cores well; each torch op gets one thread. PRIORFORGE_TEST_WORKERS=0 runs everything in one process.
+workers=${PRIORFORGE_TEST_WORKERS:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PRIORFORGE_TEST_POSTGRES_URL=${PRIORFORGE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 export PRIORFORGE_TEST_REDIS_URL=${PRIORFORGE_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n "$workers" "$@"
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": that is a failure for us

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -72,22 +73,40 @@ def _traces() -> dict[str, set[str]]:
     return found
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _the_run_leaves_no_trace():
+_TRACES = pytest.StashKey[dict]()  # what the run's start found
+
+
+def _checks_traces(config: pytest.Config) -> bool:
+    """The run's own process checks (with pytest-xdist the controller, once every worker is done: a worker
+    would see the others' files of tests still running)."""
+    return os.environ.get("PRIORFORGE_TEST_TRACE_CHECK", "1") != "0" and not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     """A test run leaves the checkout and the temporary folder as it found them: tests write under tmp_path.
-    Fails the run (at its end) naming what appeared. The check compares before and after, so anything else
+    The run fails (at its end) naming what appeared. The check compares before and after, so anything else
     that writes into a shared checkout meanwhile shows too: PRIORFORGE_TEST_TRACE_CHECK=0 turns it off."""
-    if os.environ.get("PRIORFORGE_TEST_TRACE_CHECK", "1") == "0":
-        yield
+    if _checks_traces(session.config):
+        session.config.stash[_TRACES] = _traces()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_TRACES, None)
+    if before is None:
         return
-    before = _traces()
-    yield
     after = _traces()
     doorbells = {name for name in after["tmp"] if name.startswith("priorforge-") and len(name) == 27}
     gained = {kind: sorted(after[kind] - before[kind] - (doorbells if kind == "tmp" else set())) for kind in after}
     gained = {kind: entries for kind, entries in gained.items() if entries}
     if gained:
-        pytest.fail(f"the test run left files behind (write under tmp_path instead): {gained}", pytrace=False)
+        message = f"\nthe test run left files behind (write under tmp_path instead): {gained}"
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(message, red=True, bold=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
