@@ -17,4 +17,6 @@ case "${HOST:-127.0.0.1}" in 127.*|localhost|::1) ;;
           "PRIORFORGE_SESSION_COOKIE_SECURE=true (docs/security.md)" >&2 ;;
 esac
 echo "run: starting web (http://${HOST:-127.0.0.1}:$PORT), worker (queues generate, bulk) and trainer (train)" >&2
-exec .venv/bin/honcho start -f Procfile
+# honcho with a stop grace the workers fit in; each Procfile line runs through scripts/run_process.py, so a
+# Ctrl-C reaches every main process alone and it stops its own children (no "exited with signal 15" errors)
+exec .venv/bin/python scripts/start_procfile.py -f Procfile
