@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 from generation.base import Condition, GenerativeModel
+# backends that can re-generate an encoded image under another condition, keeping what is not the condition:
+# glf inverts its conditional flow (the code's noise under the image's own condition, decoded from the other
+# condition's code of that noise); pga and vae decode the code itself with the other condition. The
+# code-generator AAE's generator and the LDE's autoregressive sampler cannot be inverted.
+from priorforge.spec.experiments import REGENERATING_BACKENDS
 
 
 class LatentOpError(ValueError):
@@ -122,6 +127,40 @@ def reconstruct_and_mix(model: GenerativeModel, images: list[Tensor], steps: int
     if steps is None:
         return torch.cat([images[0].unsqueeze(0).float().cpu(), decoded])
     return decoded
+
+
+
+@torch.inference_mode()
+def regenerate_as(model: GenerativeModel, image: Tensor, condition: Condition, targets: list[Condition],
+                  pass_size: int, precision: str = "fp32") -> Tensor:
+    """Images ``(len(targets), C, H, W)``: ``image`` (``(C, H, W)`` in [-1, 1], whose condition is
+    ``condition``) re-generated under each of ``targets`` with its code kept, by the rule of
+    :data:`REGENERATING_BACKENDS`. Under its own condition this gives back the reconstruction (for glf up to the
+    flow's float rounding)."""
+    from generation.precision import autocast
+    from generation.sampling import decode_fixed_passes
+
+    if model.backend not in REGENERATING_BACKENDS:
+        raise LatentOpError(f"backend {model.backend!r} cannot re-generate an image under another condition "
+                            f"(its sampler cannot be inverted); {', '.join(sorted(REGENERATING_BACKENDS))} can")
+    code = encode_images(model, image, condition)  # (1, D)
+    parts = []
+    with autocast(model.device, precision):
+        if model.backend == "glf":
+            generator = torch.Generator()
+
+            def vector(c: Condition) -> Tensor | None:
+                if not model.config.condition_dim:
+                    return None
+                return model.condition_vectors(1, c, generator).to(model.device)
+
+            noise, _ = model.flow(code, vector(condition))
+            codes = torch.cat([model.flow.inverse(noise, vector(target)) for target in targets])
+            parts.append(decode_fixed_passes(model, codes, None, max(1, pass_size)))
+        else:  # the decoder reads the condition: one decode per target
+            for target in targets:
+                parts.append(decode_fixed_passes(model, code, target, max(1, pass_size)))
+    return torch.cat(parts).float()
 
 
 def lerp_codes(za: Tensor, zb: Tensor, steps: int) -> Tensor:

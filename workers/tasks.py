@@ -518,6 +518,19 @@ def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mod
             with stage_clock("decode"):
                 images = reconstruct_and_mix(model, pictures, operation.get("steps"), int(cfg["GENERATE_CHUNK"]),
                                              condition if job.condition_kind != "none" else None, precision)
+                if operation.get("as"):  # the image re-generated under other conditions, its code kept
+                    import torch
+
+                    from generation.latent_ops import regenerate_as
+
+                    targets = [_condition(dataclasses.replace(job, condition_kind=target["condition_kind"],
+                                                              label=target.get("label"),
+                                                              label_index=target.get("label_index"),
+                                                              cluster=target.get("cluster"),
+                                                              prompt=target.get("prompt")), model, info)
+                               for target in operation["as"]]
+                    images = torch.cat([images, regenerate_as(model, pictures[0], condition, targets,
+                                                              int(cfg["GENERATE_CHUNK"]), precision)])
     else:
         raise ValueError(f"unknown operation {operation.get('op')!r}")
     lease.check()
@@ -590,8 +603,14 @@ def _image_params(job: JobSnapshot, request: Any, index: int) -> dict[str, Any]:
     operation = job.operation
     if operation and operation.get("op") in ("reconstruct", "mix"):
         steps = max(2, request.n)
-        place = {"role": ("input", "reconstruction")[index]} if operation["op"] == "reconstruct" else \
-            {"weight_a": round(1 - index / (steps - 1), 6)}
+        if operation["op"] == "reconstruct":
+            place: dict[str, Any] = {"role": ("input", "reconstruction", "regenerated")[min(index, 2)]}
+            if index >= 2:  # under which condition
+                target = operation["as"][index - 2]
+                place.update({f"as_{key}": target[key] for key in ("label", "cluster", "prompt")
+                              if target.get(key) is not None})
+        else:
+            place = {"weight_a": round(1 - index / (steps - 1), 6)}
         return {"seed": job.seed, "operation": operation["op"], **place}
     if not operation or operation.get("op") != "interpolate":
         return {"seed": request.seed + index}

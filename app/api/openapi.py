@@ -121,7 +121,12 @@ def _experiment_request() -> dict[str, Any]:
             "b": {"type": "string", "description": "mix: the second image (id or file b)"},
             "cluster": {"type": "integer", "minimum": 0,
                         "description": "reconstruct, mix: the image's condition, for a model whose decoder reads "
-                                       "it (pga, vae), as label or prompt are"}}}
+                                       "it (pga, vae), as label or prompt are"},
+            "as": {"type": "array", "minItems": 1, "maxItems": EXPERIMENT_MAX_COLUMNS - 2,
+                   "items": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]},
+                   "description": "reconstruct (glf, pga, vae; with the image's own label, cluster or prompt): "
+                                  "re-generate the image under each of these conditions with its code kept, one "
+                                  "column each"}}}
 
 
 def _experiment_upload() -> dict[str, Any]:
@@ -133,7 +138,8 @@ def _experiment_upload() -> dict[str, Any]:
     return {"type": "object", "required": ["kind"], "properties": {
         "kind": {"type": "string", "enum": ["reconstruct", "mix"]}, **fields, **files,
         "steps": {"type": "integer", "minimum": 2, "maximum": EXPERIMENT_MAX_COLUMNS},
-        "cluster": {"type": "integer", "minimum": 0}}}
+        "cluster": {"type": "integer", "minimum": 0},
+        "as": {"type": "string", "description": "reconstruct: the conditions to re-generate under, one per line"}}}
 
 
 def spec() -> dict[str, Any]:

@@ -40,7 +40,7 @@ from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _has_co
                                _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
-from priorforge.spec.experiments import CONDITION_FREE_DECODERS, SWEEP_WORDS, attribute_of
+from priorforge.spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of
 
 KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
 FIELDS = {
@@ -48,7 +48,7 @@ FIELDS = {
     "sweep": ("kind", "model", "seed", "n", "labels", "clusters", "prompt", "word", "values"),
     "interpolate": ("kind", "model", "from", "to", "steps"),
     # an input image is a gallery image's id, or an uploaded file of the same name (multipart)
-    "reconstruct": ("kind", "model", "image", "label", "cluster", "prompt"),
+    "reconstruct": ("kind", "model", "image", "label", "cluster", "prompt", "as"),
     "mix": ("kind", "model", "a", "b", "steps", "label", "cluster", "prompt"),
 }
 INPUTS = {"reconstruct": ("image",), "mix": ("a", "b")}
@@ -358,16 +358,46 @@ def _autoencode(kind: str, data: dict[str, Any], uploads: dict[str, tuple[str, b
         spec = _job({"model": version.name, **condition, "n": 1, "seed": 0}, "the image's condition")
     else:
         spec = JobSpec(version.id, "none", 1, 0)
+    targets = _regenerate_targets(version, data, condition, spec) if kind == "reconstruct" else []
     inputs = [_input(kind, name, data, uploads) for name in INPUTS[kind]]
     steps = _count(data, "steps", DEFAULT_STEPS, 2, MAX_COLUMNS) if kind == "mix" else None
-    n = 2 if kind == "reconstruct" else steps
+    n = 2 + len(targets) if kind == "reconstruct" else steps
     job = JobSpec(spec.model_version_id, spec.condition_kind, n, 0, label=spec.label, label_index=spec.label_index,
                   cluster=spec.cluster, prompt=spec.prompt)
     operation = {"op": kind, "inputs": [item["key"] for item in inputs], "steps": steps}
+    if targets:
+        operation["as"] = [_condition_of(target) for target in targets]
     shown = [{k: v for k, v in item.items() if k != "key"} for item in inputs]
-    params = {"model": version.name, **condition, "inputs": shown, **({"steps": steps} if steps else {})}
+    params = {"model": version.name, **condition, "inputs": shown, **({"steps": steps} if steps else {}),
+              **({"as": [_condition_label_of(target) for target in targets]} if targets else {})}
     return ExperimentPlan(kind, params, [(job, operation)],
                           uploads={name: uploads[name] for name in INPUTS[kind] if name in uploads})
+
+
+def _condition_label_of(spec: JobSpec) -> str:
+    if spec.condition_kind == "class":
+        return str(spec.label)
+    if spec.condition_kind == "cluster":
+        return f"cluster {spec.cluster}"
+    return str(spec.prompt)
+
+
+def _regenerate_targets(version: ModelVersion, data: dict[str, Any], condition: dict[str, Any],
+                        spec: JobSpec) -> list[JobSpec]:
+    """The conditions to re-generate a reconstructed image under (``as``: labels, clusters or prompts, by the
+    model's condition), keeping its code; only glf, pga and vae can, and they need the image's own condition."""
+    values = _list(data, "as", MAX_COLUMNS - 2)
+    if values is None:
+        return []
+    if version.backend not in REGENERATING_BACKENDS or version.condition == "none":
+        raise ApiError(422, f"model {version.name!r} ({version.backend}, condition {version.condition}) cannot "
+                            f"re-generate an image under another condition; backends that can: "
+                            f"{', '.join(sorted(REGENERATING_BACKENDS))} with a label, cluster or prompt", field="as")
+    if not condition:
+        key = {"class": "label", "cluster": "cluster", "text": "prompt"}[version.condition]
+        raise ApiError(422, f"to re-generate the image as something else, give its own {key} too", field=key)
+    key = {"class": "label", "cluster": "cluster", "text": "prompt"}[version.condition]
+    return [_job({"model": version.name, key: value, "n": 1, "seed": 0}, f"as {value!r}") for value in values]
 
 
 # -- creating ---------------------------------------------------------------------------------------
@@ -500,8 +530,10 @@ def grid(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
         job = jobs[0]
         names = [_input_label(item) for item in p["inputs"]]
         if experiment.kind == "reconstruct":
-            columns = ["input (as the model sees it)", "reconstruction"]
-            row, varied = names[0], "nothing: the image, then the decoding of its code"
+            columns = ["input (as the model sees it)", "reconstruction", *[f"as {value}" for value in p.get("as", [])]]
+            row = names[0]
+            varied = "the condition the image's code is re-generated under" if p.get("as") else \
+                "nothing: the image, then the decoding of its code"
         else:
             steps = int(p["steps"])
             columns = [f"{1 - i / (steps - 1):.2f} A + {i / (steps - 1):.2f} B" for i in range(steps)]

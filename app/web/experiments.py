@@ -25,7 +25,7 @@ FORM_FIELDS = {
     "compare": ("label", "prompt", "n", "seed"),
     "sweep": ("model", "labels", "clusters", "prompt", "word", "values", "n", "seed"),
     "interpolate": ("model", "from_condition", "from_seed", "to_condition", "to_seed", "steps"),
-    "reconstruct": ("model", "image", "condition"),
+    "reconstruct": ("model", "image", "condition", "as"),
     "mix": ("model", "a", "b", "steps", "condition"),
 }
 TITLES = {"compare": "Compare models", "sweep": "Attribute sweep", "interpolate": "Interpolate",
@@ -83,6 +83,9 @@ def experiment_request(kind: str, form: Any) -> dict[str, Any]:
             data["model"] = values["model"].strip()
         version = serving_version(values["model"].strip()) if values["model"].strip() else None
         data.update(_condition(version, values["condition"]))
+        if kind == "reconstruct" and values["as"].strip():  # one label, cluster or prompt per line
+            key = next(iter(_condition(version, "x")), "label")
+            data["as"] = [_condition(version, line)[key] for line in values["as"].splitlines() if line.strip()]
         for name in experiments.INPUTS[kind]:
             if values[name].strip():
                 data[name] = values[name].strip()  # a gallery image's id

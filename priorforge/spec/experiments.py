@@ -4,6 +4,7 @@
   codes of different conditions decode in one pass, and an interpolation may go from one condition to another
   (the path runs between two codes); a backend whose decoder takes the condition (pga, vae) interpolates
   between seeds of one condition only.
+* :data:`REGENERATING_BACKENDS`: backends that can re-generate an encoded image under another condition.
 * :data:`SWEEP_WORDS`: the attribute words of the built-in captioned data sets (the values
   ``training/attributes.py`` labels images with), so that a sweep of a prompt's colour, tone or cut word
   offers the words the text models were trained on.
@@ -12,6 +13,11 @@
 from __future__ import annotations
 
 CONDITION_FREE_DECODERS = frozenset({"aae-cg", "glf", "lde"})
+
+# backends that can re-generate an encoded image under another condition with its code kept (glf through its
+# invertible conditional flow, pga and vae by decoding the code with the other condition); the code-generator
+# AAE's generator and the LDE's sampler cannot be inverted
+REGENERATING_BACKENDS = frozenset({"glf", "pga", "vae"})
 
 SWEEP_WORDS: dict[str, tuple[str, ...]] = {
     "colour": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "grey", "black"),
