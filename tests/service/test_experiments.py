@@ -280,6 +280,8 @@ def test_the_forms_go_through_the_same_rules(app, client):
     assert form.status_code == 200 and b'value="4"' in form.data
     bad = client.post("/sweep", data={"model": "captions", "prompt": "a red three", "word": "blue"})
     assert bad.status_code == 422 and b"is not in the prompt" in bad.data and b"a red three" in bad.data
+    bad = client.post("/reconstruct", data={"model": "tiny", "condition": "3", "as": "4\n5", "image": "nope"})
+    assert bad.status_code == 422 and b"cannot re-generate" in bad.data and b"4\n5</textarea>" in bad.data
     before = row_counts(app)["jobs"]
     good = client.post("/interpolate", data={"model": "tiny", "from_condition": "3", "to_condition": "8",
                                              "from_seed": "4", "steps": "3"})
