@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "priorforge.commands.export",
     "priorforge.commands.zoo",
     "priorforge.commands.service",
+    "priorforge.commands.data",
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import g, redirect, render_template, request, url_for
+from flask import current_app, g, redirect, render_template, request, url_for
 
 from app.admin import sessions
 from app.admin.blueprints import bp
@@ -59,7 +59,7 @@ def _render_index(*, error: str | None = None, rejected: list[dict[str, str]] | 
         builtins=builtin_datasets(), tokens=[t for t in g.admin_user.tokens if t.revoked_at is None],
         error=error, rejected=rejected or [], new_token=new_token, created=created,
         max_upload=limit("DATASET_MAX_UPLOAD_BYTES"), max_images=limit("DATASET_MAX_IMAGES"),
-        max_side=limit("DATASET_MAX_IMAGE_SIDE")), status
+        max_side=limit("DATASET_MAX_IMAGE_SIDE"), data_root=current_app.config.get("DATA_ROOT")), status
 
 
 @bp.get("/")

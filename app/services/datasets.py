@@ -12,7 +12,7 @@ from sqlalchemy import select
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import Dataset, iso
-from priorforge.spec.datasets import CAPTIONED_DATASETS, IMAGE_EXTENSIONS
+from priorforge.spec.datasets import CAPTIONED_DATASETS, IMAGE_EXTENSIONS, builtin_available
 
 BUILTIN = ("mnist", "fashion-mnist", "cifar10", "digits")
 # the captioned built-in sets: captions written from the image set's classes and attributes (flowers: its own)
@@ -83,18 +83,10 @@ def builtin_datasets() -> list[dict[str, Any]]:
     the captioned built-in sets (``captions: true``), available when their image set is."""
     data_root = current_app.config.get("DATA_ROOT")
     root = Path(data_root).expanduser() if data_root else None
-    where = {
-        "mnist": ("MNIST/raw", "mnist"),
-        "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist"),
-        "cifar10": ("cifar-10-batches-py", "cifar10-jpeg"),
-    }
     out = []
     for name in BUILTIN:
-        if name == "digits":
-            available = True
-        else:
-            available = root is not None and any((root / sub).is_dir() for sub in where[name])
-        out.append({"name": name, "builtin": True, "available": available, "captions": False})
+        out.append({"name": name, "builtin": True, "available": builtin_available(name, data_root),
+                    "captions": False})
     images = {d["name"]: d["available"] for d in out}
     for name, base in CAPTIONED_BUILTIN.items():
         if base is not None:
