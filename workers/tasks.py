@@ -503,10 +503,9 @@ def _run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mod
                                     prompt=end.get("prompt"), seed=int(end["seed"]))
         request = JobRequest(_condition(job, model, info), job.n, job.seed)
         condition_b = _condition(other, model, info)
-        with _stage("generation failed"):
-            with stage_clock("decode"):
-                images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
-                                               int(cfg["GENERATE_CHUNK"]), precision=precision)
+        with _stage("generation failed"), stage_clock("decode"):
+            images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
+                                           int(cfg["GENERATE_CHUNK"]), precision=precision)
     elif operation.get("op") in ("reconstruct", "mix"):
         from generation.base import Condition
         from generation.latent_ops import reconstruct_and_mix

@@ -36,8 +36,8 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.models import FINAL_STATUSES, Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
-from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _has_control, _check_quota_or_roll_back, _is_int,
-                               _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
+from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
+                               _is_int, _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
 from priorforge.spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of

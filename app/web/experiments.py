@@ -16,7 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.core.errors import ApiError
 from app.core.models import FINAL_STATUSES
 from app.services import experiments, jobs
-from app.services.models import card_summary, serving_models, serving_version
+from app.services.models import serving_models, serving_version
 from app.web.blueprint import bp
 from app.web.jobs import _form_owner, _keep_capability
 from priorforge.spec.experiments import SWEEP_WORDS
@@ -192,8 +192,7 @@ def experiment(experiment_id: str):
     found = experiments.get_experiment(experiment_id)
     job_rows = experiments.jobs_of(found)
     summary = experiments.summary(job_rows)
-    cards = {job.model_version.name: card_summary(job.model_version) for job in job_rows}
-    return render_template("experiment.html", experiment=found, jobs=job_rows, summary=summary, cards=cards,
+    return render_template("experiment.html", experiment=found, jobs=job_rows, summary=summary,
                            grid=experiments.grid(found, job_rows), final=summary["status"] in FINAL_STATUSES,
                            title=TITLES[found.kind],
                            api_url=url_for("api.get_experiment", experiment_id=found.id))

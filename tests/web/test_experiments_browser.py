@@ -74,7 +74,7 @@ def _grid_text(page, selector: str) -> list[str]:
 def test_compare_this_request_from_a_job_page(stack, tmp_path):
     """A job page's "Compare this request" link fills the compare form; the result has one row per model, the
     same seeds as columns, and each model's card figures beside its row."""
-    app, server = stack
+    _app, server = stack
     request = urllib.request.Request(f"{server.url}/api/v1/jobs?wait=60", method="POST",
                                      data=json.dumps({"model": "digits", "label": "7", "n": 3, "seed": 40}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -103,7 +103,7 @@ def test_compare_this_request_from_a_job_page(stack, tmp_path):
 def test_sweep_of_a_prompt_word(stack, tmp_path):
     """The tone word of a fashion-text prompt over its default values: one column per tone, one row per seed,
     and the page says which word was varied."""
-    app, server = stack
+    _app, server = stack
     with browser_page() as (page, errors):
         page.goto(f"{server.url}/sweep")
         page.get_by_label("Model", exact=True).select_option("fashion-text")
@@ -125,7 +125,7 @@ def test_sweep_of_a_prompt_word(stack, tmp_path):
 def test_interpolate_between_two_labels(stack, tmp_path):
     """From a 3 to an 8 with one seed: five steps, t from 0 to 1 along the columns; a bad entry first shows
     the service's message on the form with the values kept."""
-    app, server = stack
+    _app, server = stack
     with browser_page() as (page, errors):
         page.goto(f"{server.url}/interpolate")
         page.get_by_label("Model", exact=True).select_option("digits")
@@ -155,7 +155,7 @@ def test_reconstruct_a_gallery_image_then_mix_it_with_an_upload(stack, tmp_path)
 
     from PIL import Image as PILImage
 
-    app, server = stack
+    _app, server = stack
     request = urllib.request.Request(f"{server.url}/api/v1/jobs?wait=60", method="POST",
                                      data=json.dumps({"model": "mnist", "label": "4", "n": 1, "seed": 8}).encode(),
                                      headers={"Content-Type": "application/json"})
