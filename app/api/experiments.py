@@ -30,12 +30,14 @@ def _multipart() -> tuple[dict, dict[str, tuple[str, bytes]]]:
 
     data: dict = {}
     for key, value in request.form.items():
+        if not isinstance(key, str):  # a part without a name: nothing this API takes
+            continue
         if key == "as":  # a list in JSON; one label, cluster or prompt per line here
             data[key] = [line.strip() for line in value.splitlines() if line.strip()]
             continue
         number = parse_int_text(value.strip()) if key in ("steps", "cluster", "seed", "n") else None
         data[key] = number if number is not None else value
-    files = {key: (upload.filename or key, upload.read()) for key, upload in request.files.items()}
+    files = {str(key): (upload.filename or str(key), upload.read()) for key, upload in request.files.items()}
     return data, files
 
 

@@ -135,7 +135,7 @@ def validate_experiment(data: Any, uploads: dict[str, tuple[str, bytes]] | None 
     kind = data.get("kind")
     if kind not in KINDS:
         raise ApiError(422, f"kind must be one of {', '.join(KINDS)}, got {kind!r}", field="kind")
-    unknown = sorted(set(data) - set(FIELDS[kind]))
+    unknown = sorted(str(key) for key in set(data) - set(FIELDS[kind]))
     if unknown:
         raise ApiError(422, f"unknown field(s) for a {kind}: {', '.join(unknown)}; valid: {', '.join(FIELDS[kind])}",
                        field=unknown[0])
