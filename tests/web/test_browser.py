@@ -247,3 +247,28 @@ def test_a_typed_prompt_for_the_shipped_text_model(stack, tmp_path):
         job = db.session.get(Job, job_id)
         assert (job.status, job.prompt, job.condition_kind, job.model_version.name) == \
             ("succeeded", prompt, "text", "fashion-text")
+
+
+def test_the_menu_at_390_px_wraps_between_items_and_links_the_admin(client):
+    """On a phone-sized screen the menu wrapped inside "Batch upload" and had no Admin link. The pages come
+    from the app's test client through Playwright's request routing (no server needed)."""
+
+    def answer(route):
+        url = route.request.url.removeprefix("http://priorforge.test")
+        response = client.get(url)
+        body = response.get_data()
+        response.close()  # a static file's handle
+        route.fulfill(status=response.status_code, body=body,
+                      headers={"Content-Type": response.headers.get("Content-Type", "text/html")})
+
+    with browser_page() as (page, errors):
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.route("http://priorforge.test/**", answer)
+        page.goto("http://priorforge.test/")
+        links = page.eval_on_selector_all(".site-header nav a", """(links) => links.map((a) => ({
+            text: a.textContent, lines: a.getClientRects().length, right: a.getBoundingClientRect().right}))""")
+        assert [link["text"] for link in links][-1] == "Admin"
+        assert all(link["lines"] == 1 for link in links), links  # no item broken over two lines
+        assert all(link["right"] <= 390 for link in links), links  # and none off the screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert errors == []
