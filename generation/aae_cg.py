@@ -158,6 +158,7 @@ class CodeGeneratorAAE(GenerativeModel):
     config_class = AAEConfig
     supported_conditions = ("none", "class", "cluster", "text")
     training_only_modules = ("encoder", "image_discriminator", "code_discriminator")
+    config: AAEConfig
 
     def __init__(self, config: AAEConfig):
         super().__init__(config)
@@ -180,7 +181,9 @@ class CodeGeneratorAAE(GenerativeModel):
 
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         cond = self.condition_vectors(n, condition, generator)  # (n, condition_dim)
-        noise = torch.randn(n, self.config.noise_dim, generator=generator)  # (n, noise_dim)
+        noise_dim = self.config.noise_dim
+        assert noise_dim is not None  # AAEConfig.__post_init__ sets it
+        noise = torch.randn(n, noise_dim, generator=generator)  # (n, noise_dim)
         return self.code_generator(to_device(noise, self.device), to_device(cond, self.device))  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:

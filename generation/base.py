@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 from torch import Tensor, nn
@@ -113,10 +113,15 @@ class GenerativeModel(nn.Module):
     backend: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     supported_conditions: ClassVar[tuple[str, ...]] = ("none",)
-    has_encoder: ClassVar[bool] = True
+    #: a class default; an export without its encoder sets it to False on the instance (:meth:`drop_modules`)
+    has_encoder: bool = True
     #: submodules that only training (or encoding) uses; an inference-only export drops them
     #: (:mod:`generation.export`), and the backend's ``sample_latents`` + ``decode`` must not touch them
     training_only_modules: ClassVar[tuple[str, ...]] = ("encoder",)
+    config: ModelConfig
+    # buffers of ``text`` models (registered in __init__; absent otherwise)
+    text_projection_mean: Tensor
+    text_projection_matrix: Tensor
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -217,6 +222,21 @@ class GenerativeModel(nn.Module):
         return torch.zeros(n, 0)
 
 
+class ClassPriorConfig(Protocol):
+    """What :class:`ConditionalDecoderMixin` reads of its model's config (``VAEConfig``, ``PGAConfig``)."""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
+    @property
+    def condition(self) -> ConditionKind: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def class_prior(self) -> ClassPriorKind: ...
+    @property
+    def condition_dim(self) -> int: ...
+
+
 class ConditionalDecoderMixin:
     """For backends whose decoder (and encoder) take the condition vector (CVAE-style: ``pga``, ``vae``).
 
@@ -233,6 +253,17 @@ class ConditionalDecoderMixin:
     The training objective of the paper is unchanged in every case; unconditional models sample N(0, I).
     Subclasses call :meth:`_build_class_prior` in ``__init__`` and draw codes with :meth:`prior_codes`.
     """
+
+    # what the mixin uses of the GenerativeModel it is mixed into (declarations only, nothing at run time)
+    backend: ClassVar[str]
+    config: ClassPriorConfig
+    class_prior: ClassGaussianPrior | None
+    prior_flow: LatentFlow | None
+    if TYPE_CHECKING:
+        @property
+        def device(self) -> torch.device: ...
+        def check_condition(self, condition: Condition) -> None: ...
+        def condition_vectors(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor: ...
 
     def _build_class_prior(self, latent_dim: int) -> None:
         c = self.config

@@ -115,7 +115,7 @@ def export_checkpoint(source: str | Path, out: str | Path, *, precision: ExportP
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION),
                                                                  "backend": model.backend, "precision": precision})
-        entry = {"source": str(src), "precision": precision, "dropped_modules": dropped,
+        entry: dict[str, Any] = {"source": str(src), "precision": precision, "dropped_modules": dropped,
                  "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_json_atomic(staging / CONFIG_FILE, {**config, "export": entry})
         for name in CARRIED_FILES:

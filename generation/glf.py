@@ -73,6 +73,7 @@ class GenerativeLatentFlow(GenerativeModel):
     backend = "glf"
     config_class = GLFConfig
     supported_conditions = ("none", "class", "text")
+    config: GLFConfig
 
     def __init__(self, config: GLFConfig):
         super().__init__(config)
@@ -93,7 +94,9 @@ class GenerativeLatentFlow(GenerativeModel):
     @torch.no_grad()
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         cond = self.condition_vectors(n, condition, generator)  # (n, condition_dim)
-        u = torch.randn(n, self.config.latent_dim, generator=generator)  # (n, latent_dim)
+        latent_dim = self.config.latent_dim
+        assert latent_dim is not None  # GLFConfig.__post_init__ sets it
+        u = torch.randn(n, latent_dim, generator=generator)  # (n, latent_dim)
         return self.flow.inverse(to_device(u, self.device), self._flow_cond(to_device(cond, self.device)))  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:

@@ -12,6 +12,7 @@ The flow (:class:`LatentFlow`) is GLF's prior and the optional ``class_prior="fl
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -139,18 +140,22 @@ class AffineCoupling(nn.Module):
     last layer starts at zero, so the flow starts as the identity (up to the permutations).
     """
 
+    permutation: Tensor  # buffers
+    inverse_permutation: Tensor
+
     def __init__(self, dim: int, hidden: int, cond_dim: int, clamp: float, permutation: Tensor):
         super().__init__()
         self.split = dim // 2
         self.clamp = clamp
         out = dim - self.split
+        last = nn.Linear(hidden, 2 * out)
         self.net = nn.Sequential(
             nn.Linear(self.split + cond_dim, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 2 * out),
+            last,
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.register_buffer("permutation", permutation)
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
@@ -195,7 +200,7 @@ class LatentFlow(nn.Module):
 
     def inverse(self, u: Tensor, cond: Tensor | None = None) -> Tensor:
         for layer in reversed(self.layers):
-            u = layer.inverse(u, cond)
+            u = cast(AffineCoupling, layer).inverse(u, cond)
         return u
 
     def nll(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -217,6 +222,10 @@ class ClassGaussianPrior(nn.Module):
     :meth:`fit` runs (and in a checkpoint saved before this prior existed, see :meth:`_load_from_state_dict`)
     it is unfitted and :meth:`sample` returns the noise itself: the N(0, I) prior.
     """
+
+    mean: Tensor  # buffers
+    scale_tril: Tensor
+    fitted: Tensor
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -247,7 +256,7 @@ class ClassGaussianPrior(nn.Module):
             self.scale_tril[k] = torch.linalg.cholesky(cov).to(self.scale_tril)
         self.fitted.fill_(True)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # a checkpoint saved before this prior existed has none of its buffers: load it as unfitted (N(0, I),
         # which is how that model sampled); a checkpoint with only some of them is left to fail as incomplete
         names = [prefix + name for name, _ in self.named_buffers(recurse=False)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -157,24 +157,25 @@ class LatentDensityEstimator(nn.Module):
         :meth:`_sample_reference`. In training mode BatchNorm normalises with statistics over all positions,
         which is not causal, so that case keeps the full-pass sampler.
         """
-        if self.training or any(b.norm.training or not b.norm.track_running_stats for b in self.blocks):
+        blocks = [cast(CausalBlock, b) for b in self.blocks]
+        if self.training or any(b.norm.training or not b.norm.track_running_stats for b in blocks):
             return self._sample_reference(n, generator, cond, temperature)
         device = self.head.weight.device
         z = torch.zeros(n, self.latent_dim, device=device)
         # conv weights (out, in, 2) as one (out, 2 * in) matrix for the input pair [x(t - d), x(t)]
-        weights = [b.conv.weight.transpose(1, 2).reshape(b.conv.out_channels, -1) for b in self.blocks]
-        if any(b.cond is not None for b in self.blocks):
+        weights = [b.conv.weight.transpose(1, 2).reshape(b.conv.out_channels, -1) for b in blocks]
+        if any(b.cond is not None for b in blocks):
             assert cond is not None
-        cond_bias = [b.cond(cond) if b.cond is not None else None for b in self.blocks]  # (n, C), position-free
+        cond_bias = [b.cond(cond) if b.cond is not None else None for b in blocks]  # (n, C), position-free
         head_weight = self.head.weight.squeeze(2)  # (3K, C)
-        history: list[list[Tensor]] = [[] for _ in self.blocks]  # inputs of each block at positions 0..i-1
+        history: list[list[Tensor]] = [[] for _ in blocks]  # inputs of each block at positions 0..i-1
         k = self.num_mixtures
         for i in range(self.latent_dim):
             if i == 0:  # sequence position 0 is the pad vector p: value 0, mask 0
                 h = torch.zeros(n, 2, device=device)
             else:  # position i holds z_{i-1} with mask 1
                 h = torch.stack([z[:, i - 1], torch.ones(n, device=device)], dim=1)  # (n, 2)
-            for block, weight, bias, past in zip(self.blocks, weights, cond_bias, history):
+            for block, weight, bias, past in zip(blocks, weights, cond_bias, history):
                 past.append(h)
                 prev = past[i - block.dilation] if i >= block.dilation else torch.zeros_like(h)  # left pad
                 h = F.linear(torch.cat([prev, h], dim=1), weight, block.conv.bias)  # (n, C)
@@ -218,6 +219,7 @@ class LatentDensityAE(GenerativeModel):
     backend = "lde"
     config_class = LDEConfig
     supported_conditions = ("none", "class", "text")
+    config: LDEConfig
 
     def __init__(self, config: LDEConfig):
         super().__init__(config)

@@ -107,13 +107,13 @@ def image_grid(images: Tensor, nrow: int | None = None) -> Image.Image:
     """One PIL image: the image itself for a single image, a grid (torchvision) otherwise."""
     pixels = to_uint8(images)
     if pixels.shape[0] == 1:
-        array = pixels[0]
+        grid = pixels[0]
     else:
         nrow = nrow or max(1, int(round(pixels.shape[0] ** 0.5)))
-        array = make_grid(pixels, nrow=nrow, padding=2, pad_value=0)
+        grid = make_grid(pixels, nrow=nrow, padding=2, pad_value=0)
         if pixels.shape[1] == 1:  # make_grid repeats a grey channel three times: grey grids stay grey
-            array = array[:1]
-    array = array.permute(1, 2, 0).numpy()
+            grid = grid[:1]
+    array = grid.permute(1, 2, 0).numpy()  # (H, W, C) uint8
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], mode="L")
     return Image.fromarray(array, mode="RGB")

@@ -144,6 +144,7 @@ class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
     backend = "vae"
     config_class = VAEConfig
     supported_conditions = ("none", "class")
+    config: VAEConfig
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -168,7 +169,9 @@ class ResidualVAE(ConditionalDecoderMixin, GenerativeModel):
     # -- the uniform API ---------------------------------------------------------------------------------
     def sample_latents(self, n: int, condition: Condition, generator: torch.Generator) -> Tensor:
         self.check_condition(condition)
-        noise = to_device(torch.randn(n, self.config.latent_dim, generator=generator), self.device)  # (n, latent_dim)
+        latent_dim = self.config.latent_dim
+        assert latent_dim is not None  # VAEConfig.__post_init__ sets it
+        noise = to_device(torch.randn(n, latent_dim, generator=generator), self.device)  # (n, latent_dim)
         return self.prior_codes(noise, condition)  # N(0, I), or the class prior's codes for a class model
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
