@@ -14,7 +14,7 @@ label signal reach G much sooner; an optional pixel term next to the feature-spa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class AAECodeGeneratorTrainer(Trainer):
 
     backend = "aae-cg"
     default_lr = 2e-4
-    hparam_defaults: dict[str, Any] = {
+    hparam_defaults: ClassVar[dict[str, Any]] = {
         "rec_feature_weight": 1.0,
         "rec_pixel_weight": 1.0,
         "code_adv_weight": 1.0,
@@ -120,8 +120,10 @@ class AAECodeGeneratorTrainer(Trainer):
         # losses are computed in fp32 by autocast itself)
         # --- prior-improvement phase: D_I, then CG + G (Eq. 4, Eq. 7) ---
         pairs = n // 2 if h["diversity_weight"] else 0  # rows drawn a second time for the diversity term
+        noise_dim = m.config.noise_dim
+        assert noise_dim is not None  # AAEConfig.__post_init__ sets it
         with self.autocast():
-            noise = self.randn(n + pairs, m.config.noise_dim)
+            noise = self.randn(n + pairs, noise_dim)
             # one CG pass over both draws: the BatchNorm statistics see them together
             z_all = m.code_generator(noise, torch.cat([s_gen, s_gen[:pairs]]))  # (B + pairs, latent_dim)
             fake_all = m.decoder(z_all)  # (B + pairs, C, H, W)
@@ -138,6 +140,7 @@ class AAECodeGeneratorTrainer(Trainer):
                 d_loss = d_loss + _bce(wrong_logit, 0.0)
             if aux is not None:  # the class head learns from real images only: G cannot agree with it on a
                 # private code for the class (AC-GAN's failure mode); its images must look like the class
+                assert real_aux is not None  # aux_classes > 0: D_I has a class head
                 d_loss = d_loss + h["aux_class_weight"] * F.cross_entropy(real_aux, aux)
         self.backward_step(d_loss, "image_disc")
 
@@ -145,7 +148,11 @@ class AAECodeGeneratorTrainer(Trainer):
             gen_logit, gen_q, gen_aux = m.image_discriminator.judge(fake, di_cond)
             info_loss = self._q_loss(gen_q, s, q_targets)
             gen_adv = _bce(gen_logit, 1.0)
-            aux_loss = F.cross_entropy(gen_aux, aux) if aux is not None else torch.zeros((), device=self.device)
+            if aux is not None:
+                assert gen_aux is not None  # aux_classes > 0: D_I has a class head
+                aux_loss = F.cross_entropy(gen_aux, aux)
+            else:
+                aux_loss = torch.zeros((), device=self.device)
             diversity = self._diversity(fake_all, noise, n, pairs)
         prior_loss = gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss
         if pairs:

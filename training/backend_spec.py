@@ -17,8 +17,13 @@ from priorforge.spec.backends import SPEC_FILE
 from training.registry import get_trainer_class
 
 
-def _option(field: dataclasses.Field) -> dict[str, Any]:
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+def _option(field: dataclasses.Field[Any]) -> dict[str, Any]:
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        raise TypeError(f"config field {field.name!r} has no default")
     if isinstance(default, list):
         raise TypeError(f"config field {field.name!r}: a list default reads back as a tuple; use a tuple")
     return {"type": str(field.type), "default": list(default) if isinstance(default, tuple) else default}

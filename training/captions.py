@@ -311,8 +311,8 @@ def _decode_images(paths: Sequence[Path], size: int, channels: int = 3) -> Tenso
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
+            with Image.open(path) as opened:
+                img = opened.convert("L" if channels == 1 else "RGB")
                 if img.size != (size, size):
                     img = _center_crop_resize(img, size)
                 array = np.asarray(img, dtype=np.uint8)
@@ -390,6 +390,7 @@ def prepare_text_conditioning(model, train: ImageData, test: ImageData | None = 
     set_text_projection(model, mean, matrix)
     for data in (train, test):
         if data is not None and data.text_embeddings is not None:
+            assert data.caption_counts is not None  # a captioned split has both
             data.text_embeddings = project_embeddings(model, data.text_embeddings, data.caption_counts)
     return {"text_encoder": model.config.text_encoder, "text_projection": info,
             "captions_per_image": int(train.text_embeddings.shape[1])}

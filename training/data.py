@@ -37,7 +37,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 class Batch(NamedTuple):
     images: Tensor  # (B, C, H, W) float in [-1, 1]
     labels: Tensor  # (B,) int64
-    index: Tensor  # (B,) rows of the data set
+    # the field shadows tuple.index (a method), which mypy reports; Batch stays a tuple (callers unpack it)
+    index: Tensor  # type: ignore[assignment]  # (B,) rows of the data set
 
 
 @dataclass
@@ -137,14 +138,12 @@ def load_dataset(name: str, data_root: str | Path | None, split: Split = "train"
         root = Path(data_root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"data root {root} does not exist or is not a folder")
-        loaders = {"mnist": _load_mnist_family, "fashion-mnist": _load_mnist_family, "cifar10": _load_cifar10,
-                   "imagefolder": _load_image_folder}
         if name == "imagefolder":
             data = _load_image_folder(root, split, image_size or 64, channels or 3)
         elif name == "cifar10":
             data = _load_cifar10(root, split, download)
-        else:
-            data = loaders[name](name, root, split, download)
+        else:  # mnist, fashion-mnist
+            data = _load_mnist_family(name, root, split, download)
     if image_size is not None and data.image_shape[1] != image_size:
         data = ImageData(data.name, resize_uint8(data.images, image_size), data.labels, data.class_names)
     return data
@@ -315,8 +314,8 @@ def _decode_folder(folder: Path, name: str, size: int | None, channels: int) -> 
         files = sorted(p for p in (folder / class_name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         for path in files:
             try:
-                with Image.open(path) as img:
-                    img = img.convert(mode)
+                with Image.open(path) as opened:
+                    img = opened.convert(mode)
                     if size is not None and img.size != (size, size):
                         img = _center_crop_resize(img, size)
                     array = np.asarray(img, dtype=np.uint8)

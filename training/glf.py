@@ -12,7 +12,7 @@ The halvings keep their place in the run when a CPU budget cuts it short: the st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ class GLFTrainer(Trainer):
 
     backend = "glf"
     default_lr = 1e-3
-    hparam_defaults: dict[str, Any] = {
+    hparam_defaults: ClassVar[dict[str, Any]] = {
         "nll_weight": 1.0,
         "flow_lr": None,
         "flow_betas": [0.8, 0.9],
@@ -80,7 +80,9 @@ class GLFTrainer(Trainer):
             rec_loss = F.mse_loss(recon, images)
         # the flow's NLL (log-determinants, Gaussian log-density) stays fp32: a small MLP, precision-sensitive
         flow_in = z if m.config.regularized else z.detach()  # stop_gradient(E(x)) unless regularized
-        nll = m.prior_nll(flow_in, cond).mean() / m.config.latent_dim  # per code dim
+        latent_dim = m.config.latent_dim
+        assert latent_dim is not None  # GLFConfig.__post_init__ sets it
+        nll = m.prior_nll(flow_in, cond).mean() / latent_dim  # per code dim
         loss = rec_loss + self.hparams["nll_weight"] * nll
         self.backward_step(loss, *self.optimizers)
         return {"rec": rec_loss.item(), "nll": nll.item(), "z_std": z.detach().std().item()}

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ class LDETrainer(Trainer):
 
     backend = "lde"
     default_lr = 1e-3
-    hparam_defaults: dict[str, Any] = {
+    hparam_defaults: ClassVar[dict[str, Any]] = {
         "lde_fraction": 0.25,
         "lde_steps_per_step": 8,
         "lde_steps": None,

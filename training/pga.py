@@ -39,7 +39,7 @@ the default is Adam (lr 1e-3), which reaches a usable autoencoder within the few
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ class PGATrainer(ClassPriorTraining, Trainer):
 
     backend = "pga"
     default_lr = DEFAULT_LRS["adam"]
-    hparam_defaults: dict[str, Any] = {
+    hparam_defaults: ClassVar[dict[str, Any]] = {
         "warmup_steps": 3000,
         "warmup_fraction": 0.1,
         "alpha": None,

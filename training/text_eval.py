@@ -87,7 +87,7 @@ def text_alignment_metrics(model: GenerativeModel, *, dataset: str, data_root: s
         from training.classifier import get_classifier
 
         classifier = get_classifier(name.removesuffix("-captions"), data_root, device,
-                                    image_shape=tuple(model.config.image_shape))
+                                    image_shape=model.config.image_shape)
     features = None
     if hasattr(classifier, "features_and_logits"):
         features, logits = classifier.features_and_logits(to_float(images))

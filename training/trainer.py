@@ -25,13 +25,13 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from generation.base import Condition, GenerativeModel
+from generation.base import Condition, EncoderOutput, GenerativeModel, ModelConfig
 from generation.checkpoint import (SAMPLES_FILE, CheckpointError, load_training_state, read_checkpoint_config,
                                    save_checkpoint, save_training_state, write_json_atomic)
 from generation.device import resolve_device
@@ -347,8 +347,8 @@ class Trainer:
         was_training = self.model.training
         save_checkpoint(self.model, out, dataset=self._data.name, class_names=self._data.class_names,
                         metrics=metrics, extra=self._checkpoint_extra)
-        progress = {"step": self.step, "epoch": self.epoch, "elapsed": elapsed,
-                    "cpu_seconds": round(self.cpu_seconds(), 1), "seed": self.config.seed}
+        progress: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "elapsed": elapsed,
+                                    "cpu_seconds": round(self.cpu_seconds(), 1), "seed": self.config.seed}
         if self.scaler is not None:  # fp16: the loss scale and its growth counter (plain numbers)
             progress["grad_scaler"] = self.scaler.state_dict()
         progress |= self.extra_progress()
@@ -388,13 +388,13 @@ class Trainer:
             images, nrow = torch.cat(rows), per_row
         elif kind == "text":
             embeddings = self._data.text_embeddings
-            rows = grid_rows(self._data)
-            conds = embeddings[rows, 0] if embeddings is not None else torch.zeros(8, model.config.text_dim)
+            prompt_rows = grid_rows(self._data)
+            conds = embeddings[prompt_rows, 0] if embeddings is not None else torch.zeros(8, model.config.text_dim)
             images = torch.cat([model.sample(8, Condition("text", embedding=c), generator) for c in conds])
             nrow = 8
             if self._data.first_captions is not None:  # the rows' prompts, beside the grid, for the run page
                 write_json_atomic(Path(path).with_suffix(".json"),
-                                  {"prompts": [self._data.first_captions[int(i)] for i in rows]})
+                                  {"prompts": [self._data.first_captions[int(i)] for i in prompt_rows]})
         else:
             images, nrow = model.sample(64, Condition("none"), generator), 8
         model.train(was_training)
@@ -415,6 +415,20 @@ def grid_rows(data: ImageData, count: int = 8) -> Tensor:
     return torch.tensor(sorted(picked[:count]) if not any(x >= 0 for x in labels) else picked[:count])
 
 
+class ClassPriorModel(Protocol):
+    """What :class:`ClassPriorTraining` uses of its trainer's model (a ``GenerativeModel`` with
+    ``generation.base.ConditionalDecoderMixin``: ``ResidualVAE``, ``PerceptualGenerativeAE``)."""
+
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def training(self) -> bool: ...
+    def prior_nll(self, codes: Tensor, cond: Tensor) -> Tensor: ...
+    def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput: ...
+    def eval(self) -> Any: ...
+    def train(self, mode: bool = True) -> Any: ...
+
+
 class ClassPriorTraining:
     """Training side of the class prior of a CVAE-style model (``vae``, ``pga``; see
     ``generation.base.ConditionalDecoderMixin``). Mixed into their trainers, before :class:`Trainer`.
@@ -429,6 +443,15 @@ class ClassPriorTraining:
 
     Neither touches the encoder's or decoder's gradients: the paper's objective is unchanged.
     """
+
+    # what the mixin uses of the Trainer it is mixed into (declarations only, nothing at run time)
+    model: ClassPriorModel
+    config: TrainConfig
+    hparams: dict[str, Any]
+    device: torch.device
+    if TYPE_CHECKING:
+        def backward_step(self, loss: Tensor, *names: str) -> None: ...
+        def cpu_seconds(self) -> float: ...
 
     def prior_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         flow = getattr(self.model, "prior_flow", None)

@@ -15,7 +15,7 @@ the loop to the codes (posterior means) of training images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ class VAETrainer(ClassPriorTraining, Trainer):
 
     backend = "vae"
     default_lr = 4e-4
-    hparam_defaults: dict[str, Any] = {
+    hparam_defaults: ClassVar[dict[str, Any]] = {
         "kl_weight": 0.01,
         "lr_anneal": True,
         "final_lr_fraction": 0.0,
