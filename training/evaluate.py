@@ -144,7 +144,7 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    shape = tuple(model.config.image_shape)
+    shape = model.config.image_shape
     image_dataset = image_dataset_name(dataset)
     if test_data is None:
         test_data = load_dataset(image_dataset, data_root, "test", image_size=int(shape[1]), channels=int(shape[0]))
@@ -272,7 +272,7 @@ def evaluate_without_classifier(model: GenerativeModel, test_data: ImageData, *,
     """What can be measured on a held-out split without labels (no classifier can be trained): the
     reconstruction error, and for text models ``caption_match_rate`` in pixel space. ``notes`` says what is
     missing and why."""
-    shape = tuple(model.config.image_shape)
+    shape = model.config.image_shape
     from training.classifier import match_shape
 
     real = match_shape(test_data, shape).subset(min(n_samples, len(test_data)), seed=seed)
@@ -319,7 +319,8 @@ def cluster_assignment(model: GenerativeModel, real: ImageData) -> dict[str, Any
     assigned = []
     for start in range(0, len(keep), BATCH_SIZE):
         x = real.batch(keep[start:start + BATCH_SIZE]).images.to(model.device)
-        assigned.append(model.predict_condition(x).argmax(1).cpu())  # type: ignore[attr-defined]
+        # nn.Module.__getattr__ is typed Tensor | Module; the caller checked hasattr (the AAE's Q head)
+        assigned.append(model.predict_condition(x).argmax(1).cpu())  # type: ignore[operator]
     clusters, labels = torch.cat(assigned).numpy(), real.labels[keep].numpy()
     return {"cluster_nmi": float(normalized_mutual_info_score(labels, clusters)),
             "cluster_accuracy": best_match_accuracy(clusters, labels)}
