@@ -119,8 +119,9 @@ RECIPES: tuple[Recipe, ...] = (
         name="fashion-text", title="Fashion-MNIST garments from a text prompt",
         description="The code-generator AAE conditioned on a sentence: name a garment, and optionally its tone "
                     "(dark or light) and cut (wide or narrow).",
-        backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=30,
-        options={**MNIST_SIZES, "aux_classes": 10}, hparams={**TEXT_AAE_HPARAMS, "diversity_cap": 0.27},
+        backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=45,
+        options={**MNIST_SIZES, "aux_classes": 10},
+        hparams={**TEXT_AAE_HPARAMS, "diversity_weight": 2.0, "diversity_cap": 0.27},
         examples=FASHION_PROMPTS),
     Recipe(
         name="cifar10-text", title="CIFAR-10 photos from a text prompt (32x32 colour)",
