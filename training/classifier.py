@@ -10,6 +10,12 @@ Each classifier is trained once (a few epochs on the CPU) and cached under
 ``<cache_root>/classifiers/<dataset>-<C>x<H>x<W>.safetensors`` with a JSON beside it holding its test
 accuracy, class names, architecture and training settings. Writes go through a temporary file + rename,
 and a lock file keeps two processes from training the same classifier at once.
+
+The built-in data sets' classifiers at their own image sizes ship in ``models/classifiers/`` (the same two
+files, the weights in fp16; ``scripts/build_classifiers.py`` trains them with the default settings and
+records each one's test accuracy there): an evaluation on a fresh install loads one instead of training it
+first, which took minutes on a CPU (7.5 of a 27-minute admin run on ``digits``). A classifier in the cache
+wins over the shipped one, and explicit ``epochs``/``max_steps`` that differ from its settings train anew.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from training.data import ImageData, cache_root, file_lock, load_dataset, resize
 FORMAT_VERSION = 1
 FEATURE_DIM = 128
 EVAL_BATCH = 256
+# the classifiers shipped with the repository (built-in data sets at their own image size)
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "classifiers"
+SHIPPED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -140,10 +149,19 @@ def classifier_path(dataset: str, image_shape: tuple[int, int, int], data_root: 
     return cache_root() / "classifiers" / f"{name}-{shape}.safetensors"
 
 
+def shipped_classifier_path(dataset: str, image_shape: tuple[int, int, int]) -> Path | None:
+    """The shipped classifier of a built-in data set at ``image_shape`` (``models/classifiers/``), or None."""
+    if dataset not in SHIPPED_DATASETS:
+        return None
+    path = SHIPPED_DIR / classifier_path(dataset, image_shape).name
+    return path if path.is_file() else None
+
+
 def get_classifier(dataset: str, data_root: str | Path | None, device: str | torch.device = "cpu",
                    train_data: ImageData | None = None, test_data: ImageData | None = None, *,
                    image_shape: tuple[int, int, int] | None = None, epochs: int | None = None,
-                   max_steps: int | None = None, quiet: bool = False) -> TrainedClassifier:
+                   max_steps: int | None = None, quiet: bool = False,
+                   progress: Any = None) -> TrainedClassifier:
     """The cached classifier of ``dataset`` (training and caching it on first use).
 
     Args:
@@ -156,6 +174,8 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
         epochs / max_steps: training length; explicit values that differ from the cached classifier's
             settings retrain it.
         quiet: do not print the "training ..." line.
+        progress: called as ``progress(steps_done, total_steps)`` while a classifier trains (a run's page
+            shows it).
     """
     device = torch.device(device)
     shape = tuple(image_shape) if image_shape is not None else _data_shape(dataset, data_root, train_data, test_data)
@@ -169,6 +189,10 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
     cached = _load_cached(path, device, wanted)
     if cached is not None:
         return cached
+    shipped = shipped_classifier_path(dataset, shape)
+    cached = _load_cached(shipped, device, wanted) if shipped is not None else None
+    if cached is not None:
+        return cached
     with file_lock(path.with_suffix(".lock")):
         cached = _load_cached(path, device, wanted)  # another process may have trained it meanwhile
         if cached is not None:
@@ -178,7 +202,7 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
         if not quiet:
             print(f"training the {dataset} classifier for the evaluation ({shape[0]}x{shape[1]}x{shape[2]}, "
                   f"{len(train)} images, once; cached in {path})", file=sys.stderr, flush=True)
-        model = train_classifier(train, settings, device)
+        model = train_classifier(train, settings, device, progress=progress)
         accuracy = classifier_accuracy(model, test)
         info = {"format_version": FORMAT_VERSION, "dataset": dataset, "image_shape": list(shape),
                 "class_names": list(train.class_names), "num_classes": len(train.class_names),
@@ -193,17 +217,20 @@ def default_settings(dataset: str, image_shape: tuple[int, int, int]) -> Classif
     return ClassifierSettings(epochs=3 if image_shape[0] == 3 else 2)
 
 
-def train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device) -> ImageClassifier:
-    """Train a fresh classifier on ``data`` (labelled) with Adam and a one-cycle learning rate.
+def train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device,
+                     progress: Any = None) -> ImageClassifier:
+    """Train a fresh classifier on ``data`` (labelled) with Adam and a one-cycle learning rate;
+    ``progress(steps_done, total_steps)`` is called every few steps.
 
     Gradients are switched on here, whatever the caller's mode: the first evaluation of a data set trains its
     classifier from inside ``torch.no_grad()`` / ``inference_mode()`` code such as the text-alignment metrics.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        return _train_classifier(data, settings, device)
+        return _train_classifier(data, settings, device, progress)
 
 
-def _train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device) -> ImageClassifier:
+def _train_classifier(data: ImageData, settings: ClassifierSettings, device: torch.device,
+                      progress: Any = None) -> ImageClassifier:
     labelled = data.select(torch.nonzero(data.labels >= 0).squeeze(1))
     if len(labelled) < 2 or len(labelled.class_names) < 2:
         raise ValueError(f"data set {data.name!r}: the evaluation classifier needs labelled images of "
@@ -231,6 +258,8 @@ def _train_classifier(data: ImageData, settings: ClassifierSettings, device: tor
             optimizer.step()
             schedule.step()
             step += 1
+            if progress is not None and (step % 10 == 0 or step == total):
+                progress(step, total)
     return model.eval()
 
 
@@ -278,6 +307,7 @@ def _load_cached(path: Path, device: torch.device, wanted: dict[str, Any]) -> Tr
         if any(info["settings"].get(key) != value for key, value in wanted.items()):
             return None
         model = ImageClassifier(tuple(info["image_shape"]), int(info["num_classes"]), int(info["width"]))
+        # the shipped classifiers' fp16 weights load into the fp32 network (load_state_dict copies with a cast)
         model.load_state_dict(load_file(str(path), device="cpu"))
     except (OSError, ValueError, KeyError, RuntimeError):
         return None  # half-written by an older version or corrupted: retrain
@@ -285,10 +315,12 @@ def _load_cached(path: Path, device: torch.device, wanted: dict[str, Any]) -> Tr
                              path, False, info)
 
 
-def _save(model: ImageClassifier, path: Path, info: dict[str, Any]) -> None:
-    """Weights first, then the JSON (the JSON's presence marks a complete entry); both tmp + rename."""
+def _save(model: ImageClassifier, path: Path, info: dict[str, Any], dtype: torch.dtype | None = None) -> None:
+    """Weights first, then the JSON (the JSON's presence marks a complete entry); both tmp + rename.
+    ``dtype``: store the floating-point tensors in it (fp16 halves a shipped classifier's file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
@@ -325,4 +357,4 @@ def match_shape(data: ImageData, shape: tuple[int, int, int]) -> ImageData:
 
 
 __all__ = ["ClassifierSettings", "FEATURE_DIM", "ImageClassifier", "TrainedClassifier", "classifier_path",
-           "get_classifier", "match_shape", "train_classifier"]
+           "get_classifier", "match_shape", "shipped_classifier_path", "train_classifier"]
