@@ -24,11 +24,15 @@ Metrics (all JSON-able; ``evaluate_model`` returns them in one dict):
 
 Sampling is seeded (:func:`generation.sampling.generate` with seeds derived from ``seed``), so evaluating
 one checkpoint twice gives identical numbers on one device.
+
+Progress: ``evaluate_model(..., progress=fn)`` calls ``fn(stage, done, total, unit)`` when a stage starts and
+as it advances (the classifier's training steps, the images sampled...), so a training run's page can show
+which stage runs and how far it is; :data:`STAGES` lists the stages' names and units.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,6 +51,25 @@ FEATURE_FID_NOTE = ("Fréchet distance in the project's own classifier's feature
                     "not comparable with papers")
 BATCH_SIZE = 256
 PR_NEIGHBOURS = 3
+# the stages an evaluation reports, in order (a model runs those that apply to it), and what each counts
+STAGES = {
+    "test": ("loading the test split", "splits"),
+    "classifier": ("evaluation classifier", "classifiers"),
+    "classifier_training": ("training the evaluation classifier", "steps"),
+    "real_features": ("features of the test images", "images"),
+    "reconstruction": ("reconstruction error", "images"),
+    "sampling": ("sampling", "images"),
+    "scores": ("FID, precision/recall, accuracy", "images"),
+    "clusters": ("cluster assignment", "images"),
+    "text": ("text alignment", "stages"),
+}
+Progress = Callable[[str, int, int, str], None]
+
+
+def report(progress: Progress | None, key: str, done: int, total: int) -> None:
+    """``progress(<the stage's name>, done, total, <what it counts>)`` when there is a callback."""
+    if progress is not None:
+        progress(STAGES[key][0], done, total, STAGES[key][1])
 
 
 # -- the metrics themselves ----------------------------------------------------------------------------
@@ -93,12 +116,16 @@ def derived_seed(seed: int, group: int, batch: int) -> int:
     return int(seed) * 1_000_003 + group * 65_537 + batch
 
 
-def generate_batched(model: GenerativeModel, n: int, condition: Condition, seed: int, group: int = 0) -> Tensor:
-    """``n`` images, in batches of :data:`BATCH_SIZE`, quantised to 8 bits as a saved PNG would be."""
+def generate_batched(model: GenerativeModel, n: int, condition: Condition, seed: int, group: int = 0,
+                     on_batch: Callable[[int], None] | None = None) -> Tensor:
+    """``n`` images, in batches of :data:`BATCH_SIZE`, quantised to 8 bits as a saved PNG would be;
+    ``on_batch(images)`` after each batch."""
     chunks = []
     for b, start in enumerate(range(0, n, BATCH_SIZE)):
         images = generate(model, min(BATCH_SIZE, n - start), condition, derived_seed(seed, group, b))
         chunks.append(to_float(to_uint8(images)))
+        if on_batch is not None:
+            on_batch(len(images))
     return torch.cat(chunks)  # (n, C, H, W)
 
 
@@ -109,8 +136,9 @@ def split_counts(n: int, groups: int) -> list[int]:
 
 # -- evaluate_model ------------------------------------------------------------------------------------
 @torch.no_grad()
-def reconstruction_mse(model: GenerativeModel, data: ImageData) -> float:
+def reconstruction_mse(model: GenerativeModel, data: ImageData, progress: Progress | None = None) -> float:
     """Mean squared pixel error of ``decode(encode(x))``; class models get each image's own label."""
+    report(progress, "reconstruction", 0, len(data))
     device = model.device
     class_model = model.config.condition == "class"
     groups = data.labels.unique().tolist() if class_model else [None]
@@ -123,12 +151,14 @@ def reconstruction_mse(model: GenerativeModel, data: ImageData) -> float:
             recon = model.decode(model.encode(x, condition).latents, condition)
             total += float(((recon.float() - x) ** 2).sum())
             count += x.numel()
+            report(progress, "reconstruction", count // max(1, x[0].numel()), len(data))
     return total / count
 
 
 def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[str], data_root: str | None,
                    device: Any, n_samples: int = 2000, seed: int = 0,
-                   test_data: ImageData | None = None, train_data: ImageData | None = None) -> dict[str, Any]:
+                   test_data: ImageData | None = None, train_data: ImageData | None = None,
+                   progress: Progress | None = None, classifier_steps: int | None = None) -> dict[str, Any]:
     """All metrics of ``model`` on ``dataset``'s test split (see the module docstring).
 
     Args:
@@ -141,20 +171,26 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
         seed: seeds the samples and the choice of test images.
         test_data: the test split, when the caller has it.
         train_data: the training split, for training the data-set classifier when it is not cached.
+        progress: called as ``progress(stage, done, total, unit)`` as the evaluation goes (module docstring).
+        classifier_steps: the steps of a classifier that must be trained (None: its default settings).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     shape = model.config.image_shape
     image_dataset = image_dataset_name(dataset)
     if test_data is None:
+        report(progress, "test", 0, 1)
         test_data = load_dataset(image_dataset, data_root, "test", image_size=int(shape[1]), channels=int(shape[0]))
     test_data = match_shape(test_data, shape)
+    report(progress, "classifier", 0, 1)
     classifier = get_classifier(image_dataset, data_root, device, train_data=train_data, test_data=test_data,
-                                image_shape=shape)
+                                image_shape=shape, max_steps=classifier_steps, quiet=progress is not None,
+                                progress=lambda done, total: report(progress, "classifier_training", done, total))
     model.eval()
     n = min(n_samples, len(test_data))
     real = test_data.subset(n, seed=seed)
     real_images = to_float(real.images)
+    report(progress, "real_features", 0, n)
     real_features, _ = classifier.features_and_logits(real_images)
     kind = model.config.condition
     metrics: dict[str, Any] = {
@@ -162,10 +198,11 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
         "classifier": {"test_accuracy": classifier.test_accuracy, "path": str(classifier.path)},
     }
     if model.has_encoder:
-        metrics["reconstruction_mse"] = reconstruction_mse(model, real)
-    fake = _samples(model, real, n, seed, metrics)
+        metrics["reconstruction_mse"] = reconstruction_mse(model, real, progress)
+    fake = _samples(model, real, n, seed, metrics, progress)
     if fake is not None:
         fake_images, groups = fake
+        report(progress, "scores", 0, len(fake_images))
         fake_features, fake_logits = classifier.features_and_logits(fake_images)
         metrics["n_generated"] = int(len(fake_images))
         metrics["feature_fid"] = _fid_or_none(real_features, fake_features, metrics)
@@ -179,19 +216,34 @@ def evaluate_model(model: GenerativeModel, *, dataset: str, class_names: list[st
         elif kind == "text":
             metrics.update(caption_metrics(real, fake_features, real_features, predictions, class_names, classifier))
     if kind == "cluster" and hasattr(model, "predict_condition") and not model.inference_only:
+        report(progress, "clusters", 0, len(real))
         metrics.update(cluster_assignment(model, real))
     if kind == "text":
+        report(progress, "text", 0, 1)
         metrics.update(_text_metrics(model, dataset, data_root, device, seed))
     return metrics
 
 
-def _samples(model: GenerativeModel, real: ImageData, n: int, seed: int,
-             metrics: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+def _sample_counter(progress: Progress | None, total: int) -> Callable[[int], None]:
+    """An ``on_batch`` for :func:`generate_batched` that reports the images sampled so far out of ``total``."""
+    done = [0]
+    report(progress, "sampling", 0, total)
+
+    def on_batch(count: int) -> None:
+        done[0] += count
+        report(progress, "sampling", done[0], total)
+
+    return on_batch
+
+
+def _samples(model: GenerativeModel, real: ImageData, n: int, seed: int, metrics: dict[str, Any],
+             progress: Progress | None = None) -> tuple[Tensor, Tensor] | None:
     """Generated images and the class/cluster (or image) index each was asked for."""
     kind = model.config.condition
     if kind in ("class", "cluster"):
         counts = split_counts(n, model.config.num_classes)
-        images = [generate_batched(model, count, Condition(kind, index=k), seed, group=k)
+        on_batch = _sample_counter(progress, sum(counts))
+        images = [generate_batched(model, count, Condition(kind, index=k), seed, group=k, on_batch=on_batch)
                   for k, count in enumerate(counts)]
         groups = torch.cat([torch.full((count,), k) for k, count in enumerate(counts)])
         return torch.cat(images), groups
@@ -200,10 +252,12 @@ def _samples(model: GenerativeModel, real: ImageData, n: int, seed: int,
             metrics["notes"] = ["no test captions: feature_fid and precision/recall skipped for this text model"]
             return None
         # one sample per test image, conditioned on its first caption
-        images = [generate_batched(model, 1, Condition("text", embedding=real.text_embeddings[i, 0]), seed, i)
-                  for i in range(len(real))]
+        on_batch = _sample_counter(progress, len(real))
+        images = [generate_batched(model, 1, Condition("text", embedding=real.text_embeddings[i, 0]), seed, i,
+                                   on_batch=on_batch) for i in range(len(real))]
         return torch.cat(images), torch.arange(len(real))
-    return generate_batched(model, n, Condition("none"), seed), torch.zeros(n, dtype=torch.long)
+    return (generate_batched(model, n, Condition("none"), seed, on_batch=_sample_counter(progress, n)),
+            torch.zeros(n, dtype=torch.long))
 
 
 def _fid_or_none(real: Tensor, fake: Tensor, metrics: dict[str, Any]) -> float | None:
@@ -268,7 +322,7 @@ def caption_metrics(real: ImageData, fake_features: Tensor, real_features: Tenso
 
 @torch.no_grad()
 def evaluate_without_classifier(model: GenerativeModel, test_data: ImageData, *, n_samples: int = 1000,
-                                seed: int = 0) -> dict[str, Any]:
+                                seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
     """What can be measured on a held-out split without labels (no classifier can be trained): the
     reconstruction error, and for text models ``caption_match_rate`` in pixel space. ``notes`` says what is
     missing and why."""
@@ -282,10 +336,11 @@ def evaluate_without_classifier(model: GenerativeModel, test_data: ImageData, *,
         "the held-out images have no labels, so no classifier could be trained: feature_fid, precision/recall "
         "and class accuracy need a 'label' on the lines of captions.jsonl (or class folders)"]}
     if model.has_encoder:
-        metrics["reconstruction_mse"] = reconstruction_mse(model, real)
+        metrics["reconstruction_mse"] = reconstruction_mse(model, real, progress)
     if kind == "text" and real.text_embeddings is not None:
-        fake = torch.cat([generate_batched(model, 1, Condition("text", embedding=real.text_embeddings[i, 0]), seed, i)
-                          for i in range(len(real))])
+        on_batch = _sample_counter(progress, len(real))
+        fake = torch.cat([generate_batched(model, 1, Condition("text", embedding=real.text_embeddings[i, 0]), seed, i,
+                                           on_batch=on_batch) for i in range(len(real))])
         metrics["n_generated"] = int(len(fake))
         rate = caption_match_rate(fake, to_float(real.images), real.text_embeddings[:, 0])
         if rate is not None:
@@ -336,6 +391,6 @@ def _text_metrics(model: GenerativeModel, dataset: str, data_root: str | None, d
     return dict(text_alignment_metrics(model, dataset=dataset, data_root=data_root, device=device, seed=seed))
 
 
-__all__ = ["FEATURE_FID_NOTE", "best_match_accuracy", "caption_match_rate", "evaluate_model",
+__all__ = ["FEATURE_FID_NOTE", "STAGES", "best_match_accuracy", "caption_match_rate", "evaluate_model",
            "evaluate_without_classifier", "frechet_distance", "precision_recall",
            "reconstruction_mse"]

@@ -37,6 +37,8 @@ from app.core.extensions import db
 from app.core.models import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
 from app.services.models import register_model
+from app.services.trainings import LIVE_KEY
+from workers.training_progress import EvaluationProgress, StepRate, estimate_seconds_left  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,29 @@ class RunLost(Exception):
 
 
 class RunLease:
-    """Renews the run's ``heartbeat_at`` from a thread and watches for a cancel request or a lost claim."""
+    """Renews the run's ``heartbeat_at`` from a thread and watches for a cancel request or a lost claim.
+
+    Once :meth:`start_clock` is called, every renewal also writes the run's elapsed time (the earlier attempts'
+    and this one's wall time), so it keeps moving while nothing else reports: loading the data, saving a
+    checkpoint, the evaluation."""
 
     def __init__(self, run_id: str, token: str, interval: float):
         self.run_id, self.token, self.interval = run_id, token, interval
         self.engine = db.engine
         self.lost = threading.Event()
         self.cancel = threading.Event()
+        self._clock: tuple[float, float] | None = None  # (elapsed before this attempt, monotonic start)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"run-lease-{run_id}", daemon=True)
+
+    def start_clock(self, elapsed_before: float) -> None:
+        self._clock = (float(elapsed_before), time.monotonic())
+
+    def elapsed(self) -> float | None:
+        """The run's elapsed wall time (None before :meth:`start_clock`)."""
+        if self._clock is None:
+            return None
+        return self._clock[0] + time.monotonic() - self._clock[1]
 
     def __enter__(self) -> "RunLease":
         self._thread.start()
@@ -67,12 +83,19 @@ class RunLease:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.write()
+                self.write()  # with the elapsed time
             except Exception as exc:  # a database hiccup: the next beat tries again
                 log.warning("training run %s: lease renewal failed: %s", self.run_id, exc)
 
     def write(self, **values: Any) -> None:
-        """Renew the lease (and set ``values``) if the run is still ours; notice a cancel request."""
+        """Renew the lease (and set ``values``, and the elapsed time) if the run is still ours; notice a cancel
+        request."""
+        elapsed = self.elapsed()
+        if elapsed is not None:
+            values.setdefault("elapsed_seconds", elapsed)
+        self.store(values)
+
+    def store(self, values: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             res = conn.execute(update(TrainingRun).where(
                 TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
@@ -127,6 +150,7 @@ def train_model(self: Any, run_id: str) -> str:
     if token is None:
         return f"skipped ({run.status})"
     lease = RunLease(run_id, token, float(current_app.config["HEARTBEAT_INTERVAL"]))
+    lease.start_clock(run.elapsed_seconds or 0.0)  # earlier attempts' time counts: the run's wall time
     try:
         with lease:
             return _train(run_id, token, lease)
@@ -207,7 +231,7 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
     interval = float(cfg["TRAINING_PROGRESS_INTERVAL"])
     step_delay = float(cfg.get("TEST_TRAIN_STEP_DELAY") or 0)  # FOR TESTS ONLY: a slow run to kill or cancel
     last_write = [0.0]
-    attempt_start: list[tuple[int, float, float]] = []  # (step, elapsed, CPU seconds) at this attempt's start
+    rate = StepRate()  # this attempt's recent step rate: the estimate of the time left
 
     def on_progress(event: TrainingEvent) -> None:
         if lease.lost.is_set():
@@ -218,32 +242,46 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
             time.sleep(step_delay)
         if mirror is not None and event.kind == "sample":  # the grid (and checkpoint) for other machines
             mirror.sync()
-        if not attempt_start:
-            attempt_start.append((event.step, event.elapsed, trainer.cpu_seconds()))
+        if event.kind == "step":
+            rate.add(event.step, event.elapsed, trainer.cpu_seconds())
         now = time.monotonic()
         if event.kind != "sample" and event.step < event.total_steps and now - last_write[0] < interval:
             return
         last_write[0] = now
         values: dict[str, Any] = {
             "step": event.step, "total_steps": event.total_steps, "epoch": event.epoch,
-            "losses": {k: float(v) for k, v in event.losses.items()}, "elapsed_seconds": event.elapsed,
-            "eta_seconds": estimate_seconds_left(attempt_start[0], (event.step, event.elapsed, trainer.cpu_seconds()),
-                                                 event.total_steps, config.max_cpu_seconds)}
+            "losses": {k: float(v) for k, v in event.losses.items()},
+            "eta_seconds": rate.seconds_left(event.total_steps, config.max_cpu_seconds),
+            # the live figures of the run page, in the metrics column until the run's own metrics replace them
+            "metrics": {LIVE_KEY: {"rate": rate.describe()}}}
         if event.kind == "sample":
             values["sample_step"] = event.step
         lease.write(**values)
         if lease.lost.is_set():
             raise RunLost()
 
-    def phase(text: str) -> None:
-        lease.write(phase=text[:40])
-        if lease.lost.is_set():
-            raise RunLost()
-
     def evaluate(trained: Any) -> dict[str, Any]:
-        phase("evaluating")
-        return evaluate_run(trained, settings, train_data, trainer.device, phase=phase,
-                            classifier_steps=cfg.get("TRAINING_EVAL_CLASSIFIER_STEPS"))
+        tracker = EvaluationProgress()
+        last = [0.0]
+
+        def progress(stage: str, done: int, total: int, unit: str = "") -> None:
+            if lease.lost.is_set():
+                raise RunLost()
+            if lease.cancel.is_set():
+                raise TrainingCancelled()
+            new_stage = tracker.update(stage, done, total, unit)
+            now = time.monotonic()
+            if not new_stage and done < total and now - last[0] < interval:
+                return
+            last[0] = now
+            lease.write(phase=f"evaluating: {stage}"[:40], eta_seconds=None,
+                        metrics={LIVE_KEY: {"rate": rate.describe(), "evaluation": tracker.as_dict()}})
+
+        progress("starting", 0, 1)
+        metrics = evaluate_run(trained, settings, train_data, trainer.device, progress=progress,
+                               classifier_steps=cfg.get("TRAINING_EVAL_CLASSIFIER_STEPS"))
+        metrics["stage_seconds"] = tracker.finish()  # stored with the metrics: what the evaluation spent where
+        return metrics
 
     metrics = trainer.fit(train_data, out, resume=resume, callback=on_progress, evaluate=evaluate,
                           checkpoint_extra={"data_root": settings["source"]["data_root"], **text_extra})
@@ -293,35 +331,21 @@ def _local_source(source: dict[str, Any], storage: Any) -> dict[str, Any]:
     return {**source, "data_root": str(local)}
 
 
-def estimate_seconds_left(start: tuple[int, float, float], now: tuple[int, float, float], total_steps: int,
-                          cpu_budget: float | None) -> float | None:
-    """Seconds left, from two (step, elapsed wall seconds, CPU seconds) points of this attempt: the steps left
-    at its step rate or, if sooner, the CPU budget left at its ratio of wall to CPU time. None before there
-    is a rate to go by."""
-    steps, wall, cpu = now[0] - start[0], now[1] - start[1], now[2] - start[2]
-    if steps <= 0 or wall <= 0:
-        return None
-    left = (total_steps - now[0]) * wall / steps
-    if cpu_budget and cpu > 0:
-        left = min(left, max(0.0, cpu_budget - now[2]) * wall / cpu)
-    return left
-
-
 def evaluate_run(model: Any, settings: dict[str, Any], train_data: Any, device: Any, *,
-                 phase: Any = None, classifier_steps: int | None = None) -> dict[str, Any]:
+                 progress: Any = None, classifier_steps: int | None = None) -> dict[str, Any]:
     """The metrics of ``priorforge evaluate`` for the run's data set. An uploaded captioned set is evaluated on
     its own held-out split (:func:`evaluate_upload`). A data set the evaluation cannot use is reported as
-    ``skipped`` with the reason (no server path in it), not fatal: the checkpoint is already saved."""
+    ``skipped`` with the reason (no server path in it), not fatal: the checkpoint is already saved.
+    ``progress(stage, done, total, unit)`` follows the evaluation's stages (:mod:`training.evaluate`)."""
     from training.evaluate import evaluate_model
 
     source = settings["source"]
-    phase = phase or (lambda text: None)
     try:
         if source["loader"].startswith("captions:"):
-            return evaluate_upload(model, settings, train_data, device, phase, classifier_steps)
+            return evaluate_upload(model, settings, train_data, device, progress, classifier_steps)
         return evaluate_model(model, dataset=source["loader"], class_names=train_data.class_names,
                               data_root=source["data_root"], device=device, n_samples=settings["eval_samples"],
-                              train_data=train_data)
+                              train_data=train_data, progress=progress)
     except ValueError as exc:
         log.warning("evaluation skipped: %s", exc)
         return {"skipped": public_message(str(exc), settings)}
@@ -348,7 +372,7 @@ def upload_classifier_key(settings: dict[str, Any], train_data: Any) -> str:
     return f"upload-{settings['dataset']}-{digest}"
 
 
-def evaluate_upload(model: Any, settings: dict[str, Any], train_data: Any, device: Any, phase: Any,
+def evaluate_upload(model: Any, settings: dict[str, Any], train_data: Any, device: Any, progress: Any = None,
                     classifier_steps: int | None = None) -> dict[str, Any]:
     """An uploaded captioned set, evaluated on its held-out split (its ``split: test`` lines, or every 10th
     image): with labels of at least 2 classes, the project's classifier is trained on the upload's train split
@@ -359,9 +383,9 @@ def evaluate_upload(model: Any, settings: dict[str, Any], train_data: Any, devic
 
     from training.captions import project_embeddings
     from training.classifier import get_classifier
-    from training.evaluate import evaluate_model, evaluate_without_classifier
+    from training.evaluate import evaluate_model, evaluate_without_classifier, report
 
-    phase("evaluating: loading the held-out split")
+    report(progress, "test", 0, 1)
     test = load_split(settings, "test")
     if model.config.condition == "text" and test.text_embeddings is not None:
         test.text_embeddings = project_embeddings(model, test.text_embeddings, test.caption_counts)
@@ -371,21 +395,20 @@ def evaluate_upload(model: Any, settings: dict[str, Any], train_data: Any, devic
     if len(train_classes) >= 2 and test_labelled:
         key = upload_classifier_key(settings, train_data)
         shape = tuple(model.config.image_shape)
-        phase("evaluating: training the classifier")
+        report(progress, "classifier", 0, 1)
         classifier = get_classifier(key, None, device, train_data=train_data, test_data=test, image_shape=shape,
-                                    max_steps=classifier_steps, quiet=True)
-        phase("evaluating: sampling")
+                                    max_steps=classifier_steps, quiet=True, progress=lambda done, total: report(
+                                        progress, "classifier_training", done, total))
         with torch.no_grad():
             metrics = evaluate_model(model, dataset=key, class_names=list(train_data.class_names), data_root=None,
                                      device=device, n_samples=settings["eval_samples"], test_data=test,
-                                     train_data=train_data)
+                                     train_data=train_data, progress=progress)
         metrics.pop("text_alignment_note", None)  # the built-in sets' attribute prompts do not apply
         metrics["classifier"] = {"test_accuracy": classifier.test_accuracy, "trained_on": "the upload's train "
                                  f"split ({int((train_data.labels >= 0).sum())} labelled images)",
                                  "classes": list(classifier.class_names)}
     else:
-        phase("evaluating: sampling")
-        metrics = evaluate_without_classifier(model, test, n_samples=settings["eval_samples"])
+        metrics = evaluate_without_classifier(model, test, n_samples=settings["eval_samples"], progress=progress)
     metrics["evaluated_on"] = where
     return metrics
 

@@ -148,8 +148,11 @@ def start_training():
 
 @bp.get("/trainings/<run_id>")
 def training_page(run_id: str):
+    from app.services.metrics_table import plain_json, seconds_text
+
     run = trainings.get_run(run_id)
-    return render_template("admin/training.html", run=run, body=run_to_dict(run, history=True))
+    return render_template("admin/training.html", run=run, body=run_to_dict(run, history=True),
+                           plain_json=plain_json, seconds_text=seconds_text)
 
 
 @bp.get("/trainings/<run_id>.json")

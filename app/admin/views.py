@@ -7,8 +7,9 @@ from typing import Any
 from flask import url_for
 
 from app.core.models import ModelVersion, TrainingRun, iso
+from app.services.metrics_table import metrics_rows
 from app.services.models import evaluation_summary, public_json
-from app.services.trainings import latest_sample, read_history
+from app.services.trainings import LIVE_KEY, latest_sample, read_history
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, Any]:
@@ -27,8 +28,20 @@ def run_evaluation(run: TrainingRun) -> dict[str, Any]:
     return evaluation_summary(run.metrics)
 
 
+def run_progress(run: TrainingRun) -> dict[str, Any] | None:
+    """A running run's live figures (the worker writes them): ``rate`` (steps per second over the recent past,
+    what the time left is estimated from) and, while it evaluates, ``evaluation`` (the stage, how far it is,
+    the time left in it, the stages done). None once the run has ended."""
+    live = (run.metrics or {}).get(LIVE_KEY)
+    if run.status != "running" or not isinstance(live, dict):
+        return None
+    return {"rate": live.get("rate"), "evaluation": live.get("evaluation")}
+
+
 def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
     settings = {k: v for k, v in (run.settings or {}).items() if k != "source"}
+    metrics = public_json({k: v for k, v in (run.metrics or {}).items() if k != LIVE_KEY})
+    evaluation = metrics.get("evaluation") if run.status == "succeeded" else None
     body: dict[str, Any] = {
         "id": run.id, "status": run.status, "phase": run.phase, "backend": run.backend, "dataset": run.dataset,
         "condition": run.condition, "model_name": run.model_name, "settings": settings,
@@ -38,7 +51,10 @@ def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
         "eta_seconds": None if run.eta_seconds is None or run.status in ("canceled", "failed")
         else round(run.eta_seconds, 1),
         "cancel_requested": run.cancel_requested, "attempts": run.attempts, "error": run.error,
-        "metrics": public_json(run.metrics or {}), "evaluation": run_evaluation(run), "created_at": iso(run.created_at), "started_at": iso(run.started_at),
+        "metrics": metrics, "evaluation": run_evaluation(run), "progress": run_progress(run),
+        # the evaluation's metrics as the run page's table shows them (named, formatted)
+        "evaluation_table": metrics_rows(evaluation) if isinstance(evaluation, dict) else [],
+        "created_at": iso(run.created_at), "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "model_version": _version_ref(run.model_version) if run.model_version else None,
         "url": url_for("admin_api.get_training", run_id=run.id),

@@ -49,6 +49,9 @@ TRAINING_FIELDS = {
     "hparams": "training hyper-parameters of the backend (object)",
 }
 IMAGE_SIZES = (28, 8, 16, 32, 64, 128, 256)
+# while a run is running, its metrics column holds only this key: the live figures of its page (the step rate,
+# the evaluation's stage); the run's own metrics replace them when it succeeds (no column of its own: no migration)
+LIVE_KEY = "live"
 
 
 # -- validation ---------------------------------------------------------------------------------------

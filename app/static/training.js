@@ -1,6 +1,7 @@
 // The training run page: poll the run's JSON every second while it is active; update step, losses,
-// elapsed/remaining time and the latest sample grid, and redraw the loss plot (an SVG polyline per loss,
-// each scaled to its own range, since the losses of one backend differ by orders of magnitude).
+// elapsed/remaining time (from the measured step rate), the evaluation's stage and progress, then its metrics
+// table, and the latest sample grid, and redraw the loss plot (an SVG polyline per loss, each scaled to its
+// own range, since the losses of one backend differ by orders of magnitude).
 (function () {
   "use strict";
   var root = document.getElementById("training");
@@ -71,6 +72,54 @@
     });
   }
 
+  function count(n) {
+    return Number(n).toLocaleString("en");
+  }
+
+  // the evaluation's stage while it runs (how far, the time left in it, the stages done), then its metrics
+  function renderEvaluation(run, evp) {
+    var box = document.getElementById("run-eval-progress");
+    box.hidden = !evp;
+    if (evp) {
+      text("run-evaluation", "Evaluating now.");
+      text("run-eval-stage", evp.stage + (evp.total > 1 ? ": " + count(evp.done) + " of " + count(evp.total) + " " +
+        evp.unit : ""));
+      document.getElementById("run-eval-bar").value = evp.fraction === null ? 0 : evp.fraction;
+      text("run-eval-left", evp.stage_seconds_left === null ? "" :
+        "about " + seconds(evp.stage_seconds_left) + " left in this stage");
+      text("run-eval-done", evp.finished_stages.length ? "Done: " + evp.finished_stages.map(function (st) {
+        return st.stage + " (" + seconds(st.seconds) + ")";
+      }).join("; ") + "." : "");
+    }
+    var ev = run.evaluation || {};
+    if (FINAL.indexOf(run.status) >= 0 && ev.state === "evaluated") {
+      text("run-evaluation", "Evaluated" + (ev.evaluated_on ? " on the " + ev.evaluated_on : "") +
+        "; compare it with the serving version on the version's page.");
+    } else if (FINAL.indexOf(run.status) >= 0 && ev.state !== "pending") {
+      text("run-evaluation", "Not evaluated: " + ev.reason + ". Promoting this version means promoting it " +
+        "without evaluation figures.");
+    }
+    var rows = run.evaluation_table || [];
+    var table = document.getElementById("run-metrics");
+    if (!rows.length || table.getAttribute("data-filled") === "yes") return;
+    var body = table.tBodies[0];
+    while (body.firstChild) body.removeChild(body.firstChild);
+    rows.forEach(function (row) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-key", row.key);
+      var th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = row.name;
+      var td = document.createElement("td");
+      td.textContent = row.value;
+      tr.appendChild(th);
+      tr.appendChild(td);
+      body.appendChild(tr);
+    });
+    table.setAttribute("data-filled", "yes");
+    table.hidden = false;
+  }
+
   function render(run) {
     var status = document.getElementById("run-status");
     status.textContent = run.status;
@@ -85,6 +134,12 @@
     progress.value = run.step;
     text("run-elapsed", seconds(run.elapsed_seconds));
     text("run-eta", FINAL.indexOf(run.status) >= 0 ? "\u2013" : seconds(run.eta_seconds));
+    var live = run.progress || {};
+    var rate = live.rate, evp = live.evaluation;
+    text("run-rate", rate && !evp ? "at " + Number(rate.steps_per_second).toPrecision(3) + " steps/s over the last " +
+      seconds(rate.over_seconds) + " (" + rate.over_steps + " steps)" +
+      (run.settings.evaluate ? ", then the evaluation" : "") : "");
+    renderEvaluation(run, evp);
     text("run-attempts", run.attempts);
     text("run-losses", Object.keys(run.losses).map(function (k) {
       return k + " " + Number(run.losses[k]).toPrecision(4);
