@@ -8,6 +8,10 @@ with these files it loads one (training/classifier.py looks in models/classifier
 
     .venv/bin/python scripts/build_classifiers.py --data-root ../shared/data
     .venv/bin/python scripts/build_classifiers.py --data-root ../shared/data --only digits mnist
+    .venv/bin/python scripts/build_classifiers.py --data-root ../shared/data --only fashion-mnist --from-cache
+
+``--from-cache`` ships the classifier an evaluation on this machine already trained into the cache, when it was
+trained with exactly the default settings (the same network the script would train), instead of training again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=sorted(SHAPES), help="build these only (the README keeps the others)")
     p.add_argument("--out", default=str(REPO / "models" / "classifiers"))
     p.add_argument("--max-steps", type=int, default=None, help="a smoke run of the script (not for shipping)")
+    p.add_argument("--from-cache", action="store_true",
+                   help="ship the cache's classifier when it was trained with the default settings (else train)")
     args = p.parse_args(argv)
 
     import torch
@@ -52,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = default_settings(name, shape)
         if args.max_steps:
             settings = type(settings)(**{**asdict(settings), "max_steps": args.max_steps})
+        cached = _load_cached(classifier_path(name, shape), torch.device("cpu"), asdict(settings)) \
+            if args.from_cache and not args.max_steps else None
         started, cpu = time.perf_counter(), time.process_time()
-        model = train_classifier(train, settings, torch.device("cpu"))
+        model = cached.model if cached is not None else train_classifier(train, settings, torch.device("cpu"))
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+        if cached is not None:
+            print(f"{name}: the cache's classifier (trained with the default settings) is shipped", flush=True)
         path = out / classifier_path(name, shape).name
         info = {"format_version": FORMAT_VERSION, "dataset": name, "image_shape": list(shape),
                 "class_names": list(train.class_names), "num_classes": len(train.class_names), "width": 32,
@@ -66,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         assert loaded is not None, path
         info["fp32_test_accuracy"] = info["test_accuracy"]
         info["test_accuracy"] = round(classifier_accuracy(loaded.model, test), 5)
-        info["built_by"] = {"command": "python scripts/build_classifiers.py --data-root ../shared/data",
-                            "weights": "float16", "train_seconds": round(seconds, 1),
-                            "train_cpu_seconds": round(cpu_seconds, 1), "torch": torch.__version__,
-                            "machine": platform.machine()}
+        info["built_by"] = {"command": "python scripts/build_classifiers.py --data-root ../shared/data"
+                                       + (" --from-cache" if cached is not None else ""),
+                            "weights": "float16", "torch": torch.__version__, "machine": platform.machine(),
+                            **({"trained_by": "an evaluation, into the cache"} if cached is not None else
+                               {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1)})}
         (path.with_suffix(".json")).write_text(json.dumps(info, indent=2) + "\n")
         for shipped in (path, path.with_suffix(".json")):
             shipped.chmod(0o644)  # the cache's temporary files are private; these are part of the repository
@@ -88,7 +99,8 @@ def write_readme(out: Path) -> None:
         rows.append(f"| `{weights.name}` | {info['dataset']} | {'x'.join(map(str, info['image_shape']))} | "
                     f"{info['settings']['epochs']} epochs, min {info['settings']['min_steps']} steps | "
                     f"{info['train_images']} / {info['test_images']} | {100 * info['test_accuracy']:.2f}% | "
-                    f"{built.get('train_seconds', '?')} s ({built.get('train_cpu_seconds', '?')} CPU s) | "
+                    + (f"{built['trained_by']} | " if "trained_by" in built else
+                       f"{built.get('train_seconds', '?')} s ({built.get('train_cpu_seconds', '?')} CPU s) | ") +
                     f"{weights.stat().st_size // 1024} KiB |")
     shipped = {json.loads(p.read_text())["dataset"] for p in out.glob("*.json")}
     missing = [name for name in SHAPES if name not in shipped]
