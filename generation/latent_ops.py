@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,9 @@ from generation.base import Condition, GenerativeModel
 # condition's code of that noise); pga and vae decode the code itself with the other condition. The
 # code-generator AAE's generator and the LDE's autoregressive sampler cannot be inverted.
 from priorforge.spec.experiments import REGENERATING_BACKENDS
+
+if TYPE_CHECKING:
+    from generation.glf import GenerativeLatentFlow
 
 
 class LatentOpError(ValueError):
@@ -154,8 +159,9 @@ def regenerate_as(model: GenerativeModel, image: Tensor, condition: Condition, t
                     return None
                 return model.condition_vectors(1, c, generator).to(model.device)
 
-            noise, _ = model.flow(code, vector(condition))
-            codes = torch.cat([model.flow.inverse(noise, vector(target)) for target in targets])
+            flow = cast("GenerativeLatentFlow", model).flow  # the branch is taken for a glf only
+            noise, _ = flow(code, vector(condition))
+            codes = torch.cat([flow.inverse(noise, vector(target)) for target in targets])
             parts.append(decode_fixed_passes(model, codes, None, max(1, pass_size)))
         else:  # the decoder reads the condition: one decode per target
             for target in targets:

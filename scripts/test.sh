@@ -12,6 +12,9 @@ workers=${PRIORFORGE_TEST_WORKERS:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PRIORFORGE_TEST_POSTGRES_URL=${PRIORFORGE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 export PRIORFORGE_TEST_REDIS_URL=${PRIORFORGE_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+# the linter and the type checker (their settings: pyproject.toml) before the tests
+.venv/bin/ruff check .
+.venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -n "$workers" "$@"
 rc=$?

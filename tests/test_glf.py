@@ -136,8 +136,8 @@ def test_training_lowers_the_loss_on_a_fixed_batch(digits):
     trainer = GLFTrainer(model, TrainConfig(device="cpu", progress_bar=False))
     images, cond, labels = _batch(digits)
     losses = [trainer.train_step(images, cond, labels) for _ in range(20)]
-    first = sum(l["rec"] + l["nll"] for l in losses[:3]) / 3
-    last = sum(l["rec"] + l["nll"] for l in losses[-3:]) / 3
+    first = sum(step["rec"] + step["nll"] for step in losses[:3]) / 3
+    last = sum(step["rec"] + step["nll"] for step in losses[-3:]) / 3
     assert last < first
     assert losses[-1]["nll"] < losses[0]["nll"]
 

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import grimp
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "workers", "priorforge", "generation", "training")

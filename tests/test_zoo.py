@@ -38,7 +38,7 @@ def tiny_data_root(root: Path, per_class: int = 8) -> Path:
     for name in ("mnist", "fashion-mnist"):
         folder = root / name
         folder.mkdir(parents=True)
-        for split, stem in (("train", "train"), ("test", "t10k")):
+        for stem in ("train", "t10k"):
             index = np.concatenate([np.nonzero(digits.labels.numpy() == c)[0][:per_class] for c in range(10)])
             rng.shuffle(index)
             write_idx(folder, f"{stem}-images-idx3-ubyte", digits.images[index, 0].numpy())

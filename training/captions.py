@@ -35,8 +35,8 @@ from torch import Tensor
 from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
 from priorforge.spec.datasets import CAPTIONED_DATASETS, GENERIC_PREFIX
 from training import attributes as attrs
-from training.data import (BUILTIN_DATASETS, CIFAR10_CLASSES, FASHION_CLASSES, DatasetError, ImageData,
-                           Split, load_dataset, resize_uint8)
+from training.data import BUILTIN_DATASETS, DatasetError, ImageData, Split, load_dataset
+from training.data import CIFAR10_CLASSES, FASHION_CLASSES, resize_uint8  # noqa: F401 - this module's API too
 
 DEFAULT_CAPTIONS_PER_IMAGE = 10
 DEFAULT_FOLDER_IMAGE_SIZE = 64

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +178,7 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
             shows it).
     """
     device = torch.device(device)
-    shape = tuple(image_shape) if image_shape is not None else _data_shape(dataset, data_root, train_data, test_data)
+    shape = _chw(image_shape) if image_shape is not None else _data_shape(dataset, data_root, train_data, test_data)
     path = classifier_path(dataset, shape, data_root)
     settings = default_settings(dataset, shape)
     if epochs is not None:
@@ -197,8 +197,11 @@ def get_classifier(dataset: str, data_root: str | Path | None, device: str | tor
         cached = _load_cached(path, device, wanted)  # another process may have trained it meanwhile
         if cached is not None:
             return cached
-        train = match_shape(train_data or load_dataset(dataset, data_root, "train", **_size_kwargs(shape)), shape)
-        test = match_shape(test_data or load_dataset(dataset, data_root, "test", **_size_kwargs(shape)), shape)
+        size, channels = _size_of(shape)
+        train = match_shape(train_data or load_dataset(dataset, data_root, "train", image_size=size,
+                                                       channels=channels), shape)
+        test = match_shape(test_data or load_dataset(dataset, data_root, "test", image_size=size,
+                                                     channels=channels), shape)
         if not quiet:
             print(f"training the {dataset} classifier for the evaluation ({shape[0]}x{shape[1]}x{shape[2]}, "
                   f"{len(train)} images, once; cached in {path})", file=sys.stderr, flush=True)
@@ -333,8 +336,14 @@ def _save(model: ImageClassifier, path: Path, info: dict[str, Any], dtype: torch
 
 
 # -- data helpers ------------------------------------------------------------------------------------
-def _size_kwargs(shape: tuple[int, int, int]) -> dict[str, int]:
-    return {"image_size": int(shape[1]), "channels": int(shape[0])}
+def _size_of(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(image size, channels) of a (C, H, W) shape, as load_dataset takes them."""
+    return int(shape[1]), int(shape[0])
+
+
+def _chw(shape: Sequence[int]) -> tuple[int, int, int]:
+    channels, height, width = (int(v) for v in shape)
+    return channels, height, width
 
 
 def _data_shape(dataset: str, data_root: str | Path | None, train_data: ImageData | None,

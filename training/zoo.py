@@ -29,17 +29,21 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from priorforge.spec.checkpoint import CARD_FILE, read_card
+from priorforge.spec.conditions import ConditionKind
+
+if TYPE_CHECKING:
+    from training.captions import PhrasingKind
 
 CARD_README = "README.md"
 EVAL_SAMPLES = 5000
 TINY_EVAL_SAMPLES = 40
-TEXT_PHRASINGS = ("train", "heldout", "heldout-synonyms")
+TEXT_PHRASINGS: tuple[PhrasingKind, ...] = ("train", "heldout", "heldout-synonyms")
 # tiny mode: every width-like option shrunk, two training steps
 TINY_OPTIONS = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 16, "code_disc_hidden": [16],
                 "coupling_hidden": 8, "flow_blocks": 1}
@@ -238,12 +242,13 @@ def evaluate(recipe: Recipe, checkpoint: Path, data_root: str, tiny: bool) -> di
         from training.classifier import get_classifier
 
         get_classifier(image_dataset_name(info.dataset), data_root, "cpu", max_steps=5, quiet=True,
-                       image_shape=tuple(model.config.image_shape))
+                       image_shape=model.config.image_shape)
     started = time.process_time()
     metrics = evaluate_model(model, dataset=info.dataset, class_names=info.class_names, data_root=data_root,
                              device="cpu", n_samples=n, seed=0)
-    if recipe.condition == "text" and captioned_name(info.dataset):
-        prompts = len(alignment_prompts(captioned_name(info.dataset)))
+    captioned = captioned_name(info.dataset)
+    if recipe.condition == "text" and captioned:
+        prompts = len(alignment_prompts(captioned))
         per_prompt = max(1, math.ceil(n / prompts))
         metrics["text_alignment_by_phrasing"] = {
             phrasing: text_alignment_metrics(model, dataset=info.dataset, data_root=data_root, device="cpu", seed=0,
@@ -377,7 +382,8 @@ def sample_grid_rows(recipe: Recipe, model, info) -> list[tuple[str, Any]]:
 
     if recipe.condition in ("class", "cluster"):
         names = info.class_names if recipe.condition == "class" else [str(k) for k in range(model.config.num_classes)]
-        return [(name, Condition(recipe.condition, index=k)) for k, name in enumerate(names)]
+        kind: ConditionKind = "class" if recipe.condition == "class" else "cluster"
+        return [(name, Condition(kind, index=k)) for k, name in enumerate(names)]
     if recipe.condition == "text":
         return [(p, Condition("text", embedding=encode_prompt_for_checkpoint(model, info, p), prompt=p))
                 for p in recipe.examples]

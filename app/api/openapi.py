@@ -10,7 +10,7 @@ from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as E
     MAX_ROWS as EXPERIMENT_MAX_ROWS
 from app.services.jobs import JOB_FIELDS, MAX_SEED
 from priorforge.spec.experiments import SWEEP_WORDS
-from app.services.trainings import TRAINING_FIELDS, request_schema as training_request_schema
+from app.services.trainings import request_schema as training_request_schema
 
 
 def _error(description: str) -> dict[str, Any]:

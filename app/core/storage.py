@@ -65,7 +65,7 @@ class Storage(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - a store with nothing to check keeps this no-op
         """Raise :class:`StorageUnavailable` (with a message that says what to fix) unless the store is usable."""
 
     def chunks(self, key: str) -> Iterable[bytes]:

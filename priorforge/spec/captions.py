@@ -51,7 +51,7 @@ def parse_captions_jsonl(folder: str | Path, *, inside_only: bool = False) -> li
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
-        bad = lambda msg: problems.append(f"line {number}: {msg}")  # noqa: E731
+        bad = lambda msg: problems.append(f"line {number}: {msg}")  # noqa: E731, B023 - used in this iteration
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:

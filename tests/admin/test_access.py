@@ -76,7 +76,6 @@ def test_a_non_admin_can_sign_out(admin_app, client):
     assert sign_in(client, *OTHER).status_code == 303
     token = csrf_token(client)
     assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
-    from flask import session
 
     with client.session_transaction() as sess:
         assert "admin_user_id" not in sess
