@@ -109,6 +109,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# what isolated_cache points into the test's own folders; a subprocess environment keeps them (else the process
+# writes instance/secret_key and instance/images into the checkout)
+ISOLATION_KEYS = ("PRIORFORGE_CACHE", "PRIORFORGE_SECRET_KEY_FILE", "PRIORFORGE_STORAGE_ROOT", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment without the service's settings (PRIORFORGE_*, DATABASE_URL, REDIS_URL,
+    CELERY_BROKER_URL), apart from the test's isolation folders (:data:`ISOLATION_KEYS`)."""
+    dropped = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("PRIORFORGE_") or k in dropped)}
+    env.update({k: os.environ[k] for k in ISOLATION_KEYS if k in os.environ})
+    return env
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own PRIORFORGE_CACHE unless it sets one itself, and its own Prometheus counter

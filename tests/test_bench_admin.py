@@ -3,12 +3,13 @@ on a real Celery worker, promote it, generate with it. It parses the BENCH_JSON 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import subprocess_env
 
 from bench.common import parse_json_line
 
@@ -18,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_admin_training_quick(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env = subprocess_env()
     env["PRIORFORGE_CACHE"] = str(tmp_path / "cache")
     res = subprocess.run([sys.executable, str(REPO / "bench" / "admin_training.py"), "--quick"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=560)

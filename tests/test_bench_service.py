@@ -6,12 +6,13 @@ fields; no timing is asserted."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import subprocess_env
 
 from bench.common import parse_json_line
 
@@ -38,8 +39,7 @@ def assert_raw_around_phase(row: dict, ratio: float) -> None:
 @pytest.mark.parametrize("extra", [["--min-seconds", "1"], ["--client-mode", "poll", "--untrained-shape", "1x16x16"]],
                          ids=["wait-1s-phases", "poll-untrained-model"])
 def test_service_throughput_quick(extra):
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env = subprocess_env()
     res = subprocess.run([sys.executable, str(REPO / "bench" / "service_throughput.py"), "--quick",
                           "--timeout", "500", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -83,8 +83,7 @@ def test_service_throughput_quick(extra):
 @pytest.mark.timeout(300)
 def test_worker_scaling_quick():
     """bench/worker_scaling.py --quick: pool processes 1 and 2, K = 4, n = 1; memory with 2 model versions."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env = subprocess_env()
     res = subprocess.run([sys.executable, str(REPO / "bench" / "worker_scaling.py"), "--quick", "--timeout", "240"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -111,8 +110,7 @@ def test_worker_scaling_quick():
 @pytest.mark.timeout(120)
 def test_job_breakdown_quick():
     """bench/job_breakdown.py --quick: the task run in-process on SQLite, per stage; B = 1 and 4 jobs batched."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env = subprocess_env()
     res = subprocess.run([sys.executable, str(REPO / "bench" / "job_breakdown.py"), "--quick"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -199,7 +197,7 @@ def test_negative_phase_settings_are_refused_naming_the_flag(flag):
 @pytest.mark.timeout(300)
 def test_broker_idle_cpu_with_and_without_local_wakeups():
     """Two idle workers side by side (LOCAL_WAKEUPS on and off); their folders and sockets are gone after."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORFORGE_")}
+    env = subprocess_env()
     res = subprocess.run([sys.executable, str(REPO / "bench" / "broker_idle_cpu.py"), "--intervals", "0.05",
                           "--local-wakeups", "both", "--settle", "8", "--seconds", "1"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
@@ -224,8 +222,7 @@ def test_recovery_quick():
     """bench/recovery.py --quick on the embedded default: a pool process and a worker's main process are
     SIGKILLed and the web server reloaded under load; nothing is lost, duplicated, failed or changed, no
     client sees an error, and each killed worker's jobs are done again within the issue's 5 s."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+    env = subprocess_env()
     res = subprocess.run([sys.executable, str(REPO / "bench" / "recovery.py"), "--quick", "--timeout", "500"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -271,8 +271,9 @@ class WorkerProcess:
     def env(self) -> dict[str, str]:
         import json
 
-        env = {k: v for k, v in os.environ.items()
-               if not (k.startswith("PRIORFORGE_") or k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"))}
+        from tests.conftest import subprocess_env
+
+        env = subprocess_env()  # the config below wins over the isolation folders it keeps
         env["OMP_NUM_THREADS"] = "1"
         env["PYTHONPATH"] = str(REPO)
         for key, value in self.config.items():

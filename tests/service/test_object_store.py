@@ -154,7 +154,9 @@ def test_missing_bucket_and_unreachable_store(s3, tmp_path, checkpoints):
     resp = client.post("/api/v1/jobs", json={"label": "3", "n": 1})
     assert resp.status_code == 202 and resp.get_json()["status"] == "queued"  # stored, waiting for a worker
 
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PRIORFORGE_")}
+    from tests.conftest import subprocess_env
+
+    env = subprocess_env()
     config = {**base_config(tmp_path, **store_config(s3, bucket="no-such-bucket"))}
     config.pop("TESTING")
     import json
