@@ -71,6 +71,8 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'app.sqlite3'}",
         "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}",
         "STORAGE_ROOT": str(tmp_path / "images"),
+        # a module-scoped app (the fuzz tests') is built before any test's isolated_cache: name its key file here
+        "SECRET_KEY_FILE": str(tmp_path / "secret_key"),
         "DEFAULT_MODEL": "tiny",
     }
     config.update(overrides)
