@@ -71,8 +71,11 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'app.sqlite3'}",
         "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}",
         "STORAGE_ROOT": str(tmp_path / "images"),
-        # a module-scoped app (the fuzz tests') is built before any test's isolated_cache: name its key file here
+        # a module-scoped app (the fuzz tests') is built before any test's isolated_cache, and the fuzzer uploads
+        # data sets: every folder the app writes is named here
         "SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+        "DATASET_ROOT": str(tmp_path / "datasets"),
+        "TRAINING_ROOT": str(tmp_path / "trainings"),
         "DEFAULT_MODEL": "tiny",
     }
     config.update(overrides)
