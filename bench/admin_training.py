@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'priorforge.sqlite3'}",
         "CELERY_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
         "STORAGE_ROOT": str(workdir / "images"), "DATASET_ROOT": str(workdir / "datasets"),
+        "SECRET_KEY_FILE": str(workdir / "secret_key"),  # not the checkout's instance/
         "TRAINING_ROOT": str(workdir / "trainings"), "DEVICE": "cpu", "RECONCILE_INTERVAL": 5,
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIORFORGE_") or k == "PRIORFORGE_CACHE"}

@@ -147,6 +147,7 @@ def build_app(db_url: str, redis_url: str, prefix: str, storage: Path):
     app = create_app({
         "SQLALCHEMY_DATABASE_URI": db_url, "CELERY_BROKER_URL": redis_url, "BROKER_KEY_PREFIX": prefix,
         "STORAGE_ROOT": str(storage / "images"), "METRICS_DIR": str(storage / "metrics"), "DEVICE": "cpu",
+        "SECRET_KEY_FILE": str(storage / "secret_key"),
         "RECONCILE_INTERVAL": 0,  # no background resends during the measurement
         # limits on, raised far above what one client sends here
         "RATELIMIT_DEFAULT": "1000000 per minute", "RATELIMIT_CREATE": "1000000 per minute",
