@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                        PRIORFORGE_SQLALCHEMY_DATABASE_URI=f"sqlite:///{workdir / 'priorforge.sqlite3'}",
                        PRIORFORGE_CELERY_BROKER_URL=f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
                        PRIORFORGE_BROKER_POLLING_INTERVAL=str(interval), PRIORFORGE_RECONCILE_INTERVAL="0",
-                       PRIORFORGE_LOCAL_WAKEUPS="true" if mode == "on" else "false")
+                       PRIORFORGE_LOCAL_WAKEUPS="true" if mode == "on" else "false",
+                       # its own folders, not the checkout's instance/
+                       PRIORFORGE_STORAGE_ROOT=str(workdir / "images"),
+                       PRIORFORGE_SECRET_KEY_FILE=str(workdir / "secret_key"))
             subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.core.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)
             workers[(interval, mode)] = subprocess.Popen(
