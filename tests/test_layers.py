@@ -13,13 +13,15 @@ from pathlib import Path
 
 import grimp
 
+from tests.conftest import subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "workers", "priorforge", "generation", "training")
 MODEL_CODE = ("torch", "torchvision", "generation", "training", "workers")
 
 
 def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PRIORFORGE_")}, "PYTHONPATH": str(REPO)}
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
