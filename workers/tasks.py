@@ -22,7 +22,6 @@ import functools
 import io
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -44,6 +43,7 @@ from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
 from app.services.reconcile import main_of_this_process
+from workers import faults
 from workers.batching import JobSnapshot, stage_clock
 from workers.image_writer import ImageWriter
 
@@ -380,7 +380,7 @@ def claim_companions(primary: JobSnapshot, lease: Lease, *, in_transaction: bool
 
     cfg = current_app.config
     budget = int(cfg["BATCH_MAX_IMAGES"]) - primary.n
-    if budget < 1 or float(cfg.get("TEST_TASK_DELAY") or 0) > 0:  # a test-delayed job runs alone
+    if budget < 1 or not faults.active().batching_allowed():
         return []
     with stage_clock("companions"):
         candidates = companion_candidates(primary, budget, in_transaction=in_transaction)
@@ -413,13 +413,7 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
     returns each job's outcome."""
     cfg = current_app.config
     job_id = primary.id
-    delay = float(cfg.get("TEST_TASK_DELAY") or 0)
-    if delay > 0:  # FOR TESTS ONLY: makes a job slow deterministically (kill/timeout tests)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            lease.check()
-            time.sleep(0.1)
-
+    faults.active().job_started(lease)
     with _stage(f"could not load model {version.name!r} version {version.version} "
                 f"({version.checkpoint_path})"):
         with stage_clock("model"):
@@ -429,9 +423,7 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
         return _run_operation(primary, version, lease, model, info)
     if companions is None:
         companions = claim_companions(primary, lease) or []
-    poison = cfg.get("TEST_POISON_SEED")
-    if poison is not None and any(job.seed == poison for job in [primary, *companions]):
-        os.kill(os.getpid(), signal.SIGKILL)  # FOR TESTS ONLY: a job that kills its worker process
+    faults.active().batch_claimed([job.seed for job in [primary, *companions]])
     if companions:
         log.info("job %s: batched with %d queued job(s) of the same model version", job_id, len(companions))
     metrics.decode_batch(1 + len(companions), primary.n + sum(job.n for job in companions))

@@ -38,6 +38,7 @@ from app.core.models import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
 from app.services.models import register_model
 from app.services.trainings import LIVE_KEY
+from workers import faults
 from workers.training_progress import EvaluationProgress, StepRate, estimate_seconds_left  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,6 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
                 step=resumed_from)
 
     interval = float(cfg["TRAINING_PROGRESS_INTERVAL"])
-    step_delay = float(cfg.get("TEST_TRAIN_STEP_DELAY") or 0)  # FOR TESTS ONLY: a slow run to kill or cancel
     last_write = [0.0]
     rate = StepRate()  # this attempt's recent step rate: the estimate of the time left
 
@@ -238,8 +238,8 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
             raise RunLost()
         if lease.cancel.is_set():
             raise TrainingCancelled()
-        if step_delay and event.kind == "step":
-            time.sleep(step_delay)
+        if event.kind == "step":
+            faults.active().training_step()
         if mirror is not None and event.kind == "sample":  # the grid (and checkpoint) for other machines
             mirror.sync()
         if event.kind == "step":

@@ -80,8 +80,6 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "OUTBOX_RELAY_INTERVAL": 0.5,
         "IDEMPOTENCY_KEY_TTL": 24 * 3600,  # seconds an Idempotency-Key is remembered
         "BROKER_CLEANUP_INTERVAL": 600.0,  # embedded broker: seconds between clean-ups of its file (0: never)
-        "TEST_TASK_DELAY": 0.0,  # FOR TESTS ONLY: seconds the task sleeps (in steps) before generating
-        "TEST_POISON_SEED": None,  # FOR TESTS ONLY: a job with this seed kills its worker process (SIGKILL)
         # seconds a web process keeps a model name's serving version before reading it again (a promotion made
         # by another process reaches new jobs within this time; 0: read it for every job)
         "SERVING_CACHE_SECONDS": 2.0,
@@ -142,7 +140,6 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # steps of the evaluation classifier trained on an uploaded set with labels (None: its default, at
         # least 600 steps and 2 epochs); tests and quick trials set a handful
         "TRAINING_EVAL_CLASSIFIER_STEPS": None,
-        "TEST_TRAIN_STEP_DELAY": 0.0,  # FOR TESTS ONLY: seconds a training run sleeps after each step
         # operations (docs/service.md, "Metrics", "Webhooks"). METRICS_DIR: where every process of this machine
         # writes its Prometheus counters (None: PROMETHEUS_MULTIPROC_DIR, else instance/metrics)
         "METRICS_DIR": None,

@@ -15,6 +15,8 @@ from app.core.extensions import db
 from app.core.models import TrainingRun
 from tests.admin.conftest import ADMIN, csrf_token, sign_in, token_for
 from tests.service.conftest import broker_messages
+from tests.support.faults import InjectedFaults
+from workers.faults import install
 
 GOOD = {"backend": "aae-cg", "dataset": "digits", "max_steps": 20, "batch_size": 16,
         "model_options": {"base_channels": 4, "hidden_dim": 16}}
@@ -127,10 +129,18 @@ def test_the_captioned_built_in_sets_are_offered_where_the_built_in_sets_are(adm
     assert ok.status_code == 202 and ok.get_json()["condition"] == "text"
 
 
-def test_a_canceled_run_has_no_time_left(admin_app, api):
+@pytest.fixture
+def slow_training_steps():
+    """Training steps in this process take 20 ms more (the run trains in a thread of the test)."""
+    previous = install(InjectedFaults(train_step_delay=0.02))
+    yield
+    install(previous)
+
+
+def test_a_canceled_run_has_no_time_left(admin_app, api, slow_training_steps):
     from workers.training_tasks import train_model
 
-    admin_app.config.update(TEST_TRAIN_STEP_DELAY=0.02, HEARTBEAT_INTERVAL=0.1, TRAINING_PROGRESS_INTERVAL=0.0)
+    admin_app.config.update(HEARTBEAT_INTERVAL=0.1, TRAINING_PROGRESS_INTERVAL=0.0)
     run = api("POST", "/api/v1/admin/trainings", {**GOOD, "max_steps": 100_000, "evaluate": False}).get_json()
     outcome = []
     worker = threading.Thread(target=lambda: outcome.append(_run_in_app(admin_app, train_model, run["id"])))

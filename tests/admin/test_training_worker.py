@@ -22,6 +22,7 @@ from app.core.extensions import db
 from app.core.models import ModelVersion, TrainingRun
 from tests.admin.conftest import ADMIN, make_zip
 from tests.service.conftest import FAST_WORKER, checkpoints, redis_url, start_worker, wait_for  # noqa: F401
+from tests.support.faults import InjectedFaults
 
 pytestmark = pytest.mark.integration
 
@@ -156,8 +157,7 @@ def test_upload_train_promote_generate_records_the_new_version(service, start_wo
 
 def test_sigkill_mid_run_then_a_new_worker_resumes_from_the_last_checkpoint(service, start_worker):
     app, api, config = service
-    slow = {**config, "TEST_TRAIN_STEP_DELAY": 0.15}
-    first = start_worker(slow, name="first")
+    first = start_worker(config, name="first", faults=InjectedFaults(train_step_delay=0.15))
     run_id = api("POST", "/api/v1/admin/trainings",
                  request(max_steps=40, checkpoint_every=5, evaluate=False)).get_json()["id"]
     wait_for(lambda: run_row(app, run_id).step >= 13, 240, "the run to pass step 13")
@@ -179,7 +179,7 @@ def test_sigkill_mid_run_then_a_new_worker_resumes_from_the_last_checkpoint(serv
 
 def test_cancel_a_running_run_keeps_its_checkpoint_and_registers_nothing(service, start_worker):
     app, api, config = service
-    start_worker({**config, "TEST_TRAIN_STEP_DELAY": 0.15})
+    start_worker(config, faults=InjectedFaults(train_step_delay=0.15))
     run_id = api("POST", "/api/v1/admin/trainings", request(max_steps=200, evaluate=False)).get_json()["id"]
     wait_for(lambda: run_row(app, run_id).step >= 3, 240, "the run to start training")
     assert api("POST", f"/api/v1/admin/trainings/{run_id}/cancel").status_code == 200
@@ -199,7 +199,7 @@ def test_a_job_running_during_a_promotion_finishes_on_its_version(service, start
         v1, _ = register_model("tiny", checkpoints["class"])
         v2, _ = register_model("tiny", make_checkpoint(tmp_path / "tiny-v2", "class"), serve_first=False)
         v1_id, v2_id = v1.id, v2.id
-    start_worker({**config, "TEST_TASK_DELAY": 3})  # every job takes a few seconds: promote while one runs
+    start_worker(config, faults=InjectedFaults(task_delay=3))  # every job takes a few seconds: promote while one runs
 
     def state(job_id: str) -> dict:
         return api("GET", f"/api/v1/jobs/{job_id}").get_json()

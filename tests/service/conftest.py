@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.support.faults import InjectedFaults
+
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("PRIORFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("PRIORFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -267,10 +269,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class WorkerProcess:
     """``celery -A workers.celery_app worker`` in its own process group, configured through PRIORFORGE_*."""
 
-    def __init__(self, config: dict[str, Any], log_path: Path, queues: str = "generate,bulk,train"):
+    def __init__(self, config: dict[str, Any], log_path: Path, queues: str = "generate,bulk,train",
+                 faults: InjectedFaults | None = None):
         self.config = config
         self.log_path = log_path
         self.queues = queues
+        self.faults = faults  # injected by tests/support/fault_worker.py (no setting can turn one on)
         self.proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -283,12 +287,15 @@ class WorkerProcess:
         env["PYTHONPATH"] = str(REPO)
         for key, value in self.config.items():
             env[f"PRIORFORGE_{key}"] = value if isinstance(value, str) else json.dumps(value)
+        if self.faults is not None:
+            env.update(self.faults.to_env())
         return env
 
     def start(self, timeout: float = 240, wait: bool = True) -> "WorkerProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
+            [sys.executable, "-m", "tests.support.fault_worker" if self.faults else "celery",
+             "-A", "workers.celery_app", "worker", "-Q", self.queues,
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
             cwd=REPO, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -338,8 +345,8 @@ def start_worker(tmp_path):
     workers: list[WorkerProcess] = []
 
     def start(config: dict[str, Any], name: str = "worker", queues: str = "generate,bulk,train",
-              wait: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log", queues)
+              wait: bool = True, faults: InjectedFaults | None = None) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"{name}-{len(workers)}.log", queues, faults)
         workers.append(worker)
         return worker.start(wait=wait)
 

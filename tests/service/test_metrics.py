@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.service.conftest import FAST_WORKER, base_config, register_test_models, wait_for
+from tests.support.faults import InjectedFaults
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def test_metrics_count_jobs_latencies_batches_and_refusals_of_a_real_worker(tmp_
     token = admin_token(app)
     client = app.test_client()
     # FOR TESTS ONLY: each job takes a second (and runs alone), so the scrape below sees a run in progress
-    start_worker({**config, "TEST_TASK_DELAY": 1.0})
+    start_worker(config, faults=InjectedFaults(task_delay=1.0))
 
     for i in range(3):
         assert client.post("/api/v1/jobs", json={"model": "tiny", "label": "3", "n": 2, "seed": i}).status_code == 202
@@ -104,7 +105,7 @@ def test_metrics_count_jobs_latencies_batches_and_refusals_of_a_real_worker(tmp_
     # each job took at least its 1 s delay from submission to its end
     assert total(s, "priorforge_job_latency_seconds_bucket", le="0.5") == 0
     assert total(s, "priorforge_job_latency_seconds_sum") >= 5.0
-    assert total(s, "priorforge_decode_batch_jobs_count") == 5  # TEST_TASK_DELAY: every job decoded alone
+    assert total(s, "priorforge_decode_batch_jobs_count") == 5  # a delayed job is decoded alone
     assert total(s, "priorforge_decode_batch_images_sum") == 12
     assert total(s, "priorforge_training_runs") == 0
     assert total(s, "priorforge_outbox_pending") == 0

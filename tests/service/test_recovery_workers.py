@@ -14,6 +14,7 @@ import pytest
 from app.core.extensions import db
 from tests.service.conftest import RedisServer, sqlite_app_for_worker, wait_for
 from tests.service.test_worker import job_row, service, submit, wait_status  # noqa: F401  (a fixture)
+from tests.support.faults import InjectedFaults
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def test_a_killed_pool_process_is_replaced_and_its_job_runs_again_in_seconds(ser
     make, config = service
     app = make()
     client = app.test_client()
-    start_worker({**config, **DEFAULT_TIMINGS, "TEST_TASK_DELAY": 3})
+    start_worker({**config, **DEFAULT_TIMINGS}, faults=InjectedFaults(task_delay=3))
     job_id = submit(client, model="tiny", label="4", n=2, seed=3)
     running = wait_status(app, job_id, ("running",))
     pid = int(running.worker.rpartition(":")[2])
@@ -45,7 +46,7 @@ def test_a_poison_job_is_isolated_and_failed_while_its_batch_mates_succeed_uncha
     client = app.test_client()
     poison_seed = 666
     ids = [submit(client, label=str(i), n=2, seed=seed) for i, seed in enumerate([1, poison_seed, 2, 3])]
-    start_worker({**config, "TEST_POISON_SEED": poison_seed})  # the first task batches all four, and dies
+    start_worker(config, faults=InjectedFaults(poison_seed=poison_seed))  # the first task batches all four, and dies
     jobs = {job_id: wait_status(app, job_id, ("succeeded", "failed"), timeout=240) for job_id in ids}
     poison = jobs.pop(ids[1])
     assert poison.status == "failed", poison.error
@@ -97,7 +98,7 @@ def test_a_worker_killed_whole_is_not_charged_to_the_job_it_ran_alone(tmp_path, 
     app, config = sqlite_app_for_worker(tmp_path, checkpoints)
     config = {**config, "MAX_ATTEMPTS": 1}
     client = app.test_client()
-    doomed = start_worker({**config, "TEST_TASK_DELAY": 60})  # FOR TESTS ONLY: the job outlasts the worker
+    doomed = start_worker(config, faults=InjectedFaults(task_delay=60))  # the job outlasts the worker
     job_id = submit(client, label="4", n=2, seed=3)
     survivor = start_worker(config, wait=False)  # boots while the first one runs the job
     running = wait_status(app, job_id, ("running",))

@@ -252,3 +252,12 @@ def test_broker_transport_options_per_broker(app):
     options = celery_config(app)["broker_transport_options"]
     assert "polling_interval" not in options
     assert options["visibility_timeout"] > app.config["TASK_TIME_LIMIT"]
+
+
+def test_no_setting_turns_a_fault_on(app):
+    """Faults reach a worker only through tests/support (workers/faults.py): no configuration key makes a
+    production job slow or kill its process, and a process that installs none has the no-op faults."""
+    from workers import faults
+
+    assert not [key for key in app.config if key.startswith("TEST_")]
+    assert type(faults.active()) is faults.Faults

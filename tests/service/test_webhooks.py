@@ -14,6 +14,7 @@ import pytest
 
 from tests.service.conftest import wait_for
 from tests.service.test_metrics import admin_token, make_app
+from tests.support.faults import InjectedFaults
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +225,7 @@ def test_one_signed_delivery_per_finished_job_across_a_worker_kill_and_a_web_res
                                   "webhook": receiver.url})
         killed_job = batch["jobs"][0]["id"]
         # FOR TESTS ONLY: every job takes 2 s, so the worker is killed in the middle of one
-        doomed = start_worker({**config, "TEST_TASK_DELAY": 2})
+        doomed = start_worker(config, faults=InjectedFaults(task_delay=2))
         wait_status(app, first, ("succeeded",), timeout=120)
 
         def first_delivered() -> bool:

@@ -14,6 +14,7 @@ from app.core.extensions import db
 from app.core.models import Image, Job, utcnow
 from app.core.models import aware
 from tests.service.conftest import RedisServer, register_test_models, sqlite_app_for_worker, wait_for
+from tests.support.faults import InjectedFaults
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ def test_sigkill_mid_job_then_new_worker_finishes_it_exactly_once(service, start
     make, config = service
     app = make()
     client = app.test_client()
-    slow = start_worker({**config, "TEST_TASK_DELAY": 30}, name="slow")
+    slow = start_worker(config, name="slow", faults=InjectedFaults(task_delay=30))
     job_id = submit(client, model="tiny", label="4", n=3, seed=1)
     running = wait_status(app, job_id, ("running",))
     assert running.attempts == 1
@@ -186,7 +187,7 @@ def test_broker_restart_loses_no_job(service, start_worker, tmp_path):
         own = {**config, "CELERY_BROKER_URL": redis_server.url, "BROKER_KEY_PREFIX": ""}
         app = make(CELERY_BROKER_URL=redis_server.url, BROKER_KEY_PREFIX="")
         client = app.test_client()
-        start_worker({**own, "TEST_TASK_DELAY": 2})
+        start_worker(own, faults=InjectedFaults(task_delay=2))
         jobs = [submit(client, model="tiny", label=str(i), n=2, seed=i) for i in range(4)]
         wait_status(app, jobs[0], ("running", "succeeded"))
         app.extensions["celery"].pool.force_close_all()
@@ -209,7 +210,7 @@ def test_cancel_stops_a_running_job(service, start_worker):
     make, config = service
     app = make()
     client = app.test_client()
-    worker = start_worker({**config, "TEST_TASK_DELAY": 60})
+    worker = start_worker(config, faults=InjectedFaults(task_delay=60))
     created = client.post("/api/v1/jobs", json={"model": "tiny", "label": "2", "n": 2}).get_json()
     job_id = created["id"]
     wait_status(app, job_id, ("running",))
@@ -225,7 +226,7 @@ def test_soft_time_limit_fails_the_job_with_a_timeout_message(service, start_wor
     make, config = service
     app = make()
     client = app.test_client()
-    start_worker({**config, "TEST_TASK_DELAY": 60, "TASK_SOFT_TIME_LIMIT": 2, "TASK_TIME_LIMIT": 30})
+    start_worker({**config, "TASK_SOFT_TIME_LIMIT": 2, "TASK_TIME_LIMIT": 30}, faults=InjectedFaults(task_delay=60))
     job_id = submit(client, model="tiny", label="2")
     done = wait_status(app, job_id, ("failed", "succeeded"))
     assert done.status == "failed"

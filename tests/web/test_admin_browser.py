@@ -11,6 +11,7 @@ import pytest
 
 from tests.admin.conftest import ADMIN
 from tests.web.test_browser import CHROMIUM, WebServer, browser_page
+from tests.support.faults import InjectedFaults
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,14 +36,12 @@ def admin_stack(tmp_path, pg_url, redis_url, start_worker):
         "STORAGE_ROOT": str(tmp_path / "images"), "TRAINING_ROOT": str(tmp_path / "trainings"),
         "DATASET_ROOT": str(tmp_path / "datasets"), "DEVICE": "cpu", "TRAINING_PROGRESS_INTERVAL": 0.2,
         "CACHE": str(tmp_path / "cache"),
-        # FOR TESTS ONLY: each step takes a moment, so the page sees the run move
-        "TEST_TRAIN_STEP_DELAY": 0.1,
     }
     app = create_app({**config, "TESTING": True})
     upgrade(app)
     with app.app_context():
         create_user(*ADMIN, is_admin=True)
-    start_worker(config)
+    start_worker(config, faults=InjectedFaults(train_step_delay=0.1))  # each step takes a moment: the page sees the run move
     server = WebServer(config, tmp_path / "gunicorn.log").start()
     yield app, server
     server.stop()

@@ -17,6 +17,7 @@ import pytest
 
 from tests.service.conftest import REPO, WorkerProcess, free_port, wait_for
 from tests.web.conftest import DIGITS_CHECKPOINT
+from tests.support.faults import InjectedFaults
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -113,15 +114,14 @@ def stack(tmp_path, pg_url, redis_url, start_worker):
     config = {
         "SQLALCHEMY_DATABASE_URI": pg_url, "CELERY_BROKER_URL": broker, "BROKER_KEY_PREFIX": prefix,
         "STORAGE_ROOT": str(tmp_path / "images"), "DEVICE": "cpu", "DEFAULT_MODEL": "digits",
-        # FOR TESTS ONLY: the job takes a moment, so the page is loaded before it ends and must update live
-        "TEST_TASK_DELAY": 1.5,
     }
     app = create_app({**config, "TESTING": True})
     upgrade(app)
     with app.app_context():
         register_model("digits", DIGITS_CHECKPOINT)
         register_shipped(SHIPPED_MODELS)  # as scripts/run.sh does
-    start_worker(config)
+    # each job takes a moment, so the page is loaded before it ends and must update live
+    start_worker(config, faults=InjectedFaults(task_delay=1.5))
     server = WebServer(config, tmp_path / "gunicorn.log").start()
     yield app, server
     server.stop()
