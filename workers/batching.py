@@ -24,6 +24,7 @@ from torch import Tensor
 
 from app.core.extensions import db
 from app.core.models import Job, utcnow
+from app.core.status import JobStatus
 from generation.base import Condition, GenerativeModel
 from generation.sampling import decode_group_key, iter_decode_passes, per_image_latents
 
@@ -183,7 +184,7 @@ def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: b
     queued = (select(Job.id, Job.enqueued_at, Job.created_at, client.label("client"),
                      func.row_number().over(partition_by=client, order_by=(Job.enqueued_at, Job.created_at))
                      .label("position"))
-              .where(Job.status == "queued", Job.model_version_id == primary.model_version_id,
+              .where(Job.status == JobStatus.QUEUED, Job.model_version_id == primary.model_version_id,
                      Job.id != primary.id, Job.enqueued_at.is_not(None), Job.isolated.is_(False),
                      Job.operation.is_(None))
               .subquery())
@@ -192,7 +193,7 @@ def companion_candidates(primary: JobSnapshot, budget: int, *, in_transaction: b
         .order_by(queued.c.position + func.coalesce(recent.c.claimed, 0), queued.c.enqueued_at,
                   queued.c.created_at).limit(2 * budget)))  # slack for rows another worker holds
     rows = {row.id: row for row in db.session.execute(
-        select(*JobSnapshot.columns()).where(Job.id.in_(order), Job.status == "queued")
+        select(*JobSnapshot.columns()).where(Job.id.in_(order), Job.status == JobStatus.QUEUED)
         .with_for_update(skip_locked=True))} if order else {}  # FOR UPDATE is left out on SQLite
     if not in_transaction and db.engine.dialect.name == "sqlite":
         db.session.commit()  # end the read transaction before the claims

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from celery.worker.strategy import default as default_strategy
 from sqlalchemy import bindparam, select
+from app.core.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def skip_settled_jobs(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Call
             except Exception as exc:  # the database is unreachable from here: let the task deal with it
                 log.warning("job %s: could not read its status before the pool (%s)", job_id, exc)
                 status = None
-            if status is not None and status != "queued":
+            if status is not None and status != JobStatus.QUEUED:
                 ack(log, connection_errors)
                 return None
         return handle(message, body, ack, reject, callbacks, **kw)

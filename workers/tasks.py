@@ -43,6 +43,7 @@ from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished
 from app.services.reconcile import main_of_this_process
+from app.core.status import JobStatus
 from workers import faults
 from workers.batching import JobSnapshot, stage_clock
 from workers.image_writer import ImageWriter
@@ -171,7 +172,7 @@ class Lease:
 
     @staticmethod
     def _renewal(job_id: str, token: str, values: dict[str, Any]) -> Any:
-        return update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == "running") \
+        return update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING) \
             .values(heartbeat_at=utcnow(), **values)
 
     def check(self) -> None:
@@ -184,7 +185,7 @@ def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
     (left open with ``commit=False``); returns job id -> token of the jobs claimed (the others were not
     queued any more: not ours)."""
     now = utcnow()
-    values = {"status": "running", "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
+    values = {"status": JobStatus.RUNNING, "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
               "worker": f"{socket.gethostname()}:{os.getpid()}", "progress": 0.0, "error": None,
               "worker_main": main_of_this_process()}  # its death is charged only if this one lived on
     offered = {job_id: str(uuid.uuid4()) for job_id in job_ids}
@@ -192,12 +193,12 @@ def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
     try:
         if len(offered) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
             claimed = db.session.scalars(
-                update(Job).where(Job.id.in_(list(offered)), Job.status == "queued")
+                update(Job).where(Job.id.in_(list(offered)), Job.status == JobStatus.QUEUED)
                 .values(claim_token=case(offered, value=Job.id), **values).returning(Job.id)).all()
             tokens = {job_id: offered[job_id] for job_id in claimed}
         else:
             for job_id, token in offered.items():
-                res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
                                          .values(claim_token=token, **values))
                 if res.rowcount == 1:
                     tokens[job_id] = token
@@ -216,8 +217,8 @@ def claim(job_id: str) -> str | None:
 
 def finish_failed(job_id: str, token: str, message: str) -> None:
     db.session.rollback()
-    db.session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == "running")
-                       .values(status="failed", error=message[:2000], finished_at=utcnow()))
+    db.session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
+                       .values(status=JobStatus.FAILED, error=message[:2000], finished_at=utcnow()))
     db.session.commit()
 
 
@@ -276,7 +277,7 @@ def _generate_images(job_id: str) -> str:
     if row is None:
         log.warning("job %s does not exist; dropping its message", job_id)
         return "missing"
-    if row.status != "queued":
+    if row.status != JobStatus.QUEUED:
         # succeeded/failed/canceled: done already; running: another delivery holds the lease
         return f"skipped ({row.status})"
     isolated = bool(row.isolated)  # its last worker died while it was batched: it runs alone this time
@@ -319,7 +320,7 @@ def _generate_images(job_id: str) -> str:
         log.exception("job %s failed", job_id)
         for member, member_token in lease.tokens.items():
             finish_failed(member, member_token, _readable(exc))
-        return "failed"
+        return JobStatus.FAILED
     finally:
         # wake the requests waiting on these jobs (?wait=): whatever became of them, it is committed now
         announce_finished(list(lease.tokens))
@@ -331,12 +332,13 @@ def _requeue(job_id: str, token: str, reason: str) -> None:
     """queued again (fenced by the claim token): the reconciliation re-sends it after QUEUED_STALE_AFTER, a
     back-off while the store is down; failed once it has been attempted MAX_ATTEMPTS times."""
     db.session.rollback()
-    ours = (Job.id == job_id, Job.claim_token == token, Job.status == "running")
+    ours = (Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
     max_attempts = int(current_app.config["MAX_ATTEMPTS"])
     db.session.execute(update(Job).where(*ours, Job.attempts >= max_attempts).values(
-        status="failed", finished_at=utcnow(), error=f"the object store was unavailable {max_attempts} times: {reason}"[:2000]))
+        status=JobStatus.FAILED, finished_at=utcnow(),
+        error=f"the object store was unavailable {max_attempts} times: {reason}"[:2000]))
     db.session.execute(update(Job).where(*ours).values(
-        status="queued", claim_token=None, progress=0.0, enqueued_at=utcnow(),
+        status=JobStatus.QUEUED, claim_token=None, progress=0.0, enqueued_at=utcnow(),
         error=f"waiting for the object store: {reason}"[:2000]))
     db.session.commit()
 
@@ -443,7 +445,7 @@ def _run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
                 raise
             finish_failed(member.id, lease.tokens[member.id], _readable(exc))
             lease.drop(member.id)
-            outcomes[member.id] = "failed"
+            outcomes[member.id] = JobStatus.FAILED
 
     groups_done, groups = [0], len({decode_group_key(model, request.condition) for _, request in members})
 
@@ -663,17 +665,17 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
         db.session.rollback()
         succeeded, lost = [], []
         now = utcnow()
-        done = {"status": "succeeded", "progress": 1.0, "finished_at": now, "heartbeat_at": now}
+        done = {"status": JobStatus.SUCCEEDED, "progress": 1.0, "finished_at": now, "heartbeat_at": now}
         try:
             if len(stored) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
                 ours = set(db.session.scalars(
                     update(Job).where(tuple_(Job.id, Job.claim_token).in_([(job.id, lease.tokens[job.id])
                                                                            for job, _ in stored]),
-                                      Job.status == "running").values(**done).returning(Job.id)))
+                                      Job.status == JobStatus.RUNNING).values(**done).returning(Job.id)))
             else:
                 ours = {job.id for job, _ in stored if db.session.execute(
                     update(Job).where(Job.id == job.id, Job.claim_token == lease.tokens[job.id],
-                                      Job.status == "running").values(**done)).rowcount == 1}
+                                      Job.status == JobStatus.RUNNING).values(**done)).rowcount == 1}
             for job, rows in stored:
                 (succeeded if job.id in ours else lost).append((job, rows))
             if succeeded:
@@ -687,7 +689,7 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
             raise
     for job, _ in succeeded:
         lease.drop(job.id)  # finished: the lease stops renewing it
-        outcomes[job.id] = "succeeded"
+        outcomes[job.id] = JobStatus.SUCCEEDED
     for job, _ in lost:
         lease.drop(job.id)
         _remove_unrecorded_files(job.id)
@@ -699,7 +701,7 @@ def _remove_unrecorded_files(job_id: str) -> None:
     """A canceled job's partial files (no image rows point at them)."""
     db.session.rollback()
     job = db.session.get(Job, job_id)
-    if job is None or job.status != "canceled":
+    if job is None or job.status != JobStatus.CANCELED:
         return
     storage = current_app.extensions["priorforge_storage"]
     recorded = set(db.session.scalars(select(Image.storage_key).where(Image.job_id == job_id)))
@@ -720,7 +722,7 @@ def record_finished(job_ids: list[str]) -> None:
         rows = db.session.execute(
             select(Job.status, Job.n, Job.batch_id, Job.created_at, Job.started_at, Job.finished_at, ModelVersion.name)
             .join(ModelVersion, Job.model_version_id == ModelVersion.id)
-            .where(Job.id.in_(job_ids), Job.status.in_(("succeeded", "failed")))).all()
+            .where(Job.id.in_(job_ids), Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)))).all()
         db.session.rollback()  # a read: ending it commits nothing (a task's job rows change in two commits)
         for row in rows:
             created, started, finished = aware(row.created_at), aware(row.started_at), aware(row.finished_at)

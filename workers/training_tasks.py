@@ -38,6 +38,7 @@ from app.core.models import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
 from app.services.models import register_model
 from app.services.trainings import LIVE_KEY
+from app.core.status import JobStatus
 from workers import faults
 from workers.training_progress import EvaluationProgress, StepRate, estimate_seconds_left  # noqa: F401
 
@@ -100,7 +101,7 @@ class RunLease:
         with self.engine.begin() as conn:
             res = conn.execute(update(TrainingRun).where(
                 TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
-                TrainingRun.status == "running").values(heartbeat_at=utcnow(), **values)
+                TrainingRun.status == JobStatus.RUNNING).values(heartbeat_at=utcnow(), **values)
                 .returning(TrainingRun.cancel_requested))
             row = res.first()
         if row is None:
@@ -118,10 +119,10 @@ def claim_run(run_id: str) -> str | None:
     cutoff = now - timedelta(seconds=float(current_app.config["LEASE_TIMEOUT"]))
     res = db.session.execute(update(TrainingRun).where(
         TrainingRun.id == run_id, TrainingRun.cancel_requested.is_(False),
-        or_(TrainingRun.status == "queued",
-            (TrainingRun.status == "running") & or_(TrainingRun.heartbeat_at.is_(None),
+        or_(TrainingRun.status == JobStatus.QUEUED,
+            (TrainingRun.status == JobStatus.RUNNING) & or_(TrainingRun.heartbeat_at.is_(None),
                                                     TrainingRun.heartbeat_at < cutoff)))
-        .values(status="running", claim_token=token, attempts=TrainingRun.attempts + 1, heartbeat_at=now,
+        .values(status=JobStatus.RUNNING, claim_token=token, attempts=TrainingRun.attempts + 1, heartbeat_at=now,
                 started_at=db.func.coalesce(TrainingRun.started_at, now), phase="starting", error=None,
                 worker=f"{socket.gethostname()}:{os.getpid()}")
         # no in-Python evaluation of the WHERE against loaded rows: SQLite hands back naive datetimes
@@ -133,7 +134,7 @@ def claim_run(run_id: str) -> str | None:
 def _finish(run_id: str, token: str, **values: Any) -> bool:
     db.session.rollback()
     res = db.session.execute(update(TrainingRun).where(
-        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")
+        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == JobStatus.RUNNING)
         .values(finished_at=utcnow(), heartbeat_at=utcnow(), eta_seconds=None, **values))
     db.session.commit()
     return res.rowcount == 1
@@ -159,17 +160,18 @@ def train_model(self: Any, run_id: str) -> str:
         log.info("training run %s was taken over by another attempt; stopping", run_id)
         return "aborted"
     except TrainingCancelled:
-        _finish(run_id, token, status="canceled", phase="canceled")
-        return "canceled"
+        _finish(run_id, token, status=JobStatus.CANCELED, phase=JobStatus.CANCELED)
+        return JobStatus.CANCELED
     except SoftTimeLimitExceeded:
-        _finish(run_id, token, status="failed", phase="failed",
+        _finish(run_id, token, status=JobStatus.FAILED, phase=JobStatus.FAILED,
                 error=f"the run passed TRAINING_SOFT_TIME_LIMIT ({current_app.config['TRAINING_SOFT_TIME_LIMIT']} s)")
         return "timeout"
     except Exception as exc:  # bad data, a diverging model...: record it, keep the worker
         log.exception("training run %s failed", run_id)
         message = str(exc).strip() or type(exc).__name__
-        _finish(run_id, token, status="failed", phase="failed", error=f"{type(exc).__name__}: {message}"[:2000])
-        return "failed"
+        _finish(run_id, token, status=JobStatus.FAILED, phase=JobStatus.FAILED,
+                error=f"{type(exc).__name__}: {message}"[:2000])
+        return JobStatus.FAILED
 
 
 def load_training_data(settings: dict[str, Any]) -> Any:
@@ -418,8 +420,8 @@ def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metr
     """The new (not serving) model version and ``succeeded``, in one transaction fenced by the claim token."""
     db.session.rollback()
     res = db.session.execute(update(TrainingRun).where(
-        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == "running")
-        .values(status="succeeded", phase="done", finished_at=utcnow(), heartbeat_at=utcnow(),
+        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == JobStatus.RUNNING)
+        .values(status=JobStatus.SUCCEEDED, phase="done", finished_at=utcnow(), heartbeat_at=utcnow(),
                 step=int(metrics.get("steps", 0)), eta_seconds=0.0,
                 metrics={**metrics, **({"resumed_from_step": resumed_from} if resumed_from is not None else {})}))
     if res.rowcount != 1:
@@ -429,4 +431,4 @@ def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metr
     db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(model_version_id=version.id))
     db.session.commit()
     log.info("training run %s registered %s version %d (not serving)", run_id, version.name, version.version)
-    return "succeeded"
+    return JobStatus.SUCCEEDED

@@ -10,17 +10,18 @@ from app.core.models import ModelVersion, TrainingRun, iso
 from app.services.metrics_table import metrics_rows
 from app.services.models import evaluation_summary, public_json
 from app.services.trainings import LIVE_KEY, latest_sample, read_history
+from app.core.status import JobStatus, LIVE
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, Any]:
     """Whether the run is (or will be) evaluated, and why not: shown on the run page before promotion."""
     settings = run.settings or {}
-    if run.status in ("queued", "running"):
+    if run.status in LIVE:
         if not settings.get("evaluate", True):
             return {"state": "off", "reason": "evaluate is off in this run's settings: the new version will "
                                               "have no evaluation figures", "notes": [], "evaluated_on": None}
         return {"state": "pending", "reason": None, "notes": [], "evaluated_on": None}
-    if run.status != "succeeded":
+    if run.status != JobStatus.SUCCEEDED:
         return {"state": "not evaluated", "reason": f"the run {run.status}", "notes": [], "evaluated_on": None}
     if not settings.get("evaluate", True):
         return {"state": "off", "reason": "evaluate was off in this run's settings", "notes": [],
@@ -33,7 +34,7 @@ def run_progress(run: TrainingRun) -> dict[str, Any] | None:
     what the time left is estimated from) and, while it evaluates, ``evaluation`` (the stage, how far it is,
     the time left in it, the stages done). None once the run has ended."""
     live = (run.metrics or {}).get(LIVE_KEY)
-    if run.status != "running" or not isinstance(live, dict):
+    if run.status != JobStatus.RUNNING or not isinstance(live, dict):
         return None
     return {"rate": live.get("rate"), "evaluation": live.get("evaluation")}
 
@@ -41,14 +42,14 @@ def run_progress(run: TrainingRun) -> dict[str, Any] | None:
 def run_to_dict(run: TrainingRun, *, history: bool = False) -> dict[str, Any]:
     settings = {k: v for k, v in (run.settings or {}).items() if k != "source"}
     metrics = public_json({k: v for k, v in (run.metrics or {}).items() if k != LIVE_KEY})
-    evaluation = metrics.get("evaluation") if run.status == "succeeded" else None
+    evaluation = metrics.get("evaluation") if run.status == JobStatus.SUCCEEDED else None
     body: dict[str, Any] = {
         "id": run.id, "status": run.status, "phase": run.phase, "backend": run.backend, "dataset": run.dataset,
         "condition": run.condition, "model_name": run.model_name, "settings": settings,
         "step": run.step, "total_steps": run.total_steps, "epoch": run.epoch, "losses": run.losses or {},
         "elapsed_seconds": round(run.elapsed_seconds or 0.0, 1),
         # a time left only while the run is alive (a canceled or failed run keeps its last estimate in the row)
-        "eta_seconds": None if run.eta_seconds is None or run.status in ("canceled", "failed")
+        "eta_seconds": None if run.eta_seconds is None or run.status in (JobStatus.CANCELED, JobStatus.FAILED)
         else round(run.eta_seconds, 1),
         "cancel_requested": run.cancel_requested, "attempts": run.attempts, "error": run.error,
         "metrics": metrics, "evaluation": run_evaluation(run), "progress": run_progress(run),

@@ -10,16 +10,16 @@ from app.api.blueprint import bp, wait_seconds
 from app.api.jobs import _owner
 from app.api.views import experiment_to_dict
 from app.core.http import json_body
-from app.core.models import FINAL_STATUSES
 from app.services import experiments
 from app.services.job_events import wait_until_ended
+from app.core.status import FINAL
 
 
 def _reader(experiment_id: str):
     def read():
         experiment = experiments.get_experiment(experiment_id)
         jobs = experiments.jobs_of(experiment)
-        return (experiment, jobs), [job.id for job in jobs if job.status not in FINAL_STATUSES]
+        return (experiment, jobs), [job.id for job in jobs if job.status not in FINAL]
     return read
 
 
@@ -55,7 +55,7 @@ def create_experiment():
     read = _reader(created.id)
     experiment, jobs = wait_until_ended(wait, read, None) if wait is not None else read()[0]
     body = experiment_to_dict(experiment, jobs)
-    return jsonify({**body, **capability}), 200 if body["status"] in FINAL_STATUSES else 202, \
+    return jsonify({**body, **capability}), 200 if body["status"] in FINAL else 202, \
         {"Location": url}
 
 

@@ -11,10 +11,10 @@ from app.api.blueprint import bp, wait_seconds
 from app.api.views import batch_to_dict, job_to_dict
 from app.core.errors import ApiError
 from app.core.http import json_body
-from app.core.models import FINAL_STATUSES
 from app.services import idempotency, jobs
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import wait_until_ended
+from app.core.status import FINAL, JobStatus
 
 
 def _owner() -> jobs.Owner:
@@ -53,13 +53,13 @@ def create_job():
     capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
     if wait is None and replay:
         job = jobs.get_job(created.id)
-        return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL_STATUSES else 202, \
+        return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, \
             {"Location": url}
     if wait is None:
-        return jsonify({"id": created.id, "url": url, "status": "queued", **capability}), 202, {"Location": url}
+        return jsonify({"id": created.id, "url": url, "status": JobStatus.QUEUED, **capability}), 202, {"Location": url}
     # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s (202)
     job = wait_until_ended(wait, _job_reader(created.id), [created.id])
-    return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL_STATUSES else 202, \
+    return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, \
         {"Location": url}
 
 
@@ -73,7 +73,7 @@ def get_job(job_id: str):
 def _job_reader(job_id: str):
     def read():
         job = jobs.get_job(job_id)
-        return job, [] if job.status in FINAL_STATUSES else [job_id]
+        return job, [] if job.status in FINAL else [job_id]
     return read
 
 
@@ -138,7 +138,7 @@ def get_batch(batch_id: str):
 
     def read():
         batch = jobs.get_batch(batch_id)
-        return batch, [job.id for job in batch.jobs if job.status not in FINAL_STATUSES]
+        return batch, [job.id for job in batch.jobs if job.status not in FINAL]
 
     batch = wait_until_ended(wait, read) if wait is not None else jobs.get_batch(batch_id)
     return jsonify(batch_to_dict(batch))

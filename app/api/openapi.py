@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.models import JOB_STATUSES, TRAINING_STATUSES
+from app.core.status import JobStatus
 from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
 from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
     MAX_ROWS as EXPERIMENT_MAX_ROWS
 from app.services.jobs import JOB_FIELDS, MAX_SEED
 from priorforge.spec.experiments import SWEEP_WORDS
 from app.services.trainings import request_schema as training_request_schema
+
+JOB_STATUSES = [status.value for status in JobStatus]  # jobs' and training runs'
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def spec() -> dict[str, Any]:
             "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
                            "when the wait ran out. cancel_secret only for an anonymous creator",
             "properties": {"id": {"type": "string"}, "url": {"type": "string"},
-                           "status": {"type": "string", "enum": list(JOB_STATUSES)},
+                           "status": {"type": "string", "enum": JOB_STATUSES},
                            "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
         "Image": {"type": "object", "properties": {
             "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
@@ -186,7 +188,7 @@ def spec() -> dict[str, Any]:
             "model_version_id": {"type": "integer"},
             "parameters": {"type": "object", "nullable": True, "description": "the PNG's text chunk (GET /images/{id})"}}},
         "Job": {"type": "object", "properties": {
-            "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": list(JOB_STATUSES)},
+            "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": JOB_STATUSES},
             "progress": {"type": "number", "minimum": 0, "maximum": 1}, "error": {"type": "string", "nullable": True},
             "model": {"type": "string"}, "model_version": {"type": "integer"},
             "model_version_id": {"type": "integer"}, "backend": {"type": "string"},
@@ -226,7 +228,7 @@ def spec() -> dict[str, Any]:
                     "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "status": {"type": "string", "enum": JOB_STATUSES},
             "total": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
             "created_at": {"type": "string", "format": "date-time"},
@@ -245,7 +247,7 @@ def spec() -> dict[str, Any]:
             "varied says in words what changes along the columns"), "properties": {
             "id": {"type": "string"}, "url": {"type": "string"}, "page_url": {"type": "string"},
             "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
-            "status": {"type": "string", "enum": list(JOB_STATUSES)}, "progress": {"type": "number"},
+            "status": {"type": "string", "enum": JOB_STATUSES}, "progress": {"type": "number"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "created_at": {"type": "string", "format": "date-time"},
             "params": {"type": "object", "description": "the request with its defaults filled in (the seed drawn)"},
@@ -301,7 +303,7 @@ def spec() -> dict[str, Any]:
                              "items": {"type": "string", "minLength": 1}}}},
         "TrainingRequest": training_request_schema(),
         "TrainingRun": {"type": "object", "properties": {
-            "id": {"type": "string"}, "status": {"type": "string", "enum": list(TRAINING_STATUSES)},
+            "id": {"type": "string"}, "status": {"type": "string", "enum": JOB_STATUSES},
             "phase": {"type": "string", "nullable": True}, "step": {"type": "integer"},
             "total_steps": {"type": "integer"}, "losses": {"type": "object"},
             "elapsed_seconds": {"type": "number"}, "eta_seconds": {"type": "number", "nullable": True},
@@ -339,7 +341,7 @@ def spec() -> dict[str, Any]:
                        "cancel_secret handed to an anonymous creator)", "operationId": "cancelJob",
             "parameters": [job_id, {"name": "X-Cancel-Secret", "in": "header", "required": False,
                                     "schema": {"type": "string"}, "description": CANCEL_SECRET}],
-            "responses": {"200": _json("canceled", "Job"), "403": _error("not the job's creator"),
+            "responses": {"200": _json("the job, now canceled", "Job"), "403": _error("not the job's creator"),
                           "404": _error("no such job"), "409": _error("the job has already finished")}}},
         "/batches": {"post": {
             "summary": "Queue many jobs at once (all items are validated before anything is stored)",
@@ -388,7 +390,8 @@ def spec() -> dict[str, Any]:
             "parameters": [_id("experiment_id", "experiment id"),
                            {"name": "X-Cancel-Secret", "in": "header", "required": False,
                             "schema": {"type": "string"}, "description": CANCEL_SECRET}],
-            "responses": {"200": _json("canceled", "Experiment"), "403": _error("not the experiment's creator"),
+            "responses": {"200": _json("the experiment, now canceled", "Experiment"),
+                          "403": _error("not the experiment's creator"),
                           "404": _error("no such experiment"), "409": _error("every job has ended already")}}},
         "/models": {"get": {
             "summary": "The models being served", "operationId": "listModels",

@@ -10,6 +10,7 @@ from app.core.models import Batch, Experiment, Image, Job, iso
 from app.services import experiments
 from app.services.jobs import batch_summary
 from app.services.webhooks import deliveries_of
+from app.core.status import JobStatus
 
 
 def image_to_dict(image: Image) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "backend": version.backend, "condition": job.condition_kind, "label": job.label, "cluster": job.cluster, "prompt": job.prompt,
         "n": job.n, "seed": job.seed, "attempts": job.attempts, "batch_id": job.batch_id,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
-        "images": [image_to_dict(image) for image in job.images] if job.status == "succeeded" else [],
+        "images": [image_to_dict(image) for image in job.images] if job.status == JobStatus.SUCCEEDED else [],
         **_webhook_of(job),
     }
 

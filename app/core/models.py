@@ -12,9 +12,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.errors import ApiError
 from app.core.extensions import db
+from app.core.status import JobStatus
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
 
 
 def utcnow() -> datetime:
@@ -125,7 +124,7 @@ class Job(db.Model):
                       Index("ix_jobs_started_at", "started_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     condition_kind: Mapped[str] = mapped_column(String(20))  # none | class | cluster | text
     label: Mapped[str | None] = mapped_column(String(200))  # the class name, as stored in the model
@@ -282,7 +281,6 @@ class Dataset(db.Model):
 
 
 # -- training runs and promotion ----------------------------------------------------------
-TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 
 class TrainingRun(db.Model):
@@ -297,7 +295,7 @@ class TrainingRun(db.Model):
     __table_args__ = (Index("ix_training_runs_status", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     backend: Mapped[str] = mapped_column(String(50))
     dataset: Mapped[str] = mapped_column(String(100))  # a built-in name or an uploaded data set's name
     condition: Mapped[str] = mapped_column(String(20))

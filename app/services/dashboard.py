@@ -17,6 +17,7 @@ from app.core.extensions import db
 from app.core.models import Job, ModelVersion, WorkerStatus, aware, iso, utcnow
 from app.services.metrics import queue_state
 from app.services.reconcile import local_process_gone
+from app.core.status import JobStatus
 
 BUCKET_SECONDS = 300  # the charts' bars: 12 of 5 minutes
 WINDOW_SECONDS = 3600
@@ -50,7 +51,7 @@ def dashboard(now: datetime | None = None) -> dict[str, Any]:
 
     running = db.session.execute(select(Job.id, Job.worker, Job.n, Job.progress, Job.started_at, ModelVersion.name)
                                  .join(ModelVersion, Job.model_version_id == ModelVersion.id)
-                                 .where(Job.status == "running")).all()
+                                 .where(Job.status == JobStatus.RUNNING)).all()
     jobs_of: dict[str | None, list[dict[str, Any]]] = {}
     for row in running:
         jobs_of.setdefault(row.worker, []).append({"id": row.id, "model": row.name, "n": row.n,
@@ -73,19 +74,19 @@ def dashboard(now: datetime | None = None) -> dict[str, Any]:
                 for row in db.session.execute(
                     select(Job.id, Job.error, Job.finished_at, Job.attempts, ModelVersion.name)
                     .join(ModelVersion, Job.model_version_id == ModelVersion.id)
-                    .where(Job.status == "failed").order_by(Job.finished_at.desc()).limit(10))]
+                    .where(Job.status == JobStatus.FAILED).order_by(Job.finished_at.desc()).limit(10))]
 
     start = now - timedelta(seconds=WINDOW_SECONDS)
     buckets = [{"start": iso(start + timedelta(seconds=i * BUCKET_SECONDS)), "jobs": 0, "images": 0,
                 "failed": 0, "latencies": []} for i in range(WINDOW_SECONDS // BUCKET_SECONDS)]
     for status, n, created, finished in db.session.execute(
             select(Job.status, Job.n, Job.created_at, Job.finished_at)
-            .where(Job.finished_at >= start, Job.status.in_(("succeeded", "failed")))
+            .where(Job.finished_at >= start, Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)))
             .order_by(Job.finished_at.desc()).limit(MAX_ROWS)):
         finished, created = aware(finished), aware(created)
         index = min(len(buckets) - 1, max(0, int((finished - start).total_seconds() // BUCKET_SECONDS)))
         bucket = buckets[index]
-        if status == "failed":
+        if status == JobStatus.FAILED:
             bucket["failed"] += 1
             continue
         bucket["jobs"] += 1

@@ -34,12 +34,13 @@ from sqlalchemy.orm import selectinload
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import FINAL_STATUSES, Experiment, Job, ModelVersion, get_or_404
+from app.core.models import Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
 from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
-                               _is_int, _job_from_spec, _secret_hash, batch_status, check_request_size, lock_client,
+                               _is_int, _job_from_spec, _secret_hash, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.models import card_summary, default_model_name, serving_models, serving_version
+from app.core.status import FINAL, JobStatus, count_by_status, overall_status
 from priorforge.spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of
 
 KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
@@ -450,8 +451,8 @@ def jobs_of(experiment: Experiment) -> list[Job]:
 
 def summary(jobs: list[Job]) -> dict[str, Any]:
     statuses = [job.status for job in jobs]
-    counts = {status: statuses.count(status) for status in ("queued", "running", "succeeded", "failed", "canceled")}
-    return {"status": batch_status(statuses), "counts": counts, "final": all(s in FINAL_STATUSES for s in statuses),
+    counts = count_by_status(statuses)
+    return {"status": overall_status(statuses), "counts": counts, "final": all(s in FINAL for s in statuses),
             "progress": round(sum(float(job.progress or 0) for job in jobs) / max(1, len(jobs)), 4)}
 
 
@@ -473,7 +474,7 @@ def _figures(version: ModelVersion) -> dict[str, Any]:
 
 def _seconds_per_image(job: Job) -> float | None:
     """The worker's time for this job (start of its attempt to its end) per image: the speed in this run."""
-    if job.status != "succeeded" or job.started_at is None or job.finished_at is None:
+    if job.status != JobStatus.SUCCEEDED or job.started_at is None or job.finished_at is None:
         return None
     return max(0.0, (job.finished_at - job.started_at).total_seconds()) / max(1, job.n)
 
@@ -500,7 +501,7 @@ def grid(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
     row or column (None where a row or column spans several), and for a comparison ``figures[r]``, the row's
     model card figures and its speed in this run. ``varied`` says in words what changes along the columns."""
     p = experiment.params
-    images = {job.id: {image.index: image for image in job.images} if job.status == "succeeded" else {}
+    images = {job.id: {image.index: image for image in job.images} if job.status == JobStatus.SUCCEEDED else {}
               for job in jobs}
     if experiment.kind == "compare":
         n = int(p["n"])
@@ -578,7 +579,7 @@ def cancel_experiment(experiment_id: str, *, token_id: int | None = None, secret
     if jobs and not may_cancel(jobs[0], token_id=token_id, secret=secret, admin=admin):
         raise ApiError(403, "only the experiment's creator can cancel it: send the token that created it, or the "
                             "cancel_secret returned when it was created (header X-Cancel-Secret)")
-    live = [job.id for job in jobs if job.status not in FINAL_STATUSES]
+    live = [job.id for job in jobs if job.status not in FINAL]
     if not live:
         raise ApiError(409, f"experiment {experiment_id} has ended already")
     for job_id in live:

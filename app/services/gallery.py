@@ -14,6 +14,7 @@ from sqlalchemy import Select, func, select
 
 from app.core.extensions import db
 from app.core.models import Image, Job, ModelVersion
+from app.core.status import JobStatus
 
 DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 96
@@ -82,7 +83,7 @@ def _like_escape(text: str) -> str:
 def gallery_select(filters: GalleryFilters) -> Select:
     """Images of succeeded jobs matching ``filters``, newest first (then job, then index within the job)."""
     stmt = (select(Image).join(Job, Image.job_id == Job.id).join(ModelVersion, Job.model_version_id == ModelVersion.id)
-            .where(Job.status == "succeeded"))
+            .where(Job.status == JobStatus.SUCCEEDED))
     if filters.model:
         stmt = stmt.where(ModelVersion.name == filters.model)
     if filters.prompt:

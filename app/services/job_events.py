@@ -31,7 +31,8 @@ from sqlalchemy import select
 
 from app.core.doorbell import MAX_DATAGRAM, Doorbell
 from app.core.extensions import db
-from app.core.models import FINAL_STATUSES, Job
+from app.core.models import Job
+from app.core.status import FINAL
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def final_job_ids(job_ids: Iterable[str]) -> set[str]:
     if not ids:
         return set()
     with db.engine.connect() as conn:
-        return set(conn.scalars(select(Job.id).where(Job.id.in_(ids), Job.status.in_(FINAL_STATUSES))))
+        return set(conn.scalars(select(Job.id).where(Job.id.in_(ids), Job.status.in_(FINAL))))
 
 
 class JobWatcher:

@@ -26,13 +26,14 @@ from sqlalchemy.orm import joinedload
 from app.core import metrics
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
-from app.core.models import FINAL_STATUSES, Batch, Image, Job, get_or_404, new_id, utcnow
+from app.core.models import Batch, Image, Job, get_or_404, new_id, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
 from app.services.models import ServingModel, conditions_of, default_model_name, serving_model, serving_models
 from app.services.queue import job_queues
+from app.core.status import JobStatus, LIVE, count_by_status, overall_status
 from priorforge.spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
@@ -304,7 +305,7 @@ def check_quota(client_key: str | None, images: int) -> None:
     if client_key is None:
         return
     busy = db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(
-        Job.client_key == client_key, Job.status.in_(("queued", "running")))) or 0
+        Job.client_key == client_key, Job.status.in_(LIVE))) or 0
     if busy > limit:
         metrics.refused("quota")
         raise ApiError(429, f"{busy - images} of your images are queued or running; with these {images} that would "
@@ -324,7 +325,7 @@ def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str |
     url, events = webhooks.validate(spec.webhook, spec.webhook_events, owner.token_id if owner else None)
     if url is not None:
         extra.update(webhook=url, webhook_events=events, webhook_pending=True)
-    return Job(status="queued", model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
+    return Job(status=JobStatus.QUEUED, model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
                label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
                n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(),
                owner_token_id=owner.token_id if owner else None, client_key=owner.client_key if owner else None,
@@ -457,8 +458,8 @@ def cancel_job(job_id: str, *, token_id: int | None = None, secret: str | None =
     if not may_cancel(job, token_id=token_id, secret=secret, admin=admin):
         raise ApiError(403, "only the job's creator can cancel it: send the token that created it, or the "
                             "cancel_secret returned when it was created (header X-Cancel-Secret)")
-    result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
-                                .values(status="canceled", finished_at=utcnow(), claim_token=None))
+    result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(LIVE))
+                                .values(status=JobStatus.CANCELED, finished_at=utcnow(), claim_token=None))
     db.session.commit()
     if result.rowcount == 0:
         db.session.refresh(job)
@@ -485,22 +486,10 @@ def get_image(image_id: str) -> Image:
     return get_or_404(Image, image_id, "image")
 
 
-def batch_status(statuses: list[str]) -> str:
-    """queued (nothing started) | running (some not final) | succeeded | failed (all final, one failed) |
-    canceled (all final, none failed, one canceled)."""
-    if all(s == "queued" for s in statuses):
-        return "queued"
-    if any(s not in FINAL_STATUSES for s in statuses):
-        return "running"
-    if all(s == "succeeded" for s in statuses):
-        return "succeeded"
-    return "failed" if "failed" in statuses else "canceled"
-
-
 def batch_summary(batch: Batch) -> dict[str, Any]:
     """A batch's combined status, counts per status and progress (the API adds the URLs)."""
     jobs = list(batch.jobs)
     statuses = [job.status for job in jobs]
-    counts = {status: statuses.count(status) for status in ("queued", "running", "succeeded", "failed", "canceled")}
-    return {"status": batch_status(statuses), "total": len(jobs), "counts": counts,
+    counts = count_by_status(statuses)
+    return {"status": overall_status(statuses), "total": len(jobs), "counts": counts,
             "progress": round(sum(float(job.progress or 0) for job in jobs) / max(1, len(jobs)), 4)}

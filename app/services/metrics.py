@@ -19,6 +19,7 @@ from sqlalchemy import case, func, select
 
 from app.core.extensions import db
 from app.core.models import Job, ModelVersion, OutboxMessage, TrainingRun, WebhookDelivery, aware, utcnow
+from app.core.status import JobStatus, LIVE
 
 LANES = ("interactive", "bulk")
 
@@ -40,10 +41,10 @@ def queue_state(now: datetime | None = None) -> dict[str, dict[str, Any]]:
     out = {name: {"depth": 0, "images": 0, "running": 0, "oldest_age_seconds": None} for name in LANES}
     rows = db.session.execute(select(lane, Job.status, func.count(), func.coalesce(func.sum(Job.n), 0),
                                      func.min(Job.created_at))
-                              .where(Job.status.in_(("queued", "running"))).group_by(lane, Job.status)).all()
+                              .where(Job.status.in_(LIVE)).group_by(lane, Job.status)).all()
     for name, status, count, images, oldest in rows:
         entry = out[name]
-        if status == "queued":
+        if status == JobStatus.QUEUED:
             entry["depth"], entry["images"] = int(count), int(images)
             entry["oldest_age_seconds"] = round(max(0.0, (now - aware(oldest)).total_seconds()), 3) if oldest else None
         else:

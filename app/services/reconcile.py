@@ -46,6 +46,7 @@ from app.services.idempotency import forget_expired
 from app.services.job_events import announce_finished
 from app.services.jobs import stage_messages
 from app.services.trainings import reconcile_runs
+from app.core.status import JobStatus
 
 _last_expiry = [0.0]  # monotonic time of the last deletion of expired idempotency keys (once a minute)
 
@@ -136,7 +137,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
     max_deaths = int(cfg["MAX_ATTEMPTS"])
     counts = {"requeued_running": 0, "failed_running": 0, "requeued_uncharged": 0, "requeued_worker_lost": 0}
     running = db.session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.claim_token, Job.deaths,
-                                        Job.attempts, Job.worker_main).where(Job.status == "running")).all()
+                                        Job.attempts, Job.worker_main).where(Job.status == JobStatus.RUNNING)).all()
     db.session.commit()
     by_worker: dict[str | None, list] = defaultdict(list)
     for row in running:
@@ -159,13 +160,13 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             beat = aware(row.heartbeat_at)
             if not (gone or beat is None or beat < lease_cutoff):
                 continue
-            cond = (Job.id == row.id, Job.status == "running", Job.claim_token == row.claim_token)
+            cond = (Job.id == row.id, Job.status == JobStatus.RUNNING, Job.claim_token == row.claim_token)
             whole = whole_worker_died(row.worker_main, beat, nodes.get(row.worker_main), now, host, local, lease)
             if whole is None:
                 continue  # its main process's fate decides: a reconciliation or two later
             if whole:  # the worker was killed whole: no charge, whatever ran with it
                 result = db.session.execute(update(Job).where(*cond).values(
-                    status="queued", enqueued_at=now, claim_token=None, progress=0.0))
+                    status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0))
                 if result.rowcount:
                     counts["requeued_worker_lost"] += 1
                     to_send.append(row.id)
@@ -178,7 +179,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             isolate = alone or row.attempts - 1 - row.deaths >= 1
             if deaths >= max_deaths:
                 result = db.session.execute(update(Job).where(*cond).values(
-                    status="failed", finished_at=now, claim_token=None, deaths=deaths,
+                    status=JobStatus.FAILED, finished_at=now, claim_token=None, deaths=deaths,
                     error=f"the job's worker died {deaths} times while it ran alone (killed, out of memory, or "
                           f"past the hard time limit of {cfg['TASK_TIME_LIMIT']} s): the job is likely what "
                           f"kills it; giving up"))
@@ -187,7 +188,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
                     failed.append(row.id)
             else:
                 result = db.session.execute(update(Job).where(*cond).values(
-                    status="queued", enqueued_at=now, claim_token=None, progress=0.0, deaths=deaths,
+                    status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0, deaths=deaths,
                     isolated=isolate))
                 if result.rowcount:
                     counts["requeued_running" if alone else "requeued_uncharged"] += 1
@@ -198,7 +199,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
 def resend_queued(now: datetime, older_than: float | None) -> list[str]:
     """Stage a new message (in the outbox) for every queued job whose last message is older than
     ``older_than`` seconds (None: all of them); their ids."""
-    cond = [Job.status == "queued"]
+    cond = [Job.status == JobStatus.QUEUED]
     if older_than is not None:
         cutoff = now - timedelta(seconds=older_than)
         cond.append(or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff))

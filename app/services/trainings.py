@@ -25,6 +25,7 @@ from app.core.models import TrainingRun, User, get_or_404, utcnow
 from app.core.storage import StorageError
 from app.services.datasets import dataset_source
 from app.services.queue import send_runs
+from app.core.status import JobStatus
 from priorforge.spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
     backends, check_condition, check_hparams, check_model_options, describe_rule, int_bounds, value_rule
 
@@ -213,11 +214,11 @@ def request_schema() -> dict[str, Any]:
 
 # -- runs -----------------------------------------------------------------------------------------------
 def create_run(settings: dict[str, Any], user: User | None) -> TrainingRun:
-    run = TrainingRun(status="queued", backend=settings["backend"], dataset=settings["dataset"],
+    run = TrainingRun(status=JobStatus.QUEUED, backend=settings["backend"], dataset=settings["dataset"],
                       condition=settings["condition"], model_name=settings["model_name"], settings=settings,
                       output_dir="", step=0, epoch=0, losses={}, elapsed_seconds=0.0, cancel_requested=False,
                       metrics={}, attempts=0, created_by_id=user.id if user else None, enqueued_at=utcnow(),
-                      total_steps=settings["max_steps"], phase="queued")
+                      total_steps=settings["max_steps"], phase=JobStatus.QUEUED)
     db.session.add(run)
     db.session.flush()
     run.output_dir = str(Path(current_app.config["TRAINING_ROOT"]).resolve() / run.id)
@@ -239,12 +240,12 @@ def cancel_run(run_id: str) -> TrainingRun:
     marks it canceled within a heartbeat)."""
     run = get_run(run_id)
     now = utcnow()
-    res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued")
-                             .values(status="canceled", finished_at=now, phase="canceled", claim_token=None,
-                                     eta_seconds=None))
+    res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == JobStatus.QUEUED)
+                             .values(status=JobStatus.CANCELED, finished_at=now, phase=JobStatus.CANCELED,
+                                     claim_token=None, eta_seconds=None))
     if res.rowcount == 0:
         res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
-                                                           TrainingRun.status == "running")
+                                                           TrainingRun.status == JobStatus.RUNNING)
                                  .values(cancel_requested=True))
     db.session.commit()
     db.session.refresh(run)
@@ -266,31 +267,32 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     stale_lease = or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < lease_cutoff)
     for run_id, attempts, cancel in db.session.execute(select(
             TrainingRun.id, TrainingRun.attempts, TrainingRun.cancel_requested).where(
-            TrainingRun.status == "running", stale_lease)).all():
-        where = (TrainingRun.id == run_id, TrainingRun.status == "running", stale_lease)
+            TrainingRun.status == JobStatus.RUNNING, stale_lease)).all():
+        where = (TrainingRun.id == run_id, TrainingRun.status == JobStatus.RUNNING, stale_lease)
         if cancel:
-            values: dict[str, Any] = {"status": "canceled", "phase": "canceled", "claim_token": None}
+            values: dict[str, Any] = {"status": JobStatus.CANCELED, "phase": JobStatus.CANCELED, "claim_token": None}
         elif attempts >= max_attempts:
-            values = {"status": "failed", "phase": "failed", "claim_token": None,
+            values = {"status": JobStatus.FAILED, "phase": JobStatus.FAILED, "claim_token": None,
                       "error": f"the run was abandoned by its worker {attempts} times; giving up"}
         else:
-            values = {"status": "queued", "phase": "queued (worker lost; will resume)", "claim_token": None,
+            values = {"status": JobStatus.QUEUED, "phase": "queued (worker lost; will resume)", "claim_token": None,
                       "enqueued_at": now}
-        if values["status"] != "queued":
+        if values["status"] != JobStatus.QUEUED:
             values["finished_at"], values["eta_seconds"] = now, None
         res = db.session.execute(update(TrainingRun).where(*where).values(**values)
                                  .execution_options(synchronize_session=False))  # SQLite: naive datetimes
         db.session.commit()
         if res.rowcount:
-            key = {"queued": "requeued_runs", "failed": "failed_runs"}.get(values["status"])
+            key = {JobStatus.QUEUED: "requeued_runs", JobStatus.FAILED: "failed_runs"}.get(values["status"])
             if key:
                 counts[key] += 1
-            if values["status"] == "queued":
+            if values["status"] == JobStatus.QUEUED:
                 to_send.append(run_id)
     stale_queue = or_(TrainingRun.enqueued_at.is_(None), TrainingRun.enqueued_at < queued_cutoff)
-    for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == "queued", stale_queue)):
-        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == "queued",
-                                                           stale_queue).values(enqueued_at=now)
+    for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == JobStatus.QUEUED, stale_queue)):
+        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
+                                                           TrainingRun.status == JobStatus.QUEUED, stale_queue)
+                                 .values(enqueued_at=now)
                                  .execution_options(synchronize_session=False))
         db.session.commit()
         if res.rowcount:
@@ -345,7 +347,7 @@ def latest_sample(run: TrainingRun) -> Path | str | None:
         except StorageError:
             return None
         final = f"{run_prefix(run)}/samples.png"
-        if final in keys and run.status == "succeeded":
+        if final in keys and run.status == JobStatus.SUCCEEDED:
             return final
         grids = [k for k in keys if k.startswith(f"{run_prefix(run)}/samples/step-") and k.endswith(".png")]
         return grids[-1] if grids else None
@@ -353,6 +355,6 @@ def latest_sample(run: TrainingRun) -> Path | str | None:
         return None
     folder = Path(run.output_dir)
     grids = sorted((folder / "samples").glob("step-*.png")) if (folder / "samples").is_dir() else []
-    if (folder / "samples.png").is_file() and run.status == "succeeded":
+    if (folder / "samples.png").is_file() and run.status == JobStatus.SUCCEEDED:
         return folder / "samples.png"
     return grids[-1] if grids else None

@@ -52,7 +52,8 @@ from sqlalchemy.exc import IntegrityError
 from app.core import metrics
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import FINAL_STATUSES, ApiToken, Batch, Image, Job, WebhookDelivery, iso, utcnow
+from app.core.models import ApiToken, Batch, Image, Job, WebhookDelivery, iso, utcnow
+from app.core.status import FINAL, JobStatus, count_by_status
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def record_events() -> int:
         events = job.webhook_events or DEFAULT_EVENTS
         existing = set(db.session.scalars(select(WebhookDelivery.event).where(WebhookDelivery.job_id == job.id)))
         rows = []
-        final = job.status in FINAL_STATUSES
+        final = job.status in FINAL
         if "start" in events and "start" not in existing and job.started_at is not None:
             rows.append({"job_id": job.id, "event": "start"})
         if "completed" in events and "completed" not in existing and final:
@@ -193,7 +194,7 @@ def record_events() -> int:
         existing = set(db.session.scalars(select(WebhookDelivery.event).where(WebhookDelivery.batch_id == batch.id)))
         started = db.session.scalar(select(exists().where(Job.batch_id == batch.id, Job.started_at.is_not(None))))
         unfinished = db.session.scalar(select(exists().where(Job.batch_id == batch.id,
-                                                             Job.status.not_in(FINAL_STATUSES))))
+                                                             Job.status.not_in(FINAL))))
         rows = []
         if "start" in events and "start" not in existing and started:
             rows.append({"batch_id": batch.id, "event": "start"})
@@ -212,7 +213,7 @@ def record_events() -> int:
 def _job_body(job: Job) -> dict[str, Any]:
     version = job.model_version
     images = db.session.scalars(select(Image).where(Image.job_id == job.id).order_by(Image.index)).all() \
-        if job.status == "succeeded" else []
+        if job.status == JobStatus.SUCCEEDED else []
     return {"id": job.id, "url": f"/api/v1/jobs/{job.id}", "status": job.status, "error": job.error,
             "model": version.name, "model_version": version.version, "condition": job.condition_kind,
             "label": job.label, "cluster": job.cluster, "prompt": job.prompt, "n": job.n, "seed": job.seed,
@@ -228,7 +229,7 @@ def body_of(delivery: WebhookDelivery) -> dict[str, Any]:
         return {"event": delivery.event, "type": "job", "job": _job_body(job)}
     batch = db.session.get(Batch, delivery.batch_id)
     statuses = [j.status for j in batch.jobs]  # (app.services.jobs imports this module: no import back)
-    counts = {status: statuses.count(status) for status in ("queued", "running", "succeeded", "failed", "canceled")}
+    counts = count_by_status(statuses)
     return {"event": delivery.event, "type": "batch", "batch": {
         "id": batch.id, "url": f"/api/v1/batches/{batch.id}", "total": len(statuses), "counts": counts,
         "created_at": iso(batch.created_at),

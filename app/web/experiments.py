@@ -14,11 +14,11 @@ from flask import current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.core.errors import ApiError
-from app.core.models import FINAL_STATUSES
 from app.services import experiments, jobs
 from app.services.models import serving_models, serving_version
 from app.web.blueprint import bp
 from app.web.jobs import _form_owner, _keep_capability
+from app.core.status import FINAL
 from priorforge.spec.experiments import SWEEP_WORDS
 
 FORM_FIELDS = {
@@ -193,6 +193,6 @@ def experiment(experiment_id: str):
     job_rows = experiments.jobs_of(found)
     summary = experiments.summary(job_rows)
     return render_template("experiment.html", experiment=found, jobs=job_rows, summary=summary,
-                           grid=experiments.grid(found, job_rows), final=summary["status"] in FINAL_STATUSES,
+                           grid=experiments.grid(found, job_rows), final=summary["status"] in FINAL,
                            title=TITLES[found.kind],
                            api_url=url_for("api.get_experiment", experiment_id=found.id))

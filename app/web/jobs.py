@@ -11,13 +11,14 @@ from flask import current_app, g, redirect, render_template, request, session, u
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.core.errors import ApiError
-from app.core.models import FINAL_STATUSES, ModelVersion
+from app.core.models import ModelVersion
 from app.services import jobs
 from app.services.experiments import compare_defaults
 from app.services.jobs import JOB_FIELDS
 from app.services.models import default_model_name, serving_models
 from app.web.blueprint import bp
 from app.web.forms import field_of_error, job_request_from_form
+from app.core.status import FINAL
 
 
 def _selected_model(models: list[ModelVersion], wanted: str | None) -> str | None:
@@ -86,7 +87,7 @@ def submit_job():
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     job = jobs.get_job(job_id)
-    return render_template("job.html", job=job, final=job.status in FINAL_STATUSES, compare_args=compare_defaults(job),
+    return render_template("job.html", job=job, final=job.status in FINAL, compare_args=compare_defaults(job),
                            can_cancel=jobs.may_cancel(job, secret=_capability(job)),
                            api_url=url_for("api.get_job", job_id=job.id))
 
@@ -184,5 +185,5 @@ def batch(batch_id: str):
     batch = jobs.get_batch(batch_id)
     summary = jobs.batch_summary(batch)
     return render_template("batch.html", batch=batch, summary=summary,
-                           final=summary["status"] in FINAL_STATUSES,
+                           final=summary["status"] in FINAL,
                            api_url=url_for("api.get_batch", batch_id=batch.id))

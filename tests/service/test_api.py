@@ -251,7 +251,7 @@ def test_bad_json_batches_store_nothing(app, client):
 
 
 def test_batch_status_combines_job_states():
-    from app.services.jobs import batch_status
+    from app.core.status import overall_status as batch_status
 
     assert batch_status(["queued", "queued"]) == "queued"
     assert batch_status(["queued", "succeeded"]) == "running"
