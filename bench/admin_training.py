@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from app import create_app
         from app.services.accounts import create_user, issue_token
         from app.core.migrate import upgrade
-        from app.services.models import register_model
+        from app.services.model_versions import register_model
 
         app = create_app({"TESTING": True, **config})
         upgrade(app)

@@ -82,7 +82,7 @@ def make_app(workdir: Path, db_url: str, checkpoint: Path = CHECKPOINT):
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url,
                       "CELERY_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",

@@ -34,7 +34,7 @@ def measure(checkpoint: str, data_root: str | None, n: int, seed: int = 0) -> di
     from generation.base import Condition
     from generation.checkpoint import load_checkpoint
     from generation.sampling import generate
-    from priorforge.spec.datasets import image_dataset_name
+    from priorforge_spec.datasets import image_dataset_name
     from training.data import load_dataset, to_float
     from training.text_eval import alignment_prompts, captioned_name
 

@@ -142,7 +142,7 @@ def stage_shares(profile: cProfile.Profile) -> dict[str, float]:
 def build_app(db_url: str, redis_url: str, prefix: str, storage: Path):
     from app import create_app
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app = create_app({
         "SQLALCHEMY_DATABASE_URI": db_url, "CELERY_BROKER_URL": redis_url, "BROKER_KEY_PREFIX": prefix,
@@ -162,7 +162,7 @@ def build_app(db_url: str, redis_url: str, prefix: str, storage: Path):
 def finish_job(app, job_id: str) -> None:
     """Mark a queued job succeeded (as a worker would, without images): the read paths' subject."""
     from app.core.extensions import db
-    from app.core.models import Job, utcnow
+    from app.core.tables import Job, utcnow
 
     with app.app_context():
         job = db.session.get(Job, job_id)

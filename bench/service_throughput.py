@@ -592,7 +592,7 @@ def prepare_instance(env: dict[str, str], names: list[str], checkpoint: Path = C
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     config: dict[str, Any] = {}
     for key, value in env.items():

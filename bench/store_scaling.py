@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from app import create_app
         from app.core.extensions import db
         from app.core.migrate import upgrade
-        from app.core.models import Job
-        from app.services.models import register_model
+        from app.core.tables import Job
+        from app.services.model_versions import register_model
 
         app = create_app({"TESTING": True, **config, "STORAGE_ROOT": str(work / "web")})
         upgrade(app)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from generation.layers import ClassGaussianPrior, LatentFlow
-from priorforge.spec.conditions import CONDITION_KINDS, ConditionError, ConditionKind  # noqa: F401
+from priorforge_spec.conditions import CONDITION_KINDS, ConditionError, ConditionKind  # noqa: F401
 
 # how a CVAE-style backend (vae, pga) draws the code of a class: see ConditionalDecoderMixin
 ClassPriorKind = Literal["gaussian", "flow", "standard"]

@@ -2,7 +2,7 @@
 
 Training state for resuming (optimizer states, step) goes to ``training_state.safetensors`` +
 ``training_state.json`` in the same folder. Nothing here is ever a pickle. The file names and the JSON
-readers are torch-free, in :mod:`priorforge.spec.checkpoint` (the service reads checkpoints with them).
+readers are torch-free, in :mod:`priorforge_spec.checkpoint` (the service reads checkpoints with them).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from generation.base import GenerativeModel
 from generation.registry import get_model_class
-from priorforge.spec.checkpoint import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, SAMPLES_FILE,  # noqa: F401
+from priorforge_spec.checkpoint import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, SAMPLES_FILE,  # noqa: F401
                                         STATE_JSON_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE, CheckpointError,
                                         read_checkpoint_config, read_metrics, write_json_atomic)
 

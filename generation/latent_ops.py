@@ -20,7 +20,7 @@ from generation.base import Condition, GenerativeModel
 # glf inverts its conditional flow (the code's noise under the image's own condition, decoded from the other
 # condition's code of that noise); pga and vae decode the code itself with the other condition. The
 # code-generator AAE's generator and the LDE's autoregressive sampler cannot be inverted.
-from priorforge.spec.experiments import REGENERATING_BACKENDS
+from priorforge_spec.experiments import REGENERATING_BACKENDS
 
 if TYPE_CHECKING:
     from generation.glf import GenerativeLatentFlow

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from priorforge.spec.precision import AMP_MODES, PRECISIONS
+from priorforge_spec.precision import AMP_MODES, PRECISIONS
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

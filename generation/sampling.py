@@ -14,12 +14,12 @@ from torchvision.utils import make_grid
 
 from generation.base import Condition, ConditionError, GenerativeModel
 from generation.precision import autocast, resolve_precision, to_device
-from priorforge.spec.precision import DECODE_PASS_ROWS
-from priorforge.spec.conditions import resolve_label
+from priorforge_spec.precision import DECODE_PASS_ROWS
+from priorforge_spec.conditions import resolve_label
 # backends whose ``decode`` reads the code only, never the condition (the service reads the same set); any
 # other backend decodes one condition per pass (see ``decode_group_key``)
-from priorforge.spec.experiments import CONDITION_FREE_DECODERS  # noqa: F401  (also imported from here)
-from priorforge.spec.png import read_png_params  # noqa: F401  (read back what save_png writes)
+from priorforge_spec.experiments import CONDITION_FREE_DECODERS  # noqa: F401  (also imported from here)
+from priorforge_spec.png import read_png_params  # noqa: F401  (read back what save_png writes)
 
 
 def condition_from_request(model: GenerativeModel, class_names: list[str], *, label: str | int | None = None,

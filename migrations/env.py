@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.core import models  # noqa: F401  (registers the tables)
+from app.core import tables  # noqa: F401  (registers the tables)
 from app.core.extensions import db
 
 config = context.config

@@ -16,7 +16,7 @@ import grimp
 from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "workers", "priorforge", "generation", "training")
+PACKAGES = ("app", "workers", "priorforge", "priorforge_spec", "generation", "training")
 MODEL_CODE = ("torch", "torchvision", "generation", "training", "workers")
 
 
@@ -68,9 +68,28 @@ def test_no_module_imports_itself_in_a_circle():
     assert not cycles, "modules that import each other in a circle:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
+def test_no_package_imports_another_that_imports_it_back():
+    """At package level the imports form layers: the CLI over the workers, over the web app and the model code,
+    over the torch-free spec (a package-level circle makes any module of either package import the other)."""
+    graph = grimp.build_graph(*PACKAGES)
+    edges: dict[str, set[str]] = {package: set() for package in PACKAGES}
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            source, target = module.split(".")[0], imported.split(".")[0]
+            if source != target and target in edges:
+                edges[source].add(target)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in edges[start])
+
+    circles = sorted(f"{a} -> {b} -> ... -> {a}" for a in PACKAGES for b in edges[a] if reaches(b, a, {b}))
+    assert not circles, "packages that import each other:\n" + "\n".join(circles)
+    assert edges["priorforge_spec"] == set() and "priorforge" not in set().union(*(edges[p] for p in PACKAGES))
+
+
 def test_import_contracts_hold():
     """The contracts in pyproject.toml ([tool.importlinter]): the layers, no model code in the web app, a
-    torch-free priorforge.spec, models that never import trainers."""
+    torch-free priorforge_spec, models that never import trainers."""
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert lint, "lint-imports is missing: pip install -e '.[test]'"
     result = subprocess.run([lint, "--no-cache", "--no-logo"], cwd=REPO, capture_output=True, text=True,
@@ -87,7 +106,7 @@ def test_the_web_app_runs_without_torch_or_model_code(tmp_path):
         from app.core.migrate import upgrade
         from app.core.extensions import db
         from app.services.accounts import create_user, issue_token
-        from app.services.models import register_model
+        from app.services.model_versions import register_model
 
         app = create_app({{"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite:///{tmp_path}/app.sqlite3",
                           "CELERY_BROKER_URL": "sqla+sqlite:///{tmp_path}/broker.sqlite3",
@@ -116,8 +135,8 @@ def test_the_web_app_runs_without_torch_or_model_code(tmp_path):
 
 
 def test_the_backend_description_matches_the_classes():
-    """priorforge/spec/backends.json is what training.backend_spec writes from the real classes today."""
-    from priorforge.spec.backends import SPEC_FILE, backends, option_default
+    """priorforge_spec/backends.json is what training.backend_spec writes from the real classes today."""
+    from priorforge_spec.backends import SPEC_FILE, backends, option_default
     from training.backend_spec import describe_backends, render
 
     assert SPEC_FILE.read_text() == render(), \

@@ -1,4 +1,4 @@
-"""Writes ``priorforge/spec/backends.json``, the torch-free description of every backend, from the real
+"""Writes ``priorforge_spec/backends.json``, the torch-free description of every backend, from the real
 classes: ``python -m training.backend_spec`` after adding a backend, a config field or a hyper-parameter.
 
 ``tests/test_layers.py`` compares :func:`describe_backends` with the file and fails, naming this command,
@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from generation.registry import BACKENDS, get_model_class
-from priorforge.spec.backends import SPEC_FILE
+from priorforge_spec.backends import SPEC_FILE
 from training.registry import get_trainer_class
 
 
@@ -30,7 +30,7 @@ def _option(field: dataclasses.Field[Any]) -> dict[str, Any]:
 
 
 def describe_backends() -> dict[str, dict[str, Any]]:
-    """What ``priorforge.spec.backends`` needs of each registered backend."""
+    """What ``priorforge_spec.backends`` needs of each registered backend."""
     out = {}
     for name in sorted(BACKENDS):
         model_cls = get_model_class(name)

@@ -1,6 +1,6 @@
 """What a training needs before its loop starts, shared by ``priorforge train`` and the service's training runs:
 checking a backend's condition, model options and hyper-parameters (with errors that name the field; the
-checks themselves are torch-free, in :mod:`priorforge.spec.backends`, so the web process runs them too), and
+checks themselves are torch-free, in :mod:`priorforge_spec.backends`, so the web process runs them too), and
 building the model for a data set.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from generation.base import GenerativeModel
 from generation.registry import get_model_class
-from priorforge.spec.backends import (DERIVED_FIELDS, SetupError, check_condition,  # noqa: F401
+from priorforge_spec.backends import (DERIVED_FIELDS, SetupError, check_condition,  # noqa: F401
                                       check_hparams, check_model_options)
 from training.data import ImageData
 

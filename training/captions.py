@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
-from priorforge.spec.datasets import CAPTIONED_DATASETS, GENERIC_PREFIX
+from priorforge_spec.captions import CAPTIONS_FILE, parse_captions_jsonl
+from priorforge_spec.datasets import CAPTIONED_DATASETS, GENERIC_PREFIX
 from training import attributes as attrs
 from training.data import BUILTIN_DATASETS, DatasetError, ImageData, Split, load_dataset
 from training.data import CIFAR10_CLASSES, FASHION_CLASSES, resize_uint8  # noqa: F401 - this module's API too
@@ -272,7 +272,7 @@ def load_captioned_dataset(name: str, data_root: str | Path | None, split: Split
     return attach_captions(base, captions, name)
 
 
-# -- the generic jsonl format (parsed by priorforge.spec.captions) --------------------------------
+# -- the generic jsonl format (parsed by priorforge_spec.captions) --------------------------------
 def load_jsonl_captions(folder: str | Path, split: Split, image_size: int, channels: int = 3) -> ImageData:
     """Split ``split`` of a folder with ``captions.jsonl``: images as ``channels`` (1: grey, 3: RGB) x
     ``image_size`` squares, labels where the lines have them (-1 elsewhere), the raw caption embeddings."""

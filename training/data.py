@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from priorforge.spec.datasets import BUILTIN_DATASETS, IMAGE_EXTENSIONS, DatasetError, cache_root  # noqa: F401
+from priorforge_spec.datasets import BUILTIN_DATASETS, IMAGE_EXTENSIONS, DatasetError, cache_root  # noqa: F401
 
 Split = Literal["train", "test"]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -43,7 +43,7 @@ from torch import Tensor
 from generation.base import Condition, GenerativeModel
 from generation.sampling import generate, to_uint8
 from training.classifier import TrainedClassifier, get_classifier, match_shape
-from priorforge.spec.datasets import image_dataset_name
+from priorforge_spec.datasets import image_dataset_name
 from training.data import ImageData, load_dataset, to_float
 from training.fid import as_float64, frechet_distance
 

@@ -118,7 +118,7 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
     model that draws one image per prompt gives 0). Mean, median and minimum over prompts, and per class; with
     ``text_feature_fid``, the Frechet distance between every prompt's samples and the (class-balanced) real
     test images in the same classifier features."""
-    from priorforge.spec.datasets import image_dataset_name
+    from priorforge_spec.datasets import image_dataset_name
     from training.data import load_dataset
     from training.fid import frechet_distance
 

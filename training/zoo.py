@@ -34,8 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from priorforge.spec.checkpoint import CARD_FILE, read_card
-from priorforge.spec.conditions import ConditionKind
+from priorforge_spec.checkpoint import CARD_FILE, read_card
+from priorforge_spec.conditions import ConditionKind
 
 if TYPE_CHECKING:
     from training.captions import PhrasingKind
@@ -231,7 +231,7 @@ def evaluate(recipe: Recipe, checkpoint: Path, data_root: str, tiny: bool) -> di
     import torch
 
     from generation.checkpoint import load_checkpoint
-    from priorforge.spec.datasets import image_dataset_name
+    from priorforge_spec.datasets import image_dataset_name
     from training.evaluate import evaluate_model
     from training.text_eval import alignment_prompts, captioned_name, text_alignment_metrics
 

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from torch import Tensor
 
 from app.core.extensions import db
-from app.core.models import Job, utcnow
+from app.core.tables import Job, utcnow
 from app.core.status import JobStatus
 from generation.base import Condition, GenerativeModel
 from generation.sampling import decode_group_key, iter_decode_passes, per_image_latents

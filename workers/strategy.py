@@ -43,7 +43,7 @@ def skip_settled_jobs(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Call
     connection_errors = consumer.connection_errors
 
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     statement = select(Job.status).where(Job.id == bindparam("job_id"))
 

@@ -38,7 +38,7 @@ from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 from app.core import metrics
 from app.core.checkpoint_store import checkpoint_folder
 from app.core.extensions import db
-from app.core.models import Image, Job, ModelVersion, aware, image_id, utcnow
+from app.core.tables import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
 from app.services.job_events import announce_finished

@@ -34,9 +34,9 @@ from flask import current_app
 from sqlalchemy import or_, update
 
 from app.core.extensions import db
-from app.core.models import TrainingRun, utcnow
+from app.core.tables import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
-from app.services.models import register_model
+from app.services.model_versions import register_model
 from app.services.trainings import LIVE_KEY
 from app.core.status import JobStatus
 from workers import faults

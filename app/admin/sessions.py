@@ -14,7 +14,7 @@ import time
 from flask import current_app, session
 
 from app.core.extensions import db
-from app.core.models import User
+from app.core.tables import User
 from app.services.accounts import end_sessions
 
 SESSION_KEY = "admin_user_id"

@@ -17,11 +17,11 @@ from app.admin.views import run_to_dict
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.http import json_body
-from app.core.models import ModelVersion
+from app.core.tables import ModelVersion
 from app.core.storage import StorageError
-from app.services import cards, models, trainings
+from app.services import cards, model_versions, trainings
 from app.services.datasets import builtin_datasets, uploaded_datasets
-from priorforge.spec.backends import backend_names
+from priorforge_spec.backends import backend_names
 
 # form fields that hold numbers (blank: the default), and the checkbox
 INT_FIELDS = ("max_steps", "batch_size", "seed", "image_size", "channels", "clusters", "checkpoint_every",
@@ -55,12 +55,12 @@ def cancel_training(run_id: str):
 
 @api_bp.get("/models")
 def list_model_versions():
-    return jsonify({"versions": [models.version_to_dict(v) for v in models.list_versions()]})
+    return jsonify({"versions": [model_versions.version_to_dict(v) for v in model_versions.list_versions()]})
 
 
 @api_bp.get("/models/<int:version_id>/compare")
 def compare_model_version(version_id: int):
-    return jsonify(models.compare(version_id))
+    return jsonify(model_versions.compare(version_id))
 
 
 @api_bp.post("/models/<int:version_id>/promote")
@@ -73,24 +73,24 @@ def promote_model_version(version_id: int):
         if not isinstance(body, dict) or set(body) - {"card"}:
             raise ApiError(422, "the body of a promotion is empty or {\"card\": {...}}")
         card = body.get("card")
-    return jsonify(models.version_to_dict(_promote_with_card(version_id, card)))
+    return jsonify(model_versions.version_to_dict(_promote_with_card(version_id, card)))
 
 
 @api_bp.route("/models/<int:version_id>/card", methods=["PATCH"])
 def edit_model_card(version_id: int):
     """Write a version's card: the fields sent (title, description, examples) replace those of the card;
     null or an empty value removes one; fields left out stay."""
-    version = models.get_version(version_id)
+    version = model_versions.get_version(version_id)
     cards.write_card(version, cards.validate_card(version, json_body()))
     db.session.commit()
-    return jsonify(models.version_to_dict(version))
+    return jsonify(model_versions.version_to_dict(version))
 
 
 def _promote_with_card(version_id: int, card: Any) -> ModelVersion:
-    version = models.get_version(version_id)
+    version = model_versions.get_version(version_id)
     if card is not None:
         cards.write_card(version, cards.validate_card(version, card))  # before anything changes: 422, no promotion
-    return models.promote(version_id)
+    return model_versions.promote(version_id)
 
 
 # -- HTML ----------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def cancel_training_form(run_id: str):
 
 @bp.get("/models")
 def models_page():
-    versions = models.list_versions()
+    versions = model_versions.list_versions()
     return render_template("admin/models.html", versions=versions)
 
 
@@ -193,9 +193,9 @@ def model_version_page(version_id: int):
 
 def _render_version(version_id: int, *, error: str | None = None, form: Any = None, saved: bool = False,
                     status: int = 200):
-    version = models.get_version(version_id)
-    values = dict(form) if form is not None else cards.form_values(version, models.serving_version(version.name))
-    return render_template("admin/model_version.html", comparison=models.compare(version_id), card_form=values,
+    version = model_versions.get_version(version_id)
+    values = dict(form) if form is not None else cards.form_values(version, model_versions.serving_version(version.name))
+    return render_template("admin/model_version.html", comparison=model_versions.compare(version_id), card_form=values,
                            card_error=error, card_saved=saved, limits={
                                "title": cards.MAX_TITLE, "description": cards.MAX_DESCRIPTION,
                                "examples": cards.MAX_EXAMPLES,
@@ -219,7 +219,7 @@ def promote_form(version_id: int):
 
 @bp.post("/models/<int:version_id>/card")
 def card_form(version_id: int):
-    version = models.get_version(version_id)
+    version = model_versions.get_version(version_id)
     try:
         cards.write_card(version, cards.validate_card(version, cards.card_fields_from_form(request.form),
                                                       partial=False))

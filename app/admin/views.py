@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import url_for
 
-from app.core.models import ModelVersion, TrainingRun, iso
+from app.core.tables import ModelVersion, TrainingRun, iso
 from app.services.metrics_table import metrics_rows
-from app.services.models import evaluation_summary, public_json
+from app.services.model_versions import evaluation_summary, public_json
 from app.services.trainings import LIVE_KEY, latest_sample, read_history
 from app.core.status import JobStatus, LIVE
 

@@ -18,7 +18,7 @@ from app.api.views import image_to_dict
 from app.core.errors import ApiError
 from app.core.storage import StorageUnavailable
 from app.services import jobs
-from priorforge.spec.png import read_png_params
+from priorforge_spec.png import read_png_params
 
 
 def _missing(image_id: str) -> ApiError:

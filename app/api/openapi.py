@@ -9,7 +9,7 @@ from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
 from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
     MAX_ROWS as EXPERIMENT_MAX_ROWS
 from app.services.jobs import JOB_FIELDS, MAX_SEED
-from priorforge.spec.experiments import SWEEP_WORDS
+from priorforge_spec.experiments import SWEEP_WORDS
 from app.services.trainings import request_schema as training_request_schema
 
 JOB_STATUSES = [status.value for status in JobStatus]  # jobs' and training runs'

@@ -9,7 +9,7 @@ from flask import g, jsonify
 from app.api.blueprint import bp
 from app.api.openapi import spec
 from app.services.health import health as service_health
-from app.services.models import model_to_dict, serving_models
+from app.services.model_versions import model_to_dict, serving_models
 
 
 @bp.get("/models")

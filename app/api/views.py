@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import g, url_for
 
-from app.core.models import Batch, Experiment, Image, Job, iso
+from app.core.tables import Batch, Experiment, Image, Job, iso
 from app.services import experiments
 from app.services.jobs import batch_summary
 from app.services.webhooks import deliveries_of

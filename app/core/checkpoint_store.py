@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.storage import Storage
-from priorforge.spec.checkpoint import STATE_JSON_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE
+from priorforge_spec.checkpoint import STATE_JSON_FILE, STATE_TENSORS_FILE, WEIGHTS_FILE
 
 UNPUBLISHED = {STATE_JSON_FILE, STATE_TENSORS_FILE}
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 
 from app.core.secret_key import check_secret_key, ensure_secret_key
-from priorforge.spec.precision import DECODE_PASS_ROWS
+from priorforge_spec.precision import DECODE_PASS_ROWS
 
 
 def default_config(instance_path: str) -> dict[str, Any]:

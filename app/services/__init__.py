@@ -4,7 +4,7 @@ request or import model code (``generation/``, ``training/``); bad input raises
 :class:`app.core.errors.ApiError` with the HTTP status a caller should answer with.
 
 * :mod:`~app.services.jobs`: validating, creating, cancelling and reading generation jobs and batches.
-* :mod:`~app.services.models`: registering checkpoints as model versions, serving, comparing, promoting.
+* :mod:`~app.services.model_versions`: registering checkpoints as model versions, serving, comparing, promoting.
 * :mod:`~app.services.trainings`: training runs; :mod:`~app.services.datasets` and
   :mod:`~app.services.uploads`: built-in and uploaded data sets.
 * :mod:`~app.services.accounts`: users, passwords, API tokens, the sign-in throttle.

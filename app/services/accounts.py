@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, select, text, update
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import ApiToken, LoginFailure, User, utcnow
+from app.core.tables import ApiToken, LoginFailure, User, utcnow
 
 MIN_PASSWORD_LENGTH = 10
 TOKEN_PREFIX = "pf_"

@@ -15,7 +15,7 @@ from typing import Any
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import ModelVersion
+from app.core.tables import ModelVersion
 from app.services.jobs import _has_control, check_prompt, parse_int_text
 
 CARD_FIELDS = ("title", "description", "examples")

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.core.extensions import db
-from app.core.models import Job, ModelVersion, WorkerStatus, aware, iso, utcnow
+from app.core.tables import Job, ModelVersion, WorkerStatus, aware, iso, utcnow
 from app.services.metrics import queue_state
 from app.services.reconcile import local_process_gone
 from app.core.status import JobStatus

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import Dataset, iso
-from priorforge.spec.datasets import CAPTIONED_DATASETS, IMAGE_EXTENSIONS, builtin_available
+from app.core.tables import Dataset, iso
+from priorforge_spec.datasets import CAPTIONED_DATASETS, IMAGE_EXTENSIONS, builtin_available
 
 BUILTIN = ("mnist", "fashion-mnist", "cifar10", "digits")
 # the captioned built-in sets: captions written from the image set's classes and attributes (flowers: its own)

@@ -34,14 +34,14 @@ from sqlalchemy.orm import selectinload
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import Experiment, Job, ModelVersion, get_or_404
+from app.core.tables import Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
 from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
                                _is_int, _job_from_spec, _secret_hash, check_request_size, lock_client,
                                stage_messages, validate_job)
-from app.services.models import card_summary, default_model_name, serving_models, serving_version
+from app.services.model_versions import card_summary, default_model_name, serving_models, serving_version
 from app.core.status import FINAL, JobStatus, count_by_status, overall_status
-from priorforge.spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of
+from priorforge_spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of
 
 KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
 FIELDS = {
@@ -305,7 +305,7 @@ def _encoder_problem(version: ModelVersion) -> str | None:
     then the worker finds out and fails the job with its reason)."""
     from pathlib import Path
 
-    from priorforge.spec.checkpoint import CheckpointError, read_checkpoint_config
+    from priorforge_spec.checkpoint import CheckpointError, read_checkpoint_config
 
     try:
         config = read_checkpoint_config(Path(version.checkpoint_path))
@@ -319,7 +319,7 @@ def _encoder_problem(version: ModelVersion) -> str | None:
 
 def _input(kind: str, name: str, data: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
     """One input image: an uploaded file (checked like a data set's images) or a gallery image's id."""
-    from app.core.models import Image
+    from app.core.tables import Image
     from app.services.uploads import image_bytes_problem
 
     if name in uploads:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from app.core.extensions import db
-from app.core.models import Image, Job, ModelVersion
+from app.core.tables import Image, Job, ModelVersion
 from app.core.status import JobStatus
 
 DEFAULT_PER_PAGE = 24

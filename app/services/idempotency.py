@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import IdempotencyKey
+from app.core.tables import IdempotencyKey
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII: a UUID, a ULID, a hash...

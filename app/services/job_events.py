@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from app.core.doorbell import MAX_DATAGRAM, Doorbell
 from app.core.extensions import db
-from app.core.models import Job
+from app.core.tables import Job
 from app.core.status import FINAL
 
 log = logging.getLogger(__name__)

@@ -26,15 +26,15 @@ from sqlalchemy.orm import joinedload
 from app.core import metrics
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
-from app.core.models import Batch, Image, Job, get_or_404, new_id, utcnow
+from app.core.tables import Batch, Image, Job, get_or_404, new_id, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
-from app.services.models import ServingModel, conditions_of, default_model_name, serving_model, serving_models
+from app.services.model_versions import ServingModel, conditions_of, default_model_name, serving_model, serving_models
 from app.services.queue import job_queues
 from app.core.status import JobStatus, LIVE, count_by_status, overall_status
-from priorforge.spec.conditions import ConditionError, resolve_label
+from priorforge_spec.conditions import ConditionError, resolve_label
 
 MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
 JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed", "webhook", "webhook_events_filter")

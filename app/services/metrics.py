@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import case, func, select
 
 from app.core.extensions import db
-from app.core.models import Job, ModelVersion, OutboxMessage, TrainingRun, WebhookDelivery, aware, utcnow
+from app.core.tables import Job, ModelVersion, OutboxMessage, TrainingRun, WebhookDelivery, aware, utcnow
 from app.core.status import JobStatus, LIVE
 
 LANES = ("interactive", "bulk")

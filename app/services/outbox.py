@@ -29,7 +29,7 @@ from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
 from app.core.extensions import db
-from app.core.models import OutboxMessage
+from app.core.tables import OutboxMessage
 from app.services.queue import publish
 
 log = logging.getLogger(__name__)

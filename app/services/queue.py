@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.core.extensions import db
-from app.core.models import Job, ModelVersion
+from app.core.tables import Job, ModelVersion
 from app.core.queue import GENERATE_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from sqlalchemy import delete, or_, select, update
 
 from app.core import metrics
 from app.core.extensions import db
-from app.core.models import Job, WorkerNode, aware, utcnow
+from app.core.tables import Job, WorkerNode, aware, utcnow
 from app.services import outbox
 from app.services.idempotency import forget_expired
 from app.services.job_events import announce_finished

@@ -1,11 +1,11 @@
 """Training runs, shared by the admin API and the admin pages: validating a request, the run's row and its
 message, cancelling, reconciliation, and reading its progress.
 
-A training run is a row (:class:`app.core.models.TrainingRun`) and a ``train_model`` message on the ``train``
+A training run is a row (:class:`app.core.tables.TrainingRun`) and a ``train_model`` message on the ``train``
 queue; the worker (:mod:`workers.training_tasks`) claims the row, trains into the run's folder (checkpoints,
 sample grids, ``history.jsonl``), evaluates, and registers the checkpoint as a new model version that is NOT
-serving (:mod:`app.services.models` compares and promotes versions). Everything is checked here without
-importing a model: backends from :mod:`priorforge.spec.backends`.
+serving (:mod:`app.services.model_versions` compares and promotes versions). Everything is checked here without
+importing a model: backends from :mod:`priorforge_spec.backends`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from sqlalchemy import or_, select, update
 
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import TrainingRun, User, get_or_404, utcnow
+from app.core.tables import TrainingRun, User, get_or_404, utcnow
 from app.core.storage import StorageError
 from app.services.datasets import dataset_source
 from app.services.queue import send_runs
 from app.core.status import JobStatus
-from priorforge.spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
+from priorforge_spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
     backends, check_condition, check_hparams, check_model_options, describe_rule, int_bounds, value_rule
 
 TRAINING_FIELDS = {
@@ -142,7 +142,7 @@ def validate_training(body: Any) -> dict[str, Any]:
 
 
 def _option_schema(option: dict[str, Any], name: str, *, hparam: bool = False) -> dict[str, Any]:
-    """The JSON schema of one model option or hyper-parameter, with the bounds :mod:`priorforge.spec.backends`
+    """The JSON schema of one model option or hyper-parameter, with the bounds :mod:`priorforge_spec.backends`
     checks."""
     default = option["default"] if not hparam else option
     kind = option["type"] if not hparam else type(option).__name__

@@ -4,13 +4,13 @@ Everything is checked before a data set is stored, and an upload is all or nothi
 
 1. The archive's directory (no byte is decompressed yet): member count, names (no absolute paths, drive
    letters, backslashes or ``..``: zip-slip), no symlinks or encrypted members, the image extensions of
-   :data:`priorforge.spec.datasets.IMAGE_EXTENSIONS`, the layout, the image count, the SUM of the declared
+   :data:`priorforge_spec.datasets.IMAGE_EXTENSIONS`, the layout, the image count, the SUM of the declared
    uncompressed sizes and each big member's compression ratio (zip bombs).
 2. Extraction into a staging folder inside ``DATASET_ROOT`` (same file system), streamed in chunks with a
    hard byte cap per member and in total, whatever the headers declare; paths are rebuilt from the checked
    name parts, never taken from the archive as they are.
 3. Each image must decode (Pillow ``verify`` then ``load``) within the configured dimensions;
-   ``captions.jsonl`` must pass :func:`priorforge.spec.captions.parse_captions_jsonl` and name only extracted images.
+   ``captions.jsonl`` must pass :func:`priorforge_spec.captions.parse_captions_jsonl` and name only extracted images.
 4. An atomic ``rename`` of the staging folder to ``DATASET_ROOT/<name>``, then the database row.
 
 Any problem raises :class:`UploadRejected` (HTTP 422, or 413 for size limits) with the list of rejected
@@ -35,11 +35,11 @@ from sqlalchemy import select
 from app.core.checkpoint_store import upload_folder
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import Dataset, User
+from app.core.tables import Dataset, User
 from app.core.storage import StorageUnavailable
 from app.services.datasets import RESERVED_NAMES
-from priorforge.spec.captions import CAPTIONS_FILE, parse_captions_jsonl
-from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
+from priorforge_spec.captions import CAPTIONS_FILE, parse_captions_jsonl
+from priorforge_spec.datasets import IMAGE_EXTENSIONS, DatasetError
 
 IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # archivers' metadata: skipped, reported as ignored
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

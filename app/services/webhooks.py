@@ -52,7 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from app.core import metrics
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import ApiToken, Batch, Image, Job, WebhookDelivery, iso, utcnow
+from app.core.tables import ApiToken, Batch, Image, Job, WebhookDelivery, iso, utcnow
 from app.core.status import FINAL, JobStatus, count_by_status
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, render_template
 
 from app.core.errors import ApiError
-from app.core.models import aware, iso
+from app.core.tables import aware, iso
 from app.services.gallery import GalleryError, condition_text
 
 bp = Blueprint("web", __name__)

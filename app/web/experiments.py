@@ -15,11 +15,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.core.errors import ApiError
 from app.services import experiments, jobs
-from app.services.models import serving_models, serving_version
+from app.services.model_versions import serving_models, serving_version
 from app.web.blueprint import bp
 from app.web.jobs import _form_owner, _keep_capability
 from app.core.status import FINAL
-from priorforge.spec.experiments import SWEEP_WORDS
+from priorforge_spec.experiments import SWEEP_WORDS
 
 FORM_FIELDS = {
     "compare": ("label", "prompt", "n", "seed"),

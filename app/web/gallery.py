@@ -9,7 +9,7 @@ from flask import current_app, render_template, request, send_file
 
 from app.core.errors import ApiError
 from app.core.storage import StorageUnavailable
-from app.core.models import Image
+from app.core.tables import Image
 from app.services import gallery
 from app.services.jobs import get_image
 from app.web.blueprint import bp

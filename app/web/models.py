@@ -7,9 +7,9 @@ from pathlib import Path
 
 from flask import abort, render_template, send_file
 
-from app.services.models import card_summary, serving_models, serving_version
+from app.services.model_versions import card_summary, serving_models, serving_version
 from app.web.blueprint import bp
-from priorforge.spec.checkpoint import SAMPLES_FILE
+from priorforge_spec.checkpoint import SAMPLES_FILE
 
 
 @bp.get("/models")

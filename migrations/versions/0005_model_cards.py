@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-02
 
-Written by hand to match app/core/models.py (ModelVersion.card); one nullable JSON column. Tested with the
+Written by hand to match app/core/tables.py (ModelVersion.card); one nullable JSON column. Tested with the
 others in tests/admin/test_migration.py (upgrade, downgrade, and no difference from the models' metadata).
 """
 from alembic import op

@@ -5,7 +5,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-10
 
-Written by hand to match app/core/models.py; tested with the others in tests/admin/test_migration.py (upgrade,
+Written by hand to match app/core/tables.py; tested with the others in tests/admin/test_migration.py (upgrade,
 downgrade, and no difference from the models' metadata). Rows created before it have no owner and no capability:
 nobody can cancel them through the API or the pages any more.
 """

@@ -4,7 +4,7 @@ Revision ID: 0008
 Revises: 0006
 Create Date: 2026-12-02
 
-Written by hand to match app/core/models.py (ModelVersion); three nullable columns, so versions registered
+Written by hand to match app/core/tables.py (ModelVersion); three nullable columns, so versions registered
 before keep working (no hash: not verified; no key: read from checkpoint_path). It follows 0006; the number
 0007 is unused (the recovery migration, written beside it, became 0009).
 """

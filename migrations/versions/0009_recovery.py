@@ -4,7 +4,7 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-10
 
-Written by hand to match app/core/models.py (OutboxMessage, IdempotencyKey, Job.deaths, Job.isolated).
+Written by hand to match app/core/tables.py (OutboxMessage, IdempotencyKey, Job.deaths, Job.isolated).
 Tested with the others in tests/admin/test_migration.py (upgrade, downgrade, and no difference from the
 models' metadata).
 """

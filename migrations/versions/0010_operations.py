@@ -5,7 +5,7 @@ Revision ID: 0010
 Revises: 0009
 Create Date: 2027-01-05
 
-Written by hand to match app/core/models.py (Job/Batch.webhook*, ApiToken.webhook_secret, WebhookDelivery,
+Written by hand to match app/core/tables.py (Job/Batch.webhook*, ApiToken.webhook_secret, WebhookDelivery,
 WorkerStatus). Tested with the others in tests/admin/test_migration.py (upgrade, downgrade, and no difference
 from the models' metadata).
 """

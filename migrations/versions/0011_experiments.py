@@ -4,7 +4,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2027-01-12
 
-Written by hand to match app/core/models.py (Experiment, Job.experiment_id/experiment_index/operation). Tested
+Written by hand to match app/core/tables.py (Experiment, Job.experiment_id/experiment_index/operation). Tested
 with the others in tests/admin/test_migration.py (upgrade, downgrade, and no difference from the models'
 metadata).
 """

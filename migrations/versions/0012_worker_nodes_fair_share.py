@@ -6,7 +6,7 @@ Revision ID: 0012
 Revises: 0011
 Create Date: 2027-01-13
 
-Written by hand to match app/core/models.py (WorkerNode, Job.worker_main, ix_jobs_started_at). Tested with the
+Written by hand to match app/core/tables.py (WorkerNode, Job.worker_main, ix_jobs_started_at). Tested with the
 others in tests/admin/test_migration.py (upgrade, downgrade, and no difference from the models' metadata).
 """
 from alembic import op

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from priorforge.cli import CLIError
-    from priorforge.spec.datasets import BUILTIN_LAYOUTS, builtin_available
+    from priorforge_spec.datasets import BUILTIN_LAYOUTS, builtin_available
 
     unknown = [name for name in args.datasets if name not in DOWNLOADABLE]
     if unknown:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from priorforge.spec.checkpoint import CheckpointError, write_json_atomic
-from priorforge.spec.datasets import DatasetError
+from priorforge_spec.checkpoint import CheckpointError, write_json_atomic
+from priorforge_spec.datasets import DatasetError
 
 
 def register(subparsers: Any) -> None:

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from priorforge.spec.datasets import IMAGE_EXTENSIONS
+from priorforge_spec.datasets import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:  # torch is imported when a command runs, never for --help
     from torch import Tensor

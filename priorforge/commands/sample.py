@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from priorforge.spec.precision import DECODE_PASS_ROWS, PRECISIONS
+from priorforge_spec.precision import DECODE_PASS_ROWS, PRECISIONS
 
 MAX_SAMPLES = 1024
 

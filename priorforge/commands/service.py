@@ -129,7 +129,7 @@ def run_db_current(args: argparse.Namespace) -> int:
 
 
 def run_register(args: argparse.Namespace) -> int:
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app = _app()
     with app.app_context():
@@ -143,7 +143,7 @@ def run_register(args: argparse.Namespace) -> int:
 def run_register_shipped(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from app.services.models import register_shipped
+    from app.services.model_versions import register_shipped
     from priorforge.cli import CLIError
 
     if not Path(args.models_dir).is_dir():
@@ -172,7 +172,7 @@ def run_create_admin(args: argparse.Namespace) -> int:
 
     from app.core.errors import ApiError
     from app.core.extensions import db
-    from app.core.models import User
+    from app.core.tables import User
     from app.services.accounts import create_user, issue_token
 
     app = _app()
@@ -202,7 +202,7 @@ def run_reset_password(args: argparse.Namespace) -> int:
 
     from app.core.errors import ApiError
     from app.core.extensions import db
-    from app.core.models import LoginFailure, User
+    from app.core.tables import LoginFailure, User
     from app.services.accounts import set_password
 
     app = _app()

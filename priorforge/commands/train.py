@@ -8,10 +8,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from priorforge.spec.backends import backend_names
-from priorforge.spec.conditions import CONDITION_KINDS
-from priorforge.spec.datasets import BUILTIN_DATASETS
-from priorforge.spec.precision import AMP_MODES
+from priorforge_spec.backends import backend_names
+from priorforge_spec.conditions import CONDITION_KINDS
+from priorforge_spec.datasets import BUILTIN_DATASETS
+from priorforge_spec.precision import AMP_MODES
 
 if TYPE_CHECKING:
     from training.data import ImageData

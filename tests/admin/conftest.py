@@ -76,7 +76,7 @@ def token_for(app, username: str) -> str:
 
     from app.services.accounts import issue_token
     from app.core.extensions import db
-    from app.core.models import User
+    from app.core.tables import User
 
     with app.app_context():
         user = db.session.scalars(select(User).where(User.username == username)).one()

@@ -95,7 +95,7 @@ def test_a_password_change_revokes_older_sessions(admin_app, client):
     from sqlalchemy import select
 
     from app.core.extensions import db
-    from app.core.models import User
+    from app.core.tables import User
     from app.services.accounts import set_password
 
     sign_in(client, *ADMIN)
@@ -155,7 +155,7 @@ def test_tokens_from_the_admin_page_work_until_revoked(admin_app, client):
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/admin/datasets", headers=headers).status_code == 200
     from app.core.extensions import db
-    from app.core.models import ApiToken
+    from app.core.tables import ApiToken
 
     with admin_app.app_context():
         row = db.session.query(ApiToken).filter_by(name="ci").one()
@@ -168,7 +168,7 @@ def test_tokens_from_the_admin_page_work_until_revoked(admin_app, client):
 
 def test_passwords_are_stored_as_argon2_hashes(admin_app):
     from app.core.extensions import db
-    from app.core.models import User
+    from app.core.tables import User
 
     with admin_app.app_context():
         user = db.session.query(User).filter_by(username=ADMIN[0]).one()
@@ -262,7 +262,7 @@ def test_repeated_wrong_passwords_are_throttled_per_address_and_a_success_clears
     from datetime import timedelta
 
     from app.core.extensions import db
-    from app.core.models import LoginFailure
+    from app.core.tables import LoginFailure
 
     admin_app.config.update(LOGIN_MAX_FAILURES=3, LOGIN_MAX_FAILURES_PER_ADDRESS=5, LOGIN_WINDOW_SECONDS=600)
     for _ in range(3):

@@ -21,7 +21,7 @@ def _row(app, name: str, condition: str, *, serving: bool, version: int = 1, num
          class_names=()) -> int:
     """A version row for validation and pages only (no worker loads it here)."""
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     with app.app_context():
         row = ModelVersion(name=name, version=version, backend="aae-cg", checkpoint_path=f"/nonexistent/{name}",
@@ -36,7 +36,7 @@ def _row(app, name: str, condition: str, *, serving: bool, version: int = 1, num
 def versions(admin_app):
     """digits v1 (serving, from the fixture checkpoint) and v2 (not serving), a text model v1 (serving, no
     card) and v2 (not serving), a cluster model and an unconditional one."""
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     with admin_app.app_context():
         first, _ = register_model("digits", DIGITS)
@@ -61,7 +61,7 @@ def api(admin_app, client):
 
 def _card(admin_app, version_id: int):
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     with admin_app.app_context():
         version = db.session.get(ModelVersion, version_id)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.extensions import db
-from app.core.models import TrainingRun
+from app.core.tables import TrainingRun
 from tests.admin.conftest import ADMIN, csrf_token, sign_in, token_for
 from tests.service.conftest import broker_messages
 from tests.support.faults import InjectedFaults
@@ -80,9 +80,9 @@ def test_the_choice_lists_are_the_classes_own_and_every_range_edge_builds():
     from generation.base import ClassPriorKind
     from generation.layers import UPSAMPLING
     from generation.pga import PGAVariant
-    from priorforge.spec.backends import OPTION_RULES, value_rule
+    from priorforge_spec.backends import OPTION_RULES, value_rule
     from training.pga import OPTIMIZERS
-    from priorforge.spec.backends import HPARAM_RULES
+    from priorforge_spec.backends import HPARAM_RULES
     from tests.conftest import build_tiny
 
     assert OPTION_RULES["upsample"][1] == tuple(UPSAMPLING)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from app.core.extensions import db
-from app.core.models import TrainingRun
+from app.core.tables import TrainingRun
 from tests.admin.conftest import ADMIN, sign_in, token_for
 
 TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidden": [8], "latent_dim": 8}

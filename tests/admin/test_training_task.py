@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from app.core.extensions import db
-from app.core.models import Job, ModelVersion, TrainingRun
+from app.core.tables import Job, ModelVersion, TrainingRun
 from tests.admin.conftest import ADMIN, make_zip, png, token_for
 
 TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidden": [8], "latent_dim": 8,
@@ -83,7 +83,7 @@ def test_a_second_delivery_of_a_claimed_run_does_nothing(admin_app, api):
     with admin_app.app_context():
         row = db.session.get(TrainingRun, run["id"])
         row.status, row.claim_token = "running", "someone-else"
-        row.heartbeat_at = __import__("app.core.models", fromlist=["utcnow"]).utcnow()
+        row.heartbeat_at = __import__("app.core.tables", fromlist=["utcnow"]).utcnow()
         db.session.commit()
     assert run_task(admin_app, run["id"]) == "skipped (running)"
     assert run_task(admin_app, "no-such-run") == "missing"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from app.core.extensions import db
-from app.core.models import ModelVersion, TrainingRun
+from app.core.tables import ModelVersion, TrainingRun
 from tests.admin.conftest import ADMIN, make_zip
 from tests.service.conftest import FAST_WORKER, checkpoints, redis_url, start_worker, wait_for  # noqa: F401
 from tests.support.faults import InjectedFaults
@@ -102,7 +102,7 @@ def request(**overrides: Any) -> dict[str, Any]:
 
 
 def test_upload_train_promote_generate_records_the_new_version(service, start_worker, checkpoints):
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app, api, config = service
     with app.app_context():  # a version already serving under the same name, to compare against
@@ -191,7 +191,7 @@ def test_cancel_a_running_run_keeps_its_checkpoint_and_registers_nothing(service
 
 
 def test_a_job_running_during_a_promotion_finishes_on_its_version(service, start_worker, checkpoints, tmp_path):
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
     from tests.service.conftest import make_checkpoint
 
     app, api, config = service

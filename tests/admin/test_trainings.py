@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.extensions import db
-from app.core.models import Job, ModelVersion, TrainingRun, utcnow
+from app.core.tables import Job, ModelVersion, TrainingRun, utcnow
 from tests.admin.conftest import ADMIN, csrf_token, make_zip, png, sign_in, token_for
 from tests.service.conftest import broker_messages, broker_payloads, checkpoints, make_checkpoint  # noqa: F401
 
@@ -193,7 +193,7 @@ def test_history_counts_a_redone_step_once_and_skips_a_cut_line(admin_app, api, 
 @pytest.fixture
 def two_versions(admin_app, checkpoints, tmp_path):
     """``tiny`` v1 (serving) and v2 (registered, not serving), with different metrics."""
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     second = make_checkpoint(tmp_path / "tiny-v2", "class")
     (checkpoints["class"] / "metrics.json").write_text(json.dumps({"evaluation": {"feature_fid": 9.0,

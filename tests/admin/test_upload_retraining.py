@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.core.extensions import db
-from app.core.models import TrainingRun
+from app.core.tables import TrainingRun
 from tests.admin.conftest import ADMIN, make_zip, png, sign_in, token_for
 
 TINY = {"base_channels": 4, "hidden_dim": 16, "disc_hidden": 8, "code_disc_hidden": [8], "latent_dim": 8,

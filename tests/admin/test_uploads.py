@@ -30,7 +30,7 @@ def upload(admin_app, client):
 def stored(app) -> tuple[list[str], int]:
     """(entries of the data set root, data set rows)."""
     from app.core.extensions import db
-    from app.core.models import Dataset
+    from app.core.tables import Dataset
 
     root = Path(app.config["DATASET_ROOT"])
     entries = sorted(os.listdir(root)) if root.exists() else []

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from priorforge.spec.conditions import ConditionError, resolve_label
+from priorforge_spec.conditions import ConditionError, resolve_label
 from tests.fuzz.conftest import examples
 
 CLASSES = [str(i) for i in range(10)]

@@ -57,7 +57,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def register_test_models(checkpoints: dict[str, Path]) -> None:
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     register_model("tiny", checkpoints["class"])
     register_model("clusters", checkpoints["cluster"])
@@ -169,7 +169,7 @@ def row_counts(app) -> dict[str, int]:
     from sqlalchemy import func, select
 
     from app.core.extensions import db
-    from app.core.models import Batch, Image, Job
+    from app.core.tables import Batch, Image, Job
 
     with app.app_context():
         return {model.__tablename__: db.session.scalar(select(func.count()).select_from(model))

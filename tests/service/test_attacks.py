@@ -74,7 +74,7 @@ def images_in_flight(app) -> int:
     from sqlalchemy import func, select
 
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     with app.app_context():
         return db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(Job.status == "queued"))

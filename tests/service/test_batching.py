@@ -15,7 +15,7 @@ import torch
 from PIL import Image as PILImage
 
 from app.core.extensions import db
-from app.core.models import Job
+from app.core.tables import Job
 from generation.base import Condition
 from generation.sampling import image_grid
 from tests.service.conftest import sqlite_app_for_worker, wait_for

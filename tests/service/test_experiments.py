@@ -116,7 +116,7 @@ def _check_regenerate(client) -> None:
 
 
 def test_reconstruct_and_mix_refuse_bad_inputs(app, client):
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
     from tests.service.conftest import REPO
 
     with app.app_context():
@@ -152,7 +152,7 @@ def test_reconstruct_and_mix_refuse_bad_inputs(app, client):
 def test_each_experiment_equals_its_single_jobs_pixel_for_pixel(tmp_path, checkpoints, start_worker):
     """compare, sweep and interpolate against the single jobs; then reconstruct and mix."""
     from app.core.extensions import db
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
     from tests.service.conftest import REPO
 
     app, config = sqlite_app_for_worker(tmp_path, checkpoints)

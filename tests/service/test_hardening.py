@@ -144,7 +144,7 @@ def test_only_the_creator_can_cancel(tmp_path, checkpoints):
 
 def test_only_the_stored_hash_of_a_capability(tmp_path, checkpoints):
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     app = make_app(tmp_path, checkpoints)
     created = app.test_client().post("/api/v1/jobs", json={"label": "1"}).get_json()

@@ -82,7 +82,7 @@ def test_metrics_count_jobs_latencies_batches_and_refusals_of_a_real_worker(tmp_
     assert total(s, "priorforge_refusals_total", reason="quota") == 1
 
     with app.app_context():
-        from app.core.models import Job
+        from app.core.tables import Job
         from app.core.extensions import db
 
         def all_done():

@@ -220,7 +220,7 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import promote, register_model
+    from app.services.model_versions import promote, register_model
 
     broker, prefix = redis_url
     shared = {"SQLALCHEMY_DATABASE_URI": pg_url, "CELERY_BROKER_URL": broker, "BROKER_KEY_PREFIX": prefix,
@@ -273,7 +273,7 @@ def test_two_workers_share_only_the_store(s3, tmp_path, pg_url, redis_url, check
     first = run(model="tiny", label="3")
     other = run(model="big", label="3")
     with web.app_context():
-        from app.core.models import Job
+        from app.core.tables import Job
 
         workers = {db.session.get(Job, j["id"]).worker for j in (first, other)}
     assert len(workers) == 2  # one job on each node
@@ -355,7 +355,7 @@ def test_register_shipped_publishes_what_a_local_registration_left_out(s3, tmp_p
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_shipped, serving_version
+    from app.services.model_versions import register_shipped, serving_version
     from tests.service.conftest import base_config
 
     shutil.copytree(checkpoints["class"], tmp_path / "models" / "tiny")

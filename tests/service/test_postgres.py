@@ -16,7 +16,7 @@ def test_postgres_upgrade_from_empty_and_downgrade_to_base(tmp_path, pg_url, che
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import current, downgrade, upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": pg_url, "STORAGE_ROOT": str(tmp_path / "images"),
                       "CELERY_BROKER_URL": "memory://"})

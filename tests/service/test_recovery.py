@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.core.extensions import db
-from app.core.models import IdempotencyKey, Job, OutboxMessage, utcnow
+from app.core.tables import IdempotencyKey, Job, OutboxMessage, utcnow
 from tests.service.conftest import REPO, broker_messages, broker_payloads, row_counts
 
 HOST = socket.gethostname()
@@ -319,7 +319,7 @@ def test_a_worker_killed_whole_is_not_charged_and_a_pool_process_that_died_alone
     -> the whole worker was killed, no charge; alive past the job's lease, or this very process -> charged."""
     import os
 
-    from app.core.models import WorkerNode
+    from app.core.tables import WorkerNode
     from app.services import reconcile as rec
 
     lease = app.config["LEASE_TIMEOUT"]

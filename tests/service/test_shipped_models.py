@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PILImage
 
 from priorforge.cli import main as cli
-from priorforge.spec.checkpoint import read_card
+from priorforge_spec.checkpoint import read_card
 from tests.service.conftest import FAST_WORKER, base_config
 from tests.service.test_worker import submit, wait_status
 
@@ -64,7 +64,7 @@ def test_a_seed_gives_the_same_pixels_through_the_service_and_the_command_line(t
     assert SHIPPED, "no shipped models in models/ (bash scripts/build-models.sh makes them)"
     from app import create_app
     from app.core.migrate import upgrade
-    from app.services.models import register_shipped
+    from app.services.model_versions import register_shipped
 
     config = base_config(tmp_path, **FAST_WORKER, DEFAULT_MODEL=None)
     config.pop("TESTING")

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from app.core.extensions import db
-from app.core.models import Job
+from app.core.tables import Job
 
 
 class Message:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.extensions import db
-from app.core.models import Image, Job, ModelVersion, utcnow
+from app.core.tables import Image, Job, ModelVersion, utcnow
 from tests.service.conftest import broker_messages
 
 
@@ -40,7 +40,7 @@ def test_local_storage_roundtrip(tmp_path):
 
 # -- models ------------------------------------------------------------------------------------------
 def test_register_model_versions_and_serving(app, checkpoints):
-    from app.services.models import register_model, serving_version
+    from app.services.model_versions import register_model, serving_version
 
     with app.app_context():
         v1 = serving_version("tiny")

@@ -137,7 +137,7 @@ def test_a_batch_webhook_is_recorded_once_when_the_whole_batch_has_ended(tmp_pat
     from sqlalchemy import select, update
 
     from app.core.extensions import db
-    from app.core.models import Batch, Job, WebhookDelivery
+    from app.core.tables import Batch, Job, WebhookDelivery
     from app.services.webhooks import body_of, record_events
     from tests.service.conftest import row_counts
 
@@ -200,7 +200,7 @@ def test_one_signed_delivery_per_finished_job_across_a_worker_kill_and_a_web_res
     from sqlalchemy import select
 
     from app.core.extensions import db
-    from app.core.models import WebhookDelivery
+    from app.core.tables import WebhookDelivery
     from tests.service.test_worker import job_row, wait_status
     from tests.web.test_browser import WebServer
 

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.extensions import db
-from app.core.models import Image, Job, utcnow
-from app.core.models import aware
+from app.core.tables import Image, Job, utcnow
+from app.core.tables import aware
 from tests.service.conftest import RedisServer, register_test_models, sqlite_app_for_worker, wait_for
 from tests.support.faults import InjectedFaults
 

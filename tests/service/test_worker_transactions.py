@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 
 from app.core.extensions import db
-from app.core.models import Image, Job
+from app.core.tables import Image, Job
 
 SPECS = [{"label": "3", "n": 1, "seed": 7}, {"label": "0", "n": 5, "seed": 11}, {"label": "9", "n": 3, "seed": 2},
          {"label": "3", "n": 2, "seed": 8}]

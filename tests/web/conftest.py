@@ -22,7 +22,7 @@ def web_app(tmp_path):
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     app = create_app({
         "TESTING": True,
@@ -49,7 +49,7 @@ def client(web_app):
 def add_model(app, name: str, condition: str, *, num_classes: int = 0, class_names=()):
     """A serving model version row (for pages and validation only: no worker loads it in these tests)."""
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     with app.app_context():
         version = ModelVersion(name=name, version=1, backend="aae-cg", checkpoint_path=f"/nonexistent/{name}",
@@ -74,8 +74,8 @@ def add_finished_job(app, *, model: str = "digits", label: str | None = None, pr
 
     Returns (job id, image ids in index order)."""
     from app.core.extensions import db
-    from app.core.models import Image, Job, image_id
-    from app.services.models import serving_version
+    from app.core.tables import Image, Job, image_id
+    from app.services.model_versions import serving_version
     from app.core.storage import image_key
 
     storage = app.extensions["priorforge_storage"]

@@ -104,7 +104,7 @@ def test_admin_starts_a_run_sees_it_progress_and_promotes_the_result(admin_stack
         assert errors == []
 
     from app.core.extensions import db
-    from app.core.models import ModelVersion, TrainingRun
+    from app.core.tables import ModelVersion, TrainingRun
 
     with app.app_context():
         run = db.session.query(TrainingRun).one()

@@ -152,7 +152,7 @@ def test_upload_train_compare_write_the_card_promote_and_prompt_a_grey_image(flo
         assert errors == []
 
     from app.core.extensions import db
-    from app.core.models import Job, ModelVersion
+    from app.core.tables import Job, ModelVersion
 
     with app.app_context():
         version = db.session.query(ModelVersion).filter_by(name="squares-text").one()

@@ -108,7 +108,7 @@ def stack(tmp_path, pg_url, redis_url, start_worker):
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model, register_shipped
+    from app.services.model_versions import register_model, register_shipped
 
     broker, prefix = redis_url
     config = {
@@ -191,7 +191,7 @@ def test_generate_digits_in_the_browser(stack, tmp_path):
         assert nojs.evaluate(ALL_IMAGES_LOADED, N_IMAGES)
 
     from app.core.extensions import db
-    from app.core.models import Batch, Job
+    from app.core.tables import Batch, Job
 
     storage = app.extensions["priorforge_storage"]
     with app.app_context():
@@ -241,7 +241,7 @@ def test_a_typed_prompt_for_the_shipped_text_model(stack, tmp_path):
         assert errors == []
 
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     with app.app_context():
         job = db.session.get(Job, job_id)

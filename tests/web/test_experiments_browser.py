@@ -36,7 +36,7 @@ def stack(tmp_path_factory):
     from app import create_app
     from app.core.extensions import db
     from app.core.migrate import upgrade
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     root = tmp_path_factory.mktemp("experiments")
     config = {

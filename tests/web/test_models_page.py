@@ -39,7 +39,7 @@ def models_dir(tmp_path):
 
 def test_register_shipped_registers_once_and_a_rebuild_as_a_new_version(web_app, models_dir):
     from app.core.extensions import db
-    from app.services.models import make_serving, register_model, register_shipped, serving_version
+    from app.services.model_versions import make_serving, register_model, register_shipped, serving_version
 
     with web_app.app_context():
         first = register_shipped(models_dir)
@@ -63,7 +63,7 @@ def test_register_shipped_registers_once_and_a_rebuild_as_a_new_version(web_app,
 
 
 def test_the_default_model_is_the_card_default_unless_configured(web_app, models_dir):
-    from app.services.models import default_model_name, register_shipped
+    from app.services.model_versions import default_model_name, register_shipped
 
     with web_app.app_context():
         register_shipped(models_dir)
@@ -78,7 +78,7 @@ def test_the_default_model_is_the_card_default_unless_configured(web_app, models
 
 
 def test_models_page_shows_every_card_with_samples_metrics_and_recipe(web_app, models_dir):
-    from app.services.models import register_shipped
+    from app.services.model_versions import register_shipped
 
     with web_app.app_context():
         register_shipped(models_dir)
@@ -99,7 +99,7 @@ def test_models_page_shows_every_card_with_samples_metrics_and_recipe(web_app, m
 
 
 def test_api_models_lists_the_card_summary(web_app, models_dir):
-    from app.services.models import register_shipped
+    from app.services.model_versions import register_shipped
 
     with web_app.app_context():
         register_shipped(models_dir)
@@ -113,7 +113,7 @@ def test_api_models_lists_the_card_summary(web_app, models_dir):
 
 def test_the_form_offers_example_prompts_and_named_clusters(web_app, tmp_path):
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     with web_app.app_context():
         for name, condition, card in (

@@ -54,7 +54,7 @@ def assert_every_field_labelled(page: PageParser):
 
 def job_count(app) -> int:
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(Job))
@@ -102,7 +102,7 @@ def test_submit_creates_the_job_and_redirects_to_its_page(web_app, client):
     job_url = response.headers["Location"]
     assert re.fullmatch(r"/jobs/[0-9a-f-]{36}", job_url)
     from app.core.extensions import db
-    from app.core.models import Job
+    from app.core.tables import Job
 
     with web_app.app_context():
         job = db.session.get(Job, job_url.rsplit("/", 1)[1])
@@ -358,7 +358,7 @@ def test_the_batch_pages_examples_are_accepted_as_printed(web_app, client, extra
     """The JSONL example named a model ("digits") that was not served; the examples now come from the serving
     models, and each is uploaded exactly as the page prints it."""
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     for name, condition, card in extra:
         version_id = add_model(web_app, name, condition, num_classes=4 if condition == "cluster" else 0)
@@ -380,7 +380,7 @@ def test_the_batch_page_says_when_no_model_is_served(web_app, client):
     from sqlalchemy import update
 
     from app.core.extensions import db
-    from app.core.models import ModelVersion
+    from app.core.tables import ModelVersion
 
     with web_app.app_context():
         db.session.execute(update(ModelVersion).values(serving=False))

@@ -31,7 +31,7 @@ def queue_stack(tmp_path, pg_url, redis_url):
     from app.core.extensions import db
     from app.core.migrate import upgrade
     from app.services.accounts import create_user
-    from app.services.models import register_model
+    from app.services.model_versions import register_model
 
     broker, prefix = redis_url
     config = {
@@ -56,8 +56,8 @@ def _fill(app) -> None:
     """Finished jobs spread over the last hour, one failure, a queued job in each lane, a running job and the
     worker status row of the process running it."""
     from app.core.extensions import db
-    from app.core.models import Job, WorkerStatus, utcnow
-    from app.services.models import serving_version
+    from app.core.tables import Job, WorkerStatus, utcnow
+    from app.services.model_versions import serving_version
 
     with app.app_context():
         version = serving_version("digits")

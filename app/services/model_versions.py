@@ -24,8 +24,8 @@ from sqlalchemy import func, select, update
 from app.core.checkpoint_store import upload_checkpoint
 from app.core.errors import ApiError
 from app.core.extensions import db
-from app.core.models import ModelVersion, iso
-from priorforge.spec.checkpoint import (CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card, read_checkpoint_config,
+from app.core.tables import ModelVersion, iso
+from priorforge_spec.checkpoint import (CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card, read_checkpoint_config,
                                        read_metrics, weights_digest)
 
 log = logging.getLogger(__name__)

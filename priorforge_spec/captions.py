@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from priorforge.spec.conditions import MAX_PROMPT_CHARS
-from priorforge.spec.datasets import IMAGE_EXTENSIONS, DatasetError
+from priorforge_spec.conditions import MAX_PROMPT_CHARS
+from priorforge_spec.datasets import IMAGE_EXTENSIONS, DatasetError
 
 CAPTIONS_FILE = "captions.jsonl"
 JSONL_KEYS = {"file", "caption", "captions", "label", "split"}
