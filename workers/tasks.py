@@ -23,10 +23,8 @@ import io
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +34,6 @@ from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
 from app.core import metrics
-from app.core.checkpoint_store import checkpoint_folder
 from app.core.extensions import db
 from app.core.tables import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
@@ -46,138 +43,14 @@ from app.services.reconcile import main_of_this_process
 from app.core.status import JobStatus
 from workers import faults
 from workers.batching import JobSnapshot, stage_clock
+from workers.lease import JobAborted, Lease
+from workers.model_cache import get_model, loaded_models, model_cached
 from workers.image_writer import ImageWriter
 
 log = logging.getLogger(__name__)
 
 # PRIORFORGE_LOG_STAGE_TIMES=1: log each task's time per stage (workers.batching.stage_clock), for profiling
 LOG_STAGE_TIMES = os.environ.get("PRIORFORGE_LOG_STAGE_TIMES", "") in ("1", "true", "yes")
-
-
-class JobAborted(Exception):
-    """The job was canceled or taken over while this attempt ran."""
-
-
-# -- the per-process model cache ------------------------------------------------------------------
-_MODELS: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
-_MODELS_LOCK = threading.Lock()
-
-
-def get_model(version: ModelVersion | Any) -> tuple[Any, Any]:
-    """(model, CheckpointInfo) of a model version, loaded once per process; LRU of MODEL_CACHE_SIZE."""
-    key = (version.id, version.checkpoint_path)
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            _MODELS.move_to_end(key)
-            return _MODELS[key]
-    from generation.checkpoint import load_checkpoint
-    from generation.device import resolve_device
-
-    # from the object store into this machine's cache when it lives there; its hash checked either way
-    folder = checkpoint_folder(version, current_app.extensions["priorforge_storage"],
-                               current_app.config["MODEL_CACHE_DIR"])
-    model, info = load_checkpoint(folder, device=resolve_device(current_app.config["DEVICE"]))
-    with _MODELS_LOCK:
-        _MODELS[key] = (model, info)
-        _MODELS.move_to_end(key)
-        while len(_MODELS) > max(1, int(current_app.config["MODEL_CACHE_SIZE"])):
-            _MODELS.popitem(last=False)
-    return model, info
-
-
-def loaded_models() -> list[tuple[int, str]]:
-    return list(_MODELS)
-
-
-def model_cached(version: ModelVersion | Any) -> bool:
-    with _MODELS_LOCK:
-        return (version.id, version.checkpoint_path) in _MODELS
-
-
-# -- the job lease ----------------------------------------------------------------------------------
-class Lease:
-    """Renews ``heartbeat_at`` from a thread while the jobs of one task run.
-
-    It starts with the job of the task's message; :meth:`add` adds the jobs claimed to be batched with it.
-    A job whose row is no longer ours (canceled, or re-queued by the reconciliation) goes to ``lost_jobs``;
-    ``lost`` is set once every job is lost.
-    """
-
-    def __init__(self, job_id: str, token: str, interval: float):
-        self.job_id, self.interval = job_id, interval
-        self.tokens: dict[str, str] = {job_id: token}
-        self.lost_jobs: set[str] = set()
-        self.lost_count = 0  # jobs whose renewal found the row no longer ours (metrics: leases lost)
-        self.engine = db.engine
-        self.lost = threading.Event()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> "Lease":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def add(self, job_id: str, token: str) -> None:
-        with self._lock:
-            self.tokens[job_id] = token
-
-    def drop(self, job_id: str) -> None:
-        """The job is finished (or lost): the lease stops renewing it."""
-        with self._lock:
-            self.lost_jobs.add(job_id)
-
-    def live(self) -> dict[str, str]:
-        """job id -> claim token of the jobs still ours."""
-        with self._lock:
-            return {job_id: token for job_id, token in self.tokens.items() if job_id not in self.lost_jobs}
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except Exception as exc:  # a DB hiccup: try again next beat
-                log.warning("job %s: lease renewal failed: %s", self.job_id, exc)
-
-    def renew(self, *, one_transaction: bool = False, **values: Any) -> None:
-        """Renew every live job (and set ``values``); a job whose row is no longer ours is lost.
-
-        The heartbeat thread renews each job in its own transaction: it never holds one job's row lock while
-        waiting for another's, so it cannot deadlock with the task's transactions, which lock several job
-        rows at once. The task's own progress update (``one_transaction``) renews them all with one commit."""
-        lost = []
-        live = self.live()
-        if one_transaction:
-            with self.engine.begin() as conn:
-                for job_id, token in live.items():
-                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
-                        lost.append(job_id)
-        else:
-            for job_id, token in live.items():
-                with self.engine.begin() as conn:
-                    if self.engine.dialect.name == "postgresql":
-                        # a renewal lost in a crash costs nothing (the next one comes in a second): no fsync wait
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
-                        lost.append(job_id)
-        with self._lock:
-            self.lost_jobs.update(lost)
-            self.lost_count += len(lost)
-        if not self.live():
-            self.lost.set()
-
-    @staticmethod
-    def _renewal(job_id: str, token: str, values: dict[str, Any]) -> Any:
-        return update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING) \
-            .values(heartbeat_at=utcnow(), **values)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise JobAborted()
 
 
 def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
@@ -747,8 +620,7 @@ def note_worker(node: str | None) -> None:
     try:
         from app.services.dashboard import note_worker as note
 
-        with _MODELS_LOCK:
-            keys = list(_MODELS)
+        keys = loaded_models()
         now, last = time.monotonic(), _status_written["at"]
         if last is not None and now - last < WORKER_STATUS_EVERY and _status_written["models"] == keys:
             return

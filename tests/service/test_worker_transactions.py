@@ -79,12 +79,13 @@ def test_a_batched_task_claims_in_one_commit_and_finishes_in_one(app):
 
 @pytest.mark.parametrize("model_cached", [True, False], ids=["model-cached", "model-loaded-by-the-task"])
 def test_a_job_canceled_while_its_batch_is_stored_drops_out_alone(app, monkeypatch, model_cached):
+    import workers.model_cache as model_cache
     import workers.tasks as tasks
 
     if model_cached:
         warm_up(app)
     else:
-        monkeypatch.setattr(tasks, "_MODELS", type(tasks._MODELS)())  # companions are claimed after the load
+        monkeypatch.setattr(model_cache, "_MODELS", type(model_cache._MODELS)())  # companions are claimed after the load
     jobs = [queued_job(app, **spec) for spec in SPECS]
     victim = jobs[2]
     encode = tasks._encode_pngs
