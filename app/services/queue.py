@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.core.extensions import db
 from app.core.tables import Job, ModelVersion
-from app.core.queue import GENERATE_TASK, TRAIN_TASK
+from app.core.queue import GENERATE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ def send_jobs(job_ids: Iterable[str], queue: str | None = None) -> int:
     how many went out. The services send through the outbox (``jobs.stage_messages``); this direct send is for
     tools and tests that publish an extra message on purpose (a duplicate delivery)."""
     return sum(send_messages(GENERATE_TASK, ids, q, "job") for q, ids in job_queues(job_ids, queue).items())
-
-
-def send_runs(run_ids: Iterable[str]) -> int:
-    """One ``train_model`` message per training run on the ``train`` queue."""
-    return send_messages(TRAIN_TASK, run_ids, "train", "training run")
 
 
 def send_messages(task_name: str, ids: Iterable[str], queue: str, what: str) -> int:

@@ -24,7 +24,8 @@ from app.core.extensions import db
 from app.core.tables import TrainingRun, User, get_or_404, utcnow
 from app.core.storage import StorageError
 from app.services.datasets import dataset_source
-from app.services.queue import send_runs
+from app.core.queue import TRAIN_TASK
+from app.services import outbox
 from app.core.status import JobStatus
 from priorforge_spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
     backends, check_condition, check_hparams, check_model_options, describe_rule, int_bounds, value_rule
@@ -222,8 +223,9 @@ def create_run(settings: dict[str, Any], user: User | None) -> TrainingRun:
     db.session.add(run)
     db.session.flush()
     run.output_dir = str(Path(current_app.config["TRAINING_ROOT"]).resolve() / run.id)
+    messages = outbox.add(TRAIN_TASK, "train", [run.id])  # committed with the run: never one without the other
     db.session.commit()
-    send_runs([run.id])
+    outbox.publish_pending(messages)
     return run
 
 
@@ -263,7 +265,7 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     queued_cutoff = now - timedelta(seconds=float(cfg["QUEUED_STALE_AFTER"]))
     max_attempts = int(cfg["TRAINING_MAX_ATTEMPTS"])
     counts = {"requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
-    to_send = []
+    messages: list[int] = []  # outbox rows, each committed with the update that re-queued (or re-sent) its run
     stale_lease = or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < lease_cutoff)
     for run_id, attempts, cancel in db.session.execute(select(
             TrainingRun.id, TrainingRun.attempts, TrainingRun.cancel_requested).where(
@@ -281,25 +283,24 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
             values["finished_at"], values["eta_seconds"] = now, None
         res = db.session.execute(update(TrainingRun).where(*where).values(**values)
                                  .execution_options(synchronize_session=False))  # SQLite: naive datetimes
+        if res.rowcount and values["status"] == JobStatus.QUEUED:
+            messages += outbox.add(TRAIN_TASK, "train", [run_id])
         db.session.commit()
         if res.rowcount:
             key = {JobStatus.QUEUED: "requeued_runs", JobStatus.FAILED: "failed_runs"}.get(values["status"])
             if key:
                 counts[key] += 1
-            if values["status"] == JobStatus.QUEUED:
-                to_send.append(run_id)
     stale_queue = or_(TrainingRun.enqueued_at.is_(None), TrainingRun.enqueued_at < queued_cutoff)
     for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == JobStatus.QUEUED, stale_queue)):
         res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
                                                            TrainingRun.status == JobStatus.QUEUED, stale_queue)
                                  .values(enqueued_at=now)
                                  .execution_options(synchronize_session=False))
-        db.session.commit()
         if res.rowcount:
+            messages += outbox.add(TRAIN_TASK, "train", [run_id])
             counts["resent_runs"] += 1
-            to_send.append(run_id)
-    if to_send:
-        send_runs(to_send)
+        db.session.commit()
+    outbox.publish_pending(messages)
     return counts
 
 

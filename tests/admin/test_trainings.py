@@ -55,6 +55,32 @@ def test_a_valid_request_is_a_queued_row_and_one_message_on_the_train_queue(admi
     assert api("GET", body["url"]).get_json()["history"] == []
 
 
+def test_a_run_and_its_message_are_one_transaction_and_the_message_waits_for_the_broker(admin_app, api,
+                                                                                        monkeypatch):
+    """Training runs go through the same transactional outbox as jobs: a run is never stored without its message,
+    and a broker that is down delays the message, never loses it."""
+    from app.core.tables import OutboxMessage
+    from app.services import outbox
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionRefusedError("the broker is down")
+
+    monkeypatch.setattr("app.services.outbox.publish", broker_down)
+    monkeypatch.setattr(outbox.Relay, "kick", lambda self: None)
+    response = api("POST", "/api/v1/admin/trainings", GOOD)
+    assert response.status_code == 202, response.get_json()
+    run_id = response.get_json()["id"]
+    with admin_app.app_context():
+        assert [(m.task, m.queue, m.ref_id) for m in db.session.scalars(select(OutboxMessage))] == \
+            [("workers.training_tasks.train_model", "train", run_id)]
+    assert broker_messages(admin_app) == 0
+    monkeypatch.undo()
+    with admin_app.app_context():  # the broker is back: the relay's pass publishes it
+        assert outbox.publish_pending(kick=False) == 1 and outbox.pending_count() == 0
+    [message] = broker_payloads(admin_app)
+    assert message["properties"]["delivery_info"]["routing_key"] == "train"
+
+
 @pytest.mark.parametrize("change, field, words", [
     ({"backend": "gan"}, "backend", "backend must be one of"),
     ({"backend": None}, "backend", "backend must be one of"),
