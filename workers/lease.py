@@ -1,17 +1,18 @@
-"""A task's hold on the jobs it runs: the claim token of each job, renewed (``heartbeat_at``) from a thread while
-the task runs, so the reconciliation tells a live task from a dead one (docs/architecture.md, "A job's states
-and who moves them")."""
+"""A task's hold on what it runs: the claim token of each job (:class:`Lease`) or of a training run
+(:class:`RunLease`), renewed (``heartbeat_at``) by one :class:`Heartbeat` thread while the task runs, so the
+reconciliation tells a live task from a dead one (docs/architecture.md, "A job's states and who moves them")."""
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import Any, Self
 
 from sqlalchemy import update
 
 from app.core.extensions import db
 from app.core.status import JobStatus
-from app.core.tables import Job, utcnow
+from app.core.tables import Job, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,37 @@ class JobAborted(Exception):
     """The job was canceled or taken over while this attempt ran."""
 
 
-class Lease:
+class Heartbeat:
+    """A thread that calls :meth:`beat` every ``interval`` seconds while the ``with`` block runs; a failed beat
+    (a database hiccup) is logged and the next one tries again."""
+
+    def __init__(self, name: str, interval: float):
+        self.name, self.interval = name, interval
+        self.engine = db.engine
+        self.lost = threading.Event()  # set once nothing renewed is ours any more
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # a DB hiccup: try again next beat
+                log.warning("%s: lease renewal failed: %s", self.name, exc)
+
+    def beat(self) -> None:
+        raise NotImplementedError
+
+
+class Lease(Heartbeat):
     """Renews ``heartbeat_at`` from a thread while the jobs of one task run.
 
     It starts with the job of the task's message; :meth:`add` adds the jobs claimed to be batched with it.
@@ -29,23 +60,12 @@ class Lease:
     """
 
     def __init__(self, job_id: str, token: str, interval: float):
-        self.job_id, self.interval = job_id, interval
+        super().__init__(f"job {job_id}", interval)
+        self.job_id = job_id
         self.tokens: dict[str, str] = {job_id: token}
         self.lost_jobs: set[str] = set()
         self.lost_count = 0  # jobs whose renewal found the row no longer ours (metrics: leases lost)
-        self.engine = db.engine
-        self.lost = threading.Event()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> "Lease":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
     def add(self, job_id: str, token: str) -> None:
         with self._lock:
@@ -61,12 +81,8 @@ class Lease:
         with self._lock:
             return {job_id: token for job_id, token in self.tokens.items() if job_id not in self.lost_jobs}
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except Exception as exc:  # a DB hiccup: try again next beat
-                log.warning("job %s: lease renewal failed: %s", self.job_id, exc)
+    def beat(self) -> None:
+        self.renew()
 
     def renew(self, *, one_transaction: bool = False, **values: Any) -> None:
         """Renew every live job (and set ``values``); a job whose row is no longer ours is lost.
@@ -103,3 +119,49 @@ class Lease:
     def check(self) -> None:
         if self.lost.is_set():
             raise JobAborted()
+
+
+class RunLease(Heartbeat):
+    """Renews the run's ``heartbeat_at`` from a thread and watches for a cancel request or a lost claim.
+
+    Once :meth:`start_clock` is called, every renewal also writes the run's elapsed time (the earlier attempts'
+    and this one's wall time), so it keeps moving while nothing else reports: loading the data, saving a
+    checkpoint, the evaluation."""
+
+    def __init__(self, run_id: str, token: str, interval: float):
+        super().__init__(f"training run {run_id}", interval)
+        self.run_id, self.token = run_id, token
+        self.cancel = threading.Event()
+        self._clock: tuple[float, float] | None = None  # (elapsed before this attempt, monotonic start)
+
+    def start_clock(self, elapsed_before: float) -> None:
+        self._clock = (float(elapsed_before), time.monotonic())
+
+    def elapsed(self) -> float | None:
+        """The run's elapsed wall time (None before :meth:`start_clock`)."""
+        if self._clock is None:
+            return None
+        return self._clock[0] + time.monotonic() - self._clock[1]
+
+    def beat(self) -> None:
+        self.write()  # with the elapsed time
+
+    def write(self, **values: Any) -> None:
+        """Renew the lease (and set ``values``, and the elapsed time) if the run is still ours; notice a cancel
+        request."""
+        elapsed = self.elapsed()
+        if elapsed is not None:
+            values.setdefault("elapsed_seconds", elapsed)
+        self.store(values)
+
+    def store(self, values: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            res = conn.execute(update(TrainingRun).where(
+                TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
+                TrainingRun.status == JobStatus.RUNNING).values(heartbeat_at=utcnow(), **values)
+                .returning(TrainingRun.cancel_requested))
+            row = res.first()
+        if row is None:
+            self.lost.set()
+        elif row[0]:
+            self.cancel.set()

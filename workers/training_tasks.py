@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,6 +39,7 @@ from app.services.model_versions import register_model
 from app.services.trainings import LIVE_KEY
 from app.core.status import JobStatus
 from workers import faults
+from workers.lease import RunLease
 from workers.training_progress import EvaluationProgress, StepRate, estimate_seconds_left  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -47,67 +47,6 @@ log = logging.getLogger(__name__)
 
 class RunLost(Exception):
     """Another attempt holds the run now (this worker's lease expired): stop without writing anything."""
-
-
-class RunLease:
-    """Renews the run's ``heartbeat_at`` from a thread and watches for a cancel request or a lost claim.
-
-    Once :meth:`start_clock` is called, every renewal also writes the run's elapsed time (the earlier attempts'
-    and this one's wall time), so it keeps moving while nothing else reports: loading the data, saving a
-    checkpoint, the evaluation."""
-
-    def __init__(self, run_id: str, token: str, interval: float):
-        self.run_id, self.token, self.interval = run_id, token, interval
-        self.engine = db.engine
-        self.lost = threading.Event()
-        self.cancel = threading.Event()
-        self._clock: tuple[float, float] | None = None  # (elapsed before this attempt, monotonic start)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"run-lease-{run_id}", daemon=True)
-
-    def start_clock(self, elapsed_before: float) -> None:
-        self._clock = (float(elapsed_before), time.monotonic())
-
-    def elapsed(self) -> float | None:
-        """The run's elapsed wall time (None before :meth:`start_clock`)."""
-        if self._clock is None:
-            return None
-        return self._clock[0] + time.monotonic() - self._clock[1]
-
-    def __enter__(self) -> "RunLease":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.write()  # with the elapsed time
-            except Exception as exc:  # a database hiccup: the next beat tries again
-                log.warning("training run %s: lease renewal failed: %s", self.run_id, exc)
-
-    def write(self, **values: Any) -> None:
-        """Renew the lease (and set ``values``, and the elapsed time) if the run is still ours; notice a cancel
-        request."""
-        elapsed = self.elapsed()
-        if elapsed is not None:
-            values.setdefault("elapsed_seconds", elapsed)
-        self.store(values)
-
-    def store(self, values: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            res = conn.execute(update(TrainingRun).where(
-                TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
-                TrainingRun.status == JobStatus.RUNNING).values(heartbeat_at=utcnow(), **values)
-                .returning(TrainingRun.cancel_requested))
-            row = res.first()
-        if row is None:
-            self.lost.set()
-        elif row[0]:
-            self.cancel.set()
 
 
 def claim_run(run_id: str) -> str | None:
