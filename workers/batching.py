@@ -116,10 +116,11 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
             while waiting and sum(part.shape[0] for part in decoded) >= requests[waiting[0]].n:
                 i = waiting.popleft()
                 rows = torch.cat(decoded) if len(decoded) > 1 else decoded[0]
-                out[i], rest = rows[:requests[i].n], rows[requests[i].n:]
+                mine, rest = rows[:requests[i].n], rows[requests[i].n:]
+                out[i] = mine
                 decoded = [rest] if rest.shape[0] else []
                 if on_ready is not None:
-                    on_ready(i, out[i], i == last_request)
+                    on_ready(i, mine, i == last_request)
         if after_pass is not None:
             with stage_clock("progress"):
                 after_pass()

@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -34,7 +34,7 @@ from flask import current_app
 from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
 
 from app.core import metrics
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
@@ -73,7 +73,7 @@ def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
             for job_id, token in offered.items():
                 res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
                                          .values(claim_token=token, **values))
-                if res.rowcount == 1:
+                if rowcount(res) == 1:
                     tokens[job_id] = token
         if commit:
             db.session.commit()
@@ -165,6 +165,7 @@ def _generate_images(job_id: str) -> str:
             db.session.rollback()
             return "skipped (claimed elsewhere)"
         lease = Lease(job_id, token, float(cfg["HEARTBEAT_INTERVAL"]))
+        companions: list[JobSnapshot] | None
         if isolated or primary.operation:  # an interpolation decodes codes of its own: never batched
             companions = []
         else:
@@ -227,11 +228,11 @@ def _stage(stage: str):
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type, exc, tb) -> bool:
+        def __exit__(self, exc_type, exc, tb) -> Literal[False]:
             if exc is not None and not isinstance(exc, (JobAborted, SoftTimeLimitExceeded)):
                 if getattr(exc, "_priorforge_stage", None) is None:
                     try:
-                        exc._priorforge_stage = stage  # type: ignore[attr-defined]
+                        exc._priorforge_stage = stage
                     except AttributeError:
                         pass
             return False
@@ -429,7 +430,7 @@ def _condition(job: JobSnapshot, model: Any, info: Any) -> Any:
         if job.condition_kind == "text":
             from generation.text_encoder import encode_prompt_for_checkpoint
 
-            embedding = encode_prompt_for_checkpoint(model, info, job.prompt)
+            embedding = encode_prompt_for_checkpoint(model, info, job.prompt or "")
         return condition_from_request(
             model, info.class_names, label=job.label_index, cluster=job.cluster,
             embedding=embedding, prompt=job.prompt if job.condition_kind == "text" else None)
@@ -536,7 +537,8 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
 
     with stage_clock("finish"):
         db.session.rollback()
-        succeeded, lost = [], []
+        succeeded: list[tuple[JobSnapshot, Any]] = []
+        lost: list[tuple[JobSnapshot, Any]] = []
         now = utcnow()
         done = {"status": JobStatus.SUCCEEDED, "progress": 1.0, "finished_at": now, "heartbeat_at": now}
         try:
@@ -546,9 +548,9 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
                                                                            for job, _ in stored]),
                                       Job.status == JobStatus.RUNNING).values(**done).returning(Job.id)))
             else:
-                ours = {job.id for job, _ in stored if db.session.execute(
+                ours = {job.id for job, _ in stored if rowcount(db.session.execute(
                     update(Job).where(Job.id == job.id, Job.claim_token == lease.tokens[job.id],
-                                      Job.status == JobStatus.RUNNING).values(**done)).rowcount == 1}
+                                      Job.status == JobStatus.RUNNING).values(**done))) == 1}
             for job, rows in stored:
                 (succeeded if job.id in ours else lost).append((job, rows))
             if succeeded:

@@ -32,7 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from sqlalchemy import or_, update
 
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
 from app.services.model_versions import register_model
@@ -67,7 +67,7 @@ def claim_run(run_id: str) -> str | None:
         # no in-Python evaluation of the WHERE against loaded rows: SQLite hands back naive datetimes
         .execution_options(synchronize_session=False))
     db.session.commit()
-    return token if res.rowcount == 1 else None
+    return token if rowcount(res) == 1 else None
 
 
 def _finish(run_id: str, token: str, **values: Any) -> bool:
@@ -76,7 +76,7 @@ def _finish(run_id: str, token: str, **values: Any) -> bool:
         TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == JobStatus.RUNNING)
         .values(finished_at=utcnow(), heartbeat_at=utcnow(), eta_seconds=None, **values))
     db.session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 @shared_task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -363,7 +363,7 @@ def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metr
         .values(status=JobStatus.SUCCEEDED, phase="done", finished_at=utcnow(), heartbeat_at=utcnow(),
                 step=int(metrics.get("steps", 0)), eta_seconds=0.0,
                 metrics={**metrics, **({"resumed_from_step": resumed_from} if resumed_from is not None else {})}))
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         db.session.rollback()
         raise RunLost()
     version, _ = register_model(settings["model_name"], out, serve=False, commit=False, serve_first=False)

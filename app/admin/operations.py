@@ -43,7 +43,7 @@ def metrics():
                     {"WWW-Authenticate": 'Bearer realm="priorforge"'})
         if not user.is_admin:
             return jsonify({"error": "only admins may read the metrics"}), 403
-    body, content_type = render(current_app._get_current_object())  # type: ignore[attr-defined]
+    body, content_type = render(current_app._get_current_object())
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
 

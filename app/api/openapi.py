@@ -321,9 +321,9 @@ def spec() -> dict[str, Any]:
     version_id = {"name": "version_id", "in": "path", "required": True,
                   "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                   "description": "model version id (the id field, not the version number)"}
-    ADMIN = [{"bearer": []}]
+    ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
     DENIED = {"401": _error("no valid bearer token"), "403": _error("the token's user is not an admin")}
-    paths = {
+    paths: dict[str, dict[str, Any]] = {
         "/jobs": {"post": {
             "summary": "Queue a generation job", "operationId": "createJob",
             "parameters": [_wait("the job"), _idempotency_key("job")],

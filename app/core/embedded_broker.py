@@ -101,7 +101,7 @@ class Channel(kombu_sqla.Channel):
         with lock:
             return super()._open()
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str) -> Any:  # type: ignore[override]  # kombu's stubs name a timeout kombu never passes
         """kombu's fetch, deleting the message instead of marking it invisible: kombu never reads an invisible
         row again (an unacknowledged message is held in the consumer's memory and put back from there), so the
         rows only made the table grow forever."""
@@ -121,7 +121,7 @@ class Channel(kombu_sqla.Channel):
         finally:
             session.commit()
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as kombu calls it
         super()._put(queue, payload, **kwargs)  # committed when this returns
         self.connection.doorbell.ring()
 
@@ -155,7 +155,7 @@ class Transport(kombu_sqla.Transport):
         if self._listener is not None and self._listener.pid == os.getpid():
             self._listener.ring_self()
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """kombu's ``virtual.Transport.drain_events``, waiting on the doorbell where it sleeps."""
         listener = self._own_listener()
         if listener is None:
@@ -167,7 +167,7 @@ class Transport(kombu_sqla.Transport):
         while True:
             listener.drain()  # rings from before this look are answered by it; later ones end the wait below
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[attr-defined]  # set by kombu
                 return
             except Empty:
                 if timeout is not None and monotonic() - time_start >= timeout:

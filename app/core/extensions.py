@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import MetaData
+from sqlalchemy import CursorResult, MetaData, Result
 from sqlalchemy.orm import DeclarativeBase
 
 # stable constraint names, so Alembic migrations (and batch mode on SQLite) can address them
@@ -22,4 +24,14 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+if TYPE_CHECKING:
+    Model = Base  # db.Model is built at run time on Base; the type checker sees Base
+else:
+    Model = db.Model
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE run through the session matched (``Session.execute`` is typed as returning a
+    ``Result``; for those statements it is a ``CursorResult``)."""
+    return cast(CursorResult[Any], result).rowcount
 csrf = CSRFProtect()  # bound by app.create_app; the JSON API blueprints are exempt

@@ -47,9 +47,10 @@ def init_limiter(app: Flask) -> Limiter:
     app.after_request(_note_own_retry_after)
     create = limiter.shared_limit(lambda: current_app.config["RATELIMIT_CREATE"], scope="create")
     for endpoint in CREATE_ENDPOINTS:
-        app.view_functions[endpoint] = create(app.view_functions[endpoint])
+        # flask-limiter types its wrapper as an async view; it returns what the view returns
+        app.view_functions[endpoint] = create(app.view_functions[endpoint])  # type: ignore[assignment]
     for endpoint in EXEMPT_ENDPOINTS:
-        app.view_functions[endpoint] = limiter.exempt(app.view_functions[endpoint])
+        app.view_functions[endpoint] = limiter.exempt(app.view_functions[endpoint])  # type: ignore[assignment]
     app.extensions["priorforge_limiter"] = limiter
     return limiter
 

@@ -83,6 +83,6 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app))
     celery_app.set_default()
-    celery_app.flask_app = app  # type: ignore[attr-defined]  (workers.strategy reads the database through it)
+    celery_app.flask_app = app  # workers.strategy reads the database through it
     app.extensions["celery"] = celery_app
     return celery_app

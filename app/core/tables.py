@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, \
     UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.errors import ApiError
-from app.core.extensions import db
+from app.core.extensions import Model, db
 from app.core.status import JobStatus
 
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+T = TypeVar("T")
+
+
+@overload
+def aware(dt: datetime) -> datetime: ...
+@overload
+def aware(dt: None) -> None: ...
+@overload
+def aware(dt: datetime | None) -> datetime | None: ...
 
 
 def aware(dt: datetime | None) -> datetime | None:
@@ -40,11 +51,20 @@ def get_or_404(model: type[Any], key: Any, what: str) -> Any:
     return row
 
 
+def get_row(model: type[T], key: Any) -> T:
+    """The row of ``model`` with primary key ``key``, which the caller knows exists (a foreign key points at
+    it); ``LookupError`` if it has gone all the same."""
+    row = db.session.get(model, key)
+    if row is None:
+        raise LookupError(f"{model.__name__} {key!r} is gone")
+    return row
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class ModelVersion(db.Model):
+class ModelVersion(Model):
     """One registered checkpoint of a model name; exactly one version per name is ``serving``."""
 
     __tablename__ = "model_versions"
@@ -78,7 +98,7 @@ class ModelVersion(db.Model):
     checkpoint_files: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
-class Batch(db.Model):
+class Batch(Model):
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -97,7 +117,7 @@ class Batch(db.Model):
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.batch_index")
 
 
-class Experiment(db.Model):
+class Experiment(Model):
     """One of the papers' experiments run as ordinary jobs of the queue (:mod:`app.services.experiments`): a
     comparison of models, an attribute sweep or an interpolation. Its jobs carry ``experiment_id`` and their
     place in its grid (``experiment_index``); ``params`` is the validated request, which the pages and the API
@@ -116,7 +136,7 @@ class Experiment(db.Model):
     jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.experiment_index")
 
 
-class Job(db.Model):
+class Job(Model):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
                       Index("ix_jobs_client_key_status", "client_key", "status"),
@@ -176,7 +196,7 @@ class Job(db.Model):
                                                cascade="all, delete-orphan")
 
 
-class OutboxMessage(db.Model):
+class OutboxMessage(Model):
     """A task message waiting to be published (the transactional outbox, :mod:`app.services.outbox`): written
     in the transaction that creates or re-queues its row, deleted once the broker has accepted it."""
 
@@ -189,7 +209,7 @@ class OutboxMessage(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class IdempotencyKey(db.Model):
+class IdempotencyKey(Model):
     """What a creating request with an ``Idempotency-Key`` header made, so that a retry returns it."""
 
     __tablename__ = "idempotency_keys"
@@ -201,7 +221,7 @@ class IdempotencyKey(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
-class Image(db.Model):
+class Image(Model):
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("job_id", "index"),)
 
@@ -223,7 +243,7 @@ def image_id(job_id: str, index: int) -> str:
 
 
 # -- access control and data sets --------------------------------------------------------
-class User(db.Model):
+class User(Model):
     """A person who signs in to the admin pages; ``password_hash`` is an argon2id hash
     (:mod:`app.services.accounts`)."""
 
@@ -241,7 +261,7 @@ class User(db.Model):
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
 
-class ApiToken(db.Model):
+class ApiToken(Model):
     """A bearer token for scripts. Only its SHA-256 is stored (the token is 256 random bits, so a fast hash
     is enough); ``prefix`` (the first characters) lets a person tell tokens apart on the admin page."""
 
@@ -261,7 +281,7 @@ class ApiToken(db.Model):
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
-class Dataset(db.Model):
+class Dataset(Model):
     """An uploaded data set, stored under ``DATASET_ROOT/<name>`` (``layout``: ``classes`` or ``captions``)."""
 
     __tablename__ = "datasets"
@@ -283,7 +303,7 @@ class Dataset(db.Model):
 # -- training runs and promotion ----------------------------------------------------------
 
 
-class TrainingRun(db.Model):
+class TrainingRun(Model):
     """One training of a backend on a data set, run by a worker of the ``train`` queue.
 
     The row is the source of truth, as for jobs: the claim token fences every write of the attempt that holds
@@ -327,7 +347,7 @@ class TrainingRun(db.Model):
     model_version: Mapped[ModelVersion | None] = relationship()
 
 
-class LoginFailure(db.Model):
+class LoginFailure(Model):
     """A failed admin sign-in, kept for LOGIN_WINDOW_SECONDS to throttle password guessing
     (:mod:`app.services.accounts`)."""
 
@@ -341,7 +361,7 @@ class LoginFailure(db.Model):
 
 
 # -- operations: webhooks and the queue dashboard -------------------------------------------------------
-class WebhookDelivery(db.Model):
+class WebhookDelivery(Model):
     """One event of a job or batch to POST to its webhook (app/services/webhooks.py): made once per (job or
     batch, event) from the committed state, then tried until the receiver answers 2xx or the tries run out."""
 
@@ -364,7 +384,7 @@ class WebhookDelivery(db.Model):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class WorkerNode(db.Model):
+class WorkerNode(Model):
     """A Celery worker's main process, alive while it renews ``seen_at`` (every RECONCILE_INTERVAL): tells a
     pool process that died alone (charged to its job) from a worker killed whole (:mod:`app.services.reconcile`).
     The id is new at every start, so a restarted worker (the same host and pid in a container) is another row."""
@@ -378,7 +398,7 @@ class WorkerNode(db.Model):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
-class WorkerStatus(db.Model):
+class WorkerStatus(Model):
     """What a generation worker's pool process last said of itself (the admin's queue page): its loaded models.
     Its current job is the running job whose ``worker`` column names it."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import Job, ModelVersion, WorkerStatus, aware, iso, utcnow
 from app.services.metrics import queue_state
 from app.services.reconcile import local_process_gone
@@ -29,7 +29,7 @@ def note_worker(worker: str, node: str | None, models: list[str], tasks: int) ->
     """Upsert a pool process's row (one UPDATE, an INSERT the first time) and commit."""
     now = utcnow()
     values = {"node": node, "models": models, "tasks": tasks, "seen_at": now}
-    if db.session.execute(update(WorkerStatus).where(WorkerStatus.worker == worker).values(**values)).rowcount == 0:
+    if rowcount(db.session.execute(update(WorkerStatus).where(WorkerStatus.worker == worker).values(**values))) == 0:
         db.session.add(WorkerStatus(worker=worker, started_at=now, **values))
     try:
         db.session.commit()
@@ -77,12 +77,15 @@ def dashboard(now: datetime | None = None) -> dict[str, Any]:
                     .where(Job.status == JobStatus.FAILED).order_by(Job.finished_at.desc()).limit(10))]
 
     start = now - timedelta(seconds=WINDOW_SECONDS)
-    buckets = [{"start": iso(start + timedelta(seconds=i * BUCKET_SECONDS)), "jobs": 0, "images": 0,
-                "failed": 0, "latencies": []} for i in range(WINDOW_SECONDS // BUCKET_SECONDS)]
+    buckets: list[dict[str, Any]] = [
+        {"start": iso(start + timedelta(seconds=i * BUCKET_SECONDS)), "jobs": 0, "images": 0, "failed": 0,
+         "latencies": []} for i in range(WINDOW_SECONDS // BUCKET_SECONDS)]
     for status, n, created, finished in db.session.execute(
             select(Job.status, Job.n, Job.created_at, Job.finished_at)
             .where(Job.finished_at >= start, Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)))
             .order_by(Job.finished_at.desc()).limit(MAX_ROWS)):
+        if finished is None or created is None:  # the query asks for finished jobs; the columns allow NULL
+            continue
         finished, created = aware(finished), aware(created)
         index = min(len(buckets) - 1, max(0, int((finished - start).total_seconds() // BUCKET_SECONDS)))
         bucket = buckets[index]

@@ -171,7 +171,7 @@ def _compare(data: dict[str, Any]) -> ExperimentPlan:
     if names is None:  # every serving model that takes this request
         kind = "class" if label is not None else "text"
         names = [m.name for m in serving_models() if m.condition == kind and
-                 (kind == "text" or _has_class(m, label))][:MAX_ROWS]
+                 (label is None or _has_class(m, label))][:MAX_ROWS]
     if any(not isinstance(name, str) for name in names) or len(set(names)) != len(names):
         raise ApiError(422, "models must be a list of distinct model names", field="models")
     if len(names) < 2:
@@ -222,6 +222,11 @@ def _sweep(data: dict[str, Any]) -> ExperimentPlan:
     return ExperimentPlan("sweep", params, [(spec, None) for spec in specs])
 
 
+
+def _replace_first(pattern: re.Pattern[str], prompt: str, value: str) -> str:
+    """``prompt`` with the first match of ``pattern`` replaced by ``value`` taken literally (no group refs)."""
+    return pattern.sub(lambda _match: value, prompt, count=1)
+
 def _prompt_sweep(data: dict[str, Any], version: ModelVersion, base: dict[str, Any]):
     prompt, word = data.get("prompt"), data.get("word")
     if prompt is None:
@@ -247,7 +252,7 @@ def _prompt_sweep(data: dict[str, Any], version: ModelVersion, base: dict[str, A
     values = [v.strip() for v in values]
     if len({v.lower() for v in values}) != len(values):
         raise ApiError(422, "values must be distinct", field="values")
-    prompts = [pattern.sub(lambda _m, v=value: v, prompt, count=1) for value in values]
+    prompts = [_replace_first(pattern, prompt, value) for value in values]
     specs = [_job({**base, "prompt": text}, f"value {value!r}") for value, text in zip(values, prompts)]
     params = {"model": version.name, "seed": base["seed"], "n": base["n"], "varied": "word", "prompt": prompt,
               "word": word, "attribute": attribute, "values": values, "prompts": [spec.prompt for spec in specs]}
@@ -362,7 +367,7 @@ def _autoencode(kind: str, data: dict[str, Any], uploads: dict[str, tuple[str, b
     targets = _regenerate_targets(version, data, condition, spec) if kind == "reconstruct" else []
     inputs = [_input(kind, name, data, uploads) for name in INPUTS[kind]]
     steps = _count(data, "steps", DEFAULT_STEPS, 2, MAX_COLUMNS) if kind == "mix" else None
-    n = 2 + len(targets) if kind == "reconstruct" else steps
+    n = 2 + len(targets) if steps is None else steps  # reconstruct: the input, its decoding, one per target
     job = JobSpec(spec.model_version_id, spec.condition_kind, n, 0, label=spec.label, label_index=spec.label_index,
                   cluster=spec.cluster, prompt=spec.prompt)
     operation = {"op": kind, "inputs": [item["key"] for item in inputs], "steps": steps}

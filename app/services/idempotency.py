@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import delete, select
 
 from app.core.errors import ApiError
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -74,7 +74,7 @@ def forget_expired(now: datetime) -> int:
     cutoff = now - timedelta(seconds=float(current_app.config["IDEMPOTENCY_KEY_TTL"]))
     result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
     db.session.commit()
-    return result.rowcount
+    return rowcount(result)
 
 
 def known_ids(scope: str) -> list[str]:  # for tests

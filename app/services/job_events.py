@@ -235,6 +235,8 @@ class JobWatcher:
     def _listen(self) -> None:
         import redis
 
+        if self.url is None:  # no Redis: _poll listens instead
+            return
         while True:
             try:
                 client = redis.Redis.from_url(self.url, socket_connect_timeout=2, health_check_interval=30)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import joinedload
 
 from app.core import metrics
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import Batch, Image, Job, get_or_404, new_id, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
@@ -461,7 +461,7 @@ def cancel_job(job_id: str, *, token_id: int | None = None, secret: str | None =
     result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(LIVE))
                                 .values(status=JobStatus.CANCELED, finished_at=utcnow(), claim_token=None))
     db.session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         db.session.refresh(job)
         raise ApiError(409, f"job {job_id} is already {job.status}", job_status=job.status)
     announce_finished([job_id])

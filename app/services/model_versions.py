@@ -144,8 +144,9 @@ def register_shipped(models_dir: str | Path) -> list[tuple[ModelVersion, str]]:
         previous = db.session.scalars(select(ModelVersion).where(
             ModelVersion.name == name, ModelVersion.checkpoint_path == str(folder))
             .order_by(ModelVersion.version.desc())).first()
-        published = previous is not None and (previous.checkpoint_key or not remote)
-        if published and (previous.card or {}).get("weights_sha256") == weights_digest(folder):
+        published = previous is not None and bool(previous.checkpoint_key or not remote)
+        if previous is not None and published and \
+                (previous.card or {}).get("weights_sha256") == weights_digest(folder):
             out.append((previous, "unchanged"))
             continue
         serving = serving_version(name)

@@ -39,7 +39,7 @@ from flask import current_app
 from sqlalchemy import delete, or_, select, update
 
 from app.core import metrics
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import Job, WorkerNode, aware, utcnow
 from app.services import outbox
 from app.services.idempotency import forget_expired
@@ -80,7 +80,7 @@ def beat_main_process(now: datetime | None = None) -> None:
     if main_id is None or _this_main["pool"]:
         return
     now = now or utcnow()
-    if db.session.execute(update(WorkerNode).where(WorkerNode.id == main_id).values(seen_at=now)).rowcount == 0:
+    if rowcount(db.session.execute(update(WorkerNode).where(WorkerNode.id == main_id).values(seen_at=now))) == 0:
         db.session.add(WorkerNode(id=main_id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
                                   seen_at=now))
     db.session.commit()
@@ -167,7 +167,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             if whole:  # the worker was killed whole: no charge, whatever ran with it
                 result = db.session.execute(update(Job).where(*cond).values(
                     status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0))
-                if result.rowcount:
+                if rowcount(result):
                     counts["requeued_worker_lost"] += 1
                     to_send.append(row.id)
                 continue
@@ -183,14 +183,14 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
                     error=f"the job's worker died {deaths} times while it ran alone (killed, out of memory, or "
                           f"past the hard time limit of {cfg['TASK_TIME_LIMIT']} s): the job is likely what "
                           f"kills it; giving up"))
-                if result.rowcount:
+                if rowcount(result):
                     counts["failed_running"] += 1
                     failed.append(row.id)
             else:
                 result = db.session.execute(update(Job).where(*cond).values(
                     status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0, deaths=deaths,
                     isolated=isolate))
-                if result.rowcount:
+                if rowcount(result):
                     counts["requeued_running" if alone else "requeued_uncharged"] += 1
                     to_send.append(row.id)
     return counts, to_send, failed

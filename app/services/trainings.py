@@ -20,7 +20,7 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 
 from app.core.errors import ApiError
-from app.core.extensions import db
+from app.core.extensions import db, rowcount
 from app.core.tables import TrainingRun, User, get_or_404, utcnow
 from app.core.storage import StorageError
 from app.services.datasets import dataset_source
@@ -245,13 +245,13 @@ def cancel_run(run_id: str) -> TrainingRun:
     res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == JobStatus.QUEUED)
                              .values(status=JobStatus.CANCELED, finished_at=now, phase=JobStatus.CANCELED,
                                      claim_token=None, eta_seconds=None))
-    if res.rowcount == 0:
+    if rowcount(res) == 0:
         res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
                                                            TrainingRun.status == JobStatus.RUNNING)
                                  .values(cancel_requested=True))
     db.session.commit()
     db.session.refresh(run)
-    if res.rowcount == 0:
+    if rowcount(res) == 0:
         raise ApiError(409, f"training run {run_id} is already {run.status}", run_status=run.status)
     return run
 
@@ -283,10 +283,10 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
             values["finished_at"], values["eta_seconds"] = now, None
         res = db.session.execute(update(TrainingRun).where(*where).values(**values)
                                  .execution_options(synchronize_session=False))  # SQLite: naive datetimes
-        if res.rowcount and values["status"] == JobStatus.QUEUED:
+        if rowcount(res) and values["status"] == JobStatus.QUEUED:
             messages += outbox.add(TRAIN_TASK, "train", [run_id])
         db.session.commit()
-        if res.rowcount:
+        if rowcount(res):
             key = {JobStatus.QUEUED: "requeued_runs", JobStatus.FAILED: "failed_runs"}.get(values["status"])
             if key:
                 counts[key] += 1
@@ -296,7 +296,7 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
                                                            TrainingRun.status == JobStatus.QUEUED, stale_queue)
                                  .values(enqueued_at=now)
                                  .execution_options(synchronize_session=False))
-        if res.rowcount:
+        if rowcount(res):
             messages += outbox.add(TRAIN_TASK, "train", [run_id])
             counts["resent_runs"] += 1
         db.session.commit()

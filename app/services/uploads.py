@@ -150,7 +150,7 @@ def plan_archive(zf: zipfile.ZipFile, archive_bytes: int) -> Plan:
                                               f"above {limit('DATASET_MAX_RATIO')}:1 (zip bomb?)"))
     files = _strip_common_root(files)
     layout = "captions" if any(parts == (CAPTIONS_FILE,) for _, parts in files) else "classes"
-    kept = []
+    kept: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
     for info, parts in files:
         if parts == (CAPTIONS_FILE,) and layout == "captions":
             kept.append((info, parts))

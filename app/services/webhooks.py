@@ -51,8 +51,8 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core import metrics
 from app.core.errors import ApiError
-from app.core.extensions import db
-from app.core.tables import ApiToken, Batch, Image, Job, WebhookDelivery, iso, utcnow
+from app.core.extensions import db, rowcount
+from app.core.tables import ApiToken, Batch, get_row, Image, Job, WebhookDelivery, iso, utcnow
 from app.core.status import FINAL, JobStatus, count_by_status
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,8 @@ def _job_body(job: Job) -> dict[str, Any]:
 
 def body_of(delivery: WebhookDelivery) -> dict[str, Any]:
     if delivery.job_id:
-        job = db.session.get(Job, delivery.job_id)
-        return {"event": delivery.event, "type": "job", "job": _job_body(job)}
-    batch = db.session.get(Batch, delivery.batch_id)
+        return {"event": delivery.event, "type": "job", "job": _job_body(get_row(Job, delivery.job_id))}
+    batch = get_row(Batch, delivery.batch_id)
     statuses = [j.status for j in batch.jobs]  # (app.services.jobs imports this module: no import back)
     counts = count_by_status(statuses)
     return {"event": delivery.event, "type": "batch", "batch": {
@@ -248,7 +247,7 @@ def resolve_checked(host: str, port: int) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc}") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         if not address_allowed(ipaddress.ip_address(address.split("%", 1)[0])):
             raise Refused(f"{host} resolves to {address}, a private, loopback or link-local address "
@@ -294,16 +293,15 @@ def deliver_due(limit: int = BATCH) -> int:
     tried = 0
     for delivery_id in due:
         claim_until = utcnow() + timedelta(seconds=timeout + 30)  # a dispatcher that dies mid-POST: tried later
-        claimed = db.session.execute(update(WebhookDelivery).where(
+        claimed = rowcount(db.session.execute(update(WebhookDelivery).where(
             WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending",
             WebhookDelivery.next_attempt_at <= utcnow()).values(
-            next_attempt_at=claim_until, attempts=WebhookDelivery.attempts + 1)).rowcount
+            next_attempt_at=claim_until, attempts=WebhookDelivery.attempts + 1)))
         db.session.commit()
         if not claimed:
             continue
         tried += 1
-        delivery = db.session.get(WebhookDelivery, delivery_id)
-        _send(delivery, timeout)
+        _send(get_row(WebhookDelivery, delivery_id), timeout)
     return tried
 
 
