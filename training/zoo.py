@@ -153,6 +153,13 @@ RECIPES: tuple[Recipe, ...] = (
                     "fashion-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
         backend="glf", dataset="fashion-mnist-captions", condition="text", cpu_minutes=15,
         options={"base_channels": 32, "hidden_dim": 512}, examples=FASHION_PROMPTS, keep_encoder=True),
+    Recipe(
+        name="cifar10-text-glf", title="CIFAR-10 photos from a text prompt, generative latent flow",
+        description="The GLF backend with the sentence as the flow prior's condition: the same prompts as "
+                    "cifar10-text, from a non-adversarial model (an autoencoder and a conditional flow on its codes).",
+        backend="glf", dataset="cifar10-captions", condition="text", cpu_minutes=60,
+        options={"base_channels": 32, "hidden_dim": 512}, examples=CIFAR_PROMPTS, keep_encoder=True,
+        known_limits=("Images are 32x32 and blurry: colour and rough shape come through, details do not.",)),
 )
 
 
@@ -458,8 +465,50 @@ def write_montage(models_dir: Path, out: Path, per_row: int = 10) -> Path:
     return save_png(images, out, {"rows": json.dumps(names)}, nrow=per_row)
 
 
-def render_card(card: dict[str, Any]) -> str:
-    """The card as Markdown (``models/<name>/README.md``)."""
+# the figures a text model's card sets beside those of the other shipped models of its data set and condition
+COMPARED = (("text_class_accuracy[heldout]", "class, held-out wording"),
+            ("text_class_accuracy[heldout-synonyms]", "class, unseen words"),
+            ("text_color_accuracy[heldout]", "colour, held-out wording"),
+            ("text_tone_accuracy[heldout]", "tone, held-out wording"),
+            ("text_shape_accuracy[heldout]", "cut, held-out wording"),
+            ("text_diversity_median[heldout]", "variety (median prompt)"),
+            ("text_diversity_min[heldout]", "variety (lowest prompt)"),
+            ("text_feature_fid[heldout]", "class-matched feature FID (lower is better)"))
+
+
+def peer_cards(card: dict[str, Any], models_dir: Path) -> list[dict[str, Any]]:
+    """The other shipped models of ``card``'s data set and condition, in recipe order."""
+    peers = []
+    for recipe in RECIPES:
+        other = read_card(models_dir / recipe.name) if recipe.name != card["name"] else None
+        if other is not None and (other["dataset"], other["condition"]) == (card["dataset"], card["condition"]):
+            peers.append(other)
+    return peers
+
+
+def comparison_lines(card: dict[str, Any], peers: list[dict[str, Any]]) -> list[str]:
+    """A table of this model's figures beside its peers' (empty without peers or shared figures)."""
+    rows = [(key, label) for key, label in COMPARED
+            if key in card["metrics"] and all(key in p["metrics"] for p in peers)]
+    if not peers or not rows:
+        return []
+
+    def shown(key: str, value: float) -> str:
+        return f"{value:.1%}" if "accuracy" in key else f"{value:.2f}"
+
+    names = [card["name"], *(p["name"] for p in peers)]
+    lines = [f"## Compared with the other `{card['dataset']}` {card['condition']} model"
+             f"{'s' if len(peers) > 1 else ''}", "",
+             "The same prompts and the same evaluation; pick the one whose strengths you need.", "",
+             "| | " + " | ".join(f"`{n}` ({c['backend']})" for n, c in zip(names, [card, *peers])) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for key, label in rows:
+        lines.append(f"| {label} | " + " | ".join(shown(key, c["metrics"][key]) for c in [card, *peers]) + " |")
+    return lines + [""]
+
+
+def render_card(card: dict[str, Any], peers: list[dict[str, Any]] | None = None) -> str:
+    """The card as Markdown (``models/<name>/README.md``); ``peers``: the cards it is compared with."""
     t = card["training"]
     lines = [f"# {card['name']}: {card['title']}", "", card["description"], "",
              "![samples](samples.png)", "",
@@ -487,7 +536,8 @@ def render_card(card: dict[str, Any]) -> str:
                   "| class | class accuracy | diversity |", "| --- | --- | --- |"]
         lines += [f"| {cls} | {v['class_accuracy']:.1%} | {v.get('diversity', '-')} |"
                   for cls, v in card["per_class"].items()]
-    lines += ["", "All figures, per class and per phrasing: [metrics.json](metrics.json). How they are measured: "
+    lines += [""] + comparison_lines(card, peers or [])
+    lines += ["All figures, per class and per phrasing: [metrics.json](metrics.json). How they are measured: "
               "[docs/results.md](../../docs/results.md).", "", "## Recipe", "", "```bash", t["command"],
               card["export"]["command"], "```",
               "", "Rebuild every shipped model: `bash scripts/build-models.sh` (or `--only "
@@ -517,16 +567,31 @@ def build(names: list[str] | None, *, data_root: str, work_dir: str | Path, mode
             log(f"[{recipe.name}] reusing the evaluation of the same training in {models / recipe.name}")
         folders.append(export_and_describe(recipe, work / recipe.name, models, training, metrics, tiny))
         log(f"[{recipe.name}] -> {folders[-1]} " + json.dumps(summary(recipe, metrics)))
+    write_readmes(models)
     write_montage(models, models / MONTAGE_FILE)
     (models / INDEX_FILE).write_text(render_index(models))
     return folders
+
+
+def write_readmes(models_dir: Path) -> None:
+    """Every shipped model's README.md from its card, with its peers' figures beside its own (a model built
+    later changes its peers' comparison tables); the card's size follows."""
+    from generation.checkpoint import write_json_atomic
+    from generation.export import folder_size
+
+    for recipe in RECIPES:
+        folder = models_dir / recipe.name
+        card = read_card(folder)
+        if card is not None:
+            (folder / CARD_README).write_text(render_card(card, peer_cards(card, models_dir)))
+            card["size_bytes"] = folder_size(folder)
+            write_json_atomic(folder / CARD_FILE, card)
 
 
 def refresh_cards(models_dir: str | Path) -> list[Path]:
     """Re-render every shipped model's README.md, ``models/README.md`` and the montage from the stored cards
     (after a change to the card layout; no training, no evaluation). Returns the folders refreshed."""
     from generation.checkpoint import write_json_atomic
-    from generation.export import folder_size
 
     models, folders = Path(models_dir), []
     for recipe in RECIPES:
@@ -538,10 +603,9 @@ def refresh_cards(models_dir: str | Path) -> list[Path]:
         if (folder / "metrics.json").is_file():  # the caveats and per-class table follow the current rules
             evaluation = json.loads((folder / "metrics.json").read_text()).get("evaluation") or {}
             card["caveats"], card["per_class"] = caveats(recipe, evaluation), per_class_table(evaluation)
-        (folder / CARD_README).write_text(render_card(card))
-        card["size_bytes"] = folder_size(folder)
         write_json_atomic(folder / CARD_FILE, card)
         folders.append(folder)
+    write_readmes(models)
     write_montage(models, models / MONTAGE_FILE)
     (models / INDEX_FILE).write_text(render_index(models))
     return folders
