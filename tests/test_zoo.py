@@ -87,7 +87,7 @@ def test_every_recipe_runs_in_tiny_mode_and_writes_a_card(tmp_path):
             peers = [r.name for r in zoo.RECIPES if r.dataset == recipe.dataset and r.condition == "text"]
             readme = (folder / "README.md").read_text()
             assert len(peers) == 2 and "## Compared with the other" in readme
-            assert all(f"`{name}` (" in readme for name in peers) and "| variety (median prompt) |" in readme
+            assert all(f"`{name}` (" in readme for name in peers) and "| class, held-out wording |" in readme
     assert (models / zoo.MONTAGE_FILE).is_file()  # the README's picture: a row per model
     index = (models / "README.md").read_text()
     assert all(f"[{name}]({name}/README.md)" in index for name in zoo.recipe_names())
