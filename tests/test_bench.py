@@ -4,6 +4,7 @@ markdown table and a BENCH_JSON line whose figures parse. No timing is asserted.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,16 @@ def test_text_encoder_probe_refuses_an_unknown_dataset(capsys):
     with pytest.raises(SystemExit) as exc:
         text_encoder_probe.main(["--datasets", "mnist"])
     assert exc.value.code == 2 and "--datasets" in capsys.readouterr().err
+
+
+def test_noise_batch_stats_decodes_the_same_draws_served_and_as_trained():
+    """bench/noise_batch_stats on the shipped cifar10-text: a ratio per prompt both ways, and a class model is
+    refused with a message naming what is needed."""
+    from bench.noise_batch_stats import measure
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    result = measure(str(models / "cifar10-text"), ["a red car", "a green frog"], rows=4)
+    assert len(result["served"]) == len(result["as_trained"]) == 2
+    assert all(v > 0 for v in result["served"] + result["as_trained"]) and result["diversity_cap"] is not None
+    with pytest.raises(SystemExit, match="text condition is needed"):
+        measure(str(models / "mnist"), ["a red car"], rows=2)
