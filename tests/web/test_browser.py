@@ -237,7 +237,10 @@ def test_a_typed_prompt_for_the_shipped_text_model(stack, tmp_path):
         assert page.locator("#gallery img").count() == N_IMAGES
         assert prompt in page.locator("#gallery").inner_text()
         page.goto(f"{server.url}/models")
-        assert page.locator("#model-fashion-text img.model-samples").evaluate("img => img.naturalWidth") > 0
+        grid = page.locator("#model-fashion-text img.model-samples")
+        grid.scroll_into_view_if_needed()  # the grids load lazily, as they come into view
+        grid.evaluate("img => img.complete ? null : new Promise(done => img.addEventListener('load', done))")
+        assert grid.evaluate("img => img.naturalWidth") > 0
         assert errors == []
 
     from app.core.extensions import db
