@@ -8,11 +8,8 @@ import threading
 import time
 from typing import Any, Self
 
-from sqlalchemy import update
-
+from app.core import transitions
 from app.core.extensions import db
-from app.core.status import JobStatus
-from app.core.tables import Job, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +92,7 @@ class Lease(Heartbeat):
         if one_transaction:
             with self.engine.begin() as conn:
                 for job_id, token in live.items():
-                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
+                    if not transitions.renew_job(conn, job_id, token, **values):
                         lost.append(job_id)
         else:
             for job_id, token in live.items():
@@ -103,18 +100,13 @@ class Lease(Heartbeat):
                     if self.engine.dialect.name == "postgresql":
                         # a renewal lost in a crash costs nothing (the next one comes in a second): no fsync wait
                         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    if conn.execute(self._renewal(job_id, token, values)).rowcount == 0:
+                    if not transitions.renew_job(conn, job_id, token, **values):
                         lost.append(job_id)
         with self._lock:
             self.lost_jobs.update(lost)
             self.lost_count += len(lost)
         if not self.live():
             self.lost.set()
-
-    @staticmethod
-    def _renewal(job_id: str, token: str, values: dict[str, Any]) -> Any:
-        return update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING) \
-            .values(heartbeat_at=utcnow(), **values)
 
     def check(self) -> None:
         if self.lost.is_set():
@@ -156,12 +148,8 @@ class RunLease(Heartbeat):
 
     def store(self, values: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
-            res = conn.execute(update(TrainingRun).where(
-                TrainingRun.id == self.run_id, TrainingRun.claim_token == self.token,
-                TrainingRun.status == JobStatus.RUNNING).values(heartbeat_at=utcnow(), **values)
-                .returning(TrainingRun.cancel_requested))
-            row = res.first()
-        if row is None:
+            ours, cancel = transitions.renew_run(conn, self.run_id, self.token, **values)
+        if not ours:
             self.lost.set()
-        elif row[0]:
+        elif cancel:
             self.cancel.set()

@@ -24,17 +24,16 @@ import logging
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
-from sqlalchemy import bindparam, case, delete, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, insert, select
 
-from app.core import metrics
-from app.core.extensions import db, rowcount
+from app.core import metrics, transitions
+from app.core.extensions import db
 from app.core.tables import Image, Job, ModelVersion, aware, image_id, utcnow
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable, image_key
@@ -54,27 +53,12 @@ LOG_STAGE_TIMES = os.environ.get("PRIORFORGE_LOG_STAGE_TIMES", "") in ("1", "tru
 
 
 def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
-    """queued -> running for this attempt, each job with its own fresh claim token, in one transaction
-    (left open with ``commit=False``); returns job id -> token of the jobs claimed (the others were not
-    queued any more: not ours)."""
-    now = utcnow()
-    values = {"status": JobStatus.RUNNING, "attempts": Job.attempts + 1, "started_at": now, "heartbeat_at": now,
-              "worker": f"{socket.gethostname()}:{os.getpid()}", "progress": 0.0, "error": None,
-              "worker_main": main_of_this_process()}  # its death is charged only if this one lived on
-    offered = {job_id: str(uuid.uuid4()) for job_id in job_ids}
-    tokens: dict[str, str] = {}
+    """queued -> running for this attempt (:func:`app.core.transitions.claim_jobs`), in one transaction (left
+    open with ``commit=False``); job id -> claim token of the jobs claimed."""
     try:
-        if len(offered) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
-            claimed = db.session.scalars(
-                update(Job).where(Job.id.in_(list(offered)), Job.status == JobStatus.QUEUED)
-                .values(claim_token=case(offered, value=Job.id), **values).returning(Job.id)).all()
-            tokens = {job_id: offered[job_id] for job_id in claimed}
-        else:
-            for job_id, token in offered.items():
-                res = db.session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                                         .values(claim_token=token, **values))
-                if rowcount(res) == 1:
-                    tokens[job_id] = token
+        # worker_main: a death of this pool process is charged to its jobs only if the main process lived on
+        tokens = transitions.claim_jobs(job_ids, worker=f"{socket.gethostname()}:{os.getpid()}",
+                                        worker_main=main_of_this_process())
         if commit:
             db.session.commit()
     except BaseException:
@@ -90,8 +74,7 @@ def claim(job_id: str) -> str | None:
 
 def finish_failed(job_id: str, token: str, message: str) -> None:
     db.session.rollback()
-    db.session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-                       .values(status=JobStatus.FAILED, error=message[:2000], finished_at=utcnow()))
+    transitions.fail_job(job_id, token, message)
     db.session.commit()
 
 
@@ -206,14 +189,7 @@ def _requeue(job_id: str, token: str, reason: str) -> None:
     """queued again (fenced by the claim token): the reconciliation re-sends it after QUEUED_STALE_AFTER, a
     back-off while the store is down; failed once it has been attempted MAX_ATTEMPTS times."""
     db.session.rollback()
-    ours = (Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-    max_attempts = int(current_app.config["MAX_ATTEMPTS"])
-    db.session.execute(update(Job).where(*ours, Job.attempts >= max_attempts).values(
-        status=JobStatus.FAILED, finished_at=utcnow(),
-        error=f"the object store was unavailable {max_attempts} times: {reason}"[:2000]))
-    db.session.execute(update(Job).where(*ours).values(
-        status=JobStatus.QUEUED, claim_token=None, progress=0.0, enqueued_at=utcnow(),
-        error=f"waiting for the object store: {reason}"[:2000]))
+    transitions.requeue_job(job_id, token, reason, int(current_app.config["MAX_ATTEMPTS"]))
     db.session.commit()
 
 
@@ -540,17 +516,8 @@ def _store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any],
         succeeded: list[tuple[JobSnapshot, Any]] = []
         lost: list[tuple[JobSnapshot, Any]] = []
         now = utcnow()
-        done = {"status": JobStatus.SUCCEEDED, "progress": 1.0, "finished_at": now, "heartbeat_at": now}
         try:
-            if len(stored) > 1 and db.engine.dialect.update_returning:  # one statement for all of them
-                ours = set(db.session.scalars(
-                    update(Job).where(tuple_(Job.id, Job.claim_token).in_([(job.id, lease.tokens[job.id])
-                                                                           for job, _ in stored]),
-                                      Job.status == JobStatus.RUNNING).values(**done).returning(Job.id)))
-            else:
-                ours = {job.id for job, _ in stored if rowcount(db.session.execute(
-                    update(Job).where(Job.id == job.id, Job.claim_token == lease.tokens[job.id],
-                                      Job.status == JobStatus.RUNNING).values(**done))) == 1}
+            ours = transitions.succeed_jobs({job.id: lease.tokens[job.id] for job, _ in stored}, now)
             for job, rows in stored:
                 (succeeded if job.id in ours else lost).append((job, rows))
             if succeeded:

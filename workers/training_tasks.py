@@ -23,16 +23,16 @@ import os
 import shutil
 import socket
 import time
-import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
-from sqlalchemy import or_, update
 
-from app.core.extensions import db, rowcount
+from app.core import transitions
+from app.core.extensions import db
 from app.core.tables import TrainingRun, utcnow
 from app.core.queue import TRAIN_TASK
 from app.services.model_versions import register_model
@@ -51,32 +51,17 @@ class RunLost(Exception):
 
 def claim_run(run_id: str) -> str | None:
     """The run for this attempt (queued, or running with an expired lease); its claim token, or None."""
-    from datetime import timedelta
-
-    token = str(uuid.uuid4())
-    now = utcnow()
-    cutoff = now - timedelta(seconds=float(current_app.config["LEASE_TIMEOUT"]))
-    res = db.session.execute(update(TrainingRun).where(
-        TrainingRun.id == run_id, TrainingRun.cancel_requested.is_(False),
-        or_(TrainingRun.status == JobStatus.QUEUED,
-            (TrainingRun.status == JobStatus.RUNNING) & or_(TrainingRun.heartbeat_at.is_(None),
-                                                    TrainingRun.heartbeat_at < cutoff)))
-        .values(status=JobStatus.RUNNING, claim_token=token, attempts=TrainingRun.attempts + 1, heartbeat_at=now,
-                started_at=db.func.coalesce(TrainingRun.started_at, now), phase="starting", error=None,
-                worker=f"{socket.gethostname()}:{os.getpid()}")
-        # no in-Python evaluation of the WHERE against loaded rows: SQLite hands back naive datetimes
-        .execution_options(synchronize_session=False))
+    cutoff = utcnow() - timedelta(seconds=float(current_app.config["LEASE_TIMEOUT"]))
+    token = transitions.claim_run(run_id, worker=f"{socket.gethostname()}:{os.getpid()}", lease_cutoff=cutoff)
     db.session.commit()
-    return token if rowcount(res) == 1 else None
+    return token
 
 
-def _finish(run_id: str, token: str, **values: Any) -> bool:
+def _finish(run_id: str, token: str, status: JobStatus, **values: Any) -> bool:
     db.session.rollback()
-    res = db.session.execute(update(TrainingRun).where(
-        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == JobStatus.RUNNING)
-        .values(finished_at=utcnow(), heartbeat_at=utcnow(), eta_seconds=None, **values))
+    finished = transitions.finish_run(run_id, token, status, **values)
     db.session.commit()
-    return rowcount(res) == 1
+    return finished
 
 
 @shared_task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -358,16 +343,13 @@ def _register(run_id: str, token: str, out: Path, settings: dict[str, Any], metr
               resumed_from: int | None) -> str:
     """The new (not serving) model version and ``succeeded``, in one transaction fenced by the claim token."""
     db.session.rollback()
-    res = db.session.execute(update(TrainingRun).where(
-        TrainingRun.id == run_id, TrainingRun.claim_token == token, TrainingRun.status == JobStatus.RUNNING)
-        .values(status=JobStatus.SUCCEEDED, phase="done", finished_at=utcnow(), heartbeat_at=utcnow(),
-                step=int(metrics.get("steps", 0)), eta_seconds=0.0,
-                metrics={**metrics, **({"resumed_from_step": resumed_from} if resumed_from is not None else {})}))
-    if rowcount(res) != 1:
+    if not transitions.finish_run(
+            run_id, token, JobStatus.SUCCEEDED, phase="done", step=int(metrics.get("steps", 0)), eta_seconds=0.0,
+            metrics={**metrics, **({"resumed_from_step": resumed_from} if resumed_from is not None else {})}):
         db.session.rollback()
         raise RunLost()
     version, _ = register_model(settings["model_name"], out, serve=False, commit=False, serve_first=False)
-    db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(model_version_id=version.id))
+    transitions.link_run_version(run_id, version.id)
     db.session.commit()
     log.info("training run %s registered %s version %d (not serving)", run_id, version.name, version.version)
     return JobStatus.SUCCEEDED

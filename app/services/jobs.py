@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
-from app.core import metrics
+from app.core import metrics, transitions
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
-from app.core.extensions import db, rowcount
+from app.core.extensions import db
 from app.core.tables import Batch, Image, Job, get_or_404, new_id, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
@@ -458,10 +458,9 @@ def cancel_job(job_id: str, *, token_id: int | None = None, secret: str | None =
     if not may_cancel(job, token_id=token_id, secret=secret, admin=admin):
         raise ApiError(403, "only the job's creator can cancel it: send the token that created it, or the "
                             "cancel_secret returned when it was created (header X-Cancel-Secret)")
-    result = db.session.execute(update(Job).where(Job.id == job_id, Job.status.in_(LIVE))
-                                .values(status=JobStatus.CANCELED, finished_at=utcnow(), claim_token=None))
+    canceled = transitions.cancel_job(job_id)
     db.session.commit()
-    if rowcount(result) == 0:
+    if not canceled:
         db.session.refresh(job)
         raise ApiError(409, f"job {job_id} is already {job.status}", job_status=job.status)
     announce_finished([job_id])

@@ -38,7 +38,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import delete, or_, select, update
 
-from app.core import metrics
+from app.core import metrics, transitions
 from app.core.extensions import db, rowcount
 from app.core.tables import Job, WorkerNode, aware, utcnow
 from app.services import outbox
@@ -160,14 +160,11 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             beat = aware(row.heartbeat_at)
             if not (gone or beat is None or beat < lease_cutoff):
                 continue
-            cond = (Job.id == row.id, Job.status == JobStatus.RUNNING, Job.claim_token == row.claim_token)
             whole = whole_worker_died(row.worker_main, beat, nodes.get(row.worker_main), now, host, local, lease)
             if whole is None:
                 continue  # its main process's fate decides: a reconciliation or two later
             if whole:  # the worker was killed whole: no charge, whatever ran with it
-                result = db.session.execute(update(Job).where(*cond).values(
-                    status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0))
-                if rowcount(result):
+                if transitions.release_job(row.id, row.claim_token, now):
                     counts["requeued_worker_lost"] += 1
                     to_send.append(row.id)
                 continue
@@ -178,21 +175,16 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
             # task, and a poison job is isolated at its second death
             isolate = alone or row.attempts - 1 - row.deaths >= 1
             if deaths >= max_deaths:
-                result = db.session.execute(update(Job).where(*cond).values(
-                    status=JobStatus.FAILED, finished_at=now, claim_token=None, deaths=deaths,
-                    error=f"the job's worker died {deaths} times while it ran alone (killed, out of memory, or "
-                          f"past the hard time limit of {cfg['TASK_TIME_LIMIT']} s): the job is likely what "
-                          f"kills it; giving up"))
-                if rowcount(result):
+                if transitions.give_up_job(
+                        row.id, row.claim_token, now, deaths,
+                        f"the job's worker died {deaths} times while it ran alone (killed, out of memory, or "
+                        f"past the hard time limit of {cfg['TASK_TIME_LIMIT']} s): the job is likely what "
+                        f"kills it; giving up"):
                     counts["failed_running"] += 1
                     failed.append(row.id)
-            else:
-                result = db.session.execute(update(Job).where(*cond).values(
-                    status=JobStatus.QUEUED, enqueued_at=now, claim_token=None, progress=0.0, deaths=deaths,
-                    isolated=isolate))
-                if rowcount(result):
-                    counts["requeued_running" if alone else "requeued_uncharged"] += 1
-                    to_send.append(row.id)
+            elif transitions.release_job(row.id, row.claim_token, now, deaths=deaths, isolated=isolate):
+                counts["requeued_running" if alone else "requeued_uncharged"] += 1
+                to_send.append(row.id)
     return counts, to_send, failed
 
 
@@ -204,12 +196,7 @@ def resend_queued(now: datetime, older_than: float | None) -> list[str]:
         cutoff = now - timedelta(seconds=older_than)
         cond.append(or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff))
     ids = list(db.session.scalars(select(Job.id).where(*cond)))
-    if ids:
-        # conditional: two reconcilers at once send each job once (the second finds enqueued_at moved)
-        sent = db.session.scalars(update(Job).where(Job.id.in_(ids), *cond).values(enqueued_at=now)
-                                  .returning(Job.id)).all() if db.engine.dialect.update_returning else ids
-        ids = list(sent)
-    return ids
+    return transitions.stamp_resent(ids, now, *cond[1:]) if ids else []
 
 
 def reconcile(now: datetime | None = None) -> dict[str, int]:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
+from app.core import transitions
 from app.core.errors import ApiError
-from app.core.extensions import db, rowcount
+from app.core.extensions import db
 from app.core.tables import TrainingRun, User, get_or_404, utcnow
 from app.core.storage import StorageError
 from app.services.datasets import dataset_source
@@ -241,17 +242,10 @@ def cancel_run(run_id: str) -> TrainingRun:
     """A queued run is canceled at once; a running one is asked to stop (its worker saves a checkpoint and
     marks it canceled within a heartbeat)."""
     run = get_run(run_id)
-    now = utcnow()
-    res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == JobStatus.QUEUED)
-                             .values(status=JobStatus.CANCELED, finished_at=now, phase=JobStatus.CANCELED,
-                                     claim_token=None, eta_seconds=None))
-    if rowcount(res) == 0:
-        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
-                                                           TrainingRun.status == JobStatus.RUNNING)
-                                 .values(cancel_requested=True))
+    moved = transitions.cancel_run(run_id)
     db.session.commit()
     db.session.refresh(run)
-    if rowcount(res) == 0:
+    if moved is None:
         raise ApiError(409, f"training run {run_id} is already {run.status}", run_status=run.status)
     return run
 
@@ -270,33 +264,24 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     for run_id, attempts, cancel in db.session.execute(select(
             TrainingRun.id, TrainingRun.attempts, TrainingRun.cancel_requested).where(
             TrainingRun.status == JobStatus.RUNNING, stale_lease)).all():
-        where = (TrainingRun.id == run_id, TrainingRun.status == JobStatus.RUNNING, stale_lease)
+        values: dict[str, str]
         if cancel:
-            values: dict[str, Any] = {"status": JobStatus.CANCELED, "phase": JobStatus.CANCELED, "claim_token": None}
+            status, values = JobStatus.CANCELED, {"phase": JobStatus.CANCELED.value}
         elif attempts >= max_attempts:
-            values = {"status": JobStatus.FAILED, "phase": JobStatus.FAILED, "claim_token": None,
-                      "error": f"the run was abandoned by its worker {attempts} times; giving up"}
+            status, values = JobStatus.FAILED, {"phase": JobStatus.FAILED, "error": f"the run was abandoned by "
+                                                f"its worker {attempts} times; giving up"}
         else:
-            values = {"status": JobStatus.QUEUED, "phase": "queued (worker lost; will resume)", "claim_token": None,
-                      "enqueued_at": now}
-        if values["status"] != JobStatus.QUEUED:
-            values["finished_at"], values["eta_seconds"] = now, None
-        res = db.session.execute(update(TrainingRun).where(*where).values(**values)
-                                 .execution_options(synchronize_session=False))  # SQLite: naive datetimes
-        if rowcount(res) and values["status"] == JobStatus.QUEUED:
+            status, values = JobStatus.QUEUED, {"phase": "queued (worker lost; will resume)"}
+        released = transitions.release_run(run_id, now, lease_cutoff, status, **values)
+        if released and status == JobStatus.QUEUED:
             messages += outbox.add(TRAIN_TASK, "train", [run_id])
         db.session.commit()
-        if rowcount(res):
-            key = {JobStatus.QUEUED: "requeued_runs", JobStatus.FAILED: "failed_runs"}.get(values["status"])
-            if key:
-                counts[key] += 1
+        key = {JobStatus.QUEUED: "requeued_runs", JobStatus.FAILED: "failed_runs"}.get(status)
+        if released and key:
+            counts[key] += 1
     stale_queue = or_(TrainingRun.enqueued_at.is_(None), TrainingRun.enqueued_at < queued_cutoff)
     for run_id in db.session.scalars(select(TrainingRun.id).where(TrainingRun.status == JobStatus.QUEUED, stale_queue)):
-        res = db.session.execute(update(TrainingRun).where(TrainingRun.id == run_id,
-                                                           TrainingRun.status == JobStatus.QUEUED, stale_queue)
-                                 .values(enqueued_at=now)
-                                 .execution_options(synchronize_session=False))
-        if rowcount(res):
+        if transitions.stamp_resent_run(run_id, now, queued_cutoff):
             messages += outbox.add(TRAIN_TASK, "train", [run_id])
             counts["resent_runs"] += 1
         db.session.commit()

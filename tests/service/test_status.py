@@ -45,3 +45,34 @@ def test_no_bare_state_strings_in_the_service_code():
              if path.name != "status.py"
              for number, line in enumerate(path.read_text().splitlines(), 1) if BARE.search(line)]
     assert not found, "name the state by its JobStatus member:\n" + "\n".join(found)
+
+
+def test_every_transition_declares_only_allowed_moves():
+    from app.core import transitions
+
+    assert transitions.DECLARED, "the transitions module declares its moves"
+    for name, pairs in transitions.DECLARED.items():
+        for old, new in pairs:
+            assert may_move(old, new), f"{name} moves {old} -> {new}, which MOVES does not allow"
+    made = {pair for pairs in transitions.DECLARED.values() for pair in pairs}
+    allowed = {(old, new) for old, targets in MOVES.items() for new in targets}
+    assert made == allowed, f"moves allowed but made by no transition: {sorted(allowed - made)}"
+
+
+# UPDATEs of job and run rows that change no state: a delivery flag
+NOT_A_TRANSITION = {"app/services/webhooks.py": "webhook_pending"}
+ROW_UPDATE = re.compile(r"update\((Job|TrainingRun)\)")
+
+
+def test_only_the_transitions_module_updates_job_and_run_rows():
+    found = []
+    for package in ("app", "workers"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            relative = str(path.relative_to(REPO))
+            if relative == "app/core/transitions.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if ROW_UPDATE.search(line) and not (relative in NOT_A_TRANSITION
+                                                    and NOT_A_TRANSITION[relative] in line):
+                    found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "move a job or run through app.core.transitions:\n" + "\n".join(found)
