@@ -21,6 +21,7 @@ from generation.precision import to_device
 
 # paper defaults: supervised 10 + 54 -> 64, unsupervised 10 + 90, text 200 + 100
 DEFAULT_NOISE_DIM = {"class": 54, "cluster": 90, "text": 100, "none": 64}
+CODE_NORMS = ("batch", "layer")
 
 
 @dataclass
@@ -40,6 +41,10 @@ class AAEConfig(ModelConfig):
             sampling never reads it, and an exported model drops it with the discriminators.
         upsample: how the decoder doubles its feature maps: ``transpose`` (DCGAN) or ``nearest`` (up-sampling +
             3x3 convolution; no checkerboard pattern, about twice the decoder's compute).
+        code_norm: normalisation in CG: ``batch`` (the paper's BatchNorm) or ``layer`` (LayerNorm on the hidden
+            layers, a plain linear output). BatchNorm trains on a batch's statistics and serves on running ones,
+            so the diversity term, computed in training mode, overstates what a served model varies; LayerNorm
+            behaves the same in both modes.
     """
 
     latent_dim: int | None = None
@@ -50,11 +55,14 @@ class AAEConfig(ModelConfig):
     code_disc_hidden: tuple[int, ...] = (1000, 500, 200)
     aux_classes: int = 0
     upsample: str = "transpose"
+    code_norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.aux_classes and self.condition != "text":
             raise ValueError(f"aux_classes is for text models (a class-conditional model's Q already predicts "
                              f"the label); got condition {self.condition!r}")
+        if self.code_norm not in CODE_NORMS:
+            raise ValueError(f"code_norm must be one of {', '.join(CODE_NORMS)}, got {self.code_norm!r}")
         if self.aux_classes < 0:
             raise ValueError(f"aux_classes must be 0 or more, got {self.aux_classes}")
         if self.latent_dim is None:
@@ -66,16 +74,29 @@ class AAEConfig(ModelConfig):
 
 
 class CodeGenerator(nn.Module):
-    """CG: ``(noise, s)`` -> code; FC 2*noise (BN, ReLU), FC code (BN) as in the paper's appendix."""
+    """CG: ``(noise, s)`` -> code; FC 2*noise (BN, ReLU), FC code (BN) as in the paper's appendix.
 
-    def __init__(self, noise_dim: int, condition_dim: int, latent_dim: int):
+    ``norm="layer"`` swaps the hidden BatchNorms for LayerNorms and drops the output one: a sample's code then
+    depends on its own noise and condition alone, in training as when served.
+    """
+
+    def __init__(self, noise_dim: int, condition_dim: int, latent_dim: int, norm: str = "batch"):
         super().__init__()
         hidden = 2 * noise_dim
-        self.net = nn.Sequential(
-            nn.Linear(noise_dim + condition_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, latent_dim), nn.BatchNorm1d(latent_dim),
-        )
+        if norm == "batch":
+            self.net = nn.Sequential(
+                nn.Linear(noise_dim + condition_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                nn.Linear(hidden, latent_dim), nn.BatchNorm1d(latent_dim),
+            )
+        elif norm == "layer":
+            self.net = nn.Sequential(
+                nn.Linear(noise_dim + condition_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                nn.Linear(hidden, latent_dim),
+            )
+        else:
+            raise ValueError(f"norm must be one of {', '.join(CODE_NORMS)}, got {norm!r}")
 
     def forward(self, noise: Tensor, cond: Tensor) -> Tensor:
         return self.net(torch.cat([noise, cond], dim=1))  # (B, latent_dim)
@@ -167,7 +188,7 @@ class CodeGeneratorAAE(GenerativeModel):
         cond_dim = c.condition_dim
         self.encoder = ConvEncoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim, upsample=c.upsample)
-        self.code_generator = CodeGenerator(c.noise_dim, cond_dim, c.latent_dim)
+        self.code_generator = CodeGenerator(c.noise_dim, cond_dim, c.latent_dim, c.code_norm)
         # D_I sees the condition only in the text setting; for labels/clusters Q recovers it (Eq. 7)
         self.image_discriminator = ImageDiscriminator(
             c.image_shape, c.base_channels, c.disc_hidden, cond_dim if c.condition == "text" else 0,

@@ -46,7 +46,7 @@ OPTION_RULES: dict[Any, tuple] = {
     "lde_channels": _POSITIVE, "lde_max_channels": _POSITIVE, "num_mixtures": _POSITIVE,
     "max_channels": _POSITIVE, "aux_classes": ("int", 0, 1000), "permutation_seed": ("int", 0, 2**31 - 1),
     "scale_clamp": ("number", 0.0, 100.0, True, False), "temperature": ("number", 0.0, 100.0, True, False),
-    "upsample": ("choice", ("transpose", "nearest")),
+    "upsample": ("choice", ("transpose", "nearest")), "code_norm": ("choice", ("batch", "layer")),
     "class_prior": ("choice", ("gaussian", "flow", "standard")),
     ("lde", "variant"): ("choice", ("ae", "iae")), ("pga", "variant"): ("choice", ("lpga", "vpga")),
     ("glf", "latent_dim"): ("int", 2, MAX_INT_OPTION),
