@@ -144,6 +144,24 @@ def test_nearest_upsampling_decoder_has_no_transposed_convolutions():
         build_tiny("aae-cg", condition="class", upsample="bicubic")
 
 
+def test_layer_norm_code_generator_codes_each_sample_on_its_own_in_training_as_served():
+    model = build_tiny("aae-cg", condition="text", text_dim=8, code_norm="layer")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.code_generator.modules())
+    noise, cond = torch.randn(6, model.config.noise_dim), torch.randn(6, 8)
+    model.code_generator.train()
+    alone = model.code_generator(noise[:1], cond[:1])  # a batch of one: BatchNorm could not even run it
+    in_batch = model.code_generator(noise, cond)[:1]
+    model.code_generator.eval()
+    served = model.code_generator(noise[:1], cond[:1])
+    assert torch.allclose(alone, in_batch, atol=1e-6) and torch.allclose(alone, served, atol=1e-6)
+    batch_norm = build_tiny("aae-cg", condition="text", text_dim=8)
+    batch_norm.code_generator.train()
+    assert not torch.allclose(batch_norm.code_generator(noise, cond)[:1],
+                              batch_norm.code_generator(noise[:3], cond[:3])[:1], atol=1e-4)
+    with pytest.raises(ValueError, match="code_norm must be one of batch, layer"):
+        build_tiny("aae-cg", condition="text", text_dim=8, code_norm="group")
+
+
 def test_text_models_q_and_class_head_read_the_image_alone():
     """A head that saw the caption could read its answer off the caption, and G would learn nothing from it."""
     model = build_tiny("aae-cg", condition="text", text_dim=12, aux_classes=10).eval()
