@@ -4,12 +4,17 @@ reconciliation tells a live task from a dead one (docs/architecture.md, "A job's
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any, Self
 
+from flask import current_app
+
 from app.core import transitions
 from app.core.extensions import db
+from app.services.reconcile import main_of_this_process
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +158,38 @@ class RunLease(Heartbeat):
             self.lost.set()
         elif cancel:
             self.cancel.set()
+
+
+# -- claiming and giving back, each in its own transaction ----------------------------------------------
+def claim_many(job_ids: list[str], *, commit: bool = True) -> dict[str, str]:
+    """queued -> running for this attempt (:func:`app.core.transitions.claim_jobs`), in one transaction (left
+    open with ``commit=False``); job id -> claim token of the jobs claimed."""
+    try:
+        # worker_main: a death of this pool process is charged to its jobs only if the main process lived on
+        tokens = transitions.claim_jobs(job_ids, worker=f"{socket.gethostname()}:{os.getpid()}",
+                                        worker_main=main_of_this_process())
+        if commit:
+            db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
+    return tokens
+
+
+def claim(job_id: str) -> str | None:
+    """queued -> running for this attempt; returns the claim token, or None when the job is not ours."""
+    return claim_many([job_id]).get(job_id)
+
+
+def finish_failed(job_id: str, token: str, message: str) -> None:
+    db.session.rollback()
+    transitions.fail_job(job_id, token, message)
+    db.session.commit()
+
+
+def requeue(job_id: str, token: str, reason: str) -> None:
+    """queued again (fenced by the claim token): the reconciliation re-sends it after QUEUED_STALE_AFTER, a
+    back-off while the store is down; failed once it has been attempted MAX_ATTEMPTS times."""
+    db.session.rollback()
+    transitions.requeue_job(job_id, token, reason, int(current_app.config["MAX_ATTEMPTS"]))
+    db.session.commit()

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
 
 from app.core.checkpoint_store import checkpoint_folder
 from app.core.tables import ModelVersion
+
+@dataclass(frozen=True)
+class VersionSnapshot:
+    """What the task needs of a model version (read once: the task's commits expire ORM objects)."""
+
+    id: int
+    name: str
+    version: int
+    backend: str
+    checkpoint_path: str
+    weights_sha256: str | None
+    checkpoint_key: str | None
+    checkpoint_files: dict[str, str] | None
+
+    @classmethod
+    def columns(cls) -> list:
+        return [getattr(ModelVersion, name) for name in cls.__dataclass_fields__]
+
+
 
 _MODELS: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
 _MODELS_LOCK = threading.Lock()

@@ -195,17 +195,17 @@ def test_each_job_is_handed_on_as_soon_as_its_last_row_is_decoded(digits):
 def test_stored_pngs_are_byte_identical_whatever_png_threads(app, monkeypatch, threads):
     """Encoding on writer threads (PNG_THREADS > 0) stores the very bytes the inline path (0) stores. Passes
     of 4 rows: the jobs end in different passes, so all but the last pass's are stored on the threads."""
-    import workers.tasks as tasks
+    import workers.job_images as job_images
     from workers.tasks import generate_images
 
     encoded_on: list[int] = []
-    encode = tasks._encode_pngs
+    encode = job_images.encode_pngs
 
     def recording_encode(*args):
         encoded_on.append(threading.get_ident())
         return encode(*args)
 
-    monkeypatch.setattr(tasks, "_encode_pngs", recording_encode)
+    monkeypatch.setattr(job_images, "encode_pngs", recording_encode)
 
     def run(png_threads: int) -> list[list[bytes]]:
         app.config.update(PNG_THREADS=png_threads, GENERATE_CHUNK=4)
@@ -239,18 +239,19 @@ def _without_job_id(png: bytes) -> tuple[bytes, dict]:
 
 
 def test_a_failing_encode_on_a_writer_thread_fails_the_jobs_readably_and_stores_nothing(app, monkeypatch):
+    import workers.job_images as job_images
     import workers.tasks as tasks
 
     app.config.update(PNG_THREADS=1, GENERATE_CHUNK=4)  # the failing job (rows 2-6) is stored on the thread
     jobs = [_queued_job(app, **spec) for spec in SPECS]
-    encode = tasks._encode_pngs
+    encode = job_images.encode_pngs
 
     def failing_encode(version, job, request, images):
         if job.id == jobs[1]:
             raise OSError("disk full (simulated)")
         return encode(version, job, request, images)
 
-    monkeypatch.setattr(tasks, "_encode_pngs", failing_encode)
+    monkeypatch.setattr(job_images, "encode_pngs", failing_encode)
     with app.app_context():
         assert tasks.generate_images.run(jobs[0]) == "failed"
         for job_id in jobs:

@@ -80,6 +80,7 @@ def test_a_batched_task_claims_in_one_commit_and_finishes_in_one(app):
 @pytest.mark.parametrize("model_cached", [True, False], ids=["model-cached", "model-loaded-by-the-task"])
 def test_a_job_canceled_while_its_batch_is_stored_drops_out_alone(app, monkeypatch, model_cached):
     import workers.model_cache as model_cache
+    import workers.job_images as job_images
     import workers.tasks as tasks
 
     if model_cached:
@@ -88,7 +89,7 @@ def test_a_job_canceled_while_its_batch_is_stored_drops_out_alone(app, monkeypat
         monkeypatch.setattr(model_cache, "_MODELS", type(model_cache._MODELS)())  # companions are claimed after the load
     jobs = [queued_job(app, **spec) for spec in SPECS]
     victim = jobs[2]
-    encode = tasks._encode_pngs
+    encode = job_images.encode_pngs
 
     def encode_and_cancel(version, job, request, images):
         if job.id == jobs[0]:  # the victim is canceled (by the API, say) after the decode, before the finish
@@ -96,7 +97,7 @@ def test_a_job_canceled_while_its_batch_is_stored_drops_out_alone(app, monkeypat
                 conn.execute(update(Job).where(Job.id == victim).values(status="canceled"))
         return encode(version, job, request, images)
 
-    monkeypatch.setattr(tasks, "_encode_pngs", encode_and_cancel)
+    monkeypatch.setattr(job_images, "encode_pngs", encode_and_cancel)
     with app.app_context():
         assert tasks.generate_images.run(jobs[0]) == "succeeded"
         # the others were batched with it; their own messages are no-ops
@@ -110,12 +111,13 @@ def test_a_job_canceled_while_its_batch_is_stored_drops_out_alone(app, monkeypat
             assert (status, rows, len(files)) == ("succeeded", spec["n"], spec["n"])
 
 
-def test_a_lone_job_never_waits_for_companions(app, monkeypatch):
+    import workers.decoding as decoding
     import workers.tasks as tasks
+    import workers.decoding as decoding
 
     warm_up(app)
     sleeps: list[float] = []
-    monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
+    monkeypatch.setattr(decoding.time, "sleep", sleeps.append)
     assert app.config["BATCH_WAIT_MS"] == 0  # the default
     with app.app_context():
         assert tasks.generate_images.run(queued_job(app, label="2", n=1, seed=3)) == "succeeded"
