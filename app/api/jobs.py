@@ -14,6 +14,7 @@ from app.core.http import json_body
 from app.services import idempotency, jobs
 from app.services.idempotency import IdempotentRequest
 from app.services.job_events import wait_until_ended
+from app.services.schemas import BatchRequest
 from app.core.status import FINAL, JobStatus
 
 
@@ -87,7 +88,7 @@ def cancel_job(job_id: str):
 
 
 # the fields of a JSON batch object: its items, and the webhook of the batch as a whole
-BATCH_FIELDS = ("items", "webhook", "webhook_events_filter")
+BATCH_FIELDS = tuple(BatchRequest.model_fields)
 
 
 @bp.post("/batches")

@@ -8,7 +8,8 @@ from app.core.status import JobStatus
 from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
 from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
     MAX_ROWS as EXPERIMENT_MAX_ROWS
-from app.services.jobs import JOB_FIELDS, MAX_SEED
+from app.services.jobs import job_limits
+from app.services.schemas import JOB_FIELDS, MAX_SEED, job_request_schema
 from priorforge_spec.experiments import SWEEP_WORDS
 from app.services.trainings import request_schema as training_request_schema
 
@@ -145,33 +146,10 @@ def _experiment_upload() -> dict[str, Any]:
 
 
 def spec() -> dict[str, Any]:
-    from flask import current_app
-
-    limit = int(current_app.config["MAX_IMAGES_PER_JOB"])
     schemas = {
+        **job_request_schema(job_limits()),
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
                   "additionalProperties": True},
-        "JobRequest": {
-            "type": "object", "additionalProperties": False,
-            "description": "Give at most one of label (class models), cluster (cluster models), prompt (text models).",
-            "properties": {
-                "model": {"type": "string", "minLength": 1, "maxLength": 100,
-                          "description": "model name (default: the configured DEFAULT_MODEL)"},
-                "label": {"oneOf": [{"type": "string", "maxLength": 200}, {"type": "integer"}],
-                          "description": "class name, or index (an integer, or a string of ASCII digits)"},
-                "cluster": {"type": "integer", "minimum": 0},
-                "prompt": {"type": "string", "minLength": 1, "maxLength": 500},
-                "n": {"type": "integer", "minimum": 1, "maximum": limit, "default": 1},
-                "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
-                         "description": "random when absent (and stored); image i uses seed + i"},
-                "webhook": {"type": "string", "minLength": 1, "maxLength": 2000,
-                            "description": "http(s) URL POSTed when the job starts or ends (webhook_events_filter), "
-                                           "signed with the token's secret (GET /webhook-secret); needs an API "
-                                           "token; private, loopback and link-local targets are refused"},
-                "webhook_events_filter": {"type": "array", "minItems": 1, "items": {
-                    "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"},
-            },
-        },
         "JobCreated": {
             "type": "object", "required": ["id", "url", "status"],
             "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
@@ -211,21 +189,6 @@ def spec() -> dict[str, Any]:
                     "created_at": {"type": "string", "nullable": True},
                     "delivered_at": {"type": "string", "nullable": True}}}}}},
             "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
-        "BatchRequest": {
-            "type": "object", "additionalProperties": False, "required": ["items"],
-            "description": "A batch's items with the batch's own webhook: its events are POSTed once for the whole "
-                           "batch (completed: when every job has ended, however), with the body {\"event\", "
-                           "\"type\": \"batch\", \"batch\": {id, url, total, counts, created_at, jobs}}; an item "
-                           "may still name a webhook of its own",
-            "properties": {
-                "items": {"type": "array", "items": {"$ref": "#/components/schemas/JobRequest"}},
-                "webhook": {"type": "string", "minLength": 1, "maxLength": 2000,
-                            "description": "http(s) URL POSTed when the batch starts (its first job starts) or "
-                                           "ends (every job has ended), by webhook_events_filter; signed with the "
-                                           "token's secret (GET /webhook-secret); needs an API token; private, "
-                                           "loopback and link-local targets are refused"},
-                "webhook_events_filter": {"type": "array", "minItems": 1, "items": {
-                    "type": "string", "enum": ["start", "completed"]}, "description": "default [\"completed\"]"}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
             "status": {"type": "string", "enum": JOB_STATUSES},

@@ -36,7 +36,8 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.tables import Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
-from app.services.jobs import (MAX_SEED, JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
+from app.services.schemas import MAX_SEED
+from app.services.jobs import (JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
                                _is_int, _job_from_spec, _secret_hash, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.model_versions import card_summary, default_model_name, serving_models, serving_version

@@ -33,11 +33,10 @@ from app.services.idempotency import IdempotentRequest
 from app.services.job_events import announce_finished
 from app.services.model_versions import ServingModel, conditions_of, default_model_name, serving_model, serving_models
 from app.services.queue import job_queues
+from app.services.schemas import JobRequest, Limits, check_job_request
 from app.core.status import JobStatus, LIVE, count_by_status, overall_status
 from priorforge_spec.conditions import ConditionError, resolve_label
 
-MAX_SEED = 2**53  # seeds are JSON-safe integers (exact in every client); image i uses seed + i
-JOB_FIELDS = ("model", "label", "cluster", "prompt", "n", "seed", "webhook", "webhook_events_filter")
 # an integer typed as text (forms, CSV cells): ASCII digits only (int() also takes "٣" and "1_000") and at
 # most 20 of them (int() of more than 4,300 digits raises instead of failing cleanly)
 INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
@@ -77,22 +76,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_job(data: Any, *, cache: dict[str, ServingModel | None] | None = None) -> JobSpec:
-    """Check one job request (a dict as decoded from JSON) against the serving model; ApiError(422) if bad."""
+def job_limits() -> Limits:
     cfg = current_app.config
-    if not isinstance(data, dict):
-        raise ApiError(422, "a job must be a JSON object")
-    unknown = sorted(set(data) - set(JOB_FIELDS))
-    if unknown:
-        raise ApiError(422, f"unknown field(s): {', '.join(unknown)}; valid: {', '.join(JOB_FIELDS)}")
-    name = data["model"] if "model" in data else default_model_name(cfg["DEFAULT_MODEL"])
+    return Limits(max_images=int(cfg["MAX_IMAGES_PER_JOB"]), max_prompt_length=int(cfg["MAX_PROMPT_LENGTH"]))
+
+
+def validate_job(data: Any, *, cache: dict[str, ServingModel | None] | None = None) -> JobSpec:
+    """Check one job request (a dict as decoded from JSON): its fields against :class:`JobRequest`, then
+    against the serving model; ApiError(422) if bad."""
+    request = check_job_request(data, job_limits())
+    name = request.model if request.model is not None else default_model_name(current_app.config["DEFAULT_MODEL"])
     if name is None:
         raise ApiError(422, "no model is being served yet (an admin registers one: priorforge register-model)")
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)")
     name = name.strip()
-    if len(name) > 100 or _has_control(name):
-        raise ApiError(422, f"unknown model {name[:100]!r} (see GET /api/v1/models)")
+    if not name:
+        raise ApiError(422, "model must be a non-empty string (see GET /api/v1/models)", field="model")
+    if _has_control(name):
+        raise ApiError(422, f"unknown model {name!r} (see GET /api/v1/models)", field="model")
     if cache is not None and name in cache:
         version = cache[name]
     else:
@@ -101,26 +101,16 @@ def validate_job(data: Any, *, cache: dict[str, ServingModel | None] | None = No
             cache[name] = version
     if version is None:
         names = ", ".join(m.name for m in serving_models()) or "none registered"
-        raise ApiError(422, f"unknown model {name!r}; available: {names}")
-
-    n = data.get("n", 1)
-    limit = int(cfg["MAX_IMAGES_PER_JOB"])
-    if not _is_int(n) or not 1 <= n <= limit:
-        raise ApiError(422, f"n must be an integer from 1 to {limit}, got {n!r}")
-    seed = data.get("seed")
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-    elif not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ApiError(422, f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-
-    spec = _validate_condition(data, version, name, n, seed)
-    if data.get("webhook") is not None or data.get("webhook_events_filter") is not None:
-        spec = replace(spec, webhook=data.get("webhook"), webhook_events=data.get("webhook_events_filter"))
+        raise ApiError(422, f"unknown model {name!r}; available: {names}", field="model")
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+    spec = _validate_condition(request, version, name, seed)
+    if request.webhook is not None or request.webhook_events_filter is not None:
+        spec = replace(spec, webhook=request.webhook, webhook_events=request.webhook_events_filter)
     return spec
 
 
-def _validate_condition(data: dict[str, Any], version: ServingModel, name: str, n: int, seed: int) -> JobSpec:
-    label, cluster, prompt = data.get("label"), data.get("cluster"), data.get("prompt")
+def _validate_condition(request: JobRequest, version: ServingModel, name: str, seed: int) -> JobSpec:
+    label, cluster, prompt, n = request.label, request.cluster, request.prompt, request.n
     given = [k for k, v in (("label", label), ("cluster", cluster), ("prompt", prompt)) if v is not None]
     if len(given) > 1:
         raise ApiError(422, f"give only one of label, cluster, prompt (got {', '.join(given)})")
@@ -131,8 +121,6 @@ def _validate_condition(data: dict[str, Any], version: ServingModel, name: str, 
     if kind == "class":
         if label is None:
             raise ApiError(422, f"model {name!r} needs a label, one of: {', '.join(version.class_names)}")
-        if not isinstance(label, (str, int)) or isinstance(label, bool):
-            raise ApiError(422, "label must be a class name or index")
         try:
             index = resolve_label(label, list(version.class_names))
         except ConditionError as exc:
@@ -141,7 +129,7 @@ def _validate_condition(data: dict[str, Any], version: ServingModel, name: str, 
     if kind == "cluster":
         if cluster is None:
             return JobSpec(version.id, "none", n, seed)
-        if not _is_int(cluster) or not 0 <= cluster < version.num_classes:
+        if cluster >= version.num_classes:
             raise ApiError(422, f"cluster must be an integer from 0 to {version.num_classes - 1}, got {cluster!r}")
         return JobSpec(version.id, "cluster", n, seed, cluster=cluster)
     if kind == "text":

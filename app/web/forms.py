@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.services.jobs import JOB_FIELDS, parse_int_text
+from app.services.jobs import parse_int_text
+from app.services.schemas import JOB_FIELDS
 
 INT_FIELDS = ("n", "seed", "cluster")
 

@@ -14,7 +14,7 @@ from app.core.errors import ApiError
 from app.core.tables import ModelVersion
 from app.services import jobs
 from app.services.experiments import compare_defaults
-from app.services.jobs import JOB_FIELDS
+from app.services.schemas import JOB_FIELDS
 from app.services.model_versions import default_model_name, serving_models
 from app.web.blueprint import bp
 from app.web.forms import field_of_error, job_request_from_form

@@ -222,7 +222,7 @@ BAD_REQUESTS = [
     ({"kind": "nope"}, "kind must be one of", "kind"),
     ({"kind": "compare", "label": "7", "prompt": "x"}, "one of them", "prompt"),
     ({"kind": "compare", "label": "7", "models": ["tiny"]}, "at least two models", "models"),
-    ({"kind": "compare", "label": "7", "models": ["tiny", "nope"]}, "model nope: unknown model", None),
+    ({"kind": "compare", "label": "7", "models": ["tiny", "nope"]}, "model nope: unknown model", "model"),
     ({"kind": "compare", "label": "7", "n": 0}, "n must be an integer", "n"),
     ({"kind": "compare", "label": "7", "models": ["tiny", "captions"]}, "model captions", None),
     ({"kind": "sweep", "model": "uncond"}, "unconditional", "model"),
