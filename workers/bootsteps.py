@@ -84,10 +84,10 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
 
         _in_app(flask_app, "embedded broker clean-up", lambda: embedded_broker.cleanup(cfg["CELERY_BROKER_URL"]))
 
-    timers: list[tuple[float, Callable[[], None]]] = [(float(cfg["RECONCILE_INTERVAL"]), run_reconcile),
-                                                      (float(cfg["OUTBOX_RELAY_INTERVAL"]), run_relay)]
-    if str(cfg["CELERY_BROKER_URL"]).startswith("sqla+"):
-        timers.append((float(cfg["BROKER_CLEANUP_INTERVAL"]), run_cleanup))
+    timers: list[tuple[float, Callable[[], None]]] = [(cfg["RECONCILE_INTERVAL"], run_reconcile),
+                                                      (cfg["OUTBOX_RELAY_INTERVAL"], run_relay)]
+    if cfg["CELERY_BROKER_URL"].startswith("sqla+"):
+        timers.append((cfg["BROKER_CLEANUP_INTERVAL"], run_cleanup))
 
     dispatcher = Dispatcher(flask_app)
 

@@ -41,12 +41,12 @@ def claim_companions(primary: JobSnapshot, lease: Lease, *, in_transaction: bool
     from workers.batching import companion_candidates
 
     cfg = current_app.config
-    budget = int(cfg["BATCH_MAX_IMAGES"]) - primary.n
+    budget = cfg["BATCH_MAX_IMAGES"] - primary.n
     if budget < 1 or not faults.active().batching_allowed():
         return []
     with stage_clock("companions"):
         candidates = companion_candidates(primary, budget, in_transaction=in_transaction)
-    wait = float(cfg["BATCH_WAIT_MS"]) / 1000
+    wait = cfg["BATCH_WAIT_MS"] / 1000
     if not candidates and wait > 0:
         if in_transaction:
             return None
@@ -116,7 +116,7 @@ def run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
         lease.check()  # after the last group, the fenced final transaction finds a canceled job anyway
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    writer = ImageWriter(int(cfg["PNG_THREADS"]))
+    writer = ImageWriter(cfg["PNG_THREADS"])
 
     def on_ready(index: int, job_images: Any, final: bool) -> None:  # a job's rows are decoded: store them now
         job, request = members[index]
@@ -126,8 +126,8 @@ def run_job(primary: JobSnapshot, version: VersionSnapshot, lease: Lease,
 
     try:
         with failing_stage("generation failed"):
-            images = decode_jobs(model, [request for _, request in members], int(cfg["GENERATE_CHUNK"]),
-                                 after_pass, precision=resolve_precision(str(cfg["INFERENCE_PRECISION"]),
+            images = decode_jobs(model, [request for _, request in members], cfg["GENERATE_CHUNK"],
+                                 after_pass, precision=resolve_precision(cfg["INFERENCE_PRECISION"],
                                                                          model.device), on_ready=on_ready)
         outcomes.update(store_and_finish(members, images, lease, writer))
     finally:
@@ -149,7 +149,7 @@ def run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mode
 
     cfg = current_app.config
     operation = dict(job.operation or {})
-    precision = resolve_precision(str(cfg["INFERENCE_PRECISION"]), model.device)
+    precision = resolve_precision(cfg["INFERENCE_PRECISION"], model.device)
     if operation.get("op") == "interpolate":
         end = operation["to"]
         other = dataclasses.replace(job, condition_kind=end["condition_kind"], label=end.get("label"),
@@ -159,7 +159,7 @@ def run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mode
         condition_b = job_condition(other, model, info)
         with failing_stage("generation failed"), stage_clock("decode"):
             images = interpolate_generated(model, request.condition, job.seed, condition_b, other.seed, job.n,
-                                           int(cfg["GENERATE_CHUNK"]), precision=precision)
+                                           cfg["GENERATE_CHUNK"], precision=precision)
     elif operation.get("op") in ("reconstruct", "mix"):
         from generation.base import Condition
         from generation.latent_ops import reconstruct_and_mix
@@ -169,7 +169,7 @@ def run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mode
         pictures = [input_image(key, model) for key in operation["inputs"]]
         with failing_stage("could not encode the image"):
             with stage_clock("decode"):
-                images = reconstruct_and_mix(model, pictures, operation.get("steps"), int(cfg["GENERATE_CHUNK"]),
+                images = reconstruct_and_mix(model, pictures, operation.get("steps"), cfg["GENERATE_CHUNK"],
                                              condition if job.condition_kind != "none" else None, precision)
                 if operation.get("as"):  # the image re-generated under other conditions, its code kept
                     import torch
@@ -183,7 +183,7 @@ def run_operation(job: JobSnapshot, version: VersionSnapshot, lease: Lease, mode
                                                               prompt=target.get("prompt")), model, info)
                                for target in operation["as"]]
                     images = torch.cat([images, regenerate_as(model, pictures[0], condition, targets,
-                                                              int(cfg["GENERATE_CHUNK"]), precision)])
+                                                              cfg["GENERATE_CHUNK"], precision)])
     else:
         raise ValueError(f"unknown operation {operation.get('op')!r}")
     lease.check()

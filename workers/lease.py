@@ -191,5 +191,5 @@ def requeue(job_id: str, token: str, reason: str) -> None:
     """queued again (fenced by the claim token): the reconciliation re-sends it after QUEUED_STALE_AFTER, a
     back-off while the store is down; failed once it has been attempted MAX_ATTEMPTS times."""
     db.session.rollback()
-    transitions.requeue_job(job_id, token, reason, int(current_app.config["MAX_ATTEMPTS"]))
+    transitions.requeue_job(job_id, token, reason, current_app.config["MAX_ATTEMPTS"])
     db.session.commit()

@@ -52,7 +52,7 @@ def get_model(version: ModelVersion | Any) -> tuple[Any, Any]:
     with _MODELS_LOCK:
         _MODELS[key] = (model, info)
         _MODELS.move_to_end(key)
-        while len(_MODELS) > max(1, int(current_app.config["MODEL_CACHE_SIZE"])):
+        while len(_MODELS) > max(1, current_app.config["MODEL_CACHE_SIZE"]):
             _MODELS.popitem(last=False)
     return model, info
 

@@ -103,7 +103,7 @@ def _generate_images(job_id: str) -> str:
         if token is None:
             db.session.rollback()
             return "skipped (claimed elsewhere)"
-        lease = Lease(job_id, token, float(cfg["HEARTBEAT_INTERVAL"]))
+        lease = Lease(job_id, token, cfg["HEARTBEAT_INTERVAL"])
         companions: list[JobSnapshot] | None
         if isolated or primary.operation:  # an interpolation decodes codes of its own: never batched
             companions = []

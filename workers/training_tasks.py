@@ -51,7 +51,7 @@ class RunLost(Exception):
 
 def claim_run(run_id: str) -> str | None:
     """The run for this attempt (queued, or running with an expired lease); its claim token, or None."""
-    cutoff = utcnow() - timedelta(seconds=float(current_app.config["LEASE_TIMEOUT"]))
+    cutoff = utcnow() - timedelta(seconds=current_app.config["LEASE_TIMEOUT"])
     token = transitions.claim_run(run_id, worker=f"{socket.gethostname()}:{os.getpid()}", lease_cutoff=cutoff)
     db.session.commit()
     return token
@@ -75,7 +75,7 @@ def train_model(self: Any, run_id: str) -> str:
     token = claim_run(run_id)
     if token is None:
         return f"skipped ({run.status})"
-    lease = RunLease(run_id, token, float(current_app.config["HEARTBEAT_INTERVAL"]))
+    lease = RunLease(run_id, token, current_app.config["HEARTBEAT_INTERVAL"])
     lease.start_clock(run.elapsed_seconds or 0.0)  # earlier attempts' time counts: the run's wall time
     try:
         with lease:
@@ -155,7 +155,7 @@ def _train(run_id: str, token: str, lease: RunLease) -> str:
     lease.write(phase=f"training (resumed from step {resumed_from})" if resume else "training",
                 step=resumed_from)
 
-    interval = float(cfg["TRAINING_PROGRESS_INTERVAL"])
+    interval = cfg["TRAINING_PROGRESS_INTERVAL"]
     last_write = [0.0]
     rate = StepRate()  # this attempt's recent step rate: the estimate of the time left
 

@@ -44,7 +44,7 @@ def session_user() -> User | None:
     if user is None or session.get(VERSION_KEY) != (user.session_version or 0):
         return None  # unknown, or signed out / password changed since this cookie was issued
     signed_in_at = session.get(SIGNED_IN_AT_KEY)
-    lifetime = float(current_app.config["ADMIN_SESSION_LIFETIME"])
+    lifetime = current_app.config["ADMIN_SESSION_LIFETIME"]
     if not isinstance(signed_in_at, int) or not 0 <= time.time() - signed_in_at <= lifetime:
         return None  # an admin signs in again after ADMIN_SESSION_LIFETIME, however busy the session was
     return user

@@ -199,7 +199,7 @@ def _render_version(version_id: int, *, error: str | None = None, form: Any = No
                            card_error=error, card_saved=saved, limits={
                                "title": cards.MAX_TITLE, "description": cards.MAX_DESCRIPTION,
                                "examples": cards.MAX_EXAMPLES,
-                               "prompt": int(current_app.config["MAX_PROMPT_LENGTH"])}), status
+                               "prompt": current_app.config["MAX_PROMPT_LENGTH"]}), status
 
 
 @bp.post("/models/<int:version_id>/promote")

@@ -18,6 +18,6 @@ def _api_error(exc: ApiError):
 def wait_seconds() -> float | None:
     """The optional ``wait`` query parameter (seconds to wait for the job(s) to end); 422 if malformed."""
     try:
-        return parse_wait(request.args.get("wait"), float(current_app.config["JOB_WAIT_MAX_SECONDS"]))
+        return parse_wait(request.args.get("wait"), current_app.config["JOB_WAIT_MAX_SECONDS"])
     except ValueError as exc:
         raise ApiError(422, str(exc), field="wait") from None

@@ -48,7 +48,7 @@ CANCEL_SECRET = ("an anonymous creator's capability, returned once at creation: 
 def _wait(what: str) -> dict[str, Any]:
     from flask import current_app
 
-    limit = float(current_app.config["JOB_WAIT_MAX_SECONDS"])
+    limit = current_app.config["JOB_WAIT_MAX_SECONDS"]
     return {"name": "wait", "in": "query", "required": False,
             "schema": {"type": "number", "minimum": 0, "maximum": limit},
             "description": f"seconds to wait for {what} to end (succeeded, failed or canceled) before answering, "

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from app.core.secret_key import check_secret_key, ensure_secret_key
+from app.core.settings import check_settings
 from priorforge_spec.precision import DECODE_PASS_ROWS
 
 
@@ -178,11 +179,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
     _require_whole_number(app.config, "GENERATE_CHUNK", 1, "of rows from 1 up")
     _check_storage_settings(app.config)
     _check_networks(app.config)
-    if app.config["LOCAL_WAKEUPS"] not in (True, False):  # also takes 0 and 1
-        raise ValueError(f"LOCAL_WAKEUPS must be true or false, got {app.config['LOCAL_WAKEUPS']!r}")
-    app.config["LOCAL_WAKEUPS"] = bool(app.config["LOCAL_WAKEUPS"])
+    check_settings(app, default_config(app.instance_path))  # every setting as its declared type from here on
     if app.config["BROKER_VISIBILITY_TIMEOUT"] is None:
-        app.config["BROKER_VISIBILITY_TIMEOUT"] = int(app.config["TASK_TIME_LIMIT"]) + 300
+        app.config["BROKER_VISIBILITY_TIMEOUT"] = app.config["TASK_TIME_LIMIT"] + 300
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # the web and worker processes share the file: wait for locks instead of failing at once
@@ -191,7 +190,7 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
         # one pooled connection per web server thread (gthread, WEB_THREADS = 16 in the Procfile): with the
         # default 5, busy threads opened and closed "overflow" connections, a new PostgreSQL backend each time
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", int(app.config["DB_POOL_SIZE"]))
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", app.config["DB_POOL_SIZE"])
 
 
 def _check_production(config: Any) -> None:

@@ -24,7 +24,7 @@ def client_key() -> str:
 
 
 def _storage_uri(config) -> str:
-    broker = str(config["CELERY_BROKER_URL"])
+    broker = config["CELERY_BROKER_URL"]
     return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
 
 

@@ -38,7 +38,7 @@ _exit_hook: list = []
 
 
 def metrics_dir(app: Flask) -> str:
-    return str(app.config["METRICS_DIR"])
+    return app.config["METRICS_DIR"]
 
 
 def configure(app: Flask) -> None:

@@ -28,7 +28,7 @@ def celery_config(app: Flask) -> dict:
     if broker.startswith(("redis://", "rediss://")):
         # an unacknowledged message comes back after this; it must exceed the hard time limit, or a long
         # job would be delivered twice while it is still running
-        transport_options["visibility_timeout"] = int(config["BROKER_VISIBILITY_TIMEOUT"])
+        transport_options["visibility_timeout"] = config["BROKER_VISIBILITY_TIMEOUT"]
         if config.get("BROKER_KEY_PREFIX"):
             transport_options["global_keyprefix"] = config["BROKER_KEY_PREFIX"]
     elif broker.startswith("sqla+"):
@@ -38,8 +38,8 @@ def celery_config(app: Flask) -> dict:
         # transport class's own attributes (one broker per process).
         from app.core import embedded_broker
 
-        embedded_broker.Transport.polling_interval = float(config["BROKER_POLLING_INTERVAL"])
-        embedded_broker.Transport.local_wakeups = bool(config["LOCAL_WAKEUPS"])
+        embedded_broker.Transport.polling_interval = config["BROKER_POLLING_INTERVAL"]
+        embedded_broker.Transport.local_wakeups = config["LOCAL_WAKEUPS"]
         embedded_broker.register()
         broker = embedded_broker.broker_url(broker)
     return {
@@ -55,8 +55,8 @@ def celery_config(app: Flask) -> dict:
         "task_routes": {GENERATE_TASK: {"queue": "generate"}, TRAIN_TASK: {"queue": "train"}},
         # a training runs for hours: its own limits, not the generation jobs'
         "task_annotations": {TRAIN_TASK: {
-            "soft_time_limit": float(config["TRAINING_SOFT_TIME_LIMIT"]),
-            "time_limit": float(config["TRAINING_TIME_LIMIT"])}},
+            "soft_time_limit": config["TRAINING_SOFT_TIME_LIMIT"],
+            "time_limit": config["TRAINING_TIME_LIMIT"]}},
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A broker outage must not stop the jobs that are running: each keeps its claim and lease in the
@@ -65,9 +65,9 @@ def celery_config(app: Flask) -> dict:
         # when the connection drops, to be run again from the start): off, as the recovery design relies on.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": float(config["TASK_SOFT_TIME_LIMIT"]),
-        "task_time_limit": float(config["TASK_TIME_LIMIT"]),
-        "worker_concurrency": int(config["WORKER_CONCURRENCY"]),
+        "task_soft_time_limit": config["TASK_SOFT_TIME_LIMIT"],
+        "task_time_limit": config["TASK_TIME_LIMIT"],
+        "worker_concurrency": config["WORKER_CONCURRENCY"],
         "task_serializer": "json",
         "accept_content": ["json"],
         "enable_utc": True,

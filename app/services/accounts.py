@@ -154,7 +154,7 @@ def end_sessions(user: User) -> None:
 
 # -- sign-in throttle ---------------------------------------------------------------------------------
 def _login_window() -> tuple[datetime, Any]:
-    return utcnow() - timedelta(seconds=float(current_app.config["LOGIN_WINDOW_SECONDS"])), current_app.config
+    return utcnow() - timedelta(seconds=current_app.config["LOGIN_WINDOW_SECONDS"]), current_app.config
 
 
 def login_retry_after(username: str, remote_addr: str) -> int | None:
@@ -168,8 +168,8 @@ def login_retry_after(username: str, remote_addr: str) -> int | None:
     recent = select(LoginFailure.at).where(LoginFailure.remote_addr == remote_addr, LoginFailure.at >= since)
     per_address = list(db.session.scalars(recent.order_by(LoginFailure.at)))
     per_user = list(db.session.scalars(recent.where(LoginFailure.username == username).order_by(LoginFailure.at)))
-    for failures, limit in ((per_user, int(cfg["LOGIN_MAX_FAILURES"])),
-                            (per_address, int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"]))):
+    for failures, limit in ((per_user, cfg["LOGIN_MAX_FAILURES"]),
+                            (per_address, cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"])):
         if len(failures) >= limit:
             oldest = failures[-limit]
             oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)

@@ -71,7 +71,7 @@ def remember(request: IdempotentRequest, resource_id: str) -> None:
 
 
 def forget_expired(now: datetime) -> int:
-    cutoff = now - timedelta(seconds=float(current_app.config["IDEMPOTENCY_KEY_TTL"]))
+    cutoff = now - timedelta(seconds=current_app.config["IDEMPOTENCY_KEY_TTL"])
     result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
     db.session.commit()
     return rowcount(result)

@@ -69,7 +69,7 @@ def _publisher(url: str) -> Any:
 
 def jobs_doorbell(config: Any) -> Doorbell:
     """The doorbell of the web processes that share this database (disabled with ``LOCAL_WAKEUPS`` off)."""
-    key = str(config["SQLALCHEMY_DATABASE_URI"])
+    key = config["SQLALCHEMY_DATABASE_URI"]
     enabled = bool(config.get("LOCAL_WAKEUPS", True))
     with _publishers_lock:
         found = _doorbells.get((key, enabled))
@@ -127,8 +127,8 @@ class JobWatcher:
         self.app = app
         self.url = redis_url(app.config)
         self.channel = channel_name(app.config)
-        self.poll_interval = float(app.config["JOB_WAIT_POLL_INTERVAL"])
-        self.recheck_interval = float(app.config["JOB_WAIT_RECHECK_INTERVAL"])
+        self.poll_interval = app.config["JOB_WAIT_POLL_INTERVAL"]
+        self.recheck_interval = app.config["JOB_WAIT_RECHECK_INTERVAL"]
         self._waiters: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._someone_waits = threading.Event()
@@ -137,7 +137,7 @@ class JobWatcher:
         self._thread: threading.Thread | None = None
         # at most this many requests wait at once in this process; the others answer at once (as with wait=0),
         # so waiting clients cannot take every web server thread (docs/security.md)
-        self._slots = threading.BoundedSemaphore(max(1, int(app.config["JOB_WAIT_MAX_CONCURRENT"])))
+        self._slots = threading.BoundedSemaphore(max(1, app.config["JOB_WAIT_MAX_CONCURRENT"]))
 
     # -- the waiting side -------------------------------------------------------------------------------
     def wait_until_ended(self, seconds: float, read: Callable[[], tuple[T, list[str]]],

@@ -78,7 +78,7 @@ def _is_int(value: Any) -> bool:
 
 def job_limits() -> Limits:
     cfg = current_app.config
-    return Limits(max_images=int(cfg["MAX_IMAGES_PER_JOB"]), max_prompt_length=int(cfg["MAX_PROMPT_LENGTH"]))
+    return Limits(max_images=cfg["MAX_IMAGES_PER_JOB"], max_prompt_length=cfg["MAX_PROMPT_LENGTH"])
 
 
 def validate_job(data: Any, *, cache: dict[str, ServingModel | None] | None = None) -> JobSpec:
@@ -143,7 +143,7 @@ def check_prompt(prompt: Any, what: str = "prompt") -> str:
     """``prompt`` as a job takes it (stripped), or ApiError(422): a non-empty string of at most
     ``MAX_PROMPT_LENGTH`` characters without control characters. A model card's example prompts are held to
     the same rule, so that every example the public form offers is a prompt it accepts."""
-    max_len = int(current_app.config["MAX_PROMPT_LENGTH"])
+    max_len = current_app.config["MAX_PROMPT_LENGTH"]
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(422, f"{what} must be a non-empty string")
     if len(prompt) > max_len:
@@ -219,7 +219,7 @@ def parse_batch_file(filename: str, data: bytes) -> list[tuple[str, Any]]:
 
 def validate_batch(items: list[tuple[str, Any]]) -> list[JobSpec]:
     """Validate every item before anything is stored; the first bad one -> ApiError(422) naming it."""
-    limit = int(current_app.config["MAX_BATCH_ITEMS"])
+    limit = current_app.config["MAX_BATCH_ITEMS"]
     if not items:
         raise ApiError(422, "the batch has no items")
     if len(items) > limit:
@@ -259,7 +259,7 @@ def _capability_of(owner: Owner | None, kind: str, resource_id: str) -> str | No
     the same secret back; a key rotation changes what would be derived, never what the stored hash accepts."""
     if owner is not None and not owner.anonymous:
         return None
-    key = str(current_app.config["SECRET_KEY"]).encode()
+    key = current_app.config["SECRET_KEY"].encode()
     digest = hmac.new(key, f"cancel:{kind}:{resource_id}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
@@ -267,7 +267,7 @@ def _capability_of(owner: Owner | None, kind: str, resource_id: str) -> str | No
 def check_request_size(images: int) -> None:
     """ApiError(422) for a request of more images than MAX_IMAGES_IN_FLIGHT_PER_CLIENT: it can never fit, so
     it gets a final answer, not a "retry later"."""
-    limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
+    limit = current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"]
     if images > limit:
         metrics.refused("quota_request_too_large")
         raise ApiError(422, f"this asks for {images} images; a client may have at most {limit} queued or running "
@@ -289,7 +289,7 @@ def check_quota(client_key: str | None, images: int) -> None:
     counting the ``images`` of this request, whose rows are already flushed in this transaction after
     :func:`lock_client`: concurrent requests of one client are counted one after the other and cannot pass
     the limit together. The caller rolls back on the error."""
-    limit = int(current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"])
+    limit = current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"]
     if client_key is None:
         return
     busy = db.session.scalar(select(func.coalesce(func.sum(Job.n), 0)).where(
@@ -305,7 +305,7 @@ def lane_of(batch_id: str | None, n: int) -> str:
     """The lane a job goes to: ``bulk`` for a batch's jobs and large jobs, the interactive ``GENERATE_QUEUE``
     (``generate``) for the rest; ``MODEL_QUEUES`` may still route a model elsewhere (queue.job_queues)."""
     cfg = current_app.config
-    return "bulk" if batch_id is not None or n > int(cfg["INTERACTIVE_MAX_IMAGES"]) else cfg["GENERATE_QUEUE"]
+    return "bulk" if batch_id is not None or n > cfg["INTERACTIVE_MAX_IMAGES"] else cfg["GENERATE_QUEUE"]
 
 
 # -- creating and sending ---------------------------------------------------------------------------

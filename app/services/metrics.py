@@ -26,12 +26,12 @@ LANES = ("interactive", "bulk")
 
 def lane_expression() -> Any:
     """SQL: a job's lane (see the module's docstring)."""
-    limit = int(current_app.config["INTERACTIVE_MAX_IMAGES"])
+    limit = current_app.config["INTERACTIVE_MAX_IMAGES"]
     return case((Job.batch_id.is_not(None) | (Job.n > limit), "bulk"), else_="interactive")
 
 
 def lane_name(batch_id: str | None, n: int) -> str:
-    return "bulk" if batch_id is not None or n > int(current_app.config["INTERACTIVE_MAX_IMAGES"]) else "interactive"
+    return "bulk" if batch_id is not None or n > current_app.config["INTERACTIVE_MAX_IMAGES"] else "interactive"
 
 
 def queue_state(now: datetime | None = None) -> dict[str, dict[str, Any]]:

@@ -53,7 +53,7 @@ def serving_model(name: str) -> ServingModel | None:
     """The serving version of ``name``, read from the database at most every ``SERVING_CACHE_SECONDS`` per
     process (one query less per job). A name that is not served is never cached: a model registered by
     another process is accepted at once."""
-    ttl = float(current_app.config["SERVING_CACHE_SECONDS"])
+    ttl = current_app.config["SERVING_CACHE_SECONDS"]
     cache = current_app.extensions.setdefault(SERVING_CACHE, {})
     now = time.monotonic()
     hit = cache.get(name)

@@ -175,6 +175,6 @@ def relay_for(app: Flask, always: bool = False) -> Relay:
     relay = app.extensions.get("priorforge_outbox_relay")
     if relay is None:
         relay = app.extensions["priorforge_outbox_relay"] = Relay(
-            app, float(app.config["OUTBOX_RELAY_INTERVAL"]), always=always)
+            app, app.config["OUTBOX_RELAY_INTERVAL"], always=always)
     relay.always = relay.always or always
     return relay

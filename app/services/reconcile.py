@@ -131,10 +131,10 @@ def local_process_gone(worker: str | None, host: str) -> bool:
 def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[str]]:
     """Re-queue (or fail) the running jobs whose worker died; (counts, ids to send, ids failed)."""
     cfg = current_app.config
-    lease_cutoff = now - timedelta(seconds=float(cfg["LEASE_TIMEOUT"]))
-    local = bool(cfg["LOCAL_DEATH_CHECK"])
+    lease_cutoff = now - timedelta(seconds=cfg["LEASE_TIMEOUT"])
+    local = cfg["LOCAL_DEATH_CHECK"]
     host = socket.gethostname()
-    max_deaths = int(cfg["MAX_ATTEMPTS"])
+    max_deaths = cfg["MAX_ATTEMPTS"]
     counts = {"requeued_running": 0, "failed_running": 0, "requeued_uncharged": 0, "requeued_worker_lost": 0}
     running = db.session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.claim_token, Job.deaths,
                                         Job.attempts, Job.worker_main).where(Job.status == JobStatus.RUNNING)).all()
@@ -151,7 +151,7 @@ def release_abandoned(now: datetime) -> tuple[dict[str, int], list[str], list[st
     nodes = {node.id: node for node in db.session.execute(
         select(WorkerNode.id, WorkerNode.host, WorkerNode.pid, WorkerNode.seen_at)
         .where(WorkerNode.id.in_(mains)))} if mains else {}
-    lease = timedelta(seconds=float(cfg["LEASE_TIMEOUT"]))
+    lease = timedelta(seconds=cfg["LEASE_TIMEOUT"])
     to_send: list[str] = []
     failed: list[str] = []
     for worker, rows in dead.items():
@@ -212,7 +212,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     cfg = current_app.config
     now = now or utcnow()
     counts, to_send, failed = release_abandoned(now)
-    resent = resend_queued(now, float(cfg["QUEUED_STALE_AFTER"]))
+    resent = resend_queued(now, cfg["QUEUED_STALE_AFTER"])
     counts["resent_queued"] = len(resent)
     messages = stage_messages([*to_send, *resent])  # each on its lane and queue
     db.session.commit()

@@ -108,8 +108,8 @@ def validate_training(body: Any) -> dict[str, Any]:
         hparams = check_hparams(backend, body.get("hparams", {}))
     except SetupError as exc:
         raise ApiError(422, str(exc), field=exc.field) from None
-    max_steps = _int(body, "max_steps", 2000, 1, int(cfg["TRAINING_MAX_STEPS"]))
-    batch_size = _int(body, "batch_size", 64, 1, int(cfg["TRAINING_MAX_BATCH_SIZE"]))
+    max_steps = _int(body, "max_steps", 2000, 1, cfg["TRAINING_MAX_STEPS"])
+    batch_size = _int(body, "batch_size", 64, 1, cfg["TRAINING_MAX_BATCH_SIZE"])
     assert max_steps is not None and batch_size is not None
     if source["images"] is not None and batch_size > source["images"]:
         raise ApiError(422, f"batch_size {batch_size} is larger than data set {dataset!r} ({source['images']} "
@@ -197,8 +197,8 @@ def request_schema() -> dict[str, Any]:
         "dataset": {"type": "string", "minLength": 1, "maxLength": 100},
         "condition": {"type": "string", "enum": ["none", "class", "cluster", "text"]},
         "model_name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "max_steps": integer(1, int(cfg["TRAINING_MAX_STEPS"])),
-        "batch_size": integer(1, int(cfg["TRAINING_MAX_BATCH_SIZE"])),
+        "max_steps": integer(1, cfg["TRAINING_MAX_STEPS"]),
+        "batch_size": integer(1, cfg["TRAINING_MAX_BATCH_SIZE"]),
         "lr": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10},
         "seed": integer(0, 2**31 - 1), "image_size": {"type": "integer", "enum": sorted(IMAGE_SIZES)},
         "channels": {"type": "integer", "enum": [1, 3]}, "clusters": integer(2, 1000),
@@ -255,9 +255,9 @@ def reconcile_runs(now: datetime) -> dict[str, int]:
     resume from their last checkpoint; after TRAINING_MAX_ATTEMPTS attempts they fail. Queued runs whose
     message is older than QUEUED_STALE_AFTER are sent again (a duplicate message is a no-op)."""
     cfg = current_app.config
-    lease_cutoff = now - timedelta(seconds=float(cfg["LEASE_TIMEOUT"]))
-    queued_cutoff = now - timedelta(seconds=float(cfg["QUEUED_STALE_AFTER"]))
-    max_attempts = int(cfg["TRAINING_MAX_ATTEMPTS"])
+    lease_cutoff = now - timedelta(seconds=cfg["LEASE_TIMEOUT"])
+    queued_cutoff = now - timedelta(seconds=cfg["QUEUED_STALE_AFTER"])
+    max_attempts = cfg["TRAINING_MAX_ATTEMPTS"]
     counts = {"requeued_runs": 0, "failed_runs": 0, "resent_runs": 0}
     messages: list[int] = []  # outbox rows, each committed with the update that re-queued (or re-sent) its run
     stale_lease = or_(TrainingRun.heartbeat_at.is_(None), TrainingRun.heartbeat_at < lease_cutoff)

@@ -79,7 +79,8 @@ class Plan:
 
 def limit(key: str) -> int:
     """A ``DATASET_MAX_*`` setting (defaults in :func:`app.core.config.default_config`)."""
-    return int(current_app.config[key])
+    value: int = current_app.config[key]
+    return value
 
 
 def dataset_root() -> Path:

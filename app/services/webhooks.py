@@ -284,7 +284,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
 def deliver_due(limit: int = BATCH) -> int:
     """Claim and send the deliveries that are due; returns how many were tried."""
     cfg = current_app.config
-    timeout = float(cfg["WEBHOOK_TIMEOUT"])
+    timeout = cfg["WEBHOOK_TIMEOUT"]
     now = utcnow()
     due = list(db.session.scalars(select(WebhookDelivery.id).where(
         WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
@@ -329,11 +329,11 @@ def _send(delivery: WebhookDelivery, timeout: float) -> None:
     if error is None:
         values.update(state="delivered", delivered_at=utcnow())
         outcome = "delivered"
-    elif error.startswith("refused:") or attempts >= int(cfg["WEBHOOK_MAX_ATTEMPTS"]):
+    elif error.startswith("refused:") or attempts >= cfg["WEBHOOK_MAX_ATTEMPTS"]:
         values.update(state="failed")
         outcome = "failed"
     else:
-        delay = min(float(cfg["WEBHOOK_RETRY_MAX"]), float(cfg["WEBHOOK_RETRY_BASE"]) * 2 ** (attempts - 1))
+        delay = min(cfg["WEBHOOK_RETRY_MAX"], cfg["WEBHOOK_RETRY_BASE"] * 2 ** (attempts - 1))
         values.update(next_attempt_at=utcnow() + timedelta(seconds=delay))
         outcome = "retry"
     db.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values))
@@ -349,7 +349,7 @@ class Dispatcher:
 
     def __init__(self, app: Flask):
         self.app = app
-        self.interval = float(app.config["WEBHOOK_INTERVAL"])
+        self.interval = app.config["WEBHOOK_INTERVAL"]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

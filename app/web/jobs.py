@@ -35,8 +35,8 @@ def _render_form(values: dict[str, str], error: str | None = None, status: int =
     return render_template(
         "index.html", models=models, selected=selected, values=values, error=error,
         error_field=field_of_error(error) if error else None,
-        max_images=int(current_app.config["MAX_IMAGES_PER_JOB"]),
-        max_prompt=int(current_app.config["MAX_PROMPT_LENGTH"])), status
+        max_images=current_app.config["MAX_IMAGES_PER_JOB"],
+        max_prompt=current_app.config["MAX_PROMPT_LENGTH"]), status
 
 
 @bp.get("/")
@@ -109,7 +109,7 @@ def _render_batch_form(error: str | None = None, status: int = 200):
     models = serving_models()
     csv_example, jsonl_example = batch_examples(models)
     return render_template("batch_new.html", error=error, models=models, csv_example=csv_example,
-                           jsonl_example=jsonl_example, max_items=int(current_app.config["MAX_BATCH_ITEMS"]),
+                           jsonl_example=jsonl_example, max_items=current_app.config["MAX_BATCH_ITEMS"],
                            max_bytes=int(current_app.config.get("MAX_CONTENT_LENGTH") or 0)), status
 
 

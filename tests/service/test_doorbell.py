@@ -154,7 +154,7 @@ def test_a_bad_local_wakeups_is_refused_when_the_app_starts(tmp_path, value):
     from app import create_app
     from tests.service.conftest import base_config
 
-    with pytest.raises(ValueError, match="LOCAL_WAKEUPS must be true or false"):
+    with pytest.raises(ValueError, match="LOCAL_WAKEUPS must be bool"):
         create_app(base_config(tmp_path, LOCAL_WAKEUPS=value))
 
 
