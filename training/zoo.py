@@ -124,7 +124,7 @@ RECIPES: tuple[Recipe, ...] = (
         description="The code-generator AAE conditioned on a sentence: name a garment, and optionally its tone "
                     "(dark or light) and cut (wide or narrow).",
         backend="aae-cg", dataset="fashion-mnist-captions", condition="text", cpu_minutes=45,
-        options={**MNIST_SIZES, "aux_classes": 10},
+        options={**MNIST_SIZES, "aux_classes": 10, "code_norm": "layer"},
         hparams={**TEXT_AAE_HPARAMS, "diversity_weight": 2.0, "diversity_cap": 0.27},
         examples=FASHION_PROMPTS),
     Recipe(
