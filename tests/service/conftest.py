@@ -289,12 +289,13 @@ class WorkerProcess:
             env[f"PRIORFORGE_{key}"] = value if isinstance(value, str) else json.dumps(value)
         if self.faults is not None:
             env.update(self.faults.to_env())
+        env["PF_TEST_WORKER_TMP"] = str(self.log_path.with_name(self.log_path.stem + "-tmp"))
         return env
 
     def start(self, timeout: float = 240, wait: bool = True) -> "WorkerProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fault_worker" if self.faults else "celery",
+            [sys.executable, "-m", "tests.support.fault_worker",  # the celery command, with PF_TEST_WORKER_TMP
              "-A", "workers.celery_app", "worker", "-Q", self.queues,
              "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
