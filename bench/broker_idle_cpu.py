@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                        PRIORFORGE_LOCAL_WAKEUPS="true" if mode == "on" else "false",
                        # its own folders, not the checkout's instance/
                        PRIORFORGE_STORAGE_ROOT=str(workdir / "images"),
-                       PRIORFORGE_SECRET_KEY_FILE=str(workdir / "secret_key"))
+                       PRIORFORGE_SECRET_KEY_FILE=str(workdir / "secret_key"),
+                       TMPDIR=str(workdir))  # its temporary files (doorbell, pool folder) go with the folder
             subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.core.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)
             workers[(interval, mode)] = subprocess.Popen(

@@ -515,6 +515,10 @@ def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | N
                 "PRIORFORGE_RATELIMIT_ENABLED": "false", "PRIORFORGE_MAX_IMAGES_IN_FLIGHT_PER_CLIENT": "1000000000"})
     if key_prefix:
         env["PRIORFORGE_BROKER_KEY_PREFIX"] = key_prefix
+    # the service's temporary files (the doorbell's sockets, the Celery pool's folder, which a SIGKILLed worker
+    # leaves behind) go under the run's folder, removed with it; every process of the run shares it
+    (workdir / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(workdir / "tmp")
     return env
 
 
