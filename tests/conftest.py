@@ -69,8 +69,7 @@ def _traces() -> dict[str, set[str]]:
             found["instance"] |= {str(p.relative_to(REPO)) for p in root.glob("*")}
             found["instance"] |= {str(p.relative_to(REPO)) for p in root.glob("*/*")}
     tmp = Path(tempfile.gettempdir())
-    # ours, and the pool's temporary folders of Celery workers (a worker killed with SIGKILL leaves its own)
-    found["tmp"] = {p.name for pattern in ("priorforge*", "pymp-*") for p in tmp.glob(pattern)}
+    found["tmp"] = {p.name for p in tmp.glob("priorforge*")}
     return found
 
 
