@@ -61,13 +61,6 @@ class JobRequest(BaseModel):
             raise ValueError("above the limit")
         return n
 
-    @field_validator("label")
-    @classmethod
-    def _label_not_a_bool(cls, label: Any) -> Any:
-        if isinstance(label, bool):  # strict mode already refuses it for int; say so for the message
-            raise ValueError("a bool")
-        return label
-
 
 class BatchRequest(BaseModel):
     """A batch's items with the batch's own webhook: its events are POSTed once for the whole batch (completed:
