@@ -7,8 +7,9 @@ z = f^{-1}(u), x = G(z). Without the stop-gradient (``regularized=True``) the NL
 which shrinks the codes (the paper's unstable "regularized GLF", Section 3.3).
 
 Conditions beyond the paper: for ``class`` and ``text`` the condition vector is concatenated to the input
-of every coupling net, which makes f (and so the prior on z) conditional; the autoencoder is shared and
-unconditional. Training lives in ``training/glf.py``.
+of every coupling net, which makes f (and so the prior on z) conditional; with ``conditional_base`` the
+flow's Gaussian also depends on the condition (Glow's class-conditional prior, Kingma & Dhariwal 2018). The
+autoencoder is shared and unconditional. Training lives in ``training/glf.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class GLFConfig(ModelConfig):
         coupling_hidden: width of the 3-layer coupling MLPs; None: 64 for 1-channel images, 256 otherwise.
         scale_clamp: soft clamp of the log-scales, ``c * tanh(s / c)``.
         permutation_seed: seed of the fixed random permutations (stored in the checkpoint as buffers).
+        conditional_base: for class and text models, the flow's noise is N(mean(c), diag(scale(c))^2) from a
+            small MLP of the condition (Glow's conditional prior) instead of N(0, I) for every condition.
     """
 
     latent_dim: int | None = None
@@ -47,6 +50,7 @@ class GLFConfig(ModelConfig):
     coupling_hidden: int | None = None
     scale_clamp: float = 2.0
     permutation_seed: int = 0
+    conditional_base: bool = False
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
@@ -61,6 +65,8 @@ class GLFConfig(ModelConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.scale_clamp > 0:
             raise ValueError(f"scale_clamp must be positive, got {self.scale_clamp}")
+        if self.conditional_base and self.condition == "none":
+            raise ValueError("conditional_base needs a class or text condition")
 
 
 class GenerativeLatentFlow(GenerativeModel):
@@ -82,7 +88,7 @@ class GenerativeLatentFlow(GenerativeModel):
         self.encoder = ConvEncoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.flow = LatentFlow(c.latent_dim, c.flow_blocks, c.coupling_hidden, c.condition_dim, c.scale_clamp,
-                               c.permutation_seed)
+                               c.permutation_seed, conditional_base=c.conditional_base)
 
     def _flow_cond(self, cond: Tensor | None) -> Tensor | None:
         return cond if self.config.condition_dim else None
@@ -97,7 +103,7 @@ class GenerativeLatentFlow(GenerativeModel):
         latent_dim = self.config.latent_dim
         assert latent_dim is not None  # GLFConfig.__post_init__ sets it
         u = torch.randn(n, latent_dim, generator=generator)  # (n, latent_dim)
-        return self.flow.inverse(to_device(u, self.device), self._flow_cond(to_device(cond, self.device)))  # (n, latent_dim)
+        return self.flow.sample(to_device(u, self.device), self._flow_cond(to_device(cond, self.device)))  # (n, latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.decoder(latents)  # (B, C, H, W)

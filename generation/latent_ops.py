@@ -160,8 +160,8 @@ def regenerate_as(model: GenerativeModel, image: Tensor, condition: Condition, t
                 return model.condition_vectors(1, c, generator).to(model.device)
 
             flow = cast("GenerativeLatentFlow", model).flow  # the branch is taken for a glf only
-            noise, _ = flow(code, vector(condition))
-            codes = torch.cat([flow.inverse(noise, vector(target)) for target in targets])
+            noise = flow.standard_noise(code, vector(condition))
+            codes = torch.cat([flow.sample(noise, vector(target)) for target in targets])
             parts.append(decode_fixed_passes(model, codes, None, max(1, pass_size)))
         else:  # the decoder reads the condition: one decode per target
             for target in targets:

@@ -178,17 +178,47 @@ class AffineCoupling(nn.Module):
         return torch.cat([y_a, (y_b - t) * (-s).exp()], dim=1)
 
 
-class LatentFlow(nn.Module):
-    """f: code z -> noise u, ``blocks`` blocks of two affine couplings (methods.md section 4)."""
+class ConditionalGaussianBase(nn.Module):
+    """Glow's conditional prior on the flow's output: ``u ~ N(mean(c), diag(exp(log_scale(c)))^2)``.
 
-    def __init__(self, dim: int, blocks: int, hidden: int, cond_dim: int = 0, clamp: float = 2.0, seed: int = 0):
+    A small MLP maps the condition vector to the mean and log-scale. Its last layer starts at zero, so the base
+    starts as N(0, I) and the flow as an unconditional one. With it the flow can put each condition's codes in
+    their own region of u-space instead of having to separate them through the coupling nets alone.
+    """
+
+    def __init__(self, cond_dim: int, dim: int, hidden: int, clamp: float):
         super().__init__()
+        self.clamp = clamp
+        last = nn.Linear(hidden, 2 * dim)
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.LeakyReLU(0.2), last)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, log_scale)``, each ``(B, dim)``; the log-scale soft-clamped like the couplings'."""
+        mean, log_scale = self.net(cond).chunk(2, dim=1)
+        return mean, self.clamp * torch.tanh(log_scale / self.clamp)
+
+
+class LatentFlow(nn.Module):
+    """f: code z -> noise u, ``blocks`` blocks of two affine couplings (methods.md section 4).
+
+    ``conditional_base``: the noise's Gaussian depends on the condition (:class:`ConditionalGaussianBase`)
+    instead of being N(0, I) for every condition.
+    """
+
+    def __init__(self, dim: int, blocks: int, hidden: int, cond_dim: int = 0, clamp: float = 2.0, seed: int = 0,
+                 conditional_base: bool = False):
+        super().__init__()
+        if conditional_base and not cond_dim:
+            raise ValueError("conditional_base needs a condition (class or text)")
         generator = torch.Generator().manual_seed(seed)
         self.dim = dim
         self.layers = nn.ModuleList(
             AffineCoupling(dim, hidden, cond_dim, clamp, torch.randperm(dim, generator=generator))
             for _ in range(2 * blocks)
         )
+        self.base = ConditionalGaussianBase(cond_dim, dim, hidden, clamp) if conditional_base else None
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``z`` ``(B, D)`` -> ``(u, log|det du/dz|)``."""
@@ -206,8 +236,27 @@ class LatentFlow(nn.Module):
     def nll(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """Negative log-likelihood per code ``(B,)`` by the change of variables (paper Eq. 1)."""
         u, log_det = self.forward(z, cond)
-        log_pu = -0.5 * (u**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)  # N(0, I)
-        return -(log_pu + log_det)
+        if self.base is None or cond is None:
+            log_pu = -0.5 * (u**2).sum(dim=1)  # N(0, I)
+        else:
+            mean, log_scale = self.base(cond)
+            log_pu = (-0.5 * ((u - mean) * (-log_scale).exp()) ** 2 - log_scale).sum(dim=1)
+        return -(log_pu - 0.5 * self.dim * math.log(2 * math.pi) + log_det)
+
+    def standard_noise(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The standard normal noise ``(B, D)`` that :meth:`sample` maps to the codes ``z`` under ``cond``."""
+        u, _ = self.forward(z, cond)
+        if self.base is not None and cond is not None:
+            mean, log_scale = self.base(cond)
+            u = (u - mean) * (-log_scale).exp()
+        return u
+
+    def sample(self, noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Codes ``(B, D)`` from standard normal ``noise`` ``(B, D)``: through the base's scale and shift, then f^-1."""
+        if self.base is not None and cond is not None:
+            mean, log_scale = self.base(cond)
+            noise = mean + noise * log_scale.exp()
+        return self.inverse(noise, cond)
 
 
 class ClassGaussianPrior(nn.Module):

@@ -61,6 +61,32 @@ def test_flow_is_invertible():
     assert torch.allclose(flow.inverse(u, cond), z, atol=1e-9)
 
 
+def test_a_conditional_base_starts_as_the_standard_normal_and_moves_with_the_condition():
+    plain = LatentFlow(dim=6, blocks=2, hidden=16, cond_dim=3).double()
+    with_base = LatentFlow(dim=6, blocks=2, hidden=16, cond_dim=3, conditional_base=True).double()
+    with_base.layers.load_state_dict(plain.layers.state_dict())
+    z, cond = torch.randn(5, 6, dtype=torch.double), torch.randn(5, 3, dtype=torch.double)
+    assert torch.allclose(with_base.nll(z, cond), plain.nll(z, cond))  # zero-initialised: N(0, I)
+    randomize(with_base)
+    noise = torch.randn(5, 6, dtype=torch.double)
+    codes = with_base.sample(noise, cond)
+    assert torch.allclose(with_base.standard_noise(codes, cond), noise, atol=1e-9)  # sample and its inverse
+    other = with_base.sample(noise, torch.randn(5, 3, dtype=torch.double))
+    assert not torch.allclose(codes, other)
+    # the NLL is the change of variables through the base's affine map: N(mean, scale^2) of f(z)
+    u, log_det = with_base(z, cond)
+    mean, log_scale = with_base.base(cond)
+    expected = -torch.distributions.Normal(mean, log_scale.exp()).log_prob(u).sum(dim=1) - log_det
+    assert torch.allclose(with_base.nll(z, cond), expected)
+
+
+def test_a_conditional_base_needs_a_condition():
+    with pytest.raises(ValueError, match="conditional_base needs a class or text condition"):
+        tiny(conditional_base=True)
+    model = tiny(condition="class", conditional_base=True)
+    assert model.flow.base is not None
+
+
 def test_log_det_matches_brute_force_jacobian():
     flow = LatentFlow(dim=4, blocks=4, hidden=16, clamp=2.0).double()
     randomize(flow, 0.5)
