@@ -77,7 +77,7 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
             log.warning("reconciliation: %s", counts)
 
     def run_relay() -> None:
-        _in_app(flask_app, "outbox relay", publish_pending)
+        _in_app(flask_app, "outbox relay", lambda: publish_pending(grace=cfg["OUTBOX_RELAY_GRACE"]))
 
     def run_cleanup() -> None:
         from app.core import embedded_broker

@@ -79,6 +79,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "MAX_ATTEMPTS": 3,  # a job whose worker died this many times while it ran alone is failed (poison)
         # the transactional outbox (app/services/outbox.py): how often a relay looks for messages not yet published
         "OUTBOX_RELAY_INTERVAL": 0.5,
+        # the rows of published messages are deleted together, every this many seconds per process, not one
+        # statement per request; a relay leaves rows younger than the grace to the process that wrote them
+        "OUTBOX_SWEEP_INTERVAL": 0.2,
+        "OUTBOX_RELAY_GRACE": 2.0,
         "IDEMPOTENCY_KEY_TTL": 24 * 3600,  # seconds an Idempotency-Key is remembered
         "BROKER_CLEANUP_INTERVAL": 600.0,  # embedded broker: seconds between clean-ups of its file (0: never)
         # seconds a web process keeps a model name's serving version before reading it again (a promotion made

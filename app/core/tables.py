@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, TypeVar, overload
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, \
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text, \
     UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -62,6 +62,13 @@ def get_row(model: type[T], key: Any) -> T:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def table_of(model: type[Model]) -> Table:
+    """A mapped class's table, for Core statements on a hot path (no unit of work, no ORM objects)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class ModelVersion(Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import hmac
 import io
@@ -19,14 +20,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import Insert, Text, bindparam, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from app.core import metrics, transitions
 from app.core.errors import LONE_SURROGATE_MESSAGE, MAX_JSON_DEPTH, ApiError, has_lone_surrogate, json_depth
 from app.core.extensions import db
-from app.core.tables import Batch, Image, Job, get_or_404, new_id, utcnow
+from app.core.tables import Batch, Image, Job, get_or_404, new_id, table_of, utcnow
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
@@ -284,6 +285,42 @@ def lock_client(client_key: str | None) -> None:
                            {"key": f"quota:{client_key}"})
 
 
+def _insert_job(values: dict[str, Any], client_key: str | None) -> None:
+    """The job's INSERT; on PostgreSQL it takes the client's lock (:func:`lock_client`) first, in the same
+    statement: ``INSERT ... SELECT <values> FROM (SELECT pg_advisory_xact_lock(...))``. The quota's count
+    runs in a later statement, so it sees every job committed while this one waited for the lock."""
+    if client_key is None or db.session.get_bind().dialect.name != "postgresql":
+        db.session.execute(_INSERT_JOB, values)
+        return
+    db.session.execute(_locked_job_insert(tuple(values)),
+                       {"lock_key": f"quota:{client_key}", **{f"job_{name}": value for name, value in values.items()}})
+
+
+_INSERT_JOB = insert(table_of(Job))
+
+
+@functools.lru_cache(maxsize=16)
+def _locked_job_insert(columns: tuple[str, ...]) -> Insert:
+    """The locking INSERT for rows of these columns (built and compiled once per set of columns)."""
+    table = table_of(Job)
+    lock = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("lock_key", type_=Text), 23))).subquery()
+    row = select(*[bindparam(f"job_{name}", type_=table.c[name].type) for name in columns]).select_from(lock)
+    return insert(table).from_select(list(columns), row)
+
+
+# this client's images queued or running, the request's rows included, are within the limit
+_QUOTA_ROOM = select(func.coalesce(func.sum(Job.n), 0)).where(
+    Job.client_key == bindparam("quota_client"), Job.status.in_(LIVE)).scalar_subquery() <= bindparam("quota_limit")
+
+
+def quota_room(client_key: str | None) -> outbox.SqlCondition | None:
+    """The SQL condition "this client's images queued or running, this request's rows included, are within
+    MAX_IMAGES_IN_FLIGHT_PER_CLIENT" (None: no client, no quota), for a statement to check by itself."""
+    if client_key is None:
+        return None
+    return _QUOTA_ROOM, {"quota_client": client_key, "quota_limit": current_app.config["MAX_IMAGES_IN_FLIGHT_PER_CLIENT"]}
+
+
 def check_quota(client_key: str | None, images: int) -> None:
     """ApiError(429) when ``client_key`` has more than MAX_IMAGES_IN_FLIGHT_PER_CLIENT images queued or running,
     counting the ``images`` of this request, whose rows are already flushed in this transaction after
@@ -309,15 +346,20 @@ def lane_of(batch_id: str | None, n: int) -> str:
 
 
 # -- creating and sending ---------------------------------------------------------------------------
-def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str | None = None, **extra: Any) -> Job:
+def _job_values(spec: JobSpec, owner: Owner | None = None, cancel_hash: str | None = None, **extra: Any) -> dict:
+    """The new job row's columns (the webhook checked: 422)."""
     url, events = webhooks.validate(spec.webhook, spec.webhook_events, owner.token_id if owner else None)
     if url is not None:
         extra.update(webhook=url, webhook_events=events, webhook_pending=True)
-    return Job(status=JobStatus.QUEUED, model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
-               label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
-               n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(),
-               owner_token_id=owner.token_id if owner else None, client_key=owner.client_key if owner else None,
-               cancel_hash=cancel_hash, **extra)
+    return dict(status=JobStatus.QUEUED, model_version_id=spec.model_version_id, condition_kind=spec.condition_kind,
+                label=spec.label, label_index=spec.label_index, cluster=spec.cluster, prompt=spec.prompt,
+                n=spec.n, seed=spec.seed, progress=0.0, attempts=0, enqueued_at=utcnow(),
+                owner_token_id=owner.token_id if owner else None, client_key=owner.client_key if owner else None,
+                cancel_hash=cancel_hash, **extra)
+
+
+def _job_from_spec(spec: JobSpec, owner: Owner | None = None, cancel_hash: str | None = None, **extra: Any) -> Job:
+    return Job(**_job_values(spec, owner, cancel_hash, **extra))
 
 
 @dataclass(frozen=True)
@@ -336,12 +378,13 @@ def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: Idempotent
     # the id is made here, not by the flush, so that the capability's hash goes into the INSERT itself
     job_id = new_id()
     secret = _capability_of(owner, "job", job_id)
-    job = _job_from_spec(spec, owner, _secret_hash(secret) if secret else None, id=job_id)  # webhook checked (422)
-    lock_client(client_key)
-    db.session.add(job)
-    db.session.flush()
-    _check_quota_or_roll_back(client_key, spec.n)
-    messages = stage_messages([job_id], lane_of(None, spec.n))
+    values = _job_values(spec, owner, _secret_hash(secret) if secret else None, id=job_id)  # webhook checked (422)
+    # Core statements, not the ORM's unit of work: this is every job's path. The client's lock is taken by
+    # the job's INSERT, and the quota is checked by the outbox row's INSERT, after the job's row (so counting it)
+    _insert_job(values, client_key)
+    messages = stage_messages([job_id], lane_of(None, spec.n), only_if=quota_room(client_key))
+    if not messages:
+        _refuse_over_quota(client_key, spec.n)
     if idempotent is not None:
         idempotency.remember(idempotent, job_id)
     if not _commit_or_earlier(idempotent):
@@ -400,6 +443,13 @@ def _check_quota_or_roll_back(client_key: str | None, images: int) -> None:
         raise
 
 
+def _refuse_over_quota(client_key: str | None, images: int) -> None:
+    """Roll back and raise the quota's 429 (the count is read again for the message)."""
+    _check_quota_or_roll_back(client_key, images)
+    db.session.rollback()  # not reached while the client's lock holds; a refusal all the same
+    raise ApiError(429, "your images queued or running are at the limit per client", retry_after=QUOTA_RETRY_AFTER)
+
+
 def _commit_or_earlier(idempotent: IdempotentRequest | None) -> bool:
     """Commit; False when a concurrent request with the same key committed first (this one is rolled back)."""
     try:
@@ -412,9 +462,10 @@ def _commit_or_earlier(idempotent: IdempotentRequest | None) -> bool:
     return True
 
 
-def stage_messages(job_ids: list[str], lane: str | None = None) -> list[int]:
+def stage_messages(job_ids: list[str], lane: str | None = None, only_if: outbox.SqlCondition | None = None) -> list[int]:
     """Outbox rows (app.services.outbox) for these jobs' messages, committed by the caller with its rows: each
-    on its queue, the lane (``lane``, else each job's own: bulk or interactive) as MODEL_QUEUES routes it."""
+    on its queue, the lane (``lane``, else each job's own: bulk or interactive) as MODEL_QUEUES routes it.
+    ``only_if`` (one lane only): none is staged, and the result is empty, unless this SQL condition holds."""
     if not job_ids:
         return []
     lanes: dict[str, list[str]] = {}
@@ -424,6 +475,17 @@ def stage_messages(job_ids: list[str], lane: str | None = None) -> list[int]:
         for job_id, batch_id, n in db.session.execute(
                 select(Job.id, Job.batch_id, Job.n).where(Job.id.in_(job_ids))):
             lanes.setdefault(lane_of(batch_id, n), []).append(job_id)
+    if only_if is not None:
+        if lane is None:
+            raise ValueError("stage_messages: only_if needs one lane")
+        # the condition is checked by the first INSERT; the other queues' rows follow only if it held
+        staged: list[int] = []
+        for queue, routed in job_queues(job_ids, lane).items():
+            rows = outbox.add(GENERATE_TASK, queue, routed, only_if=only_if if not staged else None)
+            if not rows:
+                return []
+            staged += rows
+        return staged
     return [row for each_lane, ids in lanes.items() for queue, routed in job_queues(ids, each_lane).items()
             for row in outbox.add(GENERATE_TASK, queue, routed)]
 
@@ -457,9 +519,11 @@ def cancel_job(job_id: str, *, token_id: int | None = None, secret: str | None =
 
 
 def get_job(job_id: str) -> Job:
-    # job_to_dict reads both; populate_existing: an expired copy in the session would be refreshed without
-    # the joined load (and the version then lazy-loaded in a second query)
-    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version)], populate_existing=True)
+    # job_to_dict reads the version and the images: one query for all three (a job has at most
+    # MAX_IMAGES_PER_JOB images); populate_existing: an expired copy in the session would be refreshed without
+    # the joined loads (and the rest then lazy-loaded in more queries)
+    job = db.session.get(Job, job_id, options=[joinedload(Job.model_version), joinedload(Job.images)],
+                         populate_existing=True)
     if job is None:
         raise ApiError(404, f"no job {job_id!r}")
     return job

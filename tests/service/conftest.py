@@ -128,7 +128,9 @@ def app(tmp_path, checkpoints):
     yield app
     with app.app_context():
         from app.core.extensions import db
+        from app.services.outbox import sweeper_for
 
+        sweeper_for(app).flush()
         db.session.remove()
         db.engine.dispose()
 

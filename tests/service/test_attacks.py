@@ -102,7 +102,9 @@ def test_the_image_quota_holds_under_concurrent_requests_on_postgresql(tmp_path,
     finally:
         with app.app_context():
             from app.core.extensions import db
+            from app.services.outbox import sweeper_for
 
+            sweeper_for(app).flush()  # before the database is dropped
             db.session.remove()
             db.engine.dispose()
 

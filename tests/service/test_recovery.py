@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -139,7 +140,7 @@ def test_the_relay_thread_publishes_until_the_outbox_is_empty(app):
     from app.core.queue import GENERATE_TASK
     from app.services import outbox
 
-    app.config["OUTBOX_RELAY_INTERVAL"] = 0.05
+    app.config.update(OUTBOX_RELAY_INTERVAL=0.05, OUTBOX_RELAY_GRACE=0.2)
     with app.app_context():
         outbox.add(GENERATE_TASK, "generate", ["a", "b"])
         db.session.commit()
@@ -148,6 +149,38 @@ def test_the_relay_thread_publishes_until_the_outbox_is_empty(app):
         relay._thread.join(10)
         assert not relay._thread.is_alive() and outbox.pending_count() == 0
     assert broker_messages(app) == 2
+
+
+def test_published_rows_are_deleted_together_and_a_relay_leaves_young_rows_to_their_writer(app, client):
+    from app.core.queue import GENERATE_TASK
+    from app.services import outbox
+
+    app.config["OUTBOX_SWEEP_INTERVAL"] = 60.0  # the test sweeps by hand
+    msgs = broker_messages(app)
+    ids = [client.post("/api/v1/jobs", json={"label": str(i)}).get_json()["id"] for i in range(2)]
+    assert broker_messages(app) == msgs + 2  # published at once
+    with app.app_context():
+        assert sorted(db.session.scalars(select(OutboxMessage.ref_id))) == sorted(ids)  # their rows wait for the sweep
+        assert outbox.publish_pending(kick=False, grace=30) == 0  # a relay leaves them to their writer
+        assert outbox.sweeper_for(app).flush() == 2 and outbox.pending_count() == 0
+        # a writer that died before its publish leaves an old row: a relay's pass sends it
+        db.session.add(OutboxMessage(task=GENERATE_TASK, queue="generate", ref_id="orphan",
+                                     created_at=utcnow() - timedelta(seconds=60)))
+        db.session.commit()
+        assert outbox.publish_pending(kick=False, grace=30) == 1 and outbox.pending_count() == 0
+    assert broker_messages(app) == msgs + 3
+
+
+def test_the_sweeper_thread_deletes_published_rows_by_itself(app, client):
+    from app.services import outbox
+
+    app.config["OUTBOX_SWEEP_INTERVAL"] = 0.05
+    assert client.post("/api/v1/jobs", json={"label": "1"}).status_code == 202
+    deadline = time.monotonic() + 10
+    with app.app_context():
+        while outbox.pending_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert outbox.pending_count() == 0
 
 
 # -- dead workers and fair charging ---------------------------------------------------------------------

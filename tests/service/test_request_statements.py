@@ -1,0 +1,69 @@
+"""The SQL a job costs the web server, counted (not timed): every job pays these statements, so one more is a
+regression that a benchmark run would only show as noise."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+
+from app.core.extensions import db
+from tests.service.conftest import base_config, register_test_models
+
+
+@contextmanager
+def counting(app):
+    statements: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement.split()[0].upper())
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+def make_app(tmp_path, checkpoints, **overrides):
+    from app import create_app
+    from app.core.migrate import upgrade
+
+    app = create_app({**base_config(tmp_path), "OUTBOX_SWEEP_INTERVAL": 60.0, **overrides})  # sweeps counted apart
+    upgrade(app)
+    with app.app_context():
+        register_test_models(checkpoints)
+    return app
+
+
+def assert_statements(app) -> None:
+    from app.services.outbox import sweeper_for
+
+    client = app.test_client()
+    client.post("/api/v1/jobs", json={"label": "1"})  # the serving version is read once and kept
+    with counting(app) as statements:
+        job_id = client.post("/api/v1/jobs", json={"label": "2"}).get_json()["id"]
+    # the job's INSERT (on PostgreSQL it also takes the client's lock) and the outbox row's INSERT, which
+    # checks the quota itself
+    assert statements == ["INSERT", "INSERT"], statements
+    with counting(app) as statements:
+        assert client.get(f"/api/v1/jobs/{job_id}").status_code == 200
+    assert statements == ["SELECT"], statements  # the job, its model version and its images in one query
+    with counting(app) as statements:
+        assert sweeper_for(app).flush() == 2
+    assert statements == ["DELETE"], statements  # the published messages' rows, together
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_job_costs_two_statements_and_a_read_one_on_sqlite(tmp_path, checkpoints):
+    assert_statements(make_app(tmp_path, checkpoints))
+
+
+@pytest.mark.integration
+def test_a_job_costs_two_statements_and_a_read_one_on_postgresql(tmp_path, checkpoints, pg_url):
+    assert_statements(make_app(tmp_path, checkpoints, SQLALCHEMY_DATABASE_URI=pg_url))
