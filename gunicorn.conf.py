@@ -7,6 +7,13 @@ stops the old ones gracefully: they stop accepting, answer what they hold, and e
 meanwhile waits in the socket's backlog for a new worker; none is refused.
 """
 
+import os
+
+# threads, not processes, serve a web process's requests (the Procfile and `priorforge serve` alike): a ?wait=
+# request sleeps in its thread without holding a database connection; JOB_WAIT_MAX_CONCURRENT (24) of a
+# process's threads may wait at once, the rest stay for other requests
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "32"))
 # an old worker finishes its requests before it exits, also a ?wait= request (JOB_WAIT_MAX_SECONDS, 60 s)
 graceful_timeout = 75
 # gunicorn >= 25 opens a control socket at one fixed path per user ($XDG_RUNTIME_DIR or ~/.gunicorn), so two

@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> dict:
         t_web = time.monotonic()
         web = procs.start("web", [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
                                   "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread",
-                                  "--threads", "16", "app.wsgi:app"])
+                                  "--threads", "32", "app.wsgi:app"])
         wait_for(lambda: health_ok(base), 120, "the web server", deadline)
         web_start_s = time.monotonic() - t_web
         workers = Workers(procs, args.workers, env)

@@ -14,6 +14,8 @@ submits a job, waits until it has succeeded, and takes the next. How a client wa
 
 * ``wait`` (the default): one request per job, ``POST /api/v1/jobs?wait=60``, answered when the job has
   ended (app/services/job_events.py); the latency is exact.
+* ``post-wait``: ``POST /api/v1/jobs`` (answered 202 at once), then ``GET /api/v1/jobs/<id>?wait=60``: two
+  requests per job, as a client does that submits first and collects later.
 * ``poll``: ``POST /api/v1/jobs``, then ``GET /api/v1/jobs/<id>`` every ``max(--poll-ms, K * 1000 /
   --max-poll-rate)`` ms (all clients together poll at most ``--max-poll-rate`` times a second, so polling
   does not take the CPU the worker needs) until it has succeeded: latencies are rounded up by up to one
@@ -90,12 +92,13 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-warmup", type=int, default=None,
                    help="untimed jobs at the phase's K and n before it is timed, at least K (default 16; 1 with "
                         "--quick; 0: none, a cold phase)")
-    p.add_argument("--client-mode", choices=("wait", "poll"), default="wait",
-                   help="wait: one POST ?wait= per job; poll: POST, then GET every poll interval")
+    p.add_argument("--client-mode", choices=("wait", "post-wait", "poll"), default="wait",
+                   help="wait: one POST ?wait= per job; post-wait: POST, then GET ?wait=; poll: POST, then GET every "
+                        "poll interval")
     p.add_argument("--poll-ms", type=float, default=10.0, help="poll interval of one client (at least)")
     p.add_argument("--max-poll-rate", type=float, default=200.0, help="polls per second of all clients together")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
-    p.add_argument("--web-threads", type=int, default=16,
+    p.add_argument("--web-threads", type=int, default=32,
                    help="threads per gunicorn worker (gthread, as the Procfile); a waiting client holds one")
     p.add_argument("--database-url", default=None,
                    help="a PostgreSQL server (any database on it): a fresh database is created there and dropped")
@@ -339,15 +342,18 @@ def health_ok(base: str) -> bool:
 WAIT_S = 60  # the server's default JOB_WAIT_MAX_SECONDS
 
 
-def run_job(base: str, n: int, seed: int, poll_s: float | None, deadline: Deadline, model: str = MODEL) -> float:
+def run_job(base: str, n: int, seed: int, poll_s: float | None, deadline: Deadline, model: str = MODEL,
+            post_first: bool = False) -> float:
     """Submit one job and wait until it has succeeded; the seconds from submit to the answer that said so.
-    ``poll_s`` None: one ``POST ?wait=`` (again with ``GET ?wait=`` if a wait ran out); else poll every
-    ``poll_s``."""
+    ``poll_s`` None: one ``POST ?wait=`` (``post_first``: a plain ``POST``), then ``GET ?wait=`` while the job
+    has not ended; else poll every ``poll_s``."""
     t0 = time.perf_counter()
     spec = {"model": model, "label": LABEL, "n": n, "seed": seed}
     if poll_s is None:
-        status, job = http("POST", f"{base}/api/v1/jobs?wait={WAIT_S}", spec, timeout=WAIT_S + 30)
-        while status == 202 and job.get("status") in ("queued", "running"):
+        status, job = http("POST", f"{base}/api/v1/jobs" + ("" if post_first else f"?wait={WAIT_S}"), spec,
+                           timeout=WAIT_S + 30)
+        # a wait can end early (every waiting slot of the web process taken: it answers at once): ask again
+        while status in (200, 202) and job.get("status") in ("queued", "running"):
             deadline.check(f"waiting for job {job['id']}")
             status, job = http("GET", f"{base}{job['url']}?wait={WAIT_S}", timeout=WAIT_S + 30)
         if job.get("status") != "succeeded":
@@ -378,7 +384,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0: int, deadline: Deadline,
-              groups: dict[str, int] | None = None, min_seconds: float = 0.0) -> dict:
+              groups: dict[str, int] | None = None, min_seconds: float = 0.0, post_first: bool = False) -> dict:
     """K client threads run at least ``jobs`` jobs, and go on starting new ones until ``min_seconds`` have
     passed; throughput, latency percentiles and CPU per job of the ``groups`` (name -> process group)."""
     latencies: list[float] = []
@@ -401,7 +407,7 @@ def run_phase(base: str, k: int, n: int, jobs: int, poll_s: float | None, seed0:
             if i is None:
                 return
             try:
-                latency = run_job(base, n, seed0 + i * n, poll_s, deadline)
+                latency = run_job(base, n, seed0 + i * n, poll_s, deadline, post_first=post_first)
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 with lock:
                     errors.append(exc)
@@ -675,14 +681,15 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
     interval."""
     jobs = max(args.jobs_per_client * k, args.min_jobs)
     poll_s = max(args.poll_ms, k * 1000.0 / args.max_poll_rate) / 1e3 if args.client_mode == "poll" else None
+    post_first = args.client_mode == "post-wait"
     phase_warmup = getattr(args, "phase_warmup", 0)
     warmup = max(k, phase_warmup) if phase_warmup else 0  # 0: none (a cold phase, as before the fourth round)
     if warmup:  # untimed: threads, pooled connections and sockets opened at this K (seeds after the timed ones)
-        run_phase(service.base, k, n, warmup, poll_s, seed + 10**6, deadline)
+        run_phase(service.base, k, n, warmup, poll_s, seed + 10**6, deadline, post_first=post_first)
     parent = service.groups["worker"]
     parent0 = group_cpu_seconds(parent, only_pid=parent)
     row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups,
-                    min_seconds=getattr(args, "min_seconds", 0.0))
+                    min_seconds=getattr(args, "min_seconds", 0.0), post_first=post_first)
     row["warmup_jobs"] = warmup
     # the worker's main process (broker I/O, handing messages to the pool), apart from its pool processes
     row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
@@ -704,8 +711,10 @@ def profiled(service: Service, folder: str | None) -> Iterator[None]:
         raise SystemExit("--profile needs py-spy (pip install py-spy)")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    raw = os.environ.get("PF_PROFILE_FORMAT") == "raw"  # collapsed stacks (.txt) to read with a script
     recorders = [subprocess.Popen([spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
-                                   "--format", "flamegraph", "--output", str(out / f"{name}.svg"), "--nonblocking"],
+                                   "--format", "raw" if raw else "flamegraph",
+                                   "--output", str(out / f"{name}.{'txt' if raw else 'svg'}"), "--nonblocking"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in service.groups.items()]
     try:
@@ -784,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["n", "K", "jobs", "img/s (service)", "img/s (raw)", "raw drift", "service/raw", "p50 ms", "p95 ms",
                "p99 ms",
                "poll ms", "client bound img/s", "CPU ms/job web / worker / clients", "cores busy"]
-    if args.client_mode == "wait":  # no polling, no bound from it
+    if args.client_mode in ("wait", "post-wait"):  # no polling, no bound from it
         headers = [h for h in headers if h not in ("poll ms", "client bound img/s")]
     table = markdown_table(headers, [[r["n"], r["clients"], r["jobs"], r["images_per_s"], r["raw_images_per_s"],
                                       r["raw_drift"], r["ratio"], r["p50_ms"], r["p95_ms"], r["p99_ms"],

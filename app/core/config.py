@@ -117,7 +117,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "INTERACTIVE_MAX_IMAGES": 16,
         # requests allowed to wait (?wait=) at once per web process; beyond it they answer at once as the job
         # stands (as if wait=0), so waiting clients cannot hold every thread
-        "JOB_WAIT_MAX_CONCURRENT": 8,
+        # of a web process's 32 threads (WEB_THREADS), this many may wait at once; the other 8 serve the rest.
+        # Fewer waiting slots than clients made the extra clients ask again at once, round after round
+        "JOB_WAIT_MAX_CONCURRENT": 24,
         "ANONYMOUS_GENERATION": True,  # false: creating jobs and batches needs an API token (the form: off)
         "PUBLIC_GALLERY": True,  # false: /gallery answers 404 (images stay reachable by their unguessable ids)
         # admin sign-in throttle: failures counted per (user name, address) and per address in this window
@@ -192,7 +194,7 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
     else:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
-        # one pooled connection per web server thread (gthread, WEB_THREADS = 16 in the Procfile): with the
+        # one pooled connection per web server thread that is not waiting (gthread: 32 threads, 24 of them may wait): with the
         # default 5, busy threads opened and closed "overflow" connections, a new PostgreSQL backend each time
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", app.config["DB_POOL_SIZE"])
 
