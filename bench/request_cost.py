@@ -13,8 +13,9 @@ call: routing, hooks, limiter, views, JSON) after ``--warmup`` untimed ones:
 * ``read``: ``GET /api/v1/jobs/<id>`` of a finished job;
 * ``wait``: ``GET /api/v1/jobs/<id>?wait=30`` of a finished job (the ``?wait`` path's fixed cost).
 
-Counted per request: SQL statements (engine events), pool checkouts (each one costs a ``SELECT 1`` ping,
-``pool_pre_ping``), Redis commands (the server's own ``INFO commandstats``, this script's INFO excluded)
+Counted per request: SQL statements (engine events), pool checkouts (a connection that rested in the pool
+``DB_PING_AFTER_IDLE`` seconds is pinged first, ``app/core/db_ping.py``: none is, between these back-to-back
+requests), Redis commands (the server's own ``INFO commandstats``, this script's INFO excluded)
 and CPU milliseconds (``time.process_time``). The statement, checkout and command counts do not depend on
 how busy the machine is; the CPU figures do, a little. With ``--stages`` the CPU is also split by stage with
 cProfile (process-time clock; its own overhead inflates every figure by a similar factor, so read them as
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_client.close()
         drop_pg_database(name, conninfo)
 
-    table = markdown_table(["request", "CPU ms", "SQL statements", "pool checkouts (pings)", "Redis commands"],
+    table = markdown_table(["request", "CPU ms", "SQL statements", "pool checkouts", "Redis commands"],
                            [[kind, r["cpu_ms"], r["sql_statements"], r["pool_checkouts"], r["redis_commands"]]
                             for kind, r in rows.items()])
     if args.stages:

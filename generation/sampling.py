@@ -157,11 +157,12 @@ def decode_fixed_passes(model: GenerativeModel, latents: Tensor, condition: Cond
 
 
 def iter_decode_passes(model: GenerativeModel, latents: Tensor, condition: Condition | None,
-                       pass_size: int) -> Iterator[Tensor]:
+                       pass_size: int, *, set_eval: bool = True) -> Iterator[Tensor]:
     """The passes of :func:`decode_fixed_passes` one at a time: images ``(rows, C, H, W)`` on the CPU, in
     order, so a caller can use the first rows while the next pass decodes. Runs in the caller's inference
     mode and autocast (each ``next()`` decodes one pass)."""
-    model.eval()
+    if set_eval:  # False: the caller's model is in eval mode already (a worker's cached model)
+        model.eval()
     total = latents.shape[0]  # latents: (N, latent_dim)
     for start in range(0, total, pass_size):
         part = latents[start:start + pass_size].to(model.device)

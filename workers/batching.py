@@ -96,7 +96,8 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
     """
     from generation.precision import autocast
 
-    model.eval()
+    if model.training:  # a cached model is in eval mode from its load; eval() walks every submodule
+        model.eval()
     with stage_clock("latents"):
         latents = [job_latents(model, request) for request in requests]
     groups: dict[object, list[int]] = {}
@@ -106,7 +107,8 @@ def decode_jobs(model: GenerativeModel, requests: list[JobRequest], pass_size: i
     last_request = list(groups.values())[-1][-1] if groups else None  # its rows come out of the last pass
     for key, members in groups.items():
         condition = None if key is None else requests[members[0]].condition
-        passes = iter_decode_passes(model, torch.cat([latents[i] for i in members]), condition, max(1, pass_size))
+        passes = iter_decode_passes(model, torch.cat([latents[i] for i in members]), condition, max(1, pass_size),
+                                    set_eval=False)
         waiting = deque(members)  # requests of this group not complete yet, in row order
         decoded: list[Tensor] = []  # decoded rows not handed out yet
         while waiting:

@@ -89,7 +89,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # by another process reaches new jobs within this time; 0: read it for every job)
         "SERVING_CACHE_SECONDS": 2.0,
         "DEFAULT_MODEL": None,  # None: the serving model whose card is the default (mnist), else the first
-        "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
+        "DB_POOL_SIZE": 16,
+        # PostgreSQL: a pooled connection is pinged before use when it rested this many seconds (0: always)
+        "DB_PING_AFTER_IDLE": 1.0,  # connections kept per process (PostgreSQL); at least the web server's threads
         # ?wait=S on the job and batch endpoints (app/services/job_events.py): the longest wait a request may ask for,
         # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
         # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
@@ -193,7 +195,8 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         # the web and worker processes share the file: wait for locks instead of failing at once
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {"timeout": 30})
     else:
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
+        # every checkout pinged only with DB_PING_AFTER_IDLE <= 0; otherwise the idle ones (app/core/db_ping.py)
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", app.config["DB_PING_AFTER_IDLE"] <= 0)
         # one pooled connection per web server thread that is not waiting (gthread: 32 threads, 24 of them may wait): with the
         # default 5, busy threads opened and closed "overflow" connections, a new PostgreSQL backend each time
         app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_size", app.config["DB_POOL_SIZE"])

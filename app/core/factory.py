@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from app.core import metrics
 from app.core.config import load_config
+from app.core.db_ping import ping_idle_connections
 from app.core.extensions import db
 from app.core.files import private_folder, sqlite_connect_listener
 from app.core.queue import celery_init_app
@@ -33,6 +34,8 @@ def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
             event.listen(db.engine, "connect", sqlite_connect_listener(db.engine.url.database))  # 0600
+        elif app.config["DB_PING_AFTER_IDLE"] > 0:
+            ping_idle_connections(db.engine, app.config["DB_PING_AFTER_IDLE"])
     storage = app.extensions["priorforge_storage"] = storage_from_config(app.config)  # bad settings: ValueError
     try:  # a missing bucket or a store that is down: said at once; the web still starts (health: degraded)
         storage.check()

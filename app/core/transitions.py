@@ -10,12 +10,13 @@ other module writes a state.
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, case, or_, tuple_, update
+from sqlalchemy import BindParameter, ColumnElement, Connection, Update, bindparam, case, or_, tuple_, update
 
 from app.core.extensions import db, rowcount
 from app.core.status import LIVE, JobStatus
@@ -62,8 +63,18 @@ def claim_jobs(job_ids: Iterable[str], *, worker: str, worker_main: str | None) 
             .values(claim_token=case(offered, value=Job.id), **values).returning(Job.id)).all()
         return {job_id: offered[job_id] for job_id in claimed}
     return {job_id: token for job_id, token in offered.items()
-            if rowcount(db.session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
-                                           .values(claim_token=token, **values))) == 1}
+            if rowcount(db.session.execute(_claim_one(), {"claim_job": job_id, "claim_token": token, "claim_now": now,
+                                                          "claim_worker": worker, "claim_main": worker_main})) == 1}
+
+
+@functools.cache
+def _claim_one() -> Update:
+    """One job's claim (every task's first write): built and compiled once, run with its values bound."""
+    now: BindParameter[datetime] = bindparam("claim_now")
+    return update(Job).where(Job.id == bindparam("claim_job"), Job.status == QUEUED).values(
+        claim_token=bindparam("claim_token"), status=RUNNING, attempts=Job.attempts + 1, started_at=now,
+        heartbeat_at=now, worker=bindparam("claim_worker"), progress=0.0, error=None,
+        worker_main=bindparam("claim_main"))
 
 
 @moves((RUNNING, RUNNING))
@@ -83,7 +94,17 @@ def succeed_jobs(tokens: dict[str, str], now: datetime) -> set[str]:
             update(Job).where(tuple_(Job.id, Job.claim_token).in_(list(tokens.items())), Job.status == RUNNING)
             .values(**done).returning(Job.id)))
     return {job_id for job_id, token in tokens.items()
-            if rowcount(db.session.execute(update(Job).where(*_job_held(job_id, token)).values(**done))) == 1}
+            if rowcount(db.session.execute(_succeed_one(), {"done_job": job_id, "done_token": token,
+                                                            "done_now": now})) == 1}
+
+
+@functools.cache
+def _succeed_one() -> Update:
+    """One job's success (every task's last write): built and compiled once."""
+    now: BindParameter[datetime] = bindparam("done_now")
+    return update(Job).where(Job.id == bindparam("done_job"), Job.claim_token == bindparam("done_token"),
+                             Job.status == RUNNING).values(status=SUCCEEDED, progress=1.0, finished_at=now,
+                                                           heartbeat_at=now)
 
 
 @moves((RUNNING, FAILED))
