@@ -8,8 +8,13 @@ One Limiter per app (not a module-level one): its storage is per instance, and t
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
+from limits.storage import RedisStorage
 
 from app.core import metrics
 
@@ -25,7 +30,57 @@ def client_key() -> str:
 
 def _storage_uri(config) -> str:
     broker = config["CELERY_BROKER_URL"]
-    return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+    return f"{ONE_TRIP_SCHEME}+{broker}" if broker.startswith(("redis://", "rediss://")) else "memory://"
+
+
+ONE_TRIP_SCHEME = "priorforge"
+
+
+class OneTripRedisStorage(RedisStorage):
+    """The limits library's Redis storage, in one round trip per request instead of three.
+
+    A fixed-window limit costs a request three Redis round trips: the counter's increment (a script), then,
+    for the X-RateLimit headers, the counter (GET) and its time to live (TTL). Here the increment's script
+    also returns the TTL, and the GET and TTL that follow in the same thread for the same key are answered
+    from what it returned, which is what they would read a moment later. Anything else goes to Redis as
+    before (the limits library has no call that returns the headers' figures with the increment)."""
+
+    STORAGE_SCHEME = [f"{ONE_TRIP_SCHEME}+redis", f"{ONE_TRIP_SCHEME}+rediss"]
+    SCRIPT_INCR_EXPIRE_TTL = """
+        local amount = tonumber(ARGV[2])
+        local current = redis.call("incrby", KEYS[1], amount)
+        if tonumber(current) == amount then
+            redis.call("expire", KEYS[1], ARGV[1])
+        end
+        return {current, redis.call("ttl", KEYS[1])}
+    """.encode()
+    FRESH_FOR = 1.0  # seconds an increment's figures answer a GET and TTL of the same key in this thread
+
+    def __init__(self, uri: str, **options: Any) -> None:
+        self._last = threading.local()
+        super().__init__(uri.removeprefix(f"{ONE_TRIP_SCHEME}+"), **options)
+
+    def initialize_storage(self, uri: str) -> None:
+        super().initialize_storage(uri)
+        self.lua_incr_expire_ttl = self.get_connection().register_script(self.SCRIPT_INCR_EXPIRE_TTL)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        count, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
+        self._last.figures = (key, int(count), max(int(ttl), 0) + time.time(), time.monotonic())
+        return int(count)
+
+    def _fresh(self, key: str) -> tuple[str, int, float, float] | None:
+        last = getattr(self._last, "figures", None)
+        return last if last and last[0] == key and time.monotonic() - last[3] < self.FRESH_FOR else None
+
+    def get(self, key: str) -> int:
+        last = self._fresh(key)
+        return last[1] if last else super().get(key)
+
+    def get_expiry(self, key: str) -> float:
+        last = self._fresh(key)
+        self._last.figures = None  # the headers' last read: the next request increments first
+        return last[2] if last else super().get_expiry(key)
 
 
 def init_limiter(app: Flask) -> Limiter:
