@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.core.doorbell import sweep  # noqa: E402
+from app.core.fastpath.doorbell import sweep  # noqa: E402
 from bench.common import emit, markdown_table  # noqa: E402
 
 

@@ -49,7 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.core.doorbell import sweep  # noqa: E402
+from app.core.fastpath.doorbell import sweep  # noqa: E402
 from bench.common import emit, markdown_table  # noqa: E402
 from bench.service_throughput import (MODEL, Deadline, Processes, drop_pg_database, free_port, health_ok,  # noqa: E402
                                       instance_database, prepare_instance, service_env, wait_for)

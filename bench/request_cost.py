@@ -56,7 +56,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "rows+commit": [("app/services/jobs.py", "create_job")],
     "publish": [("app/services/outbox.py", "publish_pending")],
     "read": [("app/services/jobs.py", "get_job")],
-    "wait": [("app/services/job_events.py", "wait_until_ended")],
+    "wait": [("app/core/fastpath/job_events.py", "wait_until_ended")],
     "response": [("flask/json/__init__.py", "jsonify"), ("app/api/views.py", "job_to_dict")],
     "request": [("flask/app.py", "wsgi_app")],
 }

@@ -13,7 +13,7 @@ measured start-up, not the steady state), then the timed part, where K threads s
 submits a job, waits until it has succeeded, and takes the next. How a client waits (``--client-mode``):
 
 * ``wait`` (the default): one request per job, ``POST /api/v1/jobs?wait=60``, answered when the job has
-  ended (app/services/job_events.py); the latency is exact.
+  ended (app/core/fastpath/job_events.py); the latency is exact.
 * ``post-wait``: ``POST /api/v1/jobs`` (answered 202 at once), then ``GET /api/v1/jobs/<id>?wait=60``: two
   requests per job, as a client does that submits first and collects later.
 * ``poll``: ``POST /api/v1/jobs``, then ``GET /api/v1/jobs/<id>`` every ``max(--poll-ms, K * 1000 /
@@ -74,7 +74,7 @@ sys.path.insert(0, str(REPO))  # `python bench/service_throughput.py` from anywh
 
 import torch  # noqa: E402
 
-from app.core.doorbell import sweep  # noqa: E402
+from app.core.fastpath.doorbell import sweep  # noqa: E402
 from bench.common import Timing, counts, emit, machine_info, markdown_table, time_call  # noqa: E402
 
 CHECKPOINT = REPO / "tests" / "fixtures" / "digits-aae-cg"

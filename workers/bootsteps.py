@@ -80,7 +80,7 @@ def install(celery_app: Celery, flask_app: Flask) -> None:
         _in_app(flask_app, "outbox relay", lambda: publish_pending(grace=cfg["OUTBOX_RELAY_GRACE"]))
 
     def run_cleanup() -> None:
-        from app.core import embedded_broker
+        from app.core.fastpath import embedded_broker
 
         _in_app(flask_app, "embedded broker clean-up", lambda: embedded_broker.cleanup(cfg["CELERY_BROKER_URL"]))
 

@@ -37,7 +37,7 @@ from app.core.extensions import db
 from app.core.tables import Job, ModelVersion
 from app.core.queue import GENERATE_TASK, RECONCILE_TASK
 from app.core.storage import StorageUnavailable
-from app.services.job_events import announce_finished
+from app.core.fastpath.job_events import announce_finished
 from app.core.status import JobStatus
 from workers.batching import JobSnapshot, stage_clock
 from workers.decoding import claim_companions, run_job
@@ -61,7 +61,7 @@ def _lookup_statement() -> Any:
 
 
 @shared_task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-             Strategy="workers.strategy:skip_settled_jobs")
+             Strategy="app.core.fastpath.strategy:skip_settled_jobs")
 def generate_images(self: Any, job_id: str) -> str:
     try:
         return _generate_images_timed(job_id)

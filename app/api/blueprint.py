@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from app.core.errors import ApiError
-from app.services.job_events import parse_wait
+from app.core.fastpath.job_events import parse_wait
 
 bp = Blueprint("api", __name__)
 

@@ -11,7 +11,7 @@ from app.api.jobs import _owner
 from app.api.views import experiment_to_dict
 from app.core.http import json_body
 from app.services import experiments
-from app.services.job_events import wait_until_ended
+from app.core.fastpath.job_events import wait_until_ended
 from app.core.status import FINAL
 
 

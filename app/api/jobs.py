@@ -13,7 +13,7 @@ from app.core.errors import ApiError
 from app.core.http import json_body
 from app.services import idempotency, jobs
 from app.services.idempotency import IdempotentRequest
-from app.services.job_events import wait_until_ended
+from app.core.fastpath.job_events import wait_until_ended
 from app.services.schemas import BatchRequest
 from app.core.status import FINAL, JobStatus
 

@@ -63,8 +63,11 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
         "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
         # without Redis: a publish wakes the embedded broker's worker and a job's end wakes its waiting requests
-        # at once, through Unix sockets on this machine (app/core/doorbell.py); the polls above and below stay
+        # at once, through Unix sockets on this machine (app/core/fastpath/doorbell.py); the polls above and below stay
         "LOCAL_WAKEUPS": True,
+        # every fast path at once (app/core/fastpath): false turns off the rings, the ?wait= announcements and
+        # the worker's dropping of settled jobs' messages; jobs then run on the polls alone, slower
+        "FAST_PATHS": True,
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
         # worker death (docs/service.md "Reliability"): a running job's lease is renewed this often, and
@@ -92,7 +95,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "DB_POOL_SIZE": 16,
         # PostgreSQL: a pooled connection is pinged before use when it rested this many seconds (0: always)
         "DB_PING_AFTER_IDLE": 1.0,  # connections kept per process (PostgreSQL); at least the web server's threads
-        # ?wait=S on the job and batch endpoints (app/services/job_events.py): the longest wait a request may ask for,
+        # ?wait=S on the job and batch endpoints (app/core/fastpath/job_events.py): the longest wait a request may ask for,
         # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
         # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
         "JOB_WAIT_MAX_SECONDS": 60.0,

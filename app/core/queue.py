@@ -32,14 +32,14 @@ def celery_config(app: Flask) -> dict:
         if config.get("BROKER_KEY_PREFIX"):
             transport_options["global_keyprefix"] = config["BROKER_KEY_PREFIX"]
     elif broker.startswith("sqla+"):
-        # The embedded broker (app/core/embedded_broker.py: kombu's SQLAlchemy transport with a doorbell) is a
+        # The embedded broker (app/core/fastpath/embedded_broker.py: kombu's SQLAlchemy transport with a doorbell) is a
         # table the worker polls; kombu's default interval (1 s) added a second to every job. That transport
         # hands every transport option to create_engine(), so the settings can't go there: set the
         # transport class's own attributes (one broker per process).
-        from app.core import embedded_broker
+        from app.core.fastpath import embedded_broker
 
         embedded_broker.Transport.polling_interval = config["BROKER_POLLING_INTERVAL"]
-        embedded_broker.Transport.local_wakeups = config["LOCAL_WAKEUPS"]
+        embedded_broker.Transport.local_wakeups = config["LOCAL_WAKEUPS"] and config["FAST_PATHS"]
         embedded_broker.register()
         broker = embedded_broker.broker_url(broker)
     return {
@@ -83,6 +83,6 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app))
     celery_app.set_default()
-    celery_app.flask_app = app  # workers.strategy reads the database through it
+    celery_app.flask_app = app  # app.core.fastpath.strategy reads the database through it
     app.extensions["celery"] = celery_app
     return celery_app

@@ -9,7 +9,7 @@ request or import model code (``generation/``, ``training/``); bad input raises
   :mod:`~app.services.uploads`: built-in and uploaded data sets.
 * :mod:`~app.services.accounts`: users, passwords, API tokens, the sign-in throttle.
 * :mod:`~app.services.gallery`: the gallery's queries.
-* :mod:`~app.services.queue`: sending task messages by name; :mod:`~app.services.job_events`: telling and
+* :mod:`~app.services.queue`: sending task messages by name; :mod:`~app.core.fastpath.job_events`: telling and
   waiting for the end of jobs; :mod:`~app.services.reconcile`: the repair of lost messages and dead workers;
   :mod:`~app.services.health`.
 """

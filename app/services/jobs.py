@@ -31,7 +31,7 @@ from app.core.tables import Batch, Image, Job, get_or_404, new_id, table_of, utc
 from app.core.queue import GENERATE_TASK
 from app.services import idempotency, outbox, webhooks
 from app.services.idempotency import IdempotentRequest
-from app.services.job_events import announce_finished
+from app.core.fastpath.job_events import announce_finished
 from app.services.model_versions import ServingModel, conditions_of, default_model_name, serving_model, serving_models
 from app.services.queue import job_queues
 from app.services.schemas import JobRequest, Limits, check_job_request

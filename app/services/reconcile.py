@@ -43,7 +43,7 @@ from app.core.extensions import db, rowcount
 from app.core.tables import Job, WorkerNode, aware, utcnow
 from app.services import outbox
 from app.services.idempotency import forget_expired
-from app.services.job_events import announce_finished
+from app.core.fastpath.job_events import announce_finished
 from app.services.jobs import stage_messages
 from app.services.trainings import reconcile_runs
 from app.core.status import JobStatus

@@ -365,7 +365,7 @@ def start_worker(tmp_path):
             except subprocess.TimeoutExpired:
                 pass
         worker.stop()  # a worker still running is killed here; the log is closed
-    from app.core.doorbell import sweep
+    from app.core.fastpath.doorbell import sweep
 
     for worker in workers:  # the sockets of a killed worker (its broker folder) are not left in /tmp
         for key in ("SQLALCHEMY_DATABASE_URI", "CELERY_BROKER_URL"):

@@ -1,4 +1,4 @@
-"""Machine-local wake-ups (app/core/doorbell.py) and the embedded broker that uses them (app/core/embedded_broker.py).
+"""Machine-local wake-ups (app/core/fastpath/doorbell.py) and the embedded broker that uses them (app/core/fastpath/embedded_broker.py).
 
 No test asserts a duration. Where a wake-up is under test, the poll it replaces is set to an hour, so the
 awaited thing can only arrive through the doorbell; the join's timeout is a liveness guard, not a figure.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.doorbell import MAX_DATAGRAM, SUFFIX, Doorbell, folder_for
+from app.core.fastpath.doorbell import MAX_DATAGRAM, SUFFIX, Doorbell, folder_for
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 
@@ -115,7 +115,7 @@ def test_folders_depend_on_what_the_processes_share():
 
 
 def test_job_ids_are_cut_into_whole_datagrams(bell):
-    from app.services.job_events import id_datagrams
+    from app.core.fastpath.job_events import id_datagrams
 
     ids = [str(uuid.uuid4()) for _ in range(600)]
     datagrams = id_datagrams(ids)
@@ -128,7 +128,7 @@ def test_job_ids_are_cut_into_whole_datagrams(bell):
 
 # -- announcements without Redis -------------------------------------------------------------------
 def test_without_redis_a_finished_job_is_rung_to_the_web_processes(app):
-    from app.services.job_events import announce_finished, jobs_doorbell
+    from app.core.fastpath.job_events import announce_finished, jobs_doorbell
 
     listener = jobs_doorbell(app.config).listen()
     try:
@@ -139,7 +139,7 @@ def test_without_redis_a_finished_job_is_rung_to_the_web_processes(app):
 
 
 def test_local_wakeups_off_rings_nothing(app):
-    from app.services.job_events import announce_finished, jobs_doorbell
+    from app.core.fastpath.job_events import announce_finished, jobs_doorbell
 
     listener = jobs_doorbell(app.config).listen()
     try:
@@ -209,7 +209,7 @@ def publish(url: str, body: dict) -> None:
 
 @pytest.fixture
 def broker_url(tmp_path):
-    from app.core import embedded_broker
+    from app.core.fastpath import embedded_broker
 
     embedded_broker.register()
     return embedded_broker.broker_url(f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}")
@@ -222,7 +222,7 @@ def listeners_of(url: str) -> list[str]:
 def test_the_broker_url_selects_the_doorbell_transport(broker_url):
     from kombu import Connection
 
-    from app.core.embedded_broker import Transport, broker_url as url_for
+    from app.core.fastpath.embedded_broker import Transport, broker_url as url_for
 
     assert broker_url.startswith("sqladoorbell+sqlite:///")
     assert url_for("redis://localhost:6379/0") == "redis://localhost:6379/0"
@@ -231,7 +231,7 @@ def test_the_broker_url_selects_the_doorbell_transport(broker_url):
 
 
 def test_a_publish_wakes_a_consumer_waiting_on_an_empty_queue(broker_url):
-    from app.core import doorbell
+    from app.core.fastpath import doorbell
 
     publish(broker_url, {"warm": "up"})  # creates the tables and the queue
     consumer = Consumer(broker_url)
@@ -285,7 +285,7 @@ def test_local_wakeups_switches_the_embedded_brokers_doorbell(tmp_path):
         redis = celery_config(create_app(base_config(tmp_path, CELERY_BROKER_URL="redis://127.0.0.1:6379/0")))
         assert redis["broker_url"] == "redis://127.0.0.1:6379/0"
     finally:
-        from app.core.embedded_broker import Transport
+        from app.core.fastpath.embedded_broker import Transport
 
         Transport.local_wakeups = True  # a class attribute: leave it as the default app sets it
 
@@ -299,7 +299,7 @@ def test_the_brokers_sqlite_file_uses_write_ahead_logging(tmp_path, broker_url):
 
 
 def test_sweep_removes_what_killed_processes_left_and_keeps_live_listeners():
-    from app.core.doorbell import sweep
+    from app.core.fastpath.doorbell import sweep
 
     key = f"sweep-{uuid.uuid4().hex}"
     live = Doorbell.for_key("jobs", key).listen()

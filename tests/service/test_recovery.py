@@ -287,7 +287,7 @@ def test_an_isolated_job_is_never_a_companion(app, client):
 OPEN_BROKER = """
 import sys
 from kombu import Connection
-from app.core import embedded_broker
+from app.core.fastpath import embedded_broker
 embedded_broker.register()
 with Connection(embedded_broker.broker_url(sys.argv[1])) as conn:
     conn.default_channel.session  # opens the engine: creates the tables
@@ -309,7 +309,7 @@ def test_processes_starting_together_create_the_broker_tables_once(tmp_path):
 def test_consumed_messages_are_deleted_and_cleanup_bounds_the_file(tmp_path):
     from kombu import Connection
 
-    from app.core import embedded_broker
+    from app.core.fastpath import embedded_broker
 
     embedded_broker.register()
     url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"

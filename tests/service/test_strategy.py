@@ -1,4 +1,4 @@
-"""workers/strategy.py: the worker's main process drops the messages of jobs that are not queued any more
+"""app/core/fastpath/strategy.py: the worker's main process drops the messages of jobs that are not queued any more
 (batched as companions, finished, canceled) before they reach the pool; every other message goes on to
 Celery's own handling. Celery's default strategy is replaced by a recorder here; tests/service/test_worker.py
 runs the real one in a real worker."""
@@ -27,7 +27,7 @@ class Message:
 @pytest.fixture
 def on_message(app, monkeypatch):
     """(the strategy's message handler, the messages it passed on, the acks it made)"""
-    import workers.strategy as strategy
+    import app.core.fastpath.strategy as strategy
 
     passed: list[Any] = []
     acked: list[Any] = []
@@ -63,7 +63,7 @@ def test_only_queued_jobs_reach_the_pool(client, app, on_message):
 
 def test_unknown_jobs_and_odd_messages_go_to_the_pool(app, on_message):
     deliver, passed, acked = on_message
-    from workers.strategy import job_id_of
+    from app.core.fastpath.strategy import job_id_of
 
     deliver("no-such-job")  # the task logs and drops it
     assert len(passed) == 1 and acked == []
@@ -81,3 +81,13 @@ def test_an_unreadable_database_loses_no_message(app, on_message, monkeypatch):
     monkeypatch.setattr(type(engine), "connect", refuse)
     deliver("some-job")
     assert len(passed) == 1 and acked == []
+
+
+def test_with_the_fast_paths_off_every_message_reaches_the_pool(app, monkeypatch):
+    import app.core.fastpath.strategy as strategy
+
+    celery_default = object()
+    monkeypatch.setattr(strategy, "default_strategy", lambda *a, **k: celery_default)
+    app.config["FAST_PATHS"] = False
+    handler = strategy.skip_settled_jobs(None, app.extensions["celery"], SimpleNamespace(connection_errors=()))
+    assert handler is celery_default  # Celery's own handling, unwrapped: no status read, no message dropped

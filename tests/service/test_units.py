@@ -242,7 +242,7 @@ def test_broker_transport_options_per_broker(app):
     """The embedded broker is polled quickly; Redis gets a visibility timeout above the hard time limit."""
     from app.core.queue import celery_config
 
-    from app.core.embedded_broker import Transport as EmbeddedTransport
+    from app.core.fastpath.embedded_broker import Transport as EmbeddedTransport
 
     embedded = celery_config(app)
     assert app.config["CELERY_BROKER_URL"].startswith("sqla+")

@@ -1,4 +1,4 @@
-"""``?wait=S`` on the job and batch endpoints (app/services/job_events.py): validation, the answer after the wait runs
+"""``?wait=S`` on the job and batch endpoints (app/core/fastpath/job_events.py): validation, the answer after the wait runs
 out, and the wake-up when a job ends, by the database poll (embedded broker) and by Redis pub/sub. A job
 is ended here by the API's cancel from another thread; tests/service/test_worker.py covers a real worker's
 announcement. No test asserts a duration: the re-read interval is set longer than the wait, and the test
@@ -30,7 +30,7 @@ def make_app(tmp_path, checkpoints, **overrides: Any):
 def cancel_when_awaited(app, job_id: str) -> threading.Thread:
     """Cancel the job from another thread once a request is waiting on it (as a client's cancel would)."""
     from app.services import jobs
-    from app.services.job_events import watcher
+    from app.core.fastpath.job_events import watcher
 
     def run() -> None:
         with app.app_context():
@@ -45,7 +45,7 @@ def cancel_when_awaited(app, job_id: str) -> threading.Thread:
 
 def record_wakes(app) -> list[str]:
     """The job ids this app's watcher is woken for, from now on (by whichever path)."""
-    from app.services.job_events import watcher
+    from app.core.fastpath.job_events import watcher
 
     with app.app_context():
         found = watcher()
@@ -119,7 +119,7 @@ def test_without_redis_the_database_poll_wakes_the_waiting_request(tmp_path, che
 
 def test_without_redis_the_doorbell_wakes_the_waiting_request(tmp_path, checkpoints, monkeypatch):
     # the database poll finds nothing (and would come only every 10 min): a wake-up can only be the ring
-    monkeypatch.setattr("app.services.job_events.final_job_ids", lambda job_ids: set())
+    monkeypatch.setattr("app.core.fastpath.job_events.final_job_ids", lambda job_ids: set())
     app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
     resp, job_id, woken = wait_while_another_thread_cancels(app)
     assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
@@ -139,7 +139,7 @@ def test_with_redis_the_announcement_wakes_the_waiting_request(tmp_path, checkpo
 
 
 def test_the_watcher_wakes_only_the_requests_waiting_on_an_ended_job(app):
-    from app.services.job_events import JobWatcher
+    from app.core.fastpath.job_events import JobWatcher
 
     watcher = JobWatcher(app)
     a, b = threading.Event(), threading.Event()
@@ -152,3 +152,19 @@ def test_the_watcher_wakes_only_the_requests_waiting_on_an_ended_job(app):
     watcher._unregister(["j1", "j2"], a)
     watcher._unregister(["j2", "j3"], b)
     assert watcher.awaited() == []
+
+
+def test_with_the_fast_paths_off_a_waiting_request_is_woken_by_the_poll(tmp_path, checkpoints, redis_url):
+    from app.core.fastpath.job_events import jobs_doorbell, watcher
+
+    broker, prefix = redis_url
+    app = make_app(tmp_path, checkpoints, CELERY_BROKER_URL=broker, BROKER_KEY_PREFIX=prefix, FAST_PATHS=False,
+                   JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=0.05)
+    try:
+        with app.app_context():
+            assert watcher().url is None and not jobs_doorbell(app.config).enabled  # no pub/sub, no rings
+        resp, job_id, woken = wait_while_another_thread_cancels(app)
+        assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+        assert woken == [job_id]  # by the database poll, the one path left
+    finally:
+        app.extensions["celery"].pool.force_close_all()

@@ -135,7 +135,7 @@ def test_worker_serves_reproducibly_survives_a_bad_model_and_ignores_duplicates(
     wait_status(app, marker, ("succeeded",))
     assert image_count(app, first) == 4 and files_of(config, first) == ["000.png", "001.png", "002.png", "003.png"]
     assert job_row(app, first).attempts == 1
-    # the duplicate was dropped by the worker's main process (workers/strategy.py): no task ran for it
+    # the duplicate was dropped by the worker's main process (app/core/fastpath/strategy.py): no task ran for it
     assert "skipped (" not in worker.log_text()
 
     # a batch through the same worker
@@ -257,19 +257,19 @@ def test_default_setup_sqlite_with_the_embedded_broker(tmp_path, checkpoints, st
 
 def test_without_servers_the_worker_listens_and_its_rings_wake_the_waiting_request(
         tmp_path, checkpoints, start_worker, monkeypatch):
-    """LOCAL_WAKEUPS (app/core/doorbell.py) in the real processes: the worker's consumer has its socket in the
+    """LOCAL_WAKEUPS (app/core/fastpath/doorbell.py) in the real processes: the worker's consumer has its socket in the
     broker's doorbell folder (tests/service/test_doorbell.py shows what a ring does to it; the worker's own
     loop also looks every 2 s, so its wake-up cannot be told apart here), and a job's end, rung by the worker,
     wakes the request waiting on it: the web process's database poll finds nothing here (patched) and comes
     every hour, and the test records the wake-up. A clean stop removes the worker's socket."""
-    from app.core.doorbell import folder_for
+    from app.core.fastpath.doorbell import folder_for
     from tests.service.test_wait import record_wakes
 
     app, config = sqlite_app_for_worker(tmp_path, checkpoints)
     hour = {"JOB_WAIT_POLL_INTERVAL": 3600, "JOB_WAIT_RECHECK_INTERVAL": 3600}
     config.update(hour)
     app.config.update(hour)
-    monkeypatch.setattr("app.services.job_events.final_job_ids", lambda job_ids: set())
+    monkeypatch.setattr("app.core.fastpath.job_events.final_job_ids", lambda job_ids: set())
     woken = record_wakes(app)
     client = app.test_client()
     worker = start_worker(config)

@@ -59,7 +59,7 @@ def stack(tmp_path_factory):
     yield app, server
     server.stop()
     worker.stop()
-    from app.core.doorbell import sweep
+    from app.core.fastpath.doorbell import sweep
 
     sweep(str(root / "broker.sqlite3"))
     with app.app_context():

@@ -9,7 +9,7 @@ seconds, whichever comes first. How a waiting request learns that a job ended:
 * **Any other broker (the embedded one):** one thread per web process reads, every
   ``JOB_WAIT_POLL_INTERVAL`` seconds and only while someone waits, which of the awaited jobs are final, with
   one query for all of them, and wakes their requests. Whoever ends a job on this machine also rings a
-  doorbell (:mod:`app.core.doorbell`, ``LOCAL_WAKEUPS``) with its id, which wakes those requests at once; the poll
+  doorbell (:mod:`app.core.fastpath.doorbell`, ``LOCAL_WAKEUPS``) with its id, which wakes those requests at once; the poll
   finds the jobs ended elsewhere.
 
 The row stays the truth: a wake-up only says "look again", and a waiting request also re-reads its jobs at
@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, TypeVar
 from flask import Flask, current_app
 from sqlalchemy import select
 
-from app.core.doorbell import MAX_DATAGRAM, Doorbell
+from app.core import fastpath
+from app.core.fastpath.doorbell import MAX_DATAGRAM, Doorbell
 from app.core.extensions import db
 from app.core.tables import Job
 from app.core.status import FINAL
@@ -41,7 +42,10 @@ T = TypeVar("T")
 
 
 def redis_url(config: Any) -> str | None:
-    """The Redis server that carries the notifications: the broker's, when the broker is Redis."""
+    """The Redis server that carries the notifications: the broker's, when the broker is Redis (None with the
+    fast paths off: the waiters then poll the database)."""
+    if not fastpath.enabled(config):
+        return None
     broker = str(config.get("CELERY_BROKER_URL") or "")
     return broker if broker.startswith(("redis://", "rediss://")) else None
 
@@ -70,7 +74,7 @@ def _publisher(url: str) -> Any:
 def jobs_doorbell(config: Any) -> Doorbell:
     """The doorbell of the web processes that share this database (disabled with ``LOCAL_WAKEUPS`` off)."""
     key = config["SQLALCHEMY_DATABASE_URI"]
-    enabled = bool(config.get("LOCAL_WAKEUPS", True))
+    enabled = bool(config.get("LOCAL_WAKEUPS", True)) and fastpath.enabled(config)
     with _publishers_lock:
         found = _doorbells.get((key, enabled))
         if found is None:

@@ -6,7 +6,7 @@ message published just after a look waited for the next one (``BROKER_POLLING_IN
 50 ms), and so did the next message after a task ended, because its acknowledgement frees the slot while the
 loop sleeps.
 
-Here the sleep is a wait on this process's socket in an :class:`app.core.doorbell.Doorbell` folder derived from the
+Here the sleep is a wait on this process's socket in an :class:`app.core.fastpath.doorbell.Doorbell` folder derived from the
 broker URL: every publish on this machine rings it after its commit, and an acknowledgement wakes the
 acknowledging process's own loop. The poll stays as the fallback at the same interval, so a publisher that
 cannot ring (on another machine, when the broker table is on a database server) is found as before.
@@ -38,12 +38,12 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from sqlalchemy import event, text
 
-from app.core.doorbell import Doorbell, Listener
+from app.core.fastpath.doorbell import Doorbell, Listener
 from app.core.files import sqlite_connect_listener
 
 # the URL scheme prefix that selects this transport (``<prefix>+sqlite:///...``, like kombu's ``sqla+``)
 ALIAS = "sqladoorbell"
-TRANSPORT_PATH = "app.core.embedded_broker:Transport"
+TRANSPORT_PATH = "app.core.fastpath.embedded_broker:Transport"
 
 
 def register() -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from celery.worker.strategy import default as default_strategy
 from sqlalchemy import bindparam, select
+from app.core import fastpath
 from app.core.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def skip_settled_jobs(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Call
     """A strategy (``Task.Strategy``) wrapping Celery's default one."""
     handle = default_strategy(task, app, consumer, **kwargs)
     flask_app = app.flask_app
+    if not fastpath.enabled(flask_app.config):  # FAST_PATHS off: every message goes to the pool
+        return handle
     connection_errors = consumer.connection_errors
 
     from app.core.extensions import db
