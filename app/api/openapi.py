@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.responses import CANCEL_SECRET, response_schemas
 from app.core.status import JobStatus
 from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
 from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
@@ -40,9 +41,6 @@ COMMON = {"400": _error("malformed request (a NUL character in the query string,
                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
 NO_TOKEN = {"401": _error("anonymous generation is switched off (ANONYMOUS_GENERATION): send a bearer token")}
 
-
-CANCEL_SECRET = ("an anonymous creator's capability, returned once at creation: send it as the X-Cancel-Secret header "
-                 "to cancel (only its hash is stored)")
 
 
 def _wait(what: str) -> dict[str, Any]:
@@ -148,47 +146,9 @@ def _experiment_upload() -> dict[str, Any]:
 def spec() -> dict[str, Any]:
     schemas = {
         **job_request_schema(job_limits()),
+        **response_schemas(),  # Image, Job, JobCreated: from the models of app/api/responses.py
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
                   "additionalProperties": True},
-        "JobCreated": {
-            "type": "object", "required": ["id", "url", "status"],
-            "description": "A queued job: without wait its id, url and status; with wait the whole Job as it stood "
-                           "when the wait ran out. cancel_secret only for an anonymous creator",
-            "properties": {"id": {"type": "string"}, "url": {"type": "string"},
-                           "status": {"type": "string", "enum": JOB_STATUSES},
-                           "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
-        "Image": {"type": "object", "properties": {
-            "id": {"type": "string"}, "job_id": {"type": "string"}, "index": {"type": "integer"},
-            "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
-            "created_at": {"type": "string", "format": "date-time"}, "url": {"type": "string"},
-            "png_url": {"type": "string"}, "model": {"type": "string"},
-            "model_version": {"type": "integer", "description": "the exact version that made the image"},
-            "model_version_id": {"type": "integer"},
-            "parameters": {"type": "object", "nullable": True, "description": "the PNG's text chunk (GET /images/{id})"}}},
-        "Job": {"type": "object", "properties": {
-            "id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": JOB_STATUSES},
-            "progress": {"type": "number", "minimum": 0, "maximum": 1}, "error": {"type": "string", "nullable": True},
-            "model": {"type": "string"}, "model_version": {"type": "integer"},
-            "model_version_id": {"type": "integer"}, "backend": {"type": "string"},
-            "condition": {"type": "string"}, "label": {"type": "string", "nullable": True},
-            "cluster": {"type": "integer", "nullable": True}, "prompt": {"type": "string", "nullable": True},
-            "n": {"type": "integer"}, "seed": {"type": "integer"}, "attempts": {"type": "integer"},
-            "batch_id": {"type": "string", "nullable": True},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": {"type": "string", "format": "date-time", "nullable": True},
-            "finished_at": {"type": "string", "format": "date-time", "nullable": True},
-            "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
-            "webhook": {"type": "object", "description": "the job's webhook and its deliveries: for the token "
-                                                         "that created it and admins only", "properties": {
-                "url": {"type": "string"}, "events_filter": {"type": "array", "items": {"type": "string"}},
-                "deliveries": {"type": "array", "items": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "event": {"type": "string"},
-                    "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
-                    "attempts": {"type": "integer"}, "last_status_code": {"type": "integer", "nullable": True},
-                    "last_error": {"type": "string", "nullable": True},
-                    "created_at": {"type": "string", "nullable": True},
-                    "delivered_at": {"type": "string", "nullable": True}}}}}},
-            "cancel_secret": {"type": "string", "description": CANCEL_SECRET}}},
         "Batch": {"type": "object", "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
             "status": {"type": "string", "enum": JOB_STATUSES},

@@ -132,25 +132,33 @@ def job_request_schema(limits: Limits) -> dict[str, dict[str, Any]]:
     """The ``JobRequest`` and ``BatchRequest`` components of the OpenAPI 3.0 document, from the models."""
     batch = BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     definitions = batch.pop("$defs")
-    job = _openapi_3_0(definitions["JobRequest"])
+    job = openapi_3_0(definitions["JobRequest"])
     job["properties"]["n"].update(maximum=limits.max_images, default=1)
     job["properties"]["prompt"]["maxLength"] = limits.max_prompt_length
-    return {"JobRequest": job, "BatchRequest": _openapi_3_0(batch)}
+    return {"JobRequest": job, "BatchRequest": openapi_3_0(batch)}
 
 
-def _openapi_3_0(schema: dict[str, Any]) -> dict[str, Any]:
+def openapi_3_0(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, Any]:
     """pydantic writes JSON Schema 2020-12 (OpenAPI 3.1); the document is OpenAPI 3.0: an optional field's
-    ``anyOf [..., {"type": "null"}]`` becomes the field's own schema (absent and null mean the default), and the
-    generated titles go (the properties' names say it)."""
+    ``anyOf [..., {"type": "null"}]`` becomes the field's own schema (in a request, absent and null mean the
+    default; in an answer, ``nullable``: the field may be null), and the generated titles go (the properties'
+    names say it)."""
     schema = copy.deepcopy(schema)
     schema.pop("title", None)
     schema["description"] = " ".join(schema.get("description", "").split())
+    if not schema["description"]:
+        schema.pop("description")
     for name, prop in schema.get("properties", {}).items():
-        options = [option for option in prop.pop("anyOf", []) if option.get("type") != "null"]
-        if len(options) == 1:
+        choices = prop.pop("anyOf", [])
+        options = [option for option in choices if option.get("type") != "null"]
+        if len(options) == 1 and "$ref" in options[0]:  # OpenAPI 3.0 allows nothing beside a $ref
+            prop["allOf"] = options
+        elif len(options) == 1:
             prop.update(options[0])
         elif options:
             prop["oneOf"] = options
+        if nullable and len(options) < len(choices):
+            prop["nullable"] = True
         prop.pop("title", None)
         if prop.get("default") is None:
             prop.pop("default", None)

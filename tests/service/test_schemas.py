@@ -58,3 +58,38 @@ def test_unknown_fields_and_non_objects_are_refused():
 def test_null_is_the_default():
     request = check_job_request({"label": 3, "n": None, "seed": None, "prompt": None}, LIMITS)
     assert (request.label, request.n, request.seed, request.prompt) == (3, 1, None, None)
+
+
+# -- the answers ---------------------------------------------------------------------------------------------
+def test_the_answers_status_names_are_the_job_states():
+    from typing import get_args
+
+    from app.api.responses import Status
+    from app.core.status import JobStatus
+
+    assert list(get_args(Status)) == [status.value for status in JobStatus]
+
+
+def test_every_job_answer_has_the_declared_shape(app, client):
+    """Created, queued, succeeded with images, one image, with a webhook: each answer is what the models say
+    (no undeclared field, no missing one), so the document generated from them is the truth."""
+    from app.api.responses import ImageOut, JobCreated, JobOut
+    from app.services.accounts import create_user, issue_token
+    from workers.tasks import generate_images
+
+    created = client.post("/api/v1/jobs", json={"label": "3", "n": 2})
+    JobCreated.model_validate(created.get_json())  # an anonymous creator: with its cancel_secret
+    job_id = created.get_json()["id"]
+    JobOut.model_validate(client.get(f"/api/v1/jobs/{job_id}").get_json())  # queued: no images yet
+    with app.app_context():
+        assert generate_images.run(job_id) == "succeeded"
+    done = JobOut.model_validate(client.get(f"/api/v1/jobs/{job_id}?wait=5").get_json())
+    assert done.status == "succeeded" and len(done.images) == 2
+    image = ImageOut.model_validate(client.get(done.images[0].url).get_json())
+    assert image.parameters is not None  # read back from the PNG
+    with app.app_context():
+        token = issue_token(create_user("owner", "a long enough password")).token
+    hooked = client.post("/api/v1/jobs?wait=0", headers={"Authorization": f"Bearer {token}"},
+                         json={"label": "1", "webhook": "https://example.com/hook"})
+    answer = JobOut.model_validate(hooked.get_json())  # the owner sees the webhook and its deliveries
+    assert answer.webhook is not None and answer.webhook.url == "https://example.com/hook"
