@@ -221,7 +221,9 @@ def redis_url():
     prefix = f"pftest-{uuid.uuid4().hex[:10]}:"
     yield REDIS_URL, prefix
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+    # the broker's keys, and the rate limiter's (the limits library puts its own prefix before ours)
+    keys = [key for pattern in (f"{prefix}*", f"LIMITS:LIMITER/{prefix}*")
+            for key in client.scan_iter(match=pattern, count=500)]
     if keys:
         client.delete(*keys)
     client.close()
