@@ -9,7 +9,8 @@ which shrinks the codes (the paper's unstable "regularized GLF", Section 3.3).
 Conditions beyond the paper: for ``class`` and ``text`` the condition vector is concatenated to the input
 of every coupling net, which makes f (and so the prior on z) conditional; with ``conditional_base`` the
 flow's Gaussian also depends on the condition (Glow's class-conditional prior, Kingma & Dhariwal 2018). The
-autoencoder is shared and unconditional. Training lives in ``training/glf.py``.
+autoencoder is shared and unconditional; with ``aux_classes`` (text models) a linear head on the codes learns
+the images' classes with it, so that the codes separate what the prompts name. Training lives in ``training/glf.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class GLFConfig(ModelConfig):
         permutation_seed: seed of the fixed random permutations (stored in the checkpoint as buffers).
         conditional_base: for class and text models, the flow's noise is N(mean(c), diag(scale(c))^2) from a
             small MLP of the condition (Glow's conditional prior) instead of N(0, I) for every condition.
+        aux_classes: text models only: a linear class head on the codes with this many classes, trained on the
+            images' class labels with the reconstruction, so that the codes separate the classes the prompts
+            name (the decoder does not read the condition: the flow can only follow a prompt's class as far as
+            the codes carry it). 0: none (the paper's autoencoder).
     """
 
     latent_dim: int | None = None
@@ -51,6 +56,7 @@ class GLFConfig(ModelConfig):
     scale_clamp: float = 2.0
     permutation_seed: int = 0
     conditional_base: bool = False
+    aux_classes: int = 0
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
@@ -67,6 +73,10 @@ class GLFConfig(ModelConfig):
             raise ValueError(f"scale_clamp must be positive, got {self.scale_clamp}")
         if self.conditional_base and self.condition == "none":
             raise ValueError("conditional_base needs a class or text condition")
+        if self.aux_classes < 0:
+            raise ValueError(f"aux_classes must be 0 or more, got {self.aux_classes}")
+        if self.aux_classes and self.condition != "text":
+            raise ValueError("aux_classes is for text models (a class model's flow reads the class itself)")
 
 
 class GenerativeLatentFlow(GenerativeModel):
@@ -89,6 +99,8 @@ class GenerativeLatentFlow(GenerativeModel):
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.flow = LatentFlow(c.latent_dim, c.flow_blocks, c.coupling_hidden, c.condition_dim, c.scale_clamp,
                                c.permutation_seed, conditional_base=c.conditional_base)
+        # training only: the codes' class head (aux_classes); sampling never reads it
+        self.class_head = torch.nn.Linear(c.latent_dim, c.aux_classes) if c.aux_classes else None
 
     def _flow_cond(self, cond: Tensor | None) -> Tensor | None:
         return cond if self.config.condition_dim else None

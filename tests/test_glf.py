@@ -199,3 +199,21 @@ def test_bad_hparam_is_refused():
         GLFTrainer(tiny(), TrainConfig(device="cpu"), {"flow_betas": [0.8]})
     with pytest.raises(ValueError, match="unknown hyper-parameter"):
         GLFTrainer(tiny(), TrainConfig(device="cpu"), {"nope": 1})
+
+
+def test_the_codes_class_head_learns_the_classes_and_only_text_models_have_it(digits):
+    with pytest.raises(ValueError, match="aux_classes is for text models"):
+        tiny(condition="class", aux_classes=10)
+    with pytest.raises(ValueError, match="aux_classes must be 0 or more"):
+        tiny(condition="text", text_dim=12, aux_classes=-1)
+    model = tiny(condition="text", text_dim=12, aux_classes=10)
+    trainer = GLFTrainer(model, TrainConfig(device="cpu", progress_bar=False))
+    images, _, labels = _batch(digits)
+    cond = torch.randn(len(labels), 12)
+    losses = [trainer.train_step(images, cond, labels)["aux_cls"] for _ in range(15)]
+    assert losses[-1] < losses[0]  # the head and the encoder under it learn the classes
+    head = model.class_head
+    assert head is not None and head.weight.grad is not None
+    without = tiny(condition="text", text_dim=12)
+    assert without.class_head is None and "aux_cls" not in GLFTrainer(
+        without, TrainConfig(device="cpu", progress_bar=False)).train_step(images, cond, labels)

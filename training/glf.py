@@ -31,6 +31,8 @@ class GLFTrainer(Trainer):
         flow_betas: Adam betas of the flow.
         flow_weight_decay: weight decay of the flow's Adam.
         lr_halve_epochs: halve both learning rates every this many epochs (0: never).
+        aux_class_weight: text models with ``aux_classes``: weight of the codes' class head's cross-entropy in
+            the autoencoder's loss.
     """
 
     backend = "glf"
@@ -41,6 +43,7 @@ class GLFTrainer(Trainer):
         "flow_betas": [0.8, 0.9],
         "flow_weight_decay": 2e-5,
         "lr_halve_epochs": 50,
+        "aux_class_weight": 1.0,
     }
     model: GenerativeLatentFlow
 
@@ -51,10 +54,18 @@ class GLFTrainer(Trainer):
             raise ValueError(f"glf: hparam flow_betas must be two numbers in [0, 1), got {h['flow_betas']!r}")
         self._base_lrs = {"autoencoder": self.lr, "flow": float(h["flow_lr"] or self.lr)}
         return {
-            "autoencoder": torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters()], lr=self.lr),
+            "autoencoder": torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters(),
+                                             *(m.class_head.parameters() if m.class_head is not None else [])],
+                                            lr=self.lr),
             "flow": torch.optim.Adam(m.flow.parameters(), lr=self._base_lrs["flow"], betas=betas,
                                      weight_decay=float(h["flow_weight_decay"])),
         }
+
+    def prepare(self, train_data) -> None:
+        k = self.model.config.aux_classes
+        if k and not bool(((train_data.labels >= 0) & (train_data.labels < k)).all()):
+            raise ValueError(f"aux_classes={k} needs a class label in 0..{k - 1} on every training image; "
+                             f"data set {train_data.name!r} has other labels (set aux_classes=0)")
 
     def schedule_epoch(self) -> int:
         """Epochs into the run on the nominal run's scale: the epochs done, or, when a CPU budget plans fewer
@@ -84,5 +95,10 @@ class GLFTrainer(Trainer):
         assert latent_dim is not None  # GLFConfig.__post_init__ sets it
         nll = m.prior_nll(flow_in, cond).mean() / latent_dim  # per code dim
         loss = rec_loss + self.hparams["nll_weight"] * nll
+        out = {}
+        if m.class_head is not None:  # the codes learn the images' classes (aux_classes)
+            class_loss = F.cross_entropy(m.class_head(z), labels)
+            loss = loss + self.hparams["aux_class_weight"] * class_loss
+            out["aux_cls"] = class_loss.item()
         self.backward_step(loss, *self.optimizers)
-        return {"rec": rec_loss.item(), "nll": nll.item(), "z_std": z.detach().std().item()}
+        return {"rec": rec_loss.item(), "nll": nll.item(), "z_std": z.detach().std().item(), **out}
