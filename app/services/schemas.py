@@ -167,3 +167,146 @@ def openapi_3_0(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, 
                 if option.get("type") == "string":
                     option["maxLength"] = prop.pop("maxLength", MAX_LABEL_TEXT)
     return schema
+
+
+# -- training requests --------------------------------------------------------------------------------------
+TRAINING_IMAGE_SIZES = (8, 16, 28, 32, 64, 128, 256)
+MAX_TRAINING_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TrainingLimits:
+    """The deployment's limits on a training request (TRAINING_MAX_STEPS, TRAINING_MAX_BATCH_SIZE)."""
+
+    max_steps: int
+    max_batch_size: int
+
+
+class TrainingRequest(BaseModel):
+    """A training run's request. The fields' types and ranges are checked here; the backend, the data set, the
+    condition and the backend's model options and hyper-parameters against the backends and data sets by
+    :func:`app.services.trainings.validate_training` after it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="TrainingRequest")
+
+    backend: str = Field(description="backend name (aae-cg, lde, glf, pga, vae)")
+    dataset: str = Field(min_length=1, max_length=100, description="a built-in data set or an uploaded one")
+    condition: Literal["none", "class", "cluster", "text"] | None = Field(
+        None, description="none, class, cluster or text (default: class when the data set has classes, else none)")
+    model_name: str | None = Field(None, min_length=1, max_length=100,
+                                   description="register the result under this model name (default: "
+                                               "<dataset>-<backend>)")
+    max_steps: int = Field(2000, ge=1, description="optimisation steps")
+    batch_size: int = Field(64, ge=1, description="images per step")
+    lr: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
+                             description="learning rate (default: the backend's)")
+    seed: int = Field(0, ge=0, le=MAX_TRAINING_SEED, description="seeds weights, batch order and noise")
+    image_size: int | None = Field(None, description="resize images to this square size (28 or 4*2^k; uploaded "
+                                                     "sets: their own, rounded up)")
+    channels: Literal[1, 3] | None = Field(None, description="1 or 3 (uploaded sets: 1 for grey images, else 3)")
+    clusters: int = Field(10, ge=2, le=1000, description="number of clusters (condition cluster)")
+    max_cpu_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, allow_inf_nan=False,
+                                          description="stop after this much CPU time")
+    checkpoint_every: int = Field(200, ge=1, le=1_000_000,
+                                  description="steps between checkpoints (a resumed run restarts from the last one)")
+    sample_every: int = Field(200, ge=1, le=1_000_000, description="steps between sample grids")
+    evaluate: bool = Field(True, description="evaluate at the end")
+    eval_samples: int = Field(1000, ge=10, le=50_000, description="generated images for the evaluation")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="model config fields of the backend")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="training hyper-parameters of the backend")
+
+    @field_validator("max_steps", "batch_size")
+    @classmethod
+    def _within_the_deployments_limit(cls, value: int, info: ValidationInfo) -> int:
+        limits: TrainingLimits | None = (info.context or {}).get("limits")
+        limit = None if limits is None else \
+            limits.max_steps if info.field_name == "max_steps" else limits.max_batch_size
+        if limit is not None and value > limit:
+            raise ValueError("above the limit")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _a_known_size(cls, value: int | None) -> int | None:
+        if value is not None and value not in TRAINING_IMAGE_SIZES:
+            raise ValueError("not a size")
+        return value
+
+    @field_validator("dataset", "model_name")
+    @classmethod
+    def _a_plain_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (any(ord(c) < 32 for c in value) or
+                                  (info.field_name == "model_name" and ("/" in value or not value.strip()))):
+            raise ValueError("not a plain name")
+        return value
+
+
+TRAINING_FIELDS = tuple(TrainingRequest.model_fields)
+
+
+def check_training_request(data: Any, limits: TrainingLimits) -> TrainingRequest:
+    """``data`` (as decoded from JSON) as a :class:`TrainingRequest`, or ApiError(422) naming the first bad field
+    (an explicit null is the field left out)."""
+    if not isinstance(data, dict):
+        raise ApiError(422, "a training request is a JSON object")
+    unknown = sorted(map(str, set(data) - set(TRAINING_FIELDS)))
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {unknown}; valid: {sorted(TRAINING_FIELDS)}", field=unknown[0])
+    try:
+        return TrainingRequest.model_validate({k: v for k, v in data.items() if v is not None},
+                                              context={"limits": limits})
+    except ValidationError as exc:
+        first = min(exc.errors(include_url=False), key=lambda error: TRAINING_FIELDS.index(str(error["loc"][0])))
+        field = str(first["loc"][0])
+        raise ApiError(422, _training_message(field, data.get(field), limits), field=field) from None
+
+
+def _training_message(field: str, value: Any, limits: TrainingLimits) -> str:
+    """What a person reads when a training request's ``field`` is wrong, with the accepted values."""
+    from priorforge_spec.backends import backend_names
+
+    constraints = TrainingRequest.model_fields[field].metadata
+    low = next((getattr(c, "ge", None) for c in constraints if getattr(c, "ge", None) is not None), None)
+    high = next((getattr(c, "le", None) for c in constraints if getattr(c, "le", None) is not None), None)
+    if field == "max_steps":
+        high = limits.max_steps
+    elif field == "batch_size":
+        high = limits.max_batch_size
+    if field == "backend":
+        return f"backend must be one of {', '.join(backend_names())}, got {value!r}"
+    if field == "dataset":
+        return "dataset is required (a built-in or uploaded data set's name)"
+    if field == "condition":
+        return f"condition must be one of none, class, cluster, text, got {value!r}"
+    if field == "model_name":
+        return "model_name must be 1-100 characters without '/' or control characters"
+    if field == "image_size":
+        return f"image_size must be one of {', '.join(map(str, TRAINING_IMAGE_SIZES))}, got {value!r}"
+    if field == "channels":
+        return "channels must be 1 or 3"
+    if field == "evaluate":
+        return "evaluate must be true or false"
+    if field in ("model_options", "hparams"):
+        return f"{field} must be an object of name: value"
+    if field in ("lr", "max_cpu_minutes"):
+        bound = next(c.gt for c in constraints if getattr(c, "gt", None) is not None)
+        return f"{field} must be a number above {bound} and at most {high}, got {value!r}"
+    return f"{field} must be an integer from {low} to {high}, got {value!r}"
+
+
+def training_request_schema(limits: TrainingLimits, model_options: dict[str, Any], hparams: dict[str, Any],
+                            backends: list[str]) -> dict[str, Any]:
+    """The ``TrainingRequest`` component of the OpenAPI 3.0 document, from the model, with what only the
+    backends know: their names, and the model options and hyper-parameters each one takes."""
+    schema = openapi_3_0(TrainingRequest.model_json_schema())
+    props = schema["properties"]
+    props["backend"]["enum"] = backends
+    props["max_steps"]["maximum"] = limits.max_steps
+    props["batch_size"]["maximum"] = limits.max_batch_size
+    props["image_size"]["enum"] = list(TRAINING_IMAGE_SIZES)
+    for name in ("lr", "max_cpu_minutes"):  # OpenAPI 3.0 spells an open bound as a flag
+        props[name]["minimum"] = props[name].pop("exclusiveMinimum")
+        props[name]["exclusiveMinimum"] = True
+    props["model_options"].update(properties=model_options, additionalProperties=False)
+    props["hparams"].update(properties=hparams, additionalProperties=False)
+    return schema

@@ -27,120 +27,58 @@ from app.core.storage import StorageError
 from app.services.datasets import dataset_source
 from app.core.queue import TRAIN_TASK
 from app.services import outbox
+from app.services.schemas import TrainingLimits, check_training_request, training_request_schema
 from app.core.status import JobStatus
 from priorforge_spec.backends import MAX_FLOAT, MAX_INT_OPTION, MAX_LIST, MAX_STRING, SetupError, backend_names, \
     backends, check_condition, check_hparams, check_model_options, describe_rule, int_bounds, value_rule
 
-TRAINING_FIELDS = {
-    "backend": "backend name (aae-cg, lde, glf, pga, vae)",
-    "dataset": "a built-in data set or an uploaded one",
-    "condition": "none, class, cluster or text (default: class when the data set has classes, else none)",
-    "model_name": "register the result under this model name (default: <dataset>-<backend>)",
-    "max_steps": "optimisation steps",
-    "batch_size": "images per step (default 64)",
-    "lr": "learning rate (default: the backend's)",
-    "seed": "seeds weights, batch order and noise (default 0)",
-    "image_size": "resize images to this square size (28 or 4*2^k; uploaded sets: their own, rounded up)",
-    "channels": "1 or 3 (uploaded sets: 1 for grey images, else 3)",
-    "clusters": "number of clusters (condition cluster; default 10)",
-    "max_cpu_minutes": "stop after this much CPU time",
-    "checkpoint_every": "steps between checkpoints (a resumed run restarts from the last one)",
-    "sample_every": "steps between sample grids",
-    "evaluate": "evaluate at the end (default true)",
-    "eval_samples": "generated images for the evaluation (default 1000)",
-    "model_options": "model config fields of the backend (object)",
-    "hparams": "training hyper-parameters of the backend (object)",
-}
-IMAGE_SIZES = (28, 8, 16, 32, 64, 128, 256)
 # while a run is running, its metrics column holds only this key: the live figures of its page (the step rate,
 # the evaluation's stage); the run's own metrics replace them when it succeeds (no column of its own: no migration)
 LIVE_KEY = "live"
 
 
 # -- validation ---------------------------------------------------------------------------------------
-def _int(body: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
-    value = body.get(key, default)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ApiError(422, f"{key} must be an integer from {low} to {high}, got {value!r}", field=key)
-    return value
-
-
-def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or not low < value <= high:
-        raise ApiError(422, f"{key} must be a number above {low} and at most {high}, got {value!r}", field=key)
-    return float(value)
-
-
 def validate_training(body: Any) -> dict[str, Any]:
-    """Check a training request (decoded JSON); returns the settings a run stores. ApiError(422) if bad."""
-    cfg = current_app.config
-    if not isinstance(body, dict):
-        raise ApiError(422, "a training request is a JSON object")
-    unknown = sorted(set(body) - set(TRAINING_FIELDS))
-    if unknown:
-        raise ApiError(422, f"unknown field(s) {unknown}; valid: {sorted(TRAINING_FIELDS)}", field=unknown[0])
-    backend = body.get("backend")
+    """Check a training request (decoded JSON); returns the settings a run stores. ApiError(422) if bad: its
+    fields' types and ranges by :class:`app.services.schemas.TrainingRequest`, then the backend, the data set and
+    the backend's options here."""
+    request = check_training_request(body, training_limits())
+    backend = request.backend
     if backend not in backend_names():
         raise ApiError(422, f"backend must be one of {', '.join(backend_names())}, got {backend!r}", field="backend")
-    dataset = body.get("dataset")
-    if not isinstance(dataset, str) or not dataset or len(dataset) > 100 or "\x00" in dataset:
-        raise ApiError(422, "dataset is required (a built-in or uploaded data set's name)", field="dataset")
+    dataset = request.dataset
     source = dataset_source(dataset)
-    condition = body.get("condition") or ("class" if source["labels"] else "none")
+    condition = request.condition or ("class" if source["labels"] else "none")
     if condition == "class" and not source["labels"]:
         raise ApiError(422, f"condition 'class' needs a data set with at least 2 classes; {dataset!r} has none",
                        field="condition")
     if condition == "text" and not source["captions"]:
         raise ApiError(422, f"condition 'text' needs a captioned data set (images + captions.jsonl); {dataset!r} "
                             "has no captions", field="condition")
-    for key in ("model_options", "hparams"):
-        if not isinstance(body.get(key, {}), dict):
-            raise ApiError(422, f"{key} must be an object of name: value", field=key)
     try:
         check_condition(backend, condition)
-        model_options = check_model_options(backend, body.get("model_options", {}))
-        hparams = check_hparams(backend, body.get("hparams", {}))
+        model_options = check_model_options(backend, request.model_options)
+        hparams = check_hparams(backend, request.hparams)
     except SetupError as exc:
         raise ApiError(422, str(exc), field=exc.field) from None
-    max_steps = _int(body, "max_steps", 2000, 1, cfg["TRAINING_MAX_STEPS"])
-    batch_size = _int(body, "batch_size", 64, 1, cfg["TRAINING_MAX_BATCH_SIZE"])
-    assert max_steps is not None and batch_size is not None
-    if source["images"] is not None and batch_size > source["images"]:
-        raise ApiError(422, f"batch_size {batch_size} is larger than data set {dataset!r} ({source['images']} "
+    if source["images"] is not None and request.batch_size > source["images"]:
+        raise ApiError(422, f"batch_size {request.batch_size} is larger than data set {dataset!r} ({source['images']} "
                             "images)", field="batch_size")
-    image_size = _int(body, "image_size", source.get("default_image_size"), 8, 256)
-    if image_size is not None and image_size not in IMAGE_SIZES:
-        raise ApiError(422, f"image_size must be one of {', '.join(map(str, sorted(IMAGE_SIZES)))}, got "
-                            f"{image_size}", field="image_size")
-    channels = _int(body, "channels", source.get("default_channels"), 1, 3)
-    if channels == 2:
-        raise ApiError(422, "channels must be 1 or 3", field="channels")
-    model_name = body.get("model_name") or f"{dataset}-{backend}"
-    if not isinstance(model_name, str) or not 1 <= len(model_name.strip()) <= 100 or "/" in model_name \
-            or any(ord(c) < 32 for c in model_name):
-        raise ApiError(422, "model_name must be 1-100 characters without '/' or control characters",
-                       field="model_name")
-    evaluate = body.get("evaluate", True)
-    if not isinstance(evaluate, bool):
-        raise ApiError(422, "evaluate must be true or false", field="evaluate")
-    settings = {
-        "backend": backend, "dataset": dataset, "condition": condition, "model_name": model_name.strip(),
-        "max_steps": max_steps, "batch_size": batch_size, "lr": _number(body, "lr", 0.0, 10.0),
-        "seed": _int(body, "seed", 0, 0, 2**31 - 1), "image_size": image_size, "channels": channels,
-        "clusters": _int(body, "clusters", 10, 2, 1000),
-        "max_cpu_minutes": _number(body, "max_cpu_minutes", 0.0, 7 * 24 * 60),
-        "checkpoint_every": _int(body, "checkpoint_every", 200, 1, 1_000_000),
-        "sample_every": _int(body, "sample_every", 200, 1, 1_000_000),
-        "evaluate": evaluate, "eval_samples": _int(body, "eval_samples", 1000, 10, 50_000),
+    model_name = (request.model_name or f"{dataset}-{backend}").strip()
+    if len(model_name) > 100:
+        raise ApiError(422, "model_name must be 1-100 characters without '/' or control characters (the default, "
+                            "<dataset>-<backend>, is too long here: give one)", field="model_name")
+    return {
+        **request.model_dump(exclude={"model_options", "hparams"}), "condition": condition, "model_name": model_name,
+        "image_size": request.image_size if request.image_size is not None else source.get("default_image_size"),
+        "channels": request.channels if request.channels is not None else source.get("default_channels"),
         "model_options": model_options, "hparams": hparams, "source": source,
     }
-    return settings
+
+
+def training_limits() -> TrainingLimits:
+    cfg = current_app.config
+    return TrainingLimits(max_steps=cfg["TRAINING_MAX_STEPS"], max_batch_size=cfg["TRAINING_MAX_BATCH_SIZE"])
 
 
 def _option_schema(option: dict[str, Any], name: str, *, hparam: bool = False) -> dict[str, Any]:
@@ -180,9 +118,9 @@ def _option_schema(option: dict[str, Any], name: str, *, hparam: bool = False) -
 
 
 def request_schema() -> dict[str, Any]:
-    """The OpenAPI schema of a training request: each field's type and bounds as :func:`validate_training` checks
-    them; model_options and hparams list every backend's names (a name of another backend: 422)."""
-    cfg = current_app.config
+    """The OpenAPI schema of a training request: the fields' types and bounds from
+    :class:`app.services.schemas.TrainingRequest`; model_options and hparams list every backend's names (a name of
+    another backend: 422)."""
     options: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
     for spec in backends().values():
@@ -191,27 +129,7 @@ def request_schema() -> dict[str, Any]:
                 options.setdefault(name, _option_schema(option, name))
         for name, default in spec["hparams"].items():
             hparams.setdefault(name, _option_schema(default, name, hparam=True))
-    integer = lambda low, high: {"type": "integer", "minimum": low, "maximum": high}  # noqa: E731
-    props: dict[str, Any] = {
-        "backend": {"type": "string", "enum": backend_names()},
-        "dataset": {"type": "string", "minLength": 1, "maxLength": 100},
-        "condition": {"type": "string", "enum": ["none", "class", "cluster", "text"]},
-        "model_name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "max_steps": integer(1, cfg["TRAINING_MAX_STEPS"]),
-        "batch_size": integer(1, cfg["TRAINING_MAX_BATCH_SIZE"]),
-        "lr": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10},
-        "seed": integer(0, 2**31 - 1), "image_size": {"type": "integer", "enum": sorted(IMAGE_SIZES)},
-        "channels": {"type": "integer", "enum": [1, 3]}, "clusters": integer(2, 1000),
-        "max_cpu_minutes": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 7 * 24 * 60},
-        "checkpoint_every": integer(1, 1_000_000), "sample_every": integer(1, 1_000_000),
-        "evaluate": {"type": "boolean"}, "eval_samples": integer(10, 50_000),
-        "model_options": {"type": "object", "properties": options, "additionalProperties": False},
-        "hparams": {"type": "object", "properties": hparams, "additionalProperties": False},
-    }
-    for key, text in TRAINING_FIELDS.items():
-        props[key]["description"] = text
-    return {"type": "object", "required": ["backend", "dataset"], "additionalProperties": False,
-            "properties": props}
+    return training_request_schema(training_limits(), options, hparams, backend_names())
 
 
 # -- runs -----------------------------------------------------------------------------------------------

@@ -278,3 +278,11 @@ def test_the_version_pages_compare_and_promote_with_a_form(admin_app, client, tw
     page = client.get(f"/admin/models/{v2}").get_data(as_text=True)
     assert 'id="serving-badge"' in page
     assert "Roll back to v1" in client.get(f"/admin/models/{v1}").get_data(as_text=True)
+
+
+def test_a_null_field_is_the_field_left_out(admin_app, api):
+    """An explicit null takes the default, as in a job request."""
+    response = api("POST", "/api/v1/admin/trainings", {**GOOD, "max_steps": None, "seed": None, "evaluate": None})
+    assert response.status_code == 202, response.get_json()
+    settings = response.get_json()["settings"]
+    assert (settings["max_steps"], settings["seed"], settings["evaluate"]) == (2000, 0, True)
