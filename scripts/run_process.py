@@ -13,7 +13,7 @@ A main process still running ``--grace`` seconds after the signal (default 20) i
 the wrapper says so on stderr; honcho's own SIGKILL comes later (``scripts/start_procfile.py`` sets it to the
 grace + 10 s) and would reach this wrapper only, leaving COMMAND's group running. A worker takes that long
 when it is in the middle of a task (Celery's warm shutdown waits for it): a job or a training run then resumes
-as after any lost worker (docs/service.md, "Reliability"). The wrapper exits with COMMAND's status (0 after a
+as after any lost worker (docs/reliability.md). The wrapper exits with COMMAND's status (0 after a
 stop it passed on and that ended cleanly).
 """
 

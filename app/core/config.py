@@ -70,7 +70,7 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "FAST_PATHS": True,
         "BROKER_VISIBILITY_TIMEOUT": None,  # None: TASK_TIME_LIMIT + 300 (must exceed the hard limit)
         "WORKER_CONCURRENCY": 1,
-        # worker death (docs/service.md "Reliability"): a running job's lease is renewed this often, and
+        # worker death (docs/reliability.md): a running job's lease is renewed this often, and
         # a lease older than LEASE_TIMEOUT means its worker died; every worker reconciles every RECONCILE_INTERVAL
         "HEARTBEAT_INTERVAL": 1.0,
         "LEASE_TIMEOUT": 4.0,

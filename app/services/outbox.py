@@ -18,7 +18,7 @@ Who publishes:
 
 A message may go out twice: two relays (SQLite has no ``SKIP LOCKED``), or a process killed after its publish
 and before its sweep. A duplicate is harmless: the worker drops the message of a job that is no longer queued
-and claims a job with a conditional update (docs/service.md, "Reliability").
+and claims a job with a conditional update (docs/reliability.md).
 """
 
 from __future__ import annotations
