@@ -514,6 +514,7 @@ def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | N
     env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
                 "PRIORFORGE_SQLALCHEMY_DATABASE_URI": db_url, "PRIORFORGE_CELERY_BROKER_URL": broker_url,
                 "PRIORFORGE_STORAGE_ROOT": str(workdir / "images"),
+                "PRIORFORGE_METRICS_DIR": str(workdir / "metrics"),  # not the checkout's instance/metrics
                 "PRIORFORGE_SECRET_KEY_FILE": str(workdir / "secret_key"),
                 "PRIORFORGE_DATASET_ROOT": str(workdir / "datasets"), "PRIORFORGE_DEVICE": "cpu",
                 # one client sends every request of a benchmark: the per-client abuse limits (docs/security.md)
