@@ -261,6 +261,16 @@ def check_training_request(data: Any, limits: TrainingLimits) -> TrainingRequest
         raise ApiError(422, _training_message(field, data.get(field), limits), field=field) from None
 
 
+FIXED_TRAINING_MESSAGES = {
+    "dataset": "dataset is required (a built-in or uploaded data set's name)",
+    "model_name": "model_name must be 1-100 characters without '/' or control characters",
+    "channels": "channels must be 1 or 3",
+    "evaluate": "evaluate must be true or false",
+    "model_options": "model_options must be an object of name: value",
+    "hparams": "hparams must be an object of name: value",
+}
+
+
 def _training_message(field: str, value: Any, limits: TrainingLimits) -> str:
     """What a person reads when a training request's ``field`` is wrong, with the accepted values."""
     from priorforge_spec.backends import backend_names
@@ -272,22 +282,12 @@ def _training_message(field: str, value: Any, limits: TrainingLimits) -> str:
         high = limits.max_steps
     elif field == "batch_size":
         high = limits.max_batch_size
-    if field == "backend":
-        return f"backend must be one of {', '.join(backend_names())}, got {value!r}"
-    if field == "dataset":
-        return "dataset is required (a built-in or uploaded data set's name)"
-    if field == "condition":
-        return f"condition must be one of none, class, cluster, text, got {value!r}"
-    if field == "model_name":
-        return "model_name must be 1-100 characters without '/' or control characters"
-    if field == "image_size":
-        return f"image_size must be one of {', '.join(map(str, TRAINING_IMAGE_SIZES))}, got {value!r}"
-    if field == "channels":
-        return "channels must be 1 or 3"
-    if field == "evaluate":
-        return "evaluate must be true or false"
-    if field in ("model_options", "hparams"):
-        return f"{field} must be an object of name: value"
+    choices = {"backend": backend_names(), "condition": ["none", "class", "cluster", "text"],
+               "image_size": list(map(str, TRAINING_IMAGE_SIZES))}
+    if field in choices:
+        return f"{field} must be one of {', '.join(choices[field])}, got {value!r}"
+    if field in FIXED_TRAINING_MESSAGES:
+        return FIXED_TRAINING_MESSAGES[field]
     if field in ("lr", "max_cpu_minutes"):
         bound = next(c.gt for c in constraints if getattr(c, "gt", None) is not None)
         return f"{field} must be a number above {bound} and at most {high}, got {value!r}"
