@@ -28,13 +28,16 @@ def make_app(tmp_path, checkpoints, **overrides: Any):
 
 
 def cancel_when_awaited(app, job_id: str) -> threading.Thread:
-    """Cancel the job from another thread once a request is waiting on it (as a client's cancel would)."""
+    """Cancel the job from another thread once a request is asleep waiting on it (as a client's cancel would).
+    Not sooner: a cancel before the request's first read is found by that read, and no wake-up is tested."""
     from app.services import jobs
     from app.core.fastpath.job_events import watcher
 
     def run() -> None:
         with app.app_context():
-            wait_for(lambda: job_id in watcher().awaited(), 60, "the request to wait on the job", interval=0.02)
+            found = watcher()
+            wait_for(lambda: job_id in found.awaited() and found.asleep() > 0, 60, "the request to wait on the job",
+                     interval=0.02)
             jobs.cancel_job(job_id, admin=True)  # as its creator would (ownership: tests/service/test_hardening.py)
             db.session.remove()
 

@@ -137,6 +137,7 @@ class JobWatcher:
         self._lock = threading.Lock()
         self._someone_waits = threading.Event()
         self._subscribed = threading.Event()
+        self._asleep = 0  # requests sleeping on their wake event now (a gauge for tests and metrics)
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         # at most this many requests wait at once in this process; the others answer at once (as with wait=0),
@@ -169,6 +170,9 @@ class JobWatcher:
         wake = threading.Event()
         registered: set[str] = set()
         try:
+            if seconds > 0:
+                # subscribed (or polling) before the first read: an end announced after it is never missed
+                self._ensure_thread()
             if job_ids and seconds > 0:
                 self._register(job_ids, wake)
                 registered.update(job_ids)
@@ -186,7 +190,13 @@ class JobWatcher:
                     db.session.commit()  # end the read's transaction: the connection goes back to the pool
                     # Redis not subscribed yet (starting, reconnecting): read as often as the poll would
                     ready = self.url is None or self._subscribed.is_set()
-                    wake.wait(min(remaining, self.recheck_interval if ready else self.poll_interval))
+                    with self._lock:
+                        self._asleep += 1
+                    try:
+                        wake.wait(min(remaining, self.recheck_interval if ready else self.poll_interval))
+                    finally:
+                        with self._lock:
+                            self._asleep -= 1
                     wake.clear()
                 db.session.expire_all()  # the next read goes to the database, not the session's copies
                 answer, pending = read()
@@ -220,6 +230,11 @@ class JobWatcher:
     def awaited(self) -> list[str]:
         with self._lock:
             return list(self._waiters)
+
+    def asleep(self) -> int:
+        """How many requests are asleep now, waiting for a wake-up or their re-read."""
+        with self._lock:
+            return self._asleep
 
     # -- the waking side --------------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
