@@ -144,11 +144,16 @@ def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+EXTRA_PREFIX = "extra/"  # a trainer's own tensors in the training state (e.g. a weight average)
+
+
 def save_training_state(out_dir: str | Path, optimizers: dict[str, torch.optim.Optimizer],
-                        progress: dict[str, Any]) -> None:
-    """Optimizer states (safetensors) and loop progress (JSON: step, epoch, RNG seed...) for resuming."""
+                        progress: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Optimizer states and a trainer's ``extra_tensors`` (safetensors) and loop progress (JSON: step, epoch,
+    RNG seed...) for resuming."""
     out = Path(out_dir)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {f"{EXTRA_PREFIX}{key}": value.detach().cpu().contiguous()
+                                        for key, value in (extra_tensors or {}).items()}
     plain = {name: _flatten_optimizer(name, opt.state_dict(), tensors) for name, opt in optimizers.items()}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".state.")
     os.close(fd)
@@ -157,8 +162,10 @@ def save_training_state(out_dir: str | Path, optimizers: dict[str, torch.optim.O
     write_json_atomic(out / STATE_JSON_FILE, {"optimizers": plain, "progress": progress})
 
 
-def load_training_state(out_dir: str | Path, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    """Restore optimizer states saved by :func:`save_training_state`; returns the saved progress."""
+def load_training_state(out_dir: str | Path, optimizers: dict[str, torch.optim.Optimizer],
+                        extra_tensors: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Restore optimizer states saved by :func:`save_training_state`, and fill ``extra_tensors`` with the
+    trainer's own tensors saved with them; returns the saved progress."""
     folder = Path(out_dir)
     state_json, state_tensors = folder / STATE_JSON_FILE, folder / STATE_TENSORS_FILE
     if not state_json.is_file() or not state_tensors.is_file():
@@ -170,4 +177,7 @@ def load_training_state(out_dir: str | Path, optimizers: dict[str, torch.optim.O
         raise CheckpointError(f"{folder}: training state lacks optimizer(s) {missing}")
     for name, opt in optimizers.items():
         opt.load_state_dict(_unflatten_optimizer(saved["optimizers"][name], tensors))
+    if extra_tensors is not None:
+        extra_tensors.update({key[len(EXTRA_PREFIX):]: value for key, value in tensors.items()
+                              if key.startswith(EXTRA_PREFIX)})
     return saved["progress"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -229,3 +231,42 @@ def test_diversity_ratio_is_zero_for_copies_and_capped_in_the_loss():
     ratio = AAECodeGeneratorTrainer._diversity(fake, noise, n=4, pairs=2)
     expected = (1.0 / (noise[:2] - noise[4:]).abs().mean(1)).mean()
     assert ratio.item() == pytest.approx(expected.item())
+
+
+def ema_trainer(steps: int, decay: float = 0.9) -> AAECodeGeneratorTrainer:
+    torch.manual_seed(0)
+    model = build_tiny("aae-cg", condition="class", num_classes=10)
+    return AAECodeGeneratorTrainer(model, TrainConfig(max_steps=steps, batch_size=16, device="cpu", evaluate=False,
+                                                      progress_bar=False), {"ema_decay": decay})
+
+
+def test_the_weight_average_is_what_ships_with_its_own_batchnorm_statistics(tmp_path, digits_train):
+    trainer = ema_trainer(5)
+    trainer.fit(digits_train, tmp_path / "run")
+    model, average = trainer.model, trainer._average
+    assert average is not None and int(average.n_averaged) == 5
+    shipped = {**{f"code_generator.{k}": v for k, v in model.code_generator.state_dict().items()},
+               **{f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}}
+    raw = trainer._raw_generator
+    assert raw is not None
+    averaged = dict(average.module.named_parameters())
+    for name, value in averaged.items():  # the average, not the last step's weights
+        assert torch.equal(shipped[name], value.detach()), name
+    assert any(not torch.equal(raw[name], value.detach()) for name, value in averaged.items())
+    means = [k for k in shipped if k.endswith("running_mean")]
+    assert means and any(not torch.equal(shipped[k], raw[k]) for k in means)  # measured again, not the raw ones
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    batches = min(100, len(digits_train) // 16)  # one pass at most
+    assert metrics["ema"] == {"decay": 0.9, "averaged_steps": 5, "batchnorm_batches": batches}
+
+
+def test_a_resumed_run_with_a_weight_average_matches_an_uninterrupted_one(tmp_path, digits_train):
+    from generation.checkpoint import load_checkpoint
+
+    ema_trainer(6).fit(digits_train, tmp_path / "straight")
+    ema_trainer(3).fit(digits_train, tmp_path / "split")  # finished: its model holds the average
+    ema_trainer(6).fit(digits_train, tmp_path / "split", resume=True)  # carries on from the raw weights
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "split")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(pa.float(), pb.float(), atol=1e-5), name

@@ -166,6 +166,13 @@ class Trainer:
     def restore_progress(self, progress: dict[str, Any]) -> None:
         """Read back what :meth:`extra_progress` saved (absent in training states of earlier versions)."""
 
+    def extra_state_tensors(self) -> dict[str, Tensor]:
+        """Backend tensors (e.g. a weight average) saved with the optimizer states for ``--resume``."""
+        return {}
+
+    def restore_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Read back what :meth:`extra_state_tensors` saved (empty for a state saved without them)."""
+
     # -- helpers for subclasses --------------------------------------------------------------------
     def randn(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.noise).to(self.device)
@@ -352,7 +359,7 @@ class Trainer:
         if self.scaler is not None:  # fp16: the loss scale and its growth counter (plain numbers)
             progress["grad_scaler"] = self.scaler.state_dict()
         progress |= self.extra_progress()
-        save_training_state(out, self.optimizers, progress)
+        save_training_state(out, self.optimizers, progress, self.extra_state_tensors())
         self.model.train(was_training)
 
     def _resume(self, out: Path) -> float:
@@ -366,12 +373,14 @@ class Trainer:
             raise CheckpointError(f"{out}: the model config differs from the one being trained; "
                                   f"saved {saved_config}, requested {self.model.config}")
         self.model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(self.device)))
-        progress = load_training_state(out, self.optimizers)
+        extra_tensors: dict[str, Tensor] = {}
+        progress = load_training_state(out, self.optimizers, extra_tensors)
         self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
         if self.scaler is not None and "grad_scaler" in progress:  # absent: the saved run was not fp16
             self.scaler.load_state_dict(progress["grad_scaler"])
         self._cpu_before = float(progress.get("cpu_seconds", 0.0))
         self.restore_progress(progress)
+        self.restore_state_tensors(extra_tensors)
         return float(progress.get("elapsed", 0.0))
 
     @torch.no_grad()
