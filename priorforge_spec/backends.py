@@ -54,7 +54,7 @@ OPTION_RULES: dict[Any, tuple] = {
 HPARAM_RULES: dict[Any, tuple] = {
     "beta1": _OPEN_SHARE, "momentum": _OPEN_SHARE, "flow_betas": ("numbers", 2, 0.0, 1.0, True),
     "lde_fraction": _OPEN_SHARE, "lde_holdout": _OPEN_SHARE, "iae_warmup_fraction": ("number", 0.0, 1.0, True, False),
-    "warmup_fraction": _SHARE, "final_lr_fraction": _SHARE,
+    "warmup_fraction": _SHARE, "final_lr_fraction": _SHARE, "ema_decay": ("number", 0.0, 1.0, False, True),
     "flow_lr": _RATE, "lde_lr": _RATE, "prior_lr": _RATE, "radius_scale": ("number", 0.0, MAX_FLOAT, True, False),
     "lde_batch_size": ("int", 1, MAX_INT_HPARAM), "lde_max_codes": ("int", 1, MAX_INT_HPARAM),
     "iae_start_dims": ("int", 1, MAX_INT_OPTION), "lde_steps_per_step": ("int", 1, 1000),
