@@ -146,74 +146,8 @@ def _experiment_upload() -> dict[str, Any]:
 def spec() -> dict[str, Any]:
     schemas = {
         **job_request_schema(job_limits()),
-        **response_schemas(),  # Image, Job, JobCreated: from the models of app/api/responses.py
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
-                  "additionalProperties": True},
-        "Batch": {"type": "object", "properties": {
-            "id": {"type": "string"}, "url": {"type": "string"},
-            "status": {"type": "string", "enum": JOB_STATUSES},
-            "total": {"type": "integer"}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "progress": {"type": "number"}, "source": {"type": "string", "nullable": True},
-            "created_at": {"type": "string", "format": "date-time"},
-            "jobs": {"type": "array", "items": {"type": "object"}},
-            "webhook": {"type": "object", "description": "the batch's own webhook and its deliveries (one per "
-                                                         "event for the whole batch): for the token that created "
-                                                         "it and admins only", "properties": {
-                "url": {"type": "string"}, "events_filter": {"type": "array", "items": {"type": "string"}},
-                "deliveries": {"type": "array", "items": {"type": "object"}}}},
-            "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
+        **response_schemas(),  # every answer's: from the models of app/api/responses.py
         "ExperimentRequest": _experiment_request(),
-        "Experiment": {"type": "object", "description": (
-            "An experiment and its result as a grid: rows (each with its label, its cells and, for a comparison, "
-            "the model's card figures and its speed in this run) and columns (each with its label), along the "
-            "named axes row_axis and column_axis; a cell is the image (as Image) or null while it is not made. "
-            "varied says in words what changes along the columns"), "properties": {
-            "id": {"type": "string"}, "url": {"type": "string"}, "page_url": {"type": "string"},
-            "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
-            "status": {"type": "string", "enum": JOB_STATUSES}, "progress": {"type": "number"},
-            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "created_at": {"type": "string", "format": "date-time"},
-            "params": {"type": "object", "description": "the request with its defaults filled in (the seed drawn)"},
-            "varied": {"type": "string"}, "row_axis": {"type": "string"}, "column_axis": {"type": "string"},
-            "columns": {"type": "array", "items": {"type": "object", "properties": {
-                "label": {"type": "string"}, "job_id": {"type": "string", "nullable": True}}}},
-            "rows": {"type": "array", "items": {"type": "object", "properties": {
-                "label": {"type": "string"}, "job_id": {"type": "string", "nullable": True},
-                "figures": {"type": "object", "properties": {
-                    "accuracy": {"type": "number", "nullable": True}, "diversity": {"type": "number", "nullable": True},
-                    "fid": {"type": "number", "nullable": True}, "backend": {"type": "string"},
-                    "seconds_per_image": {"type": "number", "nullable": True}}},
-                "cells": {"type": "array", "items": {"allOf": [{"$ref": "#/components/schemas/Image"}],
-                                                     "nullable": True}}}}},
-            "jobs": {"type": "array", "items": {"type": "object"}},
-            "cancel_secret": {"type": "string", "description": CANCEL_SECRET + " (cancels each of its jobs)"}}},
-        "Model": {"type": "object", "properties": {
-            "name": {"type": "string"}, "version": {"type": "integer"}, "backend": {"type": "string"},
-            "condition": {"type": "string"}, "supported_conditions": {"type": "array", "items": {"type": "string"}},
-            "class_names": {"type": "array", "items": {"type": "string"}},
-            "num_clusters": {"type": "integer", "nullable": True},
-            "image_shape": {"type": "array", "items": {"type": "integer"}}, "dataset": {"type": "string"},
-            "metrics": {"type": "object"}, "serving": {"type": "boolean"},
-            "card": {"$ref": "#/components/schemas/ModelCard"}}},
-        "ModelCard": {
-            "type": "object", "nullable": True,
-            "description": "A model's card (null while nobody wrote one): what it makes, examples to try (labels, "
-                           "cluster ids or prompts), and for a shipped model its metric summary and the recipe that "
-                           "trained it. An admin writes title, description and examples (PATCH "
-                           "/admin/models/{version_id}/card). The sample grid is at /models/{name}/samples.png.",
-            "properties": {
-                "title": {"type": "string", "nullable": True}, "description": {"type": "string", "nullable": True},
-                "examples": {"type": "array", "items": {"type": "string"}},
-                "clusters": {"type": "object", "additionalProperties": {"type": "string"}},
-                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
-                "evaluation_samples": {"type": "integer", "nullable": True},
-                "caveats": {"type": "array", "items": {"type": "string"},
-                            "description": "Where the model falls short by its own evaluation, in plain words"},
-                "training": {"type": "object", "properties": {
-                    "command": {"type": "string", "nullable": True}, "steps": {"type": "integer", "nullable": True},
-                    "cpu_minutes": {"type": "number"}}},
-                "export": {"type": "object"}, "size_bytes": {"type": "integer", "nullable": True},
-                "default": {"type": "boolean"}}},
         "CardEdit": {
             "type": "object", "additionalProperties": False,
             "description": "The part of a card an admin writes. examples: prompts of a text model (the rules of a "
@@ -225,19 +159,6 @@ def spec() -> dict[str, Any]:
                 "examples": {"type": "array", "maxItems": MAX_EXAMPLES, "nullable": True,
                              "items": {"type": "string", "minLength": 1}}}},
         "TrainingRequest": training_request_schema(),
-        "TrainingRun": {"type": "object", "properties": {
-            "id": {"type": "string"}, "status": {"type": "string", "enum": JOB_STATUSES},
-            "phase": {"type": "string", "nullable": True}, "step": {"type": "integer"},
-            "total_steps": {"type": "integer"}, "losses": {"type": "object"},
-            "elapsed_seconds": {"type": "number"}, "eta_seconds": {"type": "number", "nullable": True},
-            "metrics": {"type": "object"}, "model_version": {"type": "object", "nullable": True},
-            "history": {"type": "array", "items": {"type": "object"}},
-            "sample_url": {"type": "string", "nullable": True}, "error": {"type": "string", "nullable": True}}},
-        "Health": {"type": "object", "required": ["status"],
-                   "description": "database, broker and store (with the error text) only for an admin's token",
-                   "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
-                                  "database": {"type": "object"}, "broker": {"type": "object"},
-                                  "storage": {"type": "object"}}},
     }
     job_id = _id("job_id", "job id")
     run_id = _id("run_id", "training run id")
@@ -318,9 +239,7 @@ def spec() -> dict[str, Any]:
                           "404": _error("no such experiment"), "409": _error("every job has ended already")}}},
         "/models": {"get": {
             "summary": "The models being served", "operationId": "listModels",
-            "responses": {"200": {"description": "serving model versions", "content": {"application/json": {
-                "schema": {"type": "object", "properties": {"models": {
-                    "type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}}}}},
+            "responses": {"200": _json("serving model versions", "ModelList")}}},
         "/images/{image_id}": {"get": {
             "summary": "An image's metadata (with the generation parameters from its PNG)",
             "operationId": "getImage", "parameters": [_id("image_id", "image id")],
@@ -366,10 +285,7 @@ def spec() -> dict[str, Any]:
                 "schema": {"type": "object"}}}}, "404": _error("no such data set"), **DENIED}}},
         "/admin/trainings": {
             "get": {"summary": "Recent training runs", "operationId": "listTrainings", "security": ADMIN,
-                    "responses": {"200": {"description": "runs, newest first", "content": {"application/json": {
-                        "schema": {"type": "object", "properties": {"trainings": {
-                            "type": "array", "items": {"$ref": "#/components/schemas/TrainingRun"}}}}}}},
-                        **DENIED}},
+                    "responses": {"200": _json("runs, newest first", "TrainingRunList"), **DENIED}},
             "post": {"summary": "Start a training run on the train queue (validated against the backend's "
                                 "config and hyper-parameters)", "operationId": "createTraining",
                      "security": ADMIN, "requestBody": {"required": True, "content": {"application/json": {

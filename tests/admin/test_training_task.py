@@ -51,6 +51,7 @@ def run_task(app, run_id: str) -> str:
 
 
 def test_text_to_image_training_on_an_uploaded_captioned_set(admin_app, api, client):
+    from app.api.responses import TrainingRunOut
     from workers.tasks import generate_images
 
     upload_captions(api)
@@ -61,6 +62,7 @@ def test_text_to_image_training_on_an_uploaded_captioned_set(admin_app, api, cli
     assert run_task(admin_app, run["id"]) == "succeeded"
     body = api("GET", run["url"]).get_json()
     assert body["status"] == "succeeded" and body["step"] == 3
+    TrainingRunOut.model_validate(body)  # a finished run, with its history and version: the declared shape
     # no labels, so no classifier: evaluated on the held-out split without one, and the run says what is missing
     assert body["evaluation"]["state"] == "evaluated" and "no labels" in body["evaluation"]["notes"][0]
     version = body["model_version"]

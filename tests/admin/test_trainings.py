@@ -50,9 +50,15 @@ def test_a_valid_request_is_a_queued_row_and_one_message_on_the_train_queue(admi
     with admin_app.app_context():
         run = db.session.get(TrainingRun, body["id"])
         assert run.output_dir.endswith(run.id) and run.created_by_id is not None
-    listed = api("GET", "/api/v1/admin/trainings").get_json()["trainings"]
-    assert [r["id"] for r in listed] == [body["id"]]
+    listed = api("GET", "/api/v1/admin/trainings").get_json()
+    assert [r["id"] for r in listed["trainings"]] == [body["id"]]
     assert api("GET", body["url"]).get_json()["history"] == []
+    # the answers have the declared shape (the document's TrainingRun is generated from it)
+    from app.api.responses import TrainingRunList, TrainingRunOut
+
+    TrainingRunOut.model_validate(body)
+    TrainingRunList.model_validate(listed)
+    TrainingRunOut.model_validate(api("GET", body["url"]).get_json())
 
 
 def test_a_run_and_its_message_are_one_transaction_and_the_message_waits_for_the_broker(admin_app, api,

@@ -93,3 +93,42 @@ def test_every_job_answer_has_the_declared_shape(app, client):
                          json={"label": "1", "webhook": "https://example.com/hook"})
     answer = JobOut.model_validate(hooked.get_json())  # the owner sees the webhook and its deliveries
     assert answer.webhook is not None and answer.webhook.url == "https://example.com/hook"
+
+
+def test_batch_experiment_model_health_and_error_answers_have_the_declared_shape(app, client, checkpoints):
+    """The other answers of the job API, each held to its model (no undeclared field, no missing one)."""
+    from app.api.responses import BatchOut, ErrorOut, ExperimentOut, HealthOut, ModelList
+    from app.services.model_versions import register_model
+    from workers.tasks import generate_images
+
+    created = client.post("/api/v1/batches", json=[{"label": "1"}, {"label": "2", "n": 2}])
+    batch = BatchOut.model_validate(created.get_json())
+    assert batch.cancel_secret and len(batch.jobs) == 2  # an anonymous creator
+    with app.app_context():
+        for job in batch.jobs:  # the first task claims every queued job of its model version
+            generate_images.run(job.id)
+    assert BatchOut.model_validate(client.get(batch.url).get_json()).status == "succeeded"
+
+    sweep = client.post("/api/v1/experiments", json={"kind": "sweep", "model": "tiny", "labels": ["1", "4"],
+                                                     "seed": 3, "n": 2})
+    experiment = ExperimentOut.model_validate(sweep.get_json())  # queued: every cell null
+    assert all(cell is None for row in experiment.rows for cell in row.cells)
+    with app.app_context():
+        for job in experiment.jobs:
+            generate_images.run(job.id)
+    done = ExperimentOut.model_validate(client.get(experiment.url).get_json())
+    assert all(cell is not None for row in done.rows for cell in row.cells)
+    with app.app_context():
+        register_model("tiny-two", checkpoints["class"])
+    compare = client.post("/api/v1/experiments", json={"kind": "compare", "models": ["tiny", "tiny-two"],
+                                                       "label": "1", "n": 2}).get_json()
+    rows = ExperimentOut.model_validate(compare).rows
+    assert [row.label for row in rows] == ["tiny v1", "tiny-two v1"] and all(row.figures is not None for row in rows)
+    refused = client.post("/api/v1/experiments", json={"kind": "compare", "models": ["tiny", "uncond"], "label": "1"})
+    assert refused.status_code == 422 and "uncond" in ErrorOut.model_validate(refused.get_json()).error
+
+    models = ModelList.model_validate(client.get("/api/v1/models").get_json())
+    assert {"tiny", "captions"} <= {model.name for model in models.models}
+    HealthOut.model_validate(client.get("/api/v1/health").get_json())
+    error = ErrorOut.model_validate(client.get("/api/v1/jobs/nope").get_json())
+    assert error.error
