@@ -7,11 +7,9 @@ from typing import Any
 from app.api.responses import CANCEL_SECRET, response_schemas
 from app.core.status import JobStatus
 from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
-from app.services.experiments import KINDS as EXPERIMENT_KINDS, MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, \
-    MAX_ROWS as EXPERIMENT_MAX_ROWS
+from app.services.experiment_schema import MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, experiment_request_schema
 from app.services.jobs import job_limits
-from app.services.schemas import JOB_FIELDS, MAX_SEED, job_request_schema
-from priorforge_spec.experiments import SWEEP_WORDS
+from app.services.schemas import JOB_FIELDS, job_request_schema
 from app.services.trainings import request_schema as training_request_schema
 
 JOB_STATUSES = [status.value for status in JobStatus]  # jobs' and training runs'
@@ -64,72 +62,6 @@ def _idempotency_key(what: str) -> dict[str, Any]:
                            f"different body is refused with 422"}
 
 
-def _experiment_request() -> dict[str, Any]:
-    """The body of POST /experiments; ``kind`` says which fields apply (each field's description names its kinds;
-    a field of another kind is a 422)."""
-    seed = {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
-    label = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
-    end = {"type": "object", "additionalProperties": False, "properties": {
-        "label": label, "cluster": {"type": "integer", "minimum": 0}, "prompt": {"type": "string", "minLength": 1},
-        "seed": seed}}
-    words = "; ".join(f"{name}: {', '.join(values)}" for name, values in SWEEP_WORDS.items())
-    return {
-        "type": "object", "required": ["kind"], "additionalProperties": False,
-        "description": "compare: one request (label or prompt, seed, n) on several models, image i of each with seed "
-                       "+ i (each row equals that model's single job pixel for pixel). sweep: one model, the same "
-                       "seeds, one word varied: the label of a class model (labels), the cluster of a cluster model "
-                       "(clusters) or a word of a text model's prompt (prompt, word, values); one row per seed, "
-                       "every cell equal to the single job of its condition and seed. interpolate: steps images on "
-                       "the straight line between the codes of two single jobs (from, to), whose images are its "
-                       "two ends; pga and vae go between seeds of one condition only. reconstruct: an image (image) "
-                       "and the decoding of its code; mix: two images' codes (a, b) mixed along steps weights, "
-                       "whose ends are the two reconstructions (models with an encoder)",
-        "properties": {
-            "kind": {"type": "string", "enum": list(EXPERIMENT_KINDS)},
-            "models": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_ROWS, "items": {"type": "string"},
-                       "description": "compare: the models (default: every serving model that takes the label or "
-                                      "prompt)"},
-            "model": {"type": "string", "description": "sweep, interpolate: the model (default: the default model)"},
-            "label": {**label, "description": "compare: the class name or index every model gets"},
-            "prompt": {"type": "string", "minLength": 1,
-                       "description": "compare: the prompt every model gets; sweep: the prompt whose word varies"},
-            "word": {"type": "string", "minLength": 1, "description": "sweep (text model): the word of prompt to vary"},
-            "values": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS,
-                       "items": {"type": "string", "minLength": 1},
-                       "description": f"sweep (text model): what goes in place of word; default for a known word "
-                                      f"its list ({words})"},
-            "labels": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS, "items": label,
-                       "description": "sweep (class model): the labels (default: all)"},
-            "clusters": {"type": "array", "minItems": 2, "maxItems": EXPERIMENT_MAX_COLUMNS,
-                         "items": {"type": "integer", "minimum": 0},
-                         "description": f"sweep (cluster model): the clusters (default: the first "
-                                        f"{EXPERIMENT_MAX_COLUMNS})"},
-            "seed": {**seed, "description": "compare, sweep: image (row) i uses seed + i; random when absent"},
-            "n": {"type": "integer", "minimum": 1, "maximum": EXPERIMENT_MAX_COLUMNS, "default": 4,
-                  "description": f"compare: images per model (up to {EXPERIMENT_MAX_COLUMNS}); sweep: seeds, one "
-                                 f"row each (up to {EXPERIMENT_MAX_ROWS})"},
-            "from": {**end, "description": "interpolate: one end, a condition (label, cluster or prompt) and a seed "
-                                           "(random when absent)"},
-            "to": {**end, "description": "interpolate: the other end (default: from's condition and seed; the two "
-                                         "ends must differ)"},
-            "steps": {"type": "integer", "minimum": 2, "maximum": EXPERIMENT_MAX_COLUMNS, "default": 8,
-                      "description": "interpolate: images on the line, both ends included; mix: mixes from all "
-                                     "of a to all of b, both ends included"},
-            "image": {"type": "string", "description": "reconstruct (a model with an encoder): a gallery image's "
-                                                       "id; or upload the image as a file named image (multipart)"},
-            "a": {"type": "string", "description": "mix: the first image, a gallery image's id or an uploaded "
-                                                   "file named a"},
-            "b": {"type": "string", "description": "mix: the second image (id or file b)"},
-            "cluster": {"type": "integer", "minimum": 0,
-                        "description": "reconstruct, mix: the image's condition, for a model whose decoder reads "
-                                       "it (pga, vae), as label or prompt are"},
-            "as": {"type": "array", "minItems": 1, "maxItems": EXPERIMENT_MAX_COLUMNS - 2,
-                   "items": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]},
-                   "description": "reconstruct (glf, pga, vae; with the image's own label, cluster or prompt): "
-                                  "re-generate the image under each of these conditions with its code kept, one "
-                                  "column each"}}}
-
-
 def _experiment_upload() -> dict[str, Any]:
     """POST /experiments as multipart: the same fields as text, and the input images as files."""
     fields = {name: {"type": "string"} for name in ("model", "label", "prompt", "image", "a", "b")}
@@ -147,7 +79,7 @@ def spec() -> dict[str, Any]:
     schemas = {
         **job_request_schema(job_limits()),
         **response_schemas(),  # every answer's: from the models of app/api/responses.py
-        "ExperimentRequest": _experiment_request(),
+        **experiment_request_schema(),
         "CardEdit": {
             "type": "object", "additionalProperties": False,
             "description": "The part of a card an admin writes. examples: prompts of a text model (the rules of a "

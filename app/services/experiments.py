@@ -36,15 +36,15 @@ from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.tables import Experiment, Job, ModelVersion, get_or_404
 from app.services import outbox
-from app.services.schemas import MAX_SEED
+from app.services.experiment_schema import (DEFAULT_N, DEFAULT_STEPS, KINDS, MAX_COLUMNS, MAX_ROWS,
+                                            check_experiment_request)
 from app.services.jobs import (JobSpec, Owner, _capability_of, _check_quota_or_roll_back, _has_control,
-                               _is_int, _job_from_spec, _secret_hash, check_request_size, lock_client,
+                               _job_from_spec, _secret_hash, check_request_size, lock_client,
                                stage_messages, validate_job)
 from app.services.model_versions import card_summary, default_model_name, serving_models, serving_version
 from app.core.status import FINAL, JobStatus, count_by_status, overall_status
 from priorforge_spec.experiments import CONDITION_FREE_DECODERS, REGENERATING_BACKENDS, SWEEP_WORDS, attribute_of
 
-KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
 FIELDS = {
     "compare": ("kind", "models", "label", "prompt", "seed", "n"),
     "sweep": ("kind", "model", "seed", "n", "labels", "clusters", "prompt", "word", "values"),
@@ -54,11 +54,6 @@ FIELDS = {
     "mix": ("kind", "model", "a", "b", "steps", "label", "cluster", "prompt"),
 }
 INPUTS = {"reconstruct": ("image",), "mix": ("a", "b")}
-END_FIELDS = ("label", "cluster", "prompt", "seed")  # what one end of an interpolation names
-MAX_ROWS = 16  # the models of a comparison, the seeds of a sweep
-MAX_COLUMNS = 32  # the seeds of a comparison, the values of a sweep (a cluster model has up to 30), the steps
-DEFAULT_N = 4
-DEFAULT_STEPS = 8
 
 
 @dataclass
@@ -79,30 +74,19 @@ class ExperimentPlan:
 
 
 # -- validation -------------------------------------------------------------------------------------
+# the fields' types and ranges are checked first, once (app/services/experiment_schema.py); what follows reads
+# them as checked and adds the rules of each kind
 def _seed(data: dict[str, Any], key: str = "seed") -> int:
     seed = data.get(key)
-    if seed is None:
-        return secrets.randbelow(2**32)
-    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ApiError(422, f"{key} must be an integer from 0 to {MAX_SEED}, got {seed!r}", field=key)
-    return seed
+    return secrets.randbelow(2**32) if seed is None else seed
 
 
-def _count(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = data.get(key, default)
-    if not _is_int(value) or not low <= value <= high:
-        raise ApiError(422, f"{key} must be an integer from {low} to {high}, got {value!r}", field=key)
-    return value
-
-
-def _list(data: dict[str, Any], key: str, high: int) -> list[Any] | None:
+def _count(data: dict[str, Any], key: str, default: int, high: int) -> int:
     value = data.get(key)
     if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise ApiError(422, f"{key} must be a non-empty list", field=key)
-    if len(value) > high:
-        raise ApiError(422, f"{key} has {len(value)} entries; the limit is {high}", field=key)
+        return default
+    if value > high:  # a kind's own limit, below the field's (n of a sweep)
+        raise ApiError(422, f"{key} must be an integer from 1 to {high}, got {value!r}", field=key)
     return value
 
 
@@ -141,6 +125,7 @@ def validate_experiment(data: Any, uploads: dict[str, tuple[str, bytes]] | None 
     if unknown:
         raise ApiError(422, f"unknown field(s) for a {kind}: {', '.join(unknown)}; valid: {', '.join(FIELDS[kind])}",
                        field=unknown[0])
+    check_experiment_request(data, kind)
     stray = sorted(set(uploads) - set(INPUTS.get(kind, ())))
     if stray:
         raise ApiError(422, f"a {kind} takes no uploaded file {stray[0]!r}", field=stray[0])
@@ -166,9 +151,9 @@ def _compare(data: dict[str, Any]) -> ExperimentPlan:
                        field="label" if label is None else "prompt")
     if label is not None and (not isinstance(label, (str, int)) or isinstance(label, bool)):
         raise ApiError(422, "label must be a class name or index", field="label")
-    n = _count(data, "n", DEFAULT_N, 1, MAX_COLUMNS)
+    n = _count(data, "n", DEFAULT_N, MAX_COLUMNS)
     seed = _seed(data)
-    names = _list(data, "models", MAX_ROWS)
+    names = data.get("models")
     if names is None:  # every serving model that takes this request
         kind = "class" if label is not None else "text"
         names = [m.name for m in serving_models() if m.condition == kind and
@@ -189,7 +174,7 @@ def _compare(data: dict[str, Any]) -> ExperimentPlan:
 
 def _sweep(data: dict[str, Any]) -> ExperimentPlan:
     version = _model(data)
-    n = _count(data, "n", DEFAULT_N, 1, MAX_ROWS)
+    n = _count(data, "n", DEFAULT_N, MAX_ROWS)
     seed = _seed(data)
     base = {"model": version.name, "n": n, "seed": seed}
     given = [key for key in ("labels", "clusters", "prompt", "word", "values") if data.get(key) is not None]
@@ -202,14 +187,14 @@ def _sweep(data: dict[str, Any]) -> ExperimentPlan:
         raise ApiError(422, f"model {version.name!r} is trained with condition {version.condition!r}: a sweep of it "
                             f"takes {', '.join(sorted(allowed))}, not {', '.join(wrong)}", field=wrong[0])
     if version.condition == "class":
-        labels = _list(data, "labels", MAX_COLUMNS) or list(version.class_names)[:MAX_COLUMNS]
+        labels = data.get("labels") or list(version.class_names)[:MAX_COLUMNS]
         specs = [_job({**base, "label": label}, f"label {label!r}") for label in labels]
         values = [spec.label for spec in specs]
         if len(set(values)) != len(values):
             raise ApiError(422, "labels must name distinct classes", field="labels")
         params = {"model": version.name, "seed": seed, "n": n, "varied": "label", "values": values}
     elif version.condition == "cluster":
-        clusters = _list(data, "clusters", MAX_COLUMNS) or list(range(min(version.num_classes, MAX_COLUMNS)))
+        clusters = data.get("clusters") or list(range(min(version.num_classes, MAX_COLUMNS)))
         if len(set(map(repr, clusters))) != len(clusters):
             raise ApiError(422, "clusters must be distinct", field="clusters")
         specs = [_job({**base, "cluster": cluster}, f"cluster {cluster!r}") for cluster in clusters]
@@ -240,7 +225,7 @@ def _prompt_sweep(data: dict[str, Any], version: ModelVersion, base: dict[str, A
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
     if not pattern.search(prompt):
         raise ApiError(422, f"the word {word[:40]!r} is not in the prompt {prompt[:80]!r}", field="word")
-    values = _list(data, "values", MAX_COLUMNS)
+    values = data.get("values")
     attribute = attribute_of(word)
     if values is None:
         if attribute is None:
@@ -260,16 +245,8 @@ def _prompt_sweep(data: dict[str, Any], version: ModelVersion, base: dict[str, A
     return specs, params
 
 
-def _end(data: Any, key: str) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ApiError(422, f"{key} must be an object such as {{\"label\": \"3\", \"seed\": 1}}", field=key)
-    unknown = sorted(set(data) - set(END_FIELDS))
-    if unknown:
-        raise ApiError(422, f"unknown field(s) in {key}: {', '.join(unknown)}; valid: {', '.join(END_FIELDS)}",
-                       field=key)
-    return dict(data)
+def _end(data: dict[str, Any] | None) -> dict[str, Any]:
+    return dict(data or {})
 
 
 def _condition_of(spec: JobSpec) -> dict[str, Any]:
@@ -279,8 +256,8 @@ def _condition_of(spec: JobSpec) -> dict[str, Any]:
 
 def _interpolate(data: dict[str, Any]) -> ExperimentPlan:
     version = _model(data)
-    steps = _count(data, "steps", DEFAULT_STEPS, 2, MAX_COLUMNS)
-    start, end = _end(data.get("from"), "from"), _end(data.get("to"), "to")
+    steps = _count(data, "steps", DEFAULT_STEPS, MAX_COLUMNS)
+    start, end = _end(data.get("from")), _end(data.get("to"))
     start["seed"] = _seed(start)
     end.setdefault("seed", start["seed"])
     end["seed"] = _seed(end)
@@ -367,7 +344,7 @@ def _autoencode(kind: str, data: dict[str, Any], uploads: dict[str, tuple[str, b
         spec = JobSpec(version.id, "none", 1, 0)
     targets = _regenerate_targets(version, data, condition, spec) if kind == "reconstruct" else []
     inputs = [_input(kind, name, data, uploads) for name in INPUTS[kind]]
-    steps = _count(data, "steps", DEFAULT_STEPS, 2, MAX_COLUMNS) if kind == "mix" else None
+    steps = _count(data, "steps", DEFAULT_STEPS, MAX_COLUMNS) if kind == "mix" else None
     n = 2 + len(targets) if steps is None else steps  # reconstruct: the input, its decoding, one per target
     job = JobSpec(spec.model_version_id, spec.condition_kind, n, 0, label=spec.label, label_index=spec.label_index,
                   cluster=spec.cluster, prompt=spec.prompt)
@@ -393,7 +370,7 @@ def _regenerate_targets(version: ModelVersion, data: dict[str, Any], condition: 
                         spec: JobSpec) -> list[JobSpec]:
     """The conditions to re-generate a reconstructed image under (``as``: labels, clusters or prompts, by the
     model's condition), keeping its code; only glf, pga and vae can, and they need the image's own condition."""
-    values = _list(data, "as", MAX_COLUMNS - 2)
+    values = data.get("as")
     if values is None:
         return []
     if version.backend not in REGENERATING_BACKENDS or version.condition == "none":
