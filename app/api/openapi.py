@@ -6,7 +6,7 @@ from typing import Any
 
 from app.api.responses import CANCEL_SECRET, response_schemas
 from app.core.status import JobStatus
-from app.services.cards import MAX_DESCRIPTION, MAX_EXAMPLES, MAX_TITLE
+from app.services.cards import card_edit_schema
 from app.services.experiment_schema import MAX_COLUMNS as EXPERIMENT_MAX_COLUMNS, experiment_request_schema
 from app.services.jobs import job_limits
 from app.services.schemas import JOB_FIELDS, job_request_schema
@@ -80,16 +80,7 @@ def spec() -> dict[str, Any]:
         **job_request_schema(job_limits()),
         **response_schemas(),  # every answer's: from the models of app/api/responses.py
         **experiment_request_schema(),
-        "CardEdit": {
-            "type": "object", "additionalProperties": False,
-            "description": "The part of a card an admin writes. examples: prompts of a text model (the rules of a "
-                           "job's prompt), labels of a class model (its class names), cluster numbers of a cluster "
-                           "model; an unconditional model has none",
-            "properties": {
-                "title": {"type": "string", "maxLength": MAX_TITLE, "nullable": True},
-                "description": {"type": "string", "maxLength": MAX_DESCRIPTION, "nullable": True},
-                "examples": {"type": "array", "maxItems": MAX_EXAMPLES, "nullable": True,
-                             "items": {"type": "string", "minLength": 1}}}},
+        "CardEdit": card_edit_schema(),
         "TrainingRequest": training_request_schema(),
     }
     job_id = _id("job_id", "job id")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from app.core.errors import ApiError
 from app.core.extensions import db
 from app.core.tables import ModelVersion
@@ -24,15 +26,44 @@ MAX_DESCRIPTION = 1000  # characters, newlines allowed
 MAX_EXAMPLES = 12  # the form shows them all as links
 
 
-def _text(body: dict[str, Any], key: str, limit: int, *, one_line: bool) -> str | None:
-    value = body.get(key)
+class CardEdit(BaseModel):
+    """The part of a card an admin writes. examples: prompts of a text model (the rules of a job's prompt), labels
+    of a class model (its class names), cluster numbers of a cluster model; an unconditional model has none. A
+    field left out stays as it is; null or empty removes it."""
+
+    # lengths are counted after the surrounding whitespace is stripped
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True, title="CardEdit")
+
+    title: str | None = Field(None, max_length=MAX_TITLE, description="one line")
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
+    examples: list[str | int] | None = Field(None, max_length=MAX_EXAMPLES)
+
+
+def _checked_fields(body: dict[str, Any]) -> CardEdit:
+    """``body``'s fields as a :class:`CardEdit`, or ApiError(422) naming the first bad one."""
+    try:
+        return CardEdit.model_validate(body)
+    except ValidationError as exc:
+        error = min(exc.errors(include_url=False), key=lambda e: CARD_FIELDS.index(str(e["loc"][0])))
+        key = str(error["loc"][0])
+        value = body[key]
+        if key == "examples":
+            if isinstance(value, list) and len(value) > MAX_EXAMPLES:
+                message = f"{len(value)} examples; a card holds at most {MAX_EXAMPLES}"
+            else:
+                message = "examples must be a list of strings"
+        elif isinstance(value, str):
+            limit = MAX_TITLE if key == "title" else MAX_DESCRIPTION
+            message = f"{key} is {len(value.strip())} characters long; the limit is {limit}"
+        else:
+            message = f"{key} must be a string, got {type(value).__name__}"
+        raise ApiError(422, message, field=key) from None
+
+
+def _text(value: str | None, key: str, *, one_line: bool) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ApiError(422, f"{key} must be a string, got {type(value).__name__}", field=key)
-    value = value.strip().replace("\r\n", "\n")
-    if len(value) > limit:
-        raise ApiError(422, f"{key} is {len(value)} characters long; the limit is {limit}", field=key)
+    value = value.replace("\r\n", "\n")
     if _has_control(value) or (one_line and ("\n" in value or "\r" in value or "\t" in value)):
         raise ApiError(422, f"{key} must not hold control characters{' or line breaks' if one_line else ''}",
                        field=key)
@@ -71,26 +102,27 @@ def validate_card(version: ModelVersion, body: Any, *, partial: bool = True) -> 
     if unknown:
         raise ApiError(422, f"unknown card field(s): {', '.join(unknown)}; valid: {', '.join(CARD_FIELDS)}",
                        field=unknown[0])
+    fields = _checked_fields(body)
     out: dict[str, Any] = {}
     if "title" in body or not partial:
-        out["title"] = _text(body, "title", MAX_TITLE, one_line=True)
+        out["title"] = _text(fields.title, "title", one_line=True)
     if "description" in body or not partial:
-        out["description"] = _text(body, "description", MAX_DESCRIPTION, one_line=False)
+        out["description"] = _text(fields.description, "description", one_line=False)
     if "examples" in body or not partial:
-        raw = body.get("examples")
-        if raw is None:
-            raw = []
-        if not isinstance(raw, list):
-            raise ApiError(422, "examples must be a list of strings", field="examples")
-        if len(raw) > MAX_EXAMPLES:
-            raise ApiError(422, f"{len(raw)} examples; a card holds at most {MAX_EXAMPLES}", field="examples")
         examples: list[str] = []
-        for i, item in enumerate(raw):
+        for i, item in enumerate(fields.examples or []):
             value = _example(version, item, f"examples[{i}]")
             if value.lower() not in (e.lower() for e in examples):  # a repeated example is shown once
                 examples.append(value)
         out["examples"] = examples
     return out
+
+
+def card_edit_schema() -> dict[str, Any]:
+    """The ``CardEdit`` component of the OpenAPI 3.0 document, from the model."""
+    from app.services.schemas import openapi_3_0
+
+    return openapi_3_0(CardEdit.model_json_schema(), nullable=True)
 
 
 def write_card(version: ModelVersion, fields: dict[str, Any]) -> None:
