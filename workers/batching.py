@@ -15,7 +15,7 @@ import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
 import torch
@@ -146,6 +146,8 @@ class JobSnapshot:
     seed: int
     experiment_id: str | None = None
     operation: dict | None = None  # None: plain sampling; else e.g. an interpolation (never batched)
+    batch_id: str | None = None  # with created_at and n: the job's lane and latencies for /metrics
+    created_at: datetime | None = None
 
     @classmethod
     def columns(cls) -> list:

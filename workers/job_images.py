@@ -3,11 +3,12 @@
 image rows in one transaction fenced by the claim tokens (docs/architecture.md, step 5)."""
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 
 from app.core import transitions
 from app.core.extensions import db
@@ -98,6 +99,23 @@ def encode_and_store(app: Any, version: VersionSnapshot, job: JobSnapshot, reque
     return [key for key, _data in files]
 
 
+def _insert_images() -> Any:
+    """The image rows' INSERT. Their ids are derived from the job id and index, so a job run again after its
+    row was reset keeps its rows (the same ids, keys and seeds): never duplicated, and no DELETE before it."""
+    return _insert_images_for(db.engine.dialect.name)
+
+
+@functools.cache
+def _insert_images_for(dialect: str) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if dialect == "postgresql":
+        return postgresql.insert(Image).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite.insert(Image).on_conflict_do_nothing(index_elements=["id"])
+    raise RuntimeError(f"unsupported database {dialect!r}: PostgreSQL or SQLite")  # the service runs on these
+
+
 def store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any], lease: Lease,
                       writer: ImageWriter) -> dict[str, str]:
     """Collect the jobs' written PNGs (``writer``), then, in ONE transaction, each job's status change (fenced
@@ -130,16 +148,15 @@ def store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any], 
             for job, rows in stored:
                 (succeeded if job.id in ours else lost).append((job, rows))
             if succeeded:
-                ids = [job.id for job, _ in succeeded]
-                db.session.execute(delete(Image).where(Image.job_id.in_(ids)))  # replace, never duplicate
-                db.session.execute(insert(Image), [{**row, "created_at": now}
-                                                   for _, rows in succeeded for row in rows])
+                db.session.execute(_insert_images(), [{**row, "created_at": now}
+                                                      for _, rows in succeeded for row in rows])
             db.session.commit()
         except BaseException:
             db.session.rollback()
             raise
     for job, _ in succeeded:
         lease.drop(job.id)  # finished: the lease stops renewing it
+        lease.succeeded[job.id] = (job, now)
         outcomes[job.id] = JobStatus.SUCCEEDED
     for job, _ in lost:
         lease.drop(job.id)

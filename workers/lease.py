@@ -8,12 +8,14 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime
 from typing import Any, Self
 
 from flask import current_app
 
 from app.core import transitions
 from app.core.extensions import db
+from app.core.tables import utcnow
 from app.services.reconcile import main_of_this_process
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,10 @@ class Lease(Heartbeat):
         self.tokens: dict[str, str] = {job_id: token}
         self.lost_jobs: set[str] = set()
         self.lost_count = 0  # jobs whose renewal found the row no longer ours (metrics: leases lost)
+        # /metrics without reading the rows back: when the task's claims were made, and the jobs that succeeded
+        # (job id -> (snapshot, finished_at), set by the finishing commit)
+        self.claimed_at = utcnow()
+        self.succeeded: dict[str, tuple[Any, datetime]] = {}
         self._lock = threading.Lock()
 
     def add(self, job_id: str, token: str) -> None:

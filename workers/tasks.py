@@ -138,7 +138,7 @@ def _generate_images(job_id: str) -> str:
         # wake the requests waiting on these jobs (?wait=): whatever became of them, it is committed now
         announce_finished(list(lease.tokens))
         metrics.leases_lost(lease.lost_count)
-        record_finished(list(lease.tokens))
+        record_finished(list(lease.tokens), version.name, lease)
 
 
 @shared_task(name=RECONCILE_TASK, ignore_result=True)

@@ -19,12 +19,22 @@ from workers.model_cache import loaded_models
 log = logging.getLogger(__name__)
 
 
-def record_finished(job_ids: list[str]) -> None:
+def record_finished(job_ids: list[str], model: str, lease: Any) -> None:
     """Count the task's jobs that ended (by model, status and lane) and their latencies from submission
-    (/metrics). One read after the task's last commit; never raises."""
+    (/metrics). The jobs that succeeded are known to the task (``lease.succeeded``: their snapshots and the
+    finishing commit's time; started: the task's claim); the others (failed, canceled) are read back, once,
+    after the task's last commit. Never raises."""
     try:
         from app.services.metrics import lane_name
 
+        for job, finished in lease.succeeded.values():
+            created = aware(job.created_at) if job.created_at else None
+            metrics.job_finished(model, JobStatus.SUCCEEDED, lane_name(job.batch_id, job.n), job.n,
+                                 (lease.claimed_at - created).total_seconds() if created else None,
+                                 (finished - created).total_seconds() if created else None)
+        job_ids = [job_id for job_id in job_ids if job_id not in lease.succeeded]
+        if not job_ids:
+            return
         db.session.rollback()
         rows = db.session.execute(
             select(Job.status, Job.n, Job.batch_id, Job.created_at, Job.started_at, Job.finished_at, ModelVersion.name)

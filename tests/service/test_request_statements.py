@@ -67,3 +67,32 @@ def test_a_job_costs_two_statements_and_a_read_one_on_sqlite(tmp_path, checkpoin
 @pytest.mark.integration
 def test_a_job_costs_two_statements_and_a_read_one_on_postgresql(tmp_path, checkpoints, pg_url):
     assert_statements(make_app(tmp_path, checkpoints, SQLALCHEMY_DATABASE_URI=pg_url))
+
+
+def assert_task_statements(app) -> None:
+    """A 1-image job of a loaded model: its task reads the job, claims it, looks for companions, and marks it
+    succeeded with its image rows; nothing else (no DELETE before the image rows, no read back for /metrics)."""
+    from workers.tasks import generate_images
+
+    client = app.test_client()
+    first = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    with app.app_context():
+        assert generate_images.run(first) == "succeeded"  # loads the model, writes the worker's status row
+    second = client.post("/api/v1/jobs", json={"label": "2"}).get_json()["id"]
+    with counting(app) as statements:
+        with app.app_context():
+            assert generate_images.run(second) == "succeeded"
+    # the job and its version; its claim; queued companions of its version (none); its success, image rows
+    assert statements == ["SELECT", "UPDATE", "SELECT", "UPDATE", "INSERT"], statements
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_generation_task_costs_five_statements_on_sqlite(tmp_path, checkpoints):
+    assert_task_statements(make_app(tmp_path, checkpoints, HEARTBEAT_INTERVAL=600.0))
+
+
+@pytest.mark.integration
+def test_a_generation_task_costs_five_statements_on_postgresql(tmp_path, checkpoints, pg_url):
+    assert_task_statements(make_app(tmp_path, checkpoints, HEARTBEAT_INTERVAL=600.0, SQLALCHEMY_DATABASE_URI=pg_url))
