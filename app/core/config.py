@@ -92,9 +92,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # by another process reaches new jobs within this time; 0: read it for every job)
         "SERVING_CACHE_SECONDS": 2.0,
         "DEFAULT_MODEL": None,  # None: the serving model whose card is the default (mnist), else the first
-        "DB_POOL_SIZE": 16,
+        "DB_POOL_SIZE": 16,  # connections kept per process (PostgreSQL); at least the web server's threads
         # PostgreSQL: a pooled connection is pinged before use when it rested this many seconds (0: always)
-        "DB_PING_AFTER_IDLE": 1.0,  # connections kept per process (PostgreSQL); at least the web server's threads
+        "DB_PING_AFTER_IDLE": 1.0,
         # ?wait=S on the job and batch endpoints (app/core/fastpath/job_events.py): the longest wait a request may ask for,
         # how often the web process reads which awaited jobs ended when the broker is not Redis, and how
         # often a waiting request re-reads its jobs anyway (a lost notification costs at most this)
@@ -120,10 +120,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # jobs of a batch and jobs of more images than this go to the ``bulk`` queue, the rest to ``generate``:
         # a worker consumes both in turn, so a large batch cannot starve a 1-image job
         "INTERACTIVE_MAX_IMAGES": 16,
-        # requests allowed to wait (?wait=) at once per web process; beyond it they answer at once as the job
-        # stands (as if wait=0), so waiting clients cannot hold every thread
-        # of a web process's 32 threads (WEB_THREADS), this many may wait at once; the other 8 serve the rest.
-        # Fewer waiting slots than clients made the extra clients ask again at once, round after round
+        # requests allowed to wait (?wait=) at once per web process, of its 32 threads (WEB_THREADS): beyond it they
+        # answer at once as the job stands (as if wait=0), so waiting clients cannot hold every thread; the other
+        # 8 serve the rest. Fewer waiting slots than clients made the extra clients ask again at once, round after
+        # round
         "JOB_WAIT_MAX_CONCURRENT": 24,
         "ANONYMOUS_GENERATION": True,  # false: creating jobs and batches needs an API token (the form: off)
         "PUBLIC_GALLERY": True,  # false: /gallery answers 404 (images stay reachable by their unguessable ids)
