@@ -18,7 +18,7 @@ from app.core.tables import Image, Job, image_id, utcnow
 from workers.batching import JobSnapshot, stage_clock
 from workers.failures import failing_stage
 from workers.image_writer import ImageWriter
-from workers.lease import Lease
+from workers.lease import Lease, commit_without_flush_wait
 from workers.model_cache import VersionSnapshot
 
 
@@ -150,7 +150,7 @@ def store_and_finish(members: list[tuple[JobSnapshot, Any]], images: list[Any], 
             if succeeded:
                 db.session.execute(_insert_images(), [{**row, "created_at": now}
                                                       for _, rows in succeeded for row in rows])
-            db.session.commit()
+            commit_without_flush_wait()
         except BaseException:
             db.session.rollback()
             raise

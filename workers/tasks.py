@@ -43,7 +43,7 @@ from workers.batching import JobSnapshot, stage_clock
 from workers.decoding import claim_companions, run_job
 from workers.failures import readable
 from workers.job_images import remove_unrecorded_files
-from workers.lease import JobAborted, Lease, claim_many, finish_failed, requeue
+from workers.lease import JobAborted, Lease, claim_many, commit_without_flush_wait, finish_failed, requeue
 from workers.model_cache import VersionSnapshot, model_cached
 from workers.worker_status import note_worker, record_finished
 
@@ -109,7 +109,7 @@ def _generate_images(job_id: str) -> str:
             companions = []
         else:
             companions = claim_companions(primary, lease, in_transaction=True) if model_cached(version) else None
-        db.session.commit()
+        commit_without_flush_wait()
     try:
         with lease:
             outcomes = run_job(primary, version, lease, companions)
