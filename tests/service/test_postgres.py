@@ -45,3 +45,14 @@ def test_postgres_upgrade_from_empty_and_downgrade_to_base(tmp_path, pg_url, che
         engine.dispose()
         with app.app_context():
             db.engine.dispose()
+
+
+def test_the_commit_flush_benchmark_measures_both_settings_and_drops_its_table(pg_url):
+    import psycopg
+
+    from bench.commit_flush import main
+
+    assert main(["--database-url", pg_url, "--commits", "3", "--rounds", "1"]) == 0
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pf_commit_flush_%'").fetchone()
+    assert left == (0,)
