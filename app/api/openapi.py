@@ -225,13 +225,12 @@ def spec() -> dict[str, Any]:
                           "404": _error("no such run"), "409": _error("the run has already finished"), **DENIED}}},
         "/admin/models": {"get": {
             "summary": "Every registered model version, serving or not", "operationId": "listModelVersions",
-            "security": ADMIN, "responses": {"200": {"description": "versions", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, **DENIED}}},
+            "security": ADMIN, "responses": {"200": _json("versions", "ModelVersionList"), **DENIED}}},
         "/admin/models/{version_id}/compare": {"get": {
             "summary": "A version's metrics beside the serving version's", "operationId": "compareModelVersion",
             "security": ADMIN, "parameters": [version_id],
-            "responses": {"200": {"description": "side by side", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"), **DENIED}}},
+            "responses": {"200": _json("side by side", "VersionComparison"), "404": _error("no such version"),
+                          **DENIED}}},
         "/admin/models/{version_id}/promote": {"post": {
             "summary": "Serve this version for new jobs (promote, or roll back to an earlier version); jobs "
                        "already queued or running keep their version", "operationId": "promoteModelVersion",
@@ -239,8 +238,7 @@ def spec() -> dict[str, Any]:
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False,
                 "properties": {"card": {"$ref": "#/components/schemas/CardEdit"}}}}}},
-            "responses": {"200": {"description": "the version, now serving", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"), **BAD,
+            "responses": {"200": _json("the version, now serving", "ModelVersion"), "404": _error("no such version"), **BAD,
                 "422": _error("the card does not validate (nothing is promoted)"), **DENIED}}},
         "/admin/models/{version_id}/card": {"patch": {
             "summary": "Write a version's card (title, description, examples); fields left out stay, null or "
@@ -248,8 +246,7 @@ def spec() -> dict[str, Any]:
             "security": ADMIN, "parameters": [version_id],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/CardEdit"}}}},
-            "responses": {"200": {"description": "the version with its card", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such version"), **BAD,
+            "responses": {"200": _json("the version with its card", "ModelVersion"), "404": _error("no such version"), **BAD,
                 "422": _error("a field does not validate"), **DENIED}}},
         "/docs": {"get": {
             "summary": "This document as a readable HTML reference page", "operationId": "apiReference",

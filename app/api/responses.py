@@ -228,6 +228,36 @@ class ModelList(_Answer):
     models: list[ModelOut]
 
 
+class VersionOut(ModelOut):
+    """A model version as an admin sees it: the model's fields, its id (what promote and compare take), where
+    its checkpoint is and the digest of its weights, and whether it was evaluated."""
+
+    id: int
+    checkpoint_path: str | None
+    checkpoint_key: str | None
+    weights_sha256: str | None
+    evaluation: "RunEvaluation"
+
+
+class VersionList(_Answer):
+    versions: list[VersionOut]
+
+
+class MetricRow(_Answer):
+    metric: str
+    candidate: Any
+    serving: Any
+    better: bool | None = Field(description="whether the candidate's figure is the better one (null: not comparable)")
+
+
+class VersionComparison(_Answer):
+    """A version's metrics beside those of the serving version of the same name."""
+
+    candidate: VersionOut
+    serving: VersionOut | None
+    metrics: list[MetricRow]
+
+
 class VersionRef(_Answer):
     id: int
     name: str
@@ -304,6 +334,8 @@ class ErrorOut(BaseModel):
     error: str
 
 
+VersionOut.model_rebuild()
+
 # the models' names in the document
 COMPONENTS = {"ImageOut": "Image", "JobOut": "Job", "JobCreated": "JobCreated", "Delivery": "WebhookDelivery",
               "WebhookOut": "Webhook", "JobRef": "JobRef", "ExperimentJobRef": "ExperimentJobRef",
@@ -311,8 +343,10 @@ COMPONENTS = {"ImageOut": "Image", "JobOut": "Job", "JobCreated": "JobCreated", 
               "ExperimentOut": "Experiment", "CardTraining": "CardTraining", "CardOut": "ModelCard",
               "ModelOut": "Model", "ModelList": "ModelList", "VersionRef": "VersionRef",
               "RunEvaluation": "RunEvaluation", "TrainingRunOut": "TrainingRun", "TrainingRunList": "TrainingRunList",
-              "HealthOut": "Health", "ErrorOut": "Error"}
-ANSWERS = (JobOut, JobCreated, BatchOut, ExperimentOut, ModelList, TrainingRunList, HealthOut, ErrorOut)
+              "HealthOut": "Health", "ErrorOut": "Error", "VersionOut": "ModelVersion",
+              "VersionList": "ModelVersionList", "MetricRow": "MetricRow", "VersionComparison": "VersionComparison"}
+ANSWERS = (JobOut, JobCreated, BatchOut, ExperimentOut, ModelList, TrainingRunList, HealthOut, ErrorOut, VersionList,
+           VersionComparison)
 
 
 def response_schemas() -> dict[str, dict[str, Any]]:

@@ -162,11 +162,29 @@ def openapi_3_0(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, 
         prop.pop("title", None)
         if prop.get("default") is None:
             prop.pop("default", None)
+        for key in ("items", "additionalProperties"):  # a list's or a map's values may be null too
+            if isinstance(prop.get(key), dict):
+                prop[key] = _nullable_3_0(prop[key])
         if name == "label":
             for option in prop.get("oneOf", []):
                 if option.get("type") == "string":
                     option["maxLength"] = prop.pop("maxLength", MAX_LABEL_TEXT)
     return schema
+
+
+def _nullable_3_0(schema: dict[str, Any]) -> dict[str, Any]:
+    """A value's schema in OpenAPI 3.0: ``anyOf [X, {"type": "null"}]`` becomes X with ``nullable`` (a ``$ref``
+    inside an ``allOf``, as nothing may stand beside a ``$ref``)."""
+    choices = schema.get("anyOf")
+    if not choices or not any(option.get("type") == "null" for option in choices):
+        return schema
+    options = [option for option in choices if option.get("type") != "null"]
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    if len(options) == 1 and "$ref" in options[0]:
+        return {**rest, "allOf": options, "nullable": True}
+    if len(options) == 1:
+        return {**rest, **options[0], "nullable": True}
+    return {**rest, "oneOf": options, "nullable": True}
 
 
 # -- training requests --------------------------------------------------------------------------------------

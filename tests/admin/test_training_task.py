@@ -51,7 +51,7 @@ def run_task(app, run_id: str) -> str:
 
 
 def test_text_to_image_training_on_an_uploaded_captioned_set(admin_app, api, client):
-    from app.api.responses import TrainingRunOut
+    from app.api.responses import TrainingRunOut, VersionComparison, VersionList, VersionOut
     from workers.tasks import generate_images
 
     upload_captions(api)
@@ -66,7 +66,12 @@ def test_text_to_image_training_on_an_uploaded_captioned_set(admin_app, api, cli
     # no labels, so no classifier: evaluated on the held-out split without one, and the run says what is missing
     assert body["evaluation"]["state"] == "evaluated" and "no labels" in body["evaluation"]["notes"][0]
     version = body["model_version"]
-    assert api("POST", f"/api/v1/admin/models/{version['id']}/promote").status_code == 200
+    compared = VersionComparison.model_validate(api("GET", f"/api/v1/admin/models/{version['id']}/compare").get_json())
+    assert compared.candidate.id == version["id"] and compared.serving is None  # nothing of that name served yet
+    promoted = api("POST", f"/api/v1/admin/models/{version['id']}/promote")
+    assert promoted.status_code == 200 and VersionOut.model_validate(promoted.get_json()).serving
+    listed = VersionList.model_validate(api("GET", "/api/v1/admin/models").get_json())
+    assert version["id"] in {v.id for v in listed.versions}
 
     job = client.post("/api/v1/jobs", json={"model": "tones-aae-cg", "prompt": "a dark square", "n": 2}).get_json()
     assert "id" in job, job

@@ -132,3 +132,15 @@ def test_batch_experiment_model_health_and_error_answers_have_the_declared_shape
     HealthOut.model_validate(client.get("/api/v1/health").get_json())
     error = ErrorOut.model_validate(client.get("/api/v1/jobs/nope").get_json())
     assert error.error
+
+
+def test_the_generated_document_is_valid_openapi_3_0(app):
+    """The components generated from the models are OpenAPI 3.0 (no JSON Schema 2020-12 null types left)."""
+    from openapi_spec_validator import OpenAPIV30SpecValidator
+
+    from app.api.openapi import spec
+
+    with app.test_request_context():
+        document = spec()
+    errors = [error.message for error in OpenAPIV30SpecValidator(document).iter_errors()]
+    assert errors == []
