@@ -3,6 +3,7 @@ markdown table and a BENCH_JSON line whose figures parse. No timing is asserted.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -172,3 +173,27 @@ def test_noise_batch_stats_decodes_the_same_draws_served_and_as_trained():
     assert all(v > 0 for v in result["served"] + result["as_trained"]) and result["diversity_cap"] is not None
     with pytest.raises(SystemExit, match="text condition is needed"):
         measure(str(models / "mnist"), ["a red car"], rows=2)
+
+
+def test_ema_ab_evaluates_the_raw_weights_beside_their_average(tmp_path, monkeypatch, capsys):
+    """A tiny text recipe trained with the weight average: the A/B rebuilds the raw-weights model from the
+    training state and evaluates both."""
+    import dataclasses
+
+    from bench.ema_ab import main
+    from tests.test_zoo import tiny_data_root
+    from training import zoo
+
+    recipes = tuple(dataclasses.replace(r, hparams={**r.hparams, "ema_decay": 0.9}) if r.name == "fashion-text"
+                    else r for r in zoo.RECIPES)
+    monkeypatch.setattr(zoo, "RECIPES", recipes)
+    data_root = tiny_data_root(tmp_path / "data")
+    zoo.build(["fashion-text"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=tmp_path / "models",
+              tiny=True, log=lambda line: None)
+    run = tmp_path / "work" / "fashion-text"
+    assert main(["--run", str(run), "--recipe", "fashion-text", "--data-root", str(data_root), "--tiny",
+                 "--averaged-metrics", str(tmp_path / "models" / "fashion-text" / "metrics.json"),
+                 "--json-out", str(tmp_path / "ab.json")]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert set(result["headline"]) == {"raw", "averaged"} and result["steps"] >= 1
+    assert "| text_class_accuracy[heldout] |" in capsys.readouterr().out
