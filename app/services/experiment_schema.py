@@ -7,7 +7,7 @@ model takes the label) is checked by :mod:`app.services.experiments` after it, w
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,7 +49,7 @@ class ExperimentRequest(BaseModel):
     code; mix: two images' codes (a, b) mixed along steps weights, whose ends are the two reconstructions (models
     with an encoder). Each field's description names its kinds; a field of another kind is a 422."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, title="ExperimentRequest", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, title="ExperimentRequest")
 
     kind: Literal[KINDS]  # type: ignore[valid-type]
     models: list[str] | None = Field(None, min_length=2, max_length=MAX_ROWS, description=(
@@ -66,7 +66,7 @@ class ExperimentRequest(BaseModel):
         f"sweep (text model): what goes in place of word; default for a known word its list ({_SWEEP_WORDS})"))
     labels: list[Label] | None = Field(None, min_length=2, max_length=MAX_COLUMNS,
                                        description="sweep (class model): the labels (default: all)")
-    clusters: list[int] | None = Field(None, min_length=2, max_length=MAX_COLUMNS, description=(
+    clusters: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=2, max_length=MAX_COLUMNS, description=(
         f"sweep (cluster model): the clusters (default: the first {MAX_COLUMNS})"))
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="compare, sweep: image (row) i uses seed + i; "
                                                                   "random when absent")

@@ -239,6 +239,18 @@ BAD_REQUESTS = [
     ({"kind": "interpolate", "model": "tiny", "from": {"label": "3"}, "to": {"label": "10"}}, "to: unknown label",
      None),
     ({"kind": "compare", "label": "7", "webhook": "https://example.com/"}, "unknown field", "webhook"),
+    # the fields' types and ranges (app/services/experiment_schema.py)
+    ({"kind": "compare", "label": "7", "seed": -1}, "seed must be an integer from 0", "seed"),
+    ({"kind": "compare", "label": True}, "label must be a class name or index", "label"),
+    ({"kind": "compare", "label": "7", "models": [f"m{i}" for i in range(17)]}, "has 17 entries; the limit is 16",
+     "models"),
+    ({"kind": "sweep", "model": "tiny", "labels": "1"}, "labels must be a non-empty list", "labels"),
+    ({"kind": "sweep", "model": "tiny", "n": 20}, "n must be an integer from 1 to 16", "n"),
+    ({"kind": "sweep", "model": "clusters", "clusters": [1, -2]}, "clusters must be integers from 0 up", "clusters"),
+    ({"kind": "interpolate", "model": "tiny", "from": {"label": "3", "seed": "x"}, "to": {"label": "8"}},
+     "from: seed must be an integer", "seed"),
+    ({"kind": "interpolate", "model": "tiny", "from": 3}, "from must be an object", "from"),
+    ({"kind": "mix", "model": "tiny", "a": 5, "b": "x"}, "a must be a non-empty string", "a"),
 ]
 
 
