@@ -169,7 +169,8 @@ class RunLease(Heartbeat):
 # -- claiming and giving back, each in its own transaction ----------------------------------------------
 def commit_without_flush_wait() -> None:
     """Commit a generation task's claim or success without waiting for PostgreSQL to flush it to disk (an
-    fsync: 3.8 ms a commit on the 2-core benchmark machine, bench/commit_flush.py; twice per task). Lost in a database crash (up to
+    fsync, twice per task: 0.17 ms at rest on the 2-core benchmark machine, 3.8 ms with its disk busy;
+    bench/commit_flush.py). Lost in a database crash (up to
     three times wal_writer_delay, 0.6 s by default), such a commit is redone, never lost: a lost claim leaves
     the job queued, and the reconciliation sends it again; a lost success leaves it running under a lease
     that nobody renews, so it is queued again and decoded from its seed to the same images. The web's job
