@@ -189,23 +189,20 @@ def spec() -> dict[str, Any]:
         # admin: bearer tokens only (priorforge create-admin --token, or the admin page)
         "/admin/datasets": {
             "get": {"summary": "Uploaded and built-in data sets", "operationId": "listDatasets", "security": ADMIN,
-                    "responses": {"200": {"description": "data sets", "content": {"application/json": {
-                        "schema": {"type": "object"}}}}, **DENIED}},
+                    "responses": {"200": _json("uploaded and built-in data sets", "DatasetList"), **DENIED}},
             "post": {"summary": "Upload a zip (class folders of images, or images + captions.jsonl); every file "
                                 "is checked before anything is stored", "operationId": "uploadDataset",
                      "security": ADMIN,
                      "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                          "type": "object", "required": ["file"], "properties": {
                              "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}},
-                     "responses": {"201": {"description": "stored, with its statistics", "content": {
-                         "application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"201": _json("stored, with its statistics", "Dataset"),
                          "409": _error("the name is taken"), "413": _error("over a size limit"),
                          "422": _error("rejected files, each with its reason (rejected[])"), **DENIED}}},
         "/admin/datasets/{name}": {"get": {
             "summary": "One uploaded data set", "operationId": "getDataset", "security": ADMIN,
             "parameters": [_id("name", "data set name")],
-            "responses": {"200": {"description": "the data set", "content": {"application/json": {
-                "schema": {"type": "object"}}}}, "404": _error("no such data set"), **DENIED}}},
+            "responses": {"200": _json("the data set", "Dataset"), "404": _error("no such data set"), **DENIED}}},
         "/admin/trainings": {
             "get": {"summary": "Recent training runs", "operationId": "listTrainings", "security": ADMIN,
                     "responses": {"200": _json("runs, newest first", "TrainingRunList"), **DENIED}},

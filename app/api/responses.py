@@ -258,6 +258,34 @@ class VersionComparison(_Answer):
     metrics: list[MetricRow]
 
 
+class DatasetOut(_Answer):
+    """An uploaded data set, with the statistics its check found."""
+
+    name: str
+    layout: str = Field(description="how the archive was laid out: class folders, or images with captions.jsonl")
+    images: int
+    classes: int
+    class_names: list[str]
+    captions: int = Field(description="captions in all (an image may have several)")
+    size_bytes: int
+    source: str | None = Field(description="the uploaded file's name")
+    created_at: str = date_time()
+    builtin: Literal[False]
+    ignored: list[str] | None = Field(None, description="archivers' metadata skipped (on upload only)")
+
+
+class BuiltinDataset(_Answer):
+    name: str
+    builtin: Literal[True]
+    available: bool = Field(description="whether DATA_ROOT holds it")
+    captions: bool
+
+
+class DatasetList(_Answer):
+    datasets: list[DatasetOut]
+    builtin: list[BuiltinDataset]
+
+
 class VersionRef(_Answer):
     id: int
     name: str
@@ -344,9 +372,10 @@ COMPONENTS = {"ImageOut": "Image", "JobOut": "Job", "JobCreated": "JobCreated", 
               "ModelOut": "Model", "ModelList": "ModelList", "VersionRef": "VersionRef",
               "RunEvaluation": "RunEvaluation", "TrainingRunOut": "TrainingRun", "TrainingRunList": "TrainingRunList",
               "HealthOut": "Health", "ErrorOut": "Error", "VersionOut": "ModelVersion",
-              "VersionList": "ModelVersionList", "MetricRow": "MetricRow", "VersionComparison": "VersionComparison"}
+              "VersionList": "ModelVersionList", "MetricRow": "MetricRow", "VersionComparison": "VersionComparison",
+              "DatasetOut": "Dataset", "BuiltinDataset": "BuiltinDataset", "DatasetList": "DatasetList"}
 ANSWERS = (JobOut, JobCreated, BatchOut, ExperimentOut, ModelList, TrainingRunList, HealthOut, ErrorOut, VersionList,
-           VersionComparison)
+           VersionComparison, DatasetList)
 
 
 def response_schemas() -> dict[str, dict[str, Any]]:

@@ -41,6 +41,14 @@ def upload_captions(api) -> None:
     response = api("POST", "/api/v1/admin/datasets", data={"file": (io.BytesIO(make_zip(members)), "tones.zip")},
                    content_type="multipart/form-data")
     assert response.status_code == 201, response.get_json()
+    # the answers have the declared shape (the document's Dataset and DatasetList are generated from it)
+    from app.api.responses import DatasetList, DatasetOut
+
+    stored = DatasetOut.model_validate(response.get_json())
+    assert (stored.images, stored.captions) == (16, 32)
+    assert DatasetOut.model_validate(api("GET", "/api/v1/admin/datasets/tones").get_json()).name == "tones"
+    listed = DatasetList.model_validate(api("GET", "/api/v1/admin/datasets").get_json())
+    assert [d.name for d in listed.datasets] == ["tones"] and listed.builtin
 
 
 def run_task(app, run_id: str) -> str:
