@@ -162,6 +162,8 @@ def openapi_3_0(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, 
         prop.pop("title", None)
         if prop.get("default") is None:
             prop.pop("default", None)
+        if "const" in prop:  # OpenAPI 3.0 has no const: a one-value enum says the same
+            prop["enum"] = [prop.pop("const")]
         for key in ("items", "additionalProperties"):  # a list's or a map's values may be null too
             if isinstance(prop.get(key), dict):
                 prop[key] = _nullable_3_0(prop[key])
