@@ -188,11 +188,11 @@ def test_ema_ab_evaluates_the_raw_weights_beside_their_average(tmp_path, monkeyp
                     else r for r in zoo.RECIPES)
     monkeypatch.setattr(zoo, "RECIPES", recipes)
     data_root = tiny_data_root(tmp_path / "data")
-    zoo.build(["fashion-text"], data_root=str(data_root), work_dir=tmp_path / "work", models_dir=tmp_path / "models",
-              tiny=True, log=lambda line: None)
+    (tmp_path / "work").mkdir()
+    [recipe] = [r for r in recipes if r.name == "fashion-text"]
+    zoo.train(recipe, str(data_root), tmp_path / "work", tiny=True, log=lambda line: None)
     run = tmp_path / "work" / "fashion-text"
     assert main(["--run", str(run), "--recipe", "fashion-text", "--data-root", str(data_root), "--tiny",
-                 "--averaged-metrics", str(tmp_path / "models" / "fashion-text" / "metrics.json"),
                  "--json-out", str(tmp_path / "ab.json")]) == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     assert set(result["headline"]) == {"raw", "averaged"} and result["steps"] >= 1
