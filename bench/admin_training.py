@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="pf-bench-admin-"))
     config = {
+        "METRICS_DIR": str(workdir / "metrics"),  # not the checkout's instance/metrics
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'priorforge.sqlite3'}",
         "CELERY_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
         "STORAGE_ROOT": str(workdir / "images"), "DATASET_ROOT": str(workdir / "datasets"),

@@ -88,6 +88,7 @@ def make_app(workdir: Path, db_url: str, checkpoint: Path = CHECKPOINT):
                       "CELERY_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.sqlite3'}",
                       "STORAGE_ROOT": str(workdir / "images"), "DATASET_ROOT": str(workdir / "datasets"),
                       "SECRET_KEY_FILE": str(workdir / "secret_key"),
+                      "METRICS_DIR": str(workdir / "metrics"),  # not the checkout's instance/metrics
                       "DEVICE": "cpu", "DEFAULT_MODEL": MODEL})
     upgrade(app)
     with app.app_context():

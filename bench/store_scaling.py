@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               "S3_ENDPOINT_URL": endpoint, "DEFAULT_MODEL": "digits", "BATCH_MAX_IMAGES": args.batch_max_images}
     work = Path(tempfile.mkdtemp(prefix="pf-store-bench-"))
     config["SECRET_KEY_FILE"] = str(work / "secret_key")  # not the checkout's instance/
+    config["METRICS_DIR"] = str(work / "metrics")
     results = {"load_average_start": [round(x, 2) for x in os.getloadavg()], "cpu_cores": os.cpu_count(),
                "jobs": args.jobs, "images_per_job": args.images, "batch_max_images": args.batch_max_images,
                "phases": []}
