@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.core.errors import ApiError
-from app.services.schemas import MAX_SEED, openapi_3_0
+from app.services.schemas import MAX_SEED, condition_message, openapi_3_0
 from priorforge_spec.experiments import SWEEP_WORDS
 
 KINDS = ("compare", "sweep", "interpolate", "reconstruct", "mix")
@@ -124,15 +124,11 @@ def _error(error: Any, data: dict[str, Any], kind: str) -> ApiError:
 
 def _message(key: str, value: Any, kind: str) -> str:
     """What a person reads when ``key`` is wrong, with the accepted values."""
-    if key == "seed":
-        return f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}"
+    if (shared := condition_message(key, value)) is not None:
+        return shared
     if key in ("n", "steps"):
         low, high = (1, MAX_ROWS if kind == "sweep" else MAX_COLUMNS) if key == "n" else (2, MAX_COLUMNS)
         return f"{key} must be an integer from {low} to {high}, got {value!r}"
-    if key == "cluster":
-        return f"cluster must be an integer from 0 up, got {value!r}"
-    if key == "label":
-        return "label must be a class name or index"
     if key == "model":
         return "model must be a non-empty string (see GET /api/v1/models)"
     if key in ("prompt", "word", "image", "a", "b"):

@@ -105,18 +105,25 @@ def check_job_request(data: Any, limits: Limits) -> JobRequest:
         raise ApiError(422, _message(field, data[field], limits), field=field) from None
 
 
-def _message(field: str, value: Any, limits: Limits) -> str:
-    """What a person reads when ``field`` is wrong, with the accepted values."""
-    if field == "n":
-        return f"n must be an integer from 1 to {limits.max_images}, got {value!r}"
+def condition_message(field: str, value: Any) -> str | None:
+    """The message of a bad seed, cluster or label, the fields a job and an experiment share; None for others."""
     if field == "seed":
         return f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}"
     if field == "cluster":
         return f"cluster must be an integer from 0 up, got {value!r}"
-    if field == "model":
-        return f"model must be a model's name, 1 to {MAX_MODEL_NAME} characters (see GET /api/v1/models)"
     if field == "label":
         return "label must be a class name or index"
+    return None
+
+
+def _message(field: str, value: Any, limits: Limits) -> str:
+    """What a person reads when ``field`` is wrong, with the accepted values."""
+    if field == "n":
+        return f"n must be an integer from 1 to {limits.max_images}, got {value!r}"
+    if (shared := condition_message(field, value)) is not None:
+        return shared
+    if field == "model":
+        return f"model must be a model's name, 1 to {MAX_MODEL_NAME} characters (see GET /api/v1/models)"
     if field == "prompt":
         return "prompt must be a non-empty string"
     if field == "webhook":
