@@ -11,6 +11,7 @@ than the appendix's residual stacks: same role, far cheaper on a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,9 @@ class AAEConfig(ModelConfig):
         aux_classes: text models only: an auxiliary class head on D_I with this many classes, trained on the
             labels that the captioned images carry (TAC-GAN, Dash et al. 2017); 0 = none. It is a training aid:
             sampling never reads it, and an exported model drops it with the discriminators.
+        aux_attributes: text models only: an auxiliary attribute head on D_I with this many values (the caption's
+            attribute read off the image, e.g. CIFAR-10's 11 colours; the trainer reads it off each real image
+            as the captions were made), trained like ``aux_classes``; 0 = none.
         upsample: how the decoder doubles its feature maps: ``transpose`` (DCGAN) or ``nearest`` (up-sampling +
             3x3 convolution; no checkerboard pattern, about twice the decoder's compute).
         code_norm: normalisation in CG: ``batch`` (the paper's BatchNorm) or ``layer`` (LayerNorm on the hidden
@@ -54,6 +58,7 @@ class AAEConfig(ModelConfig):
     disc_hidden: int = 1000
     code_disc_hidden: tuple[int, ...] = (1000, 500, 200)
     aux_classes: int = 0
+    aux_attributes: int = 0
     upsample: str = "transpose"
     code_norm: str = "batch"
 
@@ -65,6 +70,11 @@ class AAEConfig(ModelConfig):
             raise ValueError(f"code_norm must be one of {', '.join(CODE_NORMS)}, got {self.code_norm!r}")
         if self.aux_classes < 0:
             raise ValueError(f"aux_classes must be 0 or more, got {self.aux_classes}")
+        if self.aux_attributes and self.condition != "text":
+            raise ValueError(f"aux_attributes is for text models (only a caption names attributes); got "
+                             f"condition {self.condition!r}")
+        if self.aux_attributes < 0:
+            raise ValueError(f"aux_attributes must be 0 or more, got {self.aux_attributes}")
         if self.latent_dim is None:
             self.latent_dim = 8 if self.condition == "cluster" and self.image_shape[0] == 1 else 64
         if self.noise_dim is None:
@@ -102,19 +112,28 @@ class CodeGenerator(nn.Module):
         return self.net(torch.cat([noise, cond], dim=1))  # (B, latent_dim)
 
 
+class Judgement(NamedTuple):
+    """What D_I says of a batch of images."""
+
+    logit: Tensor  # (B,) real/fake
+    q: Tensor | None  # (B, q_dim) Q's estimate of the condition
+    class_logits: Tensor | None  # (B, aux_classes)
+    attribute_logits: Tensor | None  # (B, aux_attributes)
+
+
 class ImageDiscriminator(nn.Module):
     """D_I: conv 4x4/s2 stages with LeakyReLU, FC ``disc_hidden``, FC 1; Q: FC ``q_dim``.
 
     ``features`` (the last conv layer) is the learned similarity metric used for reconstruction. For text
     models the condition vector is concatenated to the flattened features for the real/fake decision (a
-    conditional, matching-aware D_I); Q and the optional auxiliary class head (``aux_classes``, TAC-GAN) then
-    read the image alone, through a trunk of their own: a head that saw the caption could read the answer off
+    conditional, matching-aware D_I); Q and the optional auxiliary class and attribute heads (``aux_classes``,
+    ``aux_attributes``, TAC-GAN) then read the image alone, through a trunk of their own: a head that saw the caption could read the answer off
     it, and the generator would learn nothing from it. Class and cluster models have no condition input, so
     Q shares the one trunk (the paper's layout).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], base_channels: int, hidden: int, cond_dim: int,
-                 q_dim: int, aux_classes: int = 0):
+                 q_dim: int, aux_classes: int = 0, aux_attributes: int = 0):
         super().__init__()
         num_stages, final_size = downsampling_stages(image_shape)
         layers: list[nn.Module] = []
@@ -129,20 +148,21 @@ class ImageDiscriminator(nn.Module):
         self.real_fake = nn.Linear(hidden, 1)
         # conditional D_I: the heads that predict the condition get an image-only trunk
         self.image_trunk = (nn.Sequential(nn.Linear(feature_dim, hidden), nn.LeakyReLU(0.2))
-                            if cond_dim and (q_dim or aux_classes) else None)
+                            if cond_dim and (q_dim or aux_classes or aux_attributes) else None)
         self.q_head = nn.Linear(hidden, q_dim) if q_dim else None
         self.class_head = nn.Linear(hidden, aux_classes) if aux_classes else None
+        self.attribute_head = nn.Linear(hidden, aux_attributes) if aux_attributes else None
 
     def features(self, images: Tensor) -> Tensor:
         return self.conv(images).flatten(1)  # (B, C_last * s * s)
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """-> (real/fake logit ``(B,)``, Q output ``(B, q_dim)`` or None)."""
-        logit, q, _ = self.judge(images, cond)
-        return logit, q
+        judgement = self.judge(images, cond)
+        return judgement.logit, judgement.q
 
-    def judge(self, images: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """-> (real/fake logit ``(B,)``, Q output or None, auxiliary class logits ``(B, aux_classes)`` or None)."""
+    def judge(self, images: Tensor, cond: Tensor | None = None) -> Judgement:
+        """The real/fake logit and every head's output (None for a head the model does not have)."""
         features = self.features(images)  # (B, feature_dim)
         if self.cond_dim:
             assert cond is not None
@@ -152,7 +172,8 @@ class ImageDiscriminator(nn.Module):
         heads = self.image_trunk(features) if self.image_trunk is not None else h  # image only
         q = self.q_head(heads) if self.q_head is not None else None
         aux = self.class_head(heads) if self.class_head is not None else None
-        return self.real_fake(h).squeeze(1), q, aux
+        attribute = self.attribute_head(heads) if self.attribute_head is not None else None
+        return Judgement(self.real_fake(h).squeeze(1), q, aux, attribute)
 
 
 class CodeDiscriminator(nn.Module):
@@ -192,7 +213,7 @@ class CodeGeneratorAAE(GenerativeModel):
         # D_I sees the condition only in the text setting; for labels/clusters Q recovers it (Eq. 7)
         self.image_discriminator = ImageDiscriminator(
             c.image_shape, c.base_channels, c.disc_hidden, cond_dim if c.condition == "text" else 0,
-            q_dim=cond_dim, aux_classes=c.aux_classes)
+            q_dim=cond_dim, aux_classes=c.aux_classes, aux_attributes=c.aux_attributes)
         # D_C is label-free in the unsupervised setting (paper Fig. 5)
         self.code_discriminator = CodeDiscriminator(
             c.latent_dim, cond_dim if c.condition in ("class", "text") else 0, c.code_disc_hidden)

@@ -44,7 +44,7 @@ OPTION_RULES: dict[Any, tuple] = {
     "base_channels": _POSITIVE, "hidden_dim": _POSITIVE, "disc_hidden": _POSITIVE, "latent_dim": _POSITIVE,
     "noise_dim": _POSITIVE, "text_dim": ("int", 1, 384), "coupling_hidden": _POSITIVE, "flow_blocks": _POSITIVE,
     "lde_channels": _POSITIVE, "lde_max_channels": _POSITIVE, "num_mixtures": _POSITIVE,
-    "max_channels": _POSITIVE, "aux_classes": ("int", 0, 1000), "permutation_seed": ("int", 0, 2**31 - 1),
+    "max_channels": _POSITIVE, "aux_classes": ("int", 0, 1000), "aux_attributes": ("int", 0, 1000), "permutation_seed": ("int", 0, 2**31 - 1),
     "scale_clamp": ("number", 0.0, 100.0, True, False), "temperature": ("number", 0.0, 100.0, True, False),
     "upsample": ("choice", ("transpose", "nearest")), "code_norm": ("choice", ("batch", "layer")),
     "class_prior": ("choice", ("gaussian", "flow", "standard")),

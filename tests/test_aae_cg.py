@@ -10,6 +10,9 @@ import torch
 from generation.aae_cg import AAEConfig, CodeGeneratorAAE
 from generation.base import Condition, ConditionError
 from tests.conftest import build_tiny
+from training.attributes import COLOR_NAMES
+from training.captions import attribute_count, attribute_index
+from training.data import CIFAR10_CLASSES, ImageData
 from training.aae_cg import AAECodeGeneratorTrainer
 from training.trainer import TrainConfig
 
@@ -122,6 +125,68 @@ def test_text_model_aux_class_head_learns_the_labels_and_is_text_only(digits_tra
         AAEConfig(condition="class", aux_classes=10)
 
 
+def solid_colour_photos(colours: list[tuple[int, int, int]]) -> ImageData:
+    """32x32 RGB images, each one flat colour, as a ``cifar10-captions`` split (class i % 10)."""
+    pixels = torch.tensor(colours, dtype=torch.uint8)[:, :, None, None].expand(-1, 3, 32, 32).contiguous()
+    return ImageData("cifar10-captions", pixels, torch.arange(len(colours)) % 10, list(CIFAR10_CLASSES))
+
+
+RED, BLUE, YELLOW, WHITE = (220, 30, 30), (30, 60, 220), (230, 220, 40), (250, 250, 250)
+
+
+def test_the_attribute_index_reads_each_image_as_its_captions_were_made():
+    photos = solid_colour_photos([RED, BLUE, YELLOW, WHITE])
+    index = attribute_index("cifar10-captions", photos.images, photos.labels, photos.class_names)
+    assert [COLOR_NAMES[i] for i in index] == ["red", "blue", "yellow", "white"]
+    assert attribute_count("cifar10-captions") == len(COLOR_NAMES)
+    garments = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    garments[0, :, 4:24, 2:26] = 90  # dark and wide (aspect 1.2 > a T-shirt's 0.79)
+    garments[1, :, 2:26, 10:18] = 230  # light and narrow
+    labels = torch.zeros(2, dtype=torch.long)
+    combined = attribute_index("fashion-mnist-captions", garments, labels, ["T-shirt/top"])
+    assert combined.tolist() == [0 * 2 + 1, 1 * 2 + 0]  # tone x 2 + shape
+    assert attribute_count("fashion-mnist-captions") == 4 and attribute_count("mnist") == 0
+
+
+def test_the_attribute_head_learns_the_real_images_colour_and_pushes_the_generator_towards_it(monkeypatch):
+    """aux_attributes: D_I's attribute head learns each real image's colour, and CG + G are pushed towards the
+    colour of the image whose caption they were given. With D_I held still, other target colours for the same
+    images and captions move CG otherwise: the targets reach the generator."""
+    photos = solid_colour_photos([RED, BLUE] * 4)
+    images, labels, _ = photos.batch(torch.arange(8))
+    after = []
+    for permuted in (False, True):
+        model = build_tiny("aae-cg", condition="text", text_dim=12, image_shape=(3, 32, 32),
+                           aux_attributes=len(COLOR_NAMES))
+        trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=8, device="cpu", progress_bar=False), {})
+        trainer.prepare(photos)
+        model.train()
+        head_before = snapshot(model.image_discriminator.attribute_head)
+        trainer.train_step(images, torch.ones(8, 12), labels)
+        assert changed(head_before, model.image_discriminator.attribute_head)
+        trainer.optimizers["image_disc"].param_groups[0]["lr"] = 0.0  # D_I the same in both arms from here
+        if permuted:
+            targets = trainer._attribute_targets
+            monkeypatch.setattr(trainer, "_attribute_targets", lambda x, y, read=targets: read(x, y).roll(1))
+        losses = trainer.train_step(images, torch.ones(8, 12), labels)
+        assert losses["aux_attr"] > 0
+        after.append(snapshot(model.code_generator))
+    assert any(not torch.allclose(a, b) for a, b in zip(*after))
+
+
+def test_the_attribute_head_needs_attributes_it_can_read(digits_train):
+    model = build_tiny("aae-cg", condition="text", text_dim=12, aux_attributes=11)
+    trainer = AAECodeGeneratorTrainer(model, TrainConfig(batch_size=8, device="cpu", progress_bar=False), {})
+    with pytest.raises(ValueError, match="aux_attributes needs a data set whose caption attributes"):
+        trainer.prepare(digits_train)
+    wrong = build_tiny("aae-cg", condition="text", text_dim=12, image_shape=(3, 32, 32), aux_attributes=4)
+    with pytest.raises(ValueError, match=r"'cifar10-captions' has 11 attribute values \(set aux_attributes=11\)"):
+        AAECodeGeneratorTrainer(wrong, TrainConfig(batch_size=8, device="cpu", progress_bar=False),
+                                {}).prepare(solid_colour_photos([RED] * 8))
+    with pytest.raises(ValueError, match="aux_attributes is for text models"):
+        AAEConfig(condition="class", aux_attributes=11)
+
+
 def test_text_noise_changes_only_what_the_code_generator_sees(digits_train):
     """Conditioning augmentation: the same step with text_noise > 0 moves CG differently from text_noise 0."""
     images, labels, _ = digits_train.batch(torch.arange(16))
@@ -168,8 +233,8 @@ def test_text_models_q_and_class_head_read_the_image_alone():
     """A head that saw the caption could read its answer off the caption, and G would learn nothing from it."""
     model = build_tiny("aae-cg", condition="text", text_dim=12, aux_classes=10).eval()
     x = torch.rand(3, 1, 28, 28) * 2 - 1
-    logit_a, q_a, aux_a = model.image_discriminator.judge(x, torch.zeros(3, 12))
-    logit_b, q_b, aux_b = model.image_discriminator.judge(x, torch.randn(3, 12))
+    logit_a, q_a, aux_a, _ = model.image_discriminator.judge(x, torch.zeros(3, 12))
+    logit_b, q_b, aux_b, _ = model.image_discriminator.judge(x, torch.randn(3, 12))
     assert torch.equal(q_a, q_b) and torch.equal(aux_a, aux_b)
     assert not torch.allclose(logit_a, logit_b)  # the real/fake decision is matching-aware
 

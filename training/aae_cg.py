@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from generation.aae_cg import CodeGeneratorAAE
+from generation.sampling import to_uint8
+from training.captions import PHRASINGS, attribute_count, attribute_index
 from training.trainer import Trainer
 
 
@@ -43,6 +45,12 @@ class AAECodeGeneratorTrainer(Trainer):
         real_q_weight: weight of Q's loss on real labelled images (class models only).
         aux_class_weight: text models with ``aux_classes``: weight of the auxiliary class head's cross-entropy
             (D_I learns it on real images, CG + G on generated ones; TAC-GAN).
+        aux_attribute_weight: text models with ``aux_attributes``: weight of the auxiliary attribute head's
+            cross-entropy, trained like the class head; the target is the attribute read off the real image
+            whose caption conditions the step (CIFAR-10: its dominant colour). Without it the colour word is only
+            one of the condition's many directions, and a generator that gets the object right is rarely pushed
+            on the colour. About one caption in ten names no colour; for those the image's colour is still the
+            target, a small pull towards the class's usual colours.
         diversity_weight: weight of the diversity-sensitive term on CG + G (Yang et al., "Diversity-sensitive
             conditional GANs", 2019): for half the batch a second noise draw with the same condition is
             decoded, and CG + G maximise ``min(mean|G(CG(z1,s)) - G(CG(z2,s))| / mean|z1 - z2|, diversity_cap)``.
@@ -72,6 +80,7 @@ class AAECodeGeneratorTrainer(Trainer):
         "info_weight": 1.0,
         "real_q_weight": 1.0,
         "aux_class_weight": 1.0,
+        "aux_attribute_weight": 1.0,
         "text_noise": 0.0,
         "diversity_weight": 0.0,
         "diversity_cap": 0.4,
@@ -81,6 +90,7 @@ class AAECodeGeneratorTrainer(Trainer):
     model: CodeGeneratorAAE
     _average: AveragedModel | None = None
     _raw_generator: dict[str, Tensor] | None = None  # CG's and G's own weights once the average replaced them
+    _attribute_source: tuple[str, list[str]] | None = None  # (data set, class names) the attributes are read for
 
     # -- the generator's weight average (ema_decay) ---------------------------------------------------
     def _generator(self) -> nn.ModuleDict:
@@ -163,6 +173,16 @@ class AAECodeGeneratorTrainer(Trainer):
         if k and not bool(((train_data.labels >= 0) & (train_data.labels < k)).all()):
             raise ValueError(f"aux_classes={k} needs a class label in 0..{k - 1} on every training image; "
                              f"data set {train_data.name!r} has other labels (set aux_classes=0)")
+        if values := self.model.config.aux_attributes:
+            readable = attribute_count(train_data.name)
+            if not readable:
+                raise ValueError(f"aux_attributes needs a data set whose caption attributes can be read off its "
+                                 f"images ({', '.join(PHRASINGS)}); {train_data.name!r} has none "
+                                 f"(set aux_attributes=0)")
+            if readable != values:
+                raise ValueError(f"aux_attributes={values}, but {train_data.name!r} has {readable} attribute "
+                                 f"values (set aux_attributes={readable})")
+            self._attribute_source = (train_data.name, list(train_data.class_names))
 
     def _draw_conditions(self, cond: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
         """The condition vectors s fed to CG and the class targets for Q (None for text/none)."""
@@ -185,6 +205,13 @@ class AAECodeGeneratorTrainer(Trainer):
             return F.cross_entropy(q, targets)
         return F.mse_loss(q, s)  # text: Gaussian Q with fixed variance (InfoGAN's continuous codes)
 
+    def _attribute_targets(self, images: Tensor, labels: Tensor) -> Tensor | None:
+        """The attribute index of each real image (``aux_attributes``), read as its captions were made."""
+        if self._attribute_source is None:
+            return None
+        dataset, class_names = self._attribute_source
+        return attribute_index(dataset, to_uint8(images.detach().cpu()), labels.cpu(), class_names).to(self.device)
+
     def train_step(self, images: Tensor, cond: Tensor | None, labels: Tensor) -> dict[str, float]:
         m, h = self.model, self.hparams
         n = images.shape[0]
@@ -192,6 +219,7 @@ class AAECodeGeneratorTrainer(Trainer):
         text = m.config.condition == "text"
         di_cond = s if text else None
         aux = labels if m.config.aux_classes else None  # TAC-GAN: the caption's image's class
+        attribute = self._attribute_targets(images, labels)  # and its attribute (CIFAR-10: colour)
         # conditioning augmentation (text): CG gets a noisy s; D_I, D_C and Q keep the clean one
         s_gen = s + h["text_noise"] * self.randn(*s.shape) if text and h["text_noise"] else s
 
@@ -207,8 +235,8 @@ class AAECodeGeneratorTrainer(Trainer):
             z_all = m.code_generator(noise, torch.cat([s_gen, s_gen[:pairs]]))  # (B + pairs, latent_dim)
             fake_all = m.decoder(z_all)  # (B + pairs, C, H, W)
             z_c, fake = z_all[:n], fake_all[:n]
-            real_logit, real_q, real_aux = m.image_discriminator.judge(images, di_cond)
-            fake_logit, fake_q, _ = m.image_discriminator.judge(fake.detach(), di_cond)
+            real_logit, real_q, real_aux, real_attribute = m.image_discriminator.judge(images, di_cond)
+            fake_logit, fake_q, _, _ = m.image_discriminator.judge(fake.detach(), di_cond)
             # Q learns to recover s from generated images together with D_I (shared trunk, InfoGAN)
             d_loss = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0) + \
                 h["info_weight"] * self._q_loss(fake_q, s, q_targets)
@@ -221,10 +249,13 @@ class AAECodeGeneratorTrainer(Trainer):
                 # private code for the class (AC-GAN's failure mode); its images must look like the class
                 assert real_aux is not None  # aux_classes > 0: D_I has a class head
                 d_loss = d_loss + h["aux_class_weight"] * F.cross_entropy(real_aux, aux)
+            if attribute is not None:  # the same for the attribute head
+                assert real_attribute is not None  # aux_attributes > 0: D_I has an attribute head
+                d_loss = d_loss + h["aux_attribute_weight"] * F.cross_entropy(real_attribute, attribute)
         self.backward_step(d_loss, "image_disc")
 
         with self.autocast():
-            gen_logit, gen_q, gen_aux = m.image_discriminator.judge(fake, di_cond)
+            gen_logit, gen_q, gen_aux, gen_attribute = m.image_discriminator.judge(fake, di_cond)
             info_loss = self._q_loss(gen_q, s, q_targets)
             gen_adv = _bce(gen_logit, 1.0)
             if aux is not None:
@@ -232,8 +263,14 @@ class AAECodeGeneratorTrainer(Trainer):
                 aux_loss = F.cross_entropy(gen_aux, aux)
             else:
                 aux_loss = torch.zeros((), device=self.device)
+            if attribute is not None:
+                assert gen_attribute is not None  # aux_attributes > 0: D_I has an attribute head
+                attribute_loss = F.cross_entropy(gen_attribute, attribute)
+            else:
+                attribute_loss = torch.zeros((), device=self.device)
             diversity = self._diversity(fake_all, noise, n, pairs)
-        prior_loss = gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss
+        prior_loss = gen_adv + h["info_weight"] * info_loss + h["aux_class_weight"] * aux_loss + \
+            h["aux_attribute_weight"] * attribute_loss
         if pairs:
             prior_loss = prior_loss - h["diversity_weight"] * diversity.clamp(max=h["diversity_cap"])
         self.backward_step(prior_loss, "prior")
@@ -263,6 +300,8 @@ class AAECodeGeneratorTrainer(Trainer):
                 "rec_pix": pixel_loss.item(), "e_adv": enc_adv.item()}
         if aux is not None:
             out["aux_cls"] = aux_loss.item()
+        if attribute is not None:
+            out["aux_attr"] = attribute_loss.item()
         if pairs:
             out["diversity"] = diversity.item()
         if self._average is not None:

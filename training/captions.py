@@ -206,6 +206,24 @@ def image_attributes(dataset: str, images: Tensor, labels: Tensor, class_names: 
     raise DatasetError(f"{dataset!r} has no attribute extractor; known: {', '.join(PHRASINGS)}")
 
 
+def attribute_count(dataset: str) -> int:
+    """How many combined attribute values :func:`attribute_index` gives for a built-in captioned set (0: the
+    set's attributes cannot be read off its images)."""
+    phrasing = PHRASINGS.get(dataset)
+    return int(np.prod([len(phrasing.values[a]) for a in phrasing.attributes])) if phrasing else 0
+
+
+def attribute_index(dataset: str, images: Tensor, labels: Tensor, class_names: Sequence[str]) -> Tensor:
+    """``(N,)`` one index per image for all of its attribute values together (CIFAR-10: the colour, 0..10;
+    Fashion-MNIST: tone x 2 + shape, 0..3), read off uint8 ``images`` exactly as its captions were made."""
+    values = image_attributes(dataset, images, labels, class_names)
+    phrasing = PHRASINGS[dataset]
+    index = torch.zeros(len(images), dtype=torch.long)
+    for name in phrasing.attributes:
+        index = index * len(phrasing.values[name]) + values[name]
+    return index
+
+
 # -- turning caption lists into ImageData -----------------------------------------------------------
 def attach_captions(data: ImageData, captions: Sequence[Sequence[str]], name: str | None = None) -> ImageData:
     """``data`` with the raw sentence embeddings ``(N, K, 384)`` of ``captions`` (K = most per image)."""
