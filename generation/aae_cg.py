@@ -11,7 +11,7 @@ than the appendix's residual stacks: same role, far cheaper on a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -227,6 +227,32 @@ class CodeGeneratorAAE(GenerativeModel):
         assert noise_dim is not None  # AAEConfig.__post_init__ sets it
         noise = torch.randn(n, noise_dim, generator=generator)  # (n, noise_dim)
         return self.code_generator(to_device(noise, self.device), to_device(cond, self.device))  # (n, latent_dim)
+
+    def sample_latents_per_seed(self, seeds: Sequence[int], condition: Condition, pass_size: int) -> Tensor:
+        """Each seed's condition and noise drawn as ``sample_latents(1, ...)`` draws them, then CG over all the
+        rows in passes of exactly ``pass_size`` (the last padded with zeros): one CG call per pass instead of
+        one per image. Rows are independent in CG (BatchNorm in eval mode, or LayerNorm), and a pass of fixed
+        size gives a row the same floats at any position and with any other rows (tests/test_sampling.py)."""
+        if pass_size < 1:
+            raise ValueError(f"pass_size must be at least 1, got {pass_size}")
+        noise_dim = self.config.noise_dim
+        assert noise_dim is not None  # AAEConfig.__post_init__ sets it
+        conds, noises = [], []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(int(seed))
+            conds.append(self.condition_vectors(1, condition, generator))  # (1, condition_dim)
+            noises.append(torch.randn(1, noise_dim, generator=generator))  # (1, noise_dim)
+        cond, noise = torch.cat(conds), torch.cat(noises)
+        codes = []
+        for start in range(0, len(noise), pass_size):
+            rows = min(pass_size, len(noise) - start)
+            part_noise, part_cond = noise[start:start + pass_size], cond[start:start + pass_size]
+            if rows < pass_size:
+                part_noise = torch.cat([part_noise, part_noise.new_zeros(pass_size - rows, noise_dim)])
+                part_cond = torch.cat([part_cond, part_cond.new_zeros(pass_size - rows, cond.shape[1])])
+            out = self.code_generator(to_device(part_noise, self.device), to_device(part_cond, self.device))
+            codes.append(out[:rows])
+        return torch.cat(codes)  # (len(seeds), latent_dim)
 
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         return self.decoder(latents)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
@@ -152,6 +152,14 @@ class GenerativeModel(nn.Module):
     def decode(self, latents: Tensor, condition: Condition | None = None) -> Tensor:
         """Codes ``(B, latent_dim)`` -> images ``(B, C, H, W)`` in [-1, 1]."""
         raise NotImplementedError
+
+    def sample_latents_per_seed(self, seeds: Sequence[int], condition: Condition, pass_size: int) -> Tensor:
+        """Codes ``(len(seeds), latent_dim)``, code *i* drawn from a CPU generator seeded ``seeds[i]``, so that a
+        code does not depend on the other seeds. A backend may compute them in passes of exactly ``pass_size``
+        rows (its networks then see the same batch size whatever the number of seeds); this default draws
+        each code on its own."""
+        return torch.cat([self.sample_latents(1, condition, torch.Generator().manual_seed(int(seed)))
+                          for seed in seeds])
 
     def encode(self, images: Tensor, condition: Condition | None = None) -> EncoderOutput:
         raise NotImplementedError(f"backend {self.backend!r} has no encoder")

@@ -74,10 +74,15 @@ def generate(model: GenerativeModel, n: int, condition: Condition, seed: int, pr
     return images.to(device="cpu", dtype=torch.float32, copy=True)
 
 
+# rows per pass of a backend's code computation (``sample_latents_per_seed``): fixed, not the GENERATE_CHUNK
+# setting, so that a seed names the same code in every service, CLI and experiment whatever its settings
+CODE_PASS_ROWS = 8
+
+
 def per_image_latents(model: GenerativeModel, n: int, condition: Condition, seed: int) -> Tensor:
     """Codes ``(n, latent_dim)`` with image *i*'s drawn from a CPU generator seeded ``seed + i``: how the service
     draws a job's codes, so one image does not depend on how many were asked for."""
-    return torch.cat([model.sample_latents(1, condition, torch.Generator().manual_seed(seed + i)) for i in range(n)])
+    return model.sample_latents_per_seed(range(seed, seed + n), condition, CODE_PASS_ROWS)
 
 
 def generate_like_service(model: GenerativeModel, n: int, condition: Condition, seed: int,

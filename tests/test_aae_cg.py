@@ -335,3 +335,17 @@ def test_a_resumed_run_with_a_weight_average_matches_an_uninterrupted_one(tmp_pa
     b, _ = load_checkpoint(tmp_path / "split")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(pa.float(), pb.float(), atol=1e-5), name
+
+
+def test_codes_per_seed_draw_what_a_lone_draw_draws_random_clusters_included():
+    """``sample_latents_per_seed`` draws each seed's cluster and noise as ``sample_latents(1)`` does (a cluster
+    model asked for no cluster picks one per seed), and batches only the code generator."""
+    model = build_tiny("aae-cg", condition="cluster", num_classes=6).eval()
+    seeds = [3, 11, 12, 40, 41, 42, 43, 44, 45, 99]
+    with torch.no_grad():
+        batched = model.sample_latents_per_seed(seeds, Condition(), pass_size=4)
+        alone = torch.cat([model.sample_latents(1, Condition(), torch.Generator().manual_seed(s))
+                           for s in seeds])
+    assert batched.shape == alone.shape and torch.allclose(batched, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="pass_size must be at least 1"):
+        model.sample_latents_per_seed(seeds, Condition(), pass_size=0)

@@ -288,3 +288,18 @@ def test_a_flood_from_several_clients_takes_turns_with_another_clients_job(app):
     assert set(task_of) == {*flood, other}  # every job ran, each once
     before = [job_id for job_id in flood if task_of[job_id] < task_of[other]]
     assert len(before) < len(flood) // 4, (len(before), len(flood))
+
+
+def test_a_seeds_code_is_the_same_whatever_the_job_around_it(digits):
+    """Codes are computed in passes of a fixed size: the code of seed 104 has the same floats as image 0 of a
+    1-image job, image 4 of a 5-image job, image 12 of a 13-image job (second pass), and so on; and it is the
+    code that drawing it alone gives, up to the rounding of a bigger batch."""
+    from generation.sampling import per_image_latents
+
+    three = Condition("class", index=3)
+    reference = per_image_latents(digits, 1, three, 104)[0]
+    for n, first in [(5, 100), (8, 97), (13, 92), (30, 80), (64, 104)]:
+        assert torch.equal(per_image_latents(digits, n, three, first)[104 - first], reference)
+    with torch.no_grad():
+        alone = digits.sample_latents(1, three, torch.Generator().manual_seed(104))[0]
+    assert torch.allclose(alone, reference, atol=1e-5)
