@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import quality, sampling_speed, training_speed
+from bench import job_codes, quality, sampling_speed, training_speed
 from bench.common import parse_json_line
 from generation.registry import backend_names
 
@@ -43,6 +43,14 @@ def test_training_speed_quick(capsys):
     assert cases == ["lde (stage 1: AE)", "lde (stage 2: density, codes/s)", "pga (warm-up: AE only)",
                      "pga (latent terms on)", "vae"]
     assert all(positive(r["images_per_s"]) and positive(r["step_cpu_ms"]) for r in payload["rows"])
+
+
+def test_job_codes_times_both_ways_on_the_same_codes(capsys):
+    payload = run_script(job_codes, ["--images", "1,9", "--rounds", "1"], capsys)
+    assert [row["images"] for row in payload["rows"]] == [1, 9]
+    for row in payload["rows"]:
+        assert all(positive(ms) for ms in row["cpu_ms"].values()) and positive(row["ratio"])
+        assert row["max_abs_difference"] < 1e-4  # the same codes, up to a bigger batch's rounding
 
 
 @pytest.mark.timeout(180)
