@@ -111,7 +111,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # what isolated_cache points into the test's own folders; a subprocess environment keeps them (else the process
 # writes instance/secret_key and instance/images into the checkout)
-ISOLATION_KEYS = ("PRIORFORGE_CACHE", "PRIORFORGE_SECRET_KEY_FILE", "PRIORFORGE_STORAGE_ROOT", "PROMETHEUS_MULTIPROC_DIR")
+ISOLATION_KEYS = ("PRIORFORGE_CACHE", "PRIORFORGE_SECRET_KEY_FILE", "PRIORFORGE_STORAGE_ROOT", "PROMETHEUS_MULTIPROC_DIR",
+                  "PRIORFORGE_MODEL_CACHE_DIR", "PRIORFORGE_DATASET_ROOT", "PRIORFORGE_TRAINING_ROOT")
 
 
 def subprocess_env() -> dict[str, str]:
@@ -135,6 +136,10 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PRIORFORGE_SECRET_KEY_FILE", str(tmp_path_factory.mktemp("secret") / "secret_key"))
     # and the image store of an app (or a process it starts) that names none (the default is instance/images)
     monkeypatch.setenv("PRIORFORGE_STORAGE_ROOT", str(tmp_path_factory.mktemp("images")))
+    # and the other folders that default to the instance folder: an app whose every path lies elsewhere does
+    # not create it (app/core/factory.py), so no test leaves an empty instance/ in the checkout
+    for key, name in (("MODEL_CACHE_DIR", "model-cache"), ("DATASET_ROOT", "datasets"), ("TRAINING_ROOT", "trainings")):
+        monkeypatch.setenv(f"PRIORFORGE_{key}", str(tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ API and admin on top; ``workers.celery_app`` adds the tasks.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import Flask
@@ -26,9 +27,9 @@ def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
     # import name "app": templates, static files and the instance folder are those of the app package
     app = Flask("app", instance_relative_config=True)
     load_config(app, test_config)
-    private_folder(app.instance_path)  # the secret key, the databases, the uploads: 0700
-
     metrics.configure(app)  # before any metric is recorded: the folder every process writes its counters to
+    if _uses_instance_folder(app):
+        private_folder(app.instance_path)  # the secret key, the databases, the uploads: 0700
     db.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
@@ -44,6 +45,18 @@ def create_base_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.extensions["priorforge_storage_error"] = str(exc)
     celery_init_app(app)
     return app
+
+
+def _uses_instance_folder(app: Flask) -> bool:
+    """Whether a setting puts something in the instance folder: only then is it created, so that an app whose
+    every path is configured elsewhere leaves no empty folder behind."""
+    folder = app.instance_path.rstrip(os.sep)
+    for key, value in app.config.items():
+        if key == "SECRET_KEY_FILE":
+            continue  # a generated key's folder was made private when the key was written (load_config)
+        if isinstance(value, str) and (value.endswith(folder) or f"{folder}{os.sep}" in value):
+            return True
+    return False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

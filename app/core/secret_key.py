@@ -14,6 +14,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from app.core.files import private_folder
+
 # placeholders found in tutorials and .env templates; all are refused
 KNOWN_KEYS = {"", "dev", "development", "change-me", "changeme", "change_me", "secret", "secret-key", "secretkey",
               "your-secret-key", "default", "test", "testing", "password", "flask", "priorforge"}
@@ -30,7 +32,7 @@ def ensure_secret_key(app: Flask) -> None:
 
 
 def _read_or_create(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(str(path.parent))  # 0700 before the key is in it
     try:
         # O_EXCL: of two processes starting at once, one creates the file and the other reads it
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

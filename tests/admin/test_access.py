@@ -211,7 +211,8 @@ def test_an_unset_secret_key_is_generated_once_and_kept(tmp_path):
     from app import create_app
 
     path = tmp_path / "instance" / "secret_key"
-    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}", "SECRET_KEY_FILE": str(path)}
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}", "SECRET_KEY_FILE": str(path),
+              "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"}
     first = create_app(dict(config)).config["SECRET_KEY"]
     assert len(first) >= 64 and first not in ("dev", "")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -223,10 +224,12 @@ def test_production_needs_secure_cookies(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PRIORFORGE_ENV", "production")
     monkeypatch.setenv("PRIORFORGE_SECRET_KEY", "5e0f3c9a71d24b86ae13f07c9d5b2e48c61a7f3092db54e8")
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}",
+              "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"}
     with pytest.raises(RuntimeError, match="SESSION_COOKIE_SECURE"):
-        create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+        create_app(dict(config))
     monkeypatch.setenv("PRIORFORGE_SESSION_COOKIE_SECURE", "true")
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+    app = create_app(dict(config))
     assert app.config["WTF_CSRF_ENABLED"] is True and app.config["SESSION_COOKIE_SECURE"] is True
 
 

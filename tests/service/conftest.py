@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.conftest import ISOLATION_KEYS
 from tests.support.faults import InjectedFaults
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def sqlite_app_for_worker(tmp_path: Path, checkpoints: dict[str, Path]):
 def _clean_env(monkeypatch, tmp_path):
     """The app must read only what a test gives it; Prometheus counters (app/core/metrics.py) go to the test's
     own folder (this process's apps and the worker processes it starts), never to instance/."""
-    isolation = {"PRIORFORGE_CACHE", "PRIORFORGE_SECRET_KEY_FILE", "PRIORFORGE_STORAGE_ROOT"}  # tests/conftest.py
+    isolation = set(ISOLATION_KEYS)  # tests/conftest.py
     for key in list(os.environ):
         if key.startswith("PRIORFORGE_") and not key.startswith("PRIORFORGE_TEST_") and key not in isolation:
             monkeypatch.delenv(key)
