@@ -16,6 +16,7 @@ from app.services.idempotency import IdempotentRequest
 from app.core.fastpath.job_events import wait_until_ended
 from app.services.schemas import BatchRequest
 from app.core.status import FINAL, JobStatus
+from app.core.tables import new_id
 
 
 def _owner() -> jobs.Owner:
@@ -49,19 +50,29 @@ def create_job():
     # a replay (the same Idempotency-Key and body) reports the job as it stands, not as it was created: it
     # may have run and ended since
     replay = idempotent is not None and idempotency.earlier(idempotent) is not None
+    if wait is not None:
+        # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s
+        # (202). Its id is made here and watched before the job is stored, so the wait needs no first read.
+        job_id, made = new_id(), []
+
+        def create() -> bool:
+            made.append(jobs.create_job(spec, owner, idempotent, job_id=job_id))
+            return made[0].id == job_id  # else an earlier request with the same Idempotency-Key made it
+
+        job = wait_until_ended(wait, lambda: _job_reader(made[0].id)(), [job_id], start=create)
+        url, capability = url_for("api.get_job", job_id=job.id), _capability(made[0])
+        return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, {"Location": url}
     created = jobs.create_job(spec, owner, idempotent)
-    url = url_for("api.get_job", job_id=created.id)
-    capability = {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
-    if wait is None and replay:
+    url, capability = url_for("api.get_job", job_id=created.id), _capability(created)
+    if replay:
         job = jobs.get_job(created.id)
         return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, \
             {"Location": url}
-    if wait is None:
-        return jsonify({"id": created.id, "url": url, "status": JobStatus.QUEUED, **capability}), 202, {"Location": url}
-    # synchronous use: answer with the whole job once it has ended (200), or as it stands after `wait` s (202)
-    job = wait_until_ended(wait, _job_reader(created.id), [created.id])
-    return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, \
-        {"Location": url}
+    return jsonify({"id": created.id, "url": url, "status": JobStatus.QUEUED, **capability}), 202, {"Location": url}
+
+
+def _capability(created: jobs.Created) -> dict[str, str]:
+    return {"cancel_secret": created.cancel_secret} if created.cancel_secret else {}
 
 
 @bp.get("/jobs/<job_id>")

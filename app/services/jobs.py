@@ -368,15 +368,17 @@ class Created:
     cancel_secret: str | None  # the anonymous creator's capability, None for a token
 
 
-def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: IdempotentRequest | None = None) -> Created:
+def create_job(spec: JobSpec, owner: Owner | None = None, idempotent: IdempotentRequest | None = None,
+               job_id: str | None = None) -> Created:
     """Store the job and its message (the outbox row) in one transaction, then publish the message. With
-    ``idempotent``: the job an earlier request with the same key (of the same client) made, if there is one."""
+    ``idempotent``: the job an earlier request with the same key (of the same client) made, if there is one.
+    ``job_id``: the new job's id, made by the caller (a request that waits registers it first)."""
     if idempotent is not None and (found := idempotency.earlier(idempotent)) is not None:
         return Created(found, _capability_of(owner, "job", found))
     client_key = owner.client_key if owner else None
     check_request_size(spec.n)
     # the id is made here, not by the flush, so that the capability's hash goes into the INSERT itself
-    job_id = new_id()
+    job_id = job_id or new_id()
     secret = _capability_of(owner, "job", job_id)
     values = _job_values(spec, owner, _secret_hash(secret) if secret else None, id=job_id)  # webhook checked (422)
     # Core statements, not the ORM's unit of work: this is every job's path. The client's lock is taken by

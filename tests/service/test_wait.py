@@ -171,3 +171,42 @@ def test_with_the_fast_paths_off_a_waiting_request_is_woken_by_the_poll(tmp_path
         assert woken == [job_id]  # by the database poll, the one path left
     finally:
         app.extensions["celery"].pool.force_close_all()
+
+
+def test_a_submit_that_waits_reads_its_job_only_once_it_has_ended(tmp_path, checkpoints):
+    """``POST /jobs?wait=`` watches the new job's id before storing it, so it sleeps at once: the one read of
+    the job is the answer's, after the wake-up (a read before sleeping could only find it queued)."""
+    from sqlalchemy import event
+
+    from app.core.fastpath.job_events import watcher
+    from app.services import jobs
+
+    app = make_app(tmp_path, checkpoints, JOB_WAIT_RECHECK_INTERVAL=600, JOB_WAIT_POLL_INTERVAL=600)
+    request_thread = threading.get_ident()
+    reads: list[str] = []
+
+    def count_reads(_conn, _cursor, statement, *_args) -> None:
+        if threading.get_ident() == request_thread and statement.lstrip().upper().startswith("SELECT") \
+                and "FROM jobs" in statement:
+            reads.append(statement)
+
+    def cancel_the_awaited_job() -> None:
+        with app.app_context():
+            found = watcher()
+            wait_for(lambda: found.awaited() and found.asleep() > 0, 60, "the request to wait", interval=0.02)
+            jobs.cancel_job(found.awaited()[0], admin=True)
+            db.session.remove()
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count_reads)
+    try:
+        thread = threading.Thread(target=cancel_the_awaited_job, daemon=True)
+        thread.start()
+        resp = app.test_client().post("/api/v1/jobs?wait=30", json={"label": "1"})
+        thread.join(30)
+    finally:
+        event.remove(engine, "before_cursor_execute", count_reads)
+    assert resp.status_code == 200 and resp.get_json()["status"] == "canceled", resp.get_json()
+    assert resp.headers["Location"] == resp.get_json()["url"]
+    assert len(reads) == 1, reads

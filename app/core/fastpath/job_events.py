@@ -146,7 +146,7 @@ class JobWatcher:
 
     # -- the waiting side -------------------------------------------------------------------------------
     def wait_until_ended(self, seconds: float, read: Callable[[], tuple[T, list[str]]],
-                         job_ids: list[str] | None = None) -> T:
+                         job_ids: list[str] | None = None, start: Callable[[], bool] | None = None) -> T:
         """``read()`` -> (what to answer with, ids of its jobs not final yet), read from the database.
         Reads; while jobs are pending and time is left, sleeps until one of them is announced (or the
         re-read interval passes) and reads again; returns the last read's answer.
@@ -155,17 +155,22 @@ class JobWatcher:
         before the first read; else a read, then the registration, then a second read), so an end announced
         after that read always wakes us. A read per wake-up is all the database work: the answer's own
         queries. No connection is held while asleep. With every waiting slot of the process taken, it reads
-        once and answers (as with a wait of 0)."""
+        once and answers (as with a wait of 0).
+
+        ``start()``, when given, runs once after ``job_ids`` are registered and before any read: it creates the
+        jobs (a submit that waits) and says whether they are certainly pending. True skips the first read, which
+        could only find them queued: an end announced from then on wakes us, since we registered first."""
         if seconds > 0 and not self._slots.acquire(blocking=False):
             seconds = 0.0
         elif seconds > 0:
             try:
-                return self._wait(seconds, read, job_ids)
+                return self._wait(seconds, read, job_ids, start)
             finally:
                 self._slots.release()
-        return self._wait(seconds, read, job_ids)
+        return self._wait(seconds, read, job_ids, start)
 
-    def _wait(self, seconds: float, read: Callable[[], tuple[T, list[str]]], job_ids: list[str] | None) -> T:
+    def _wait(self, seconds: float, read: Callable[[], tuple[T, list[str]]], job_ids: list[str] | None,
+              start: Callable[[], bool] | None = None) -> T:
         deadline = time.monotonic() + seconds
         wake = threading.Event()
         registered: set[str] = set()
@@ -176,7 +181,11 @@ class JobWatcher:
             if job_ids and seconds > 0:
                 self._register(job_ids, wake)
                 registered.update(job_ids)
-            answer, pending = read()
+            answer: T | None = None
+            if start is not None and start() and job_ids and seconds > 0:
+                pending = list(job_ids)  # just created, and registered before that: nothing to read yet
+            else:
+                answer, pending = read()
             while pending:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -200,6 +209,8 @@ class JobWatcher:
                     wake.clear()
                 db.session.expire_all()  # the next read goes to the database, not the session's copies
                 answer, pending = read()
+            if answer is None:  # time ran out before the first read
+                answer, _ = read()
             return answer
         finally:
             self._unregister(list(registered), wake)
@@ -320,6 +331,6 @@ def parse_wait(raw: str | None, limit: float) -> float | None:
 
 
 def wait_until_ended(seconds: float, read: Callable[[], tuple[T, list[str]]],
-                     job_ids: list[str] | None = None) -> T:
+                     job_ids: list[str] | None = None, start: Callable[[], bool] | None = None) -> T:
     """:meth:`JobWatcher.wait_until_ended` with this process's watcher."""
-    return watcher().wait_until_ended(seconds, read, job_ids)
+    return watcher().wait_until_ended(seconds, read, job_ids, start)
