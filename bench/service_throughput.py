@@ -274,6 +274,31 @@ def group_cpu_seconds(pgid: int, only_pid: int | None = None) -> float:
     return total / tick
 
 
+SERVER_NAMES = ("postgres", "redis-server")
+
+
+def servers_cpu_seconds() -> float:
+    """User + system CPU seconds of this machine's PostgreSQL and Redis processes: each live one's, plus what
+    the postmaster has reaped of its exited backends (Linux /proc; 0 elsewhere). They serve every client of the
+    machine, so read it on a quiet one."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                name, fields = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        comm, values = name.split("(", 1)[1], fields.split()
+        if comm in SERVER_NAMES:  # utime(12) stime(13) cutime(14) cstime(15), counted from the state field
+            total += int(values[11]) + int(values[12]) + (int(values[13]) + int(values[14]) if comm == "postgres" else 0)
+    return total / tick
+
+
 # -- PostgreSQL / Redis -------------------------------------------------------------------------------
 def create_pg_database(url: str) -> tuple[str, str, str]:
     """(url of a fresh database on the server of ``url``, its name, the admin conninfo)."""
@@ -689,12 +714,15 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
         run_phase(service.base, k, n, warmup, poll_s, seed + 10**6, deadline, post_first=post_first)
     parent = service.groups["worker"]
     parent0 = group_cpu_seconds(parent, only_pid=parent)
+    servers0 = servers_cpu_seconds()
     row = run_phase(service.base, k, n, jobs, poll_s, seed, deadline, service.groups,
                     min_seconds=getattr(args, "min_seconds", 0.0), post_first=post_first)
     row["warmup_jobs"] = warmup
     # the worker's main process (broker I/O, handing messages to the pool), apart from its pool processes
     row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
                                                  / row["jobs"], 2)
+    if args.database_url and args.redis_url:  # the servers' share of a job (not the service's own CPU)
+        row["cpu_ms_per_job"]["postgresql_redis"] = round((servers_cpu_seconds() - servers0) * 1e3 / row["jobs"], 2)
     row["client_bound_images_per_s"] = round(k * n / poll_s, 1) if poll_s else None
     service.procs.check_alive()
     return row
@@ -746,7 +774,8 @@ def stage_env(args: argparse.Namespace) -> dict[str, str]:
 def cpu_cell(row: dict) -> str:
     cpu = row["cpu_ms_per_job"]
     cell = " / ".join(f"{cpu[k]:.3g}" for k in ("web", "worker", "clients"))
-    return cell + (f" (worker main process: {cpu['worker_main']:.3g})" if "worker_main" in cpu else "")
+    cell += f" (worker main process: {cpu['worker_main']:.3g})" if "worker_main" in cpu else ""
+    return cell + (f"; PostgreSQL + Redis {cpu['postgresql_redis']:.3g}" if "postgresql_redis" in cpu else "")
 
 
 def install_signal_handlers() -> dict:
