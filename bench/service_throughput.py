@@ -542,6 +542,8 @@ def service_env(workdir: Path, db_url: str, broker_url: str, key_prefix: str | N
                 "PRIORFORGE_METRICS_DIR": str(workdir / "metrics"),  # not the checkout's instance/metrics
                 "PRIORFORGE_SECRET_KEY_FILE": str(workdir / "secret_key"),
                 "PRIORFORGE_DATASET_ROOT": str(workdir / "datasets"), "PRIORFORGE_DEVICE": "cpu",
+                "PRIORFORGE_MODEL_CACHE_DIR": str(workdir / "model-cache"),
+                "PRIORFORGE_TRAINING_ROOT": str(workdir / "trainings"),  # nothing in the checkout's instance/
                 # one client sends every request of a benchmark: the per-client abuse limits (docs/security.md)
                 # are off, so the figures measure the service, not the limiter
                 "PRIORFORGE_RATELIMIT_ENABLED": "false", "PRIORFORGE_MAX_IMAGES_IN_FLIGHT_PER_CLIENT": "1000000000"})

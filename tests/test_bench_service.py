@@ -235,3 +235,20 @@ def test_recovery_quick():
     kinds = [fault["kind"] for fault in payload["faults"]]
     assert kinds == ["kill-child", "kill-main", "reload-web"], payload["faults"]
     assert payload["recovery_worker"]["count"] >= 1 and payload["recovery_worker"]["max_s"] > 0, payload
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_request_floor_reports_every_layer_on_postgres_and_redis():
+    from bench.service_throughput import servers_cpu_seconds
+    from tests.service.conftest import PG_ADMIN_URL, REDIS_URL
+
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "request_floor.py"), "--requests", "20",
+                          "--database-url", PG_ADMIN_URL.replace("+psycopg", ""), "--redis-url", REDIS_URL],
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = parse_json_line(res.stdout)["rows"]
+    for name in ("bare gunicorn", "service 404", "service job read"):
+        assert set(rows[name]) == {"new connection", "kept alive"} and all(v >= 0 for v in rows[name].values())
+    assert positive(rows["one statement"]["in process"])
+    assert servers_cpu_seconds() > 0  # the PostgreSQL server this test just used has spent CPU
