@@ -343,6 +343,7 @@ def test_sample_diversity_is_one_for_real_like_spread_and_zero_for_copies(monkey
     features, _ = FeatureClassifier().features_and_logits(
         (levels.float() / 127.5 - 1)[:, None, None, None].expand(-1, 1, 28, 28))
     varied = sample_diversity(torch.cat([features, features[:1].repeat(4, 1)]), ["Bag"] * 4 + ["Coat"] * 4, 4,
-                              FeatureClassifier(), "fashion-mnist-captions", "unused")
+                              FeatureClassifier(), "fashion-mnist-captions", "unused", prompts=["a bag", "a coat"])
     assert varied["text_diversity_per_class"] == {"Bag": pytest.approx(1.0), "Coat": 0.0}
+    assert varied["text_diversity_lowest"] == [["a coat", 0.0], ["a bag", pytest.approx(1.0)]]  # least varied first
     assert varied["text_diversity"] == pytest.approx(0.5)

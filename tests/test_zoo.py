@@ -178,3 +178,16 @@ def test_learning_curve_averages_the_window_up_to_each_step(tmp_path):
     table = zoo_report.learning_curve(tmp_path, [4, 10, 50], window=2)
     assert "| 4 | 3.5 | 1 |" in table and "| 10 | 9.5 | 1 |" in table
     assert "| 50 |" not in table  # no step in its window
+
+
+def test_a_card_names_the_prompts_that_give_near_copies():
+    recipe = zoo.select(["cifar10-text"])[0]
+    held = {"text_diversity_median": 0.66, "text_diversity_min": 0.31, "text_class_accuracy": 0.9,
+            "text_attribute_accuracy_per_attribute": {"color": 0.9},
+            "text_diversity_lowest": [["a purple bird", 0.31], ["a white cat", 0.39], ["a red car", 0.45]]}
+    said = zoo.caveats(recipe, {"text_alignment_by_phrasing": {"heldout": held}})
+    assert 'Some prompts give near-copies (variety against real images of their kind): "a purple bird" 0.31, ' \
+        '"a white cat" 0.39.' in said  # the prompts below the floor, least varied first; "a red car" is above it
+    del held["text_diversity_lowest"]  # an evaluation from before the prompts were recorded
+    assert any("the least varied prompt: 0.31" in line for line in zoo.caveats(recipe, {
+        "text_alignment_by_phrasing": {"heldout": held}}))

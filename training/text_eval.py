@@ -99,7 +99,8 @@ def text_alignment_metrics(model: GenerativeModel, *, dataset: str, data_root: s
     found = image_attributes(name, images, _label_index(classes, CLASS_NAMES[name]), CLASS_NAMES[name])
     out = _summarise(name, prompts, n_per_prompt, class_ok, found, phrasing)
     if features is not None and n_per_prompt > 1 and data_root is not None:
-        out.update(sample_diversity(features, classes, n_per_prompt, classifier, name, data_root))
+        out.update(sample_diversity(features, classes, n_per_prompt, classifier, name, data_root,
+                                    prompts=[p for p, _, _ in prompts]))
     return out
 
 
@@ -112,12 +113,13 @@ def mean_pairwise_distance(features: Tensor) -> float:
 
 
 def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, classifier: Any, name: str,
-                     data_root: str, real_per_class: int = 200) -> dict[str, Any]:
+                     data_root: str, real_per_class: int = 200, prompts: list[str] | None = None) -> dict[str, Any]:
     """How varied one prompt's samples are: the mean pairwise distance of their classifier features, divided
     by the same for real test images of the prompt's class (1 = as varied as real images of that kind; a
     model that draws one image per prompt gives 0). Mean, median and minimum over prompts, and per class; with
     ``text_feature_fid``, the Frechet distance between every prompt's samples and the (class-balanced) real
-    test images in the same classifier features."""
+    test images in the same classifier features. With ``prompts`` (one per ``n_per_prompt`` samples), also the
+    three least varied prompts and their variety (``text_diversity_lowest``), so a card can name them."""
     from priorforge_spec.datasets import image_dataset_name
     from training.data import load_dataset
     from training.fid import frechet_distance
@@ -129,18 +131,23 @@ def sample_diversity(features: Tensor, classes: list[str], n_per_prompt: int, cl
         real_features, _ = classifier.features_and_logits(to_float(test.images[rows]))
         real_spread[cls] = mean_pairwise_distance(real_features)
     ratios: dict[str, list[float]] = {}
+    by_prompt: list[tuple[float, int]] = []  # (variety, prompt number)
     for start in range(0, len(classes), n_per_prompt):
         cls = classes[start]
         spread = mean_pairwise_distance(features[start:start + n_per_prompt])
         ratios.setdefault(cls, []).append(spread / max(real_spread[cls], 1e-12))
+        by_prompt.append((ratios[cls][-1], start // n_per_prompt))
     per_class = {cls: round(sum(v) / len(v), 4) for cls, v in ratios.items()}
     every = [r for v in ratios.values() for r in v]
     # class-matched feature FID: the prompts cover every class equally, as the balanced test set does
     real_features, _ = classifier.features_and_logits(to_float(test.images))
-    return {"text_diversity": round(sum(every) / len(every), 4),
-            "text_diversity_median": round(statistics.median(every), 4),
-            "text_diversity_min": round(min(every), 4), "text_diversity_per_class": per_class,
-            "text_feature_fid": round(frechet_distance(real_features, features), 4)}
+    out = {"text_diversity": round(sum(every) / len(every), 4),
+           "text_diversity_median": round(statistics.median(every), 4),
+           "text_diversity_min": round(min(every), 4), "text_diversity_per_class": per_class,
+           "text_feature_fid": round(frechet_distance(real_features, features), 4)}
+    if prompts is not None:
+        out["text_diversity_lowest"] = [[prompts[i], round(value, 4)] for value, i in sorted(by_prompt)[:3]]
+    return out
 
 
 def _predict(classifier: Any, images: Tensor) -> Tensor:

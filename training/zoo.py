@@ -307,7 +307,11 @@ def caveats(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
             out.append(f"Samples of one prompt {how}: their variety is {median:.2f} of real images' "
                        f"(1.0 = as varied as real images of that kind).")
         elif low is not None and low < DIVERSITY_FLOOR:
-            out.append(f"Some prompts give near-copies (the least varied prompt: {low:.2f} of real images' variety).")
+            lowest = [f'"{prompt}" {value:.2f}' for prompt, value in held.get("text_diversity_lowest", [])
+                      if value < DIVERSITY_FLOOR]
+            out.append(f"Some prompts give near-copies (variety against real images of their kind): {', '.join(lowest)}."
+                       if lowest else f"Some prompts give near-copies (the least varied prompt: {low:.2f} of real "
+                                      "images' variety).")
         if held["text_class_accuracy"] < CLASS_BAR:
             out.append(f"It draws the object a prompt names {held['text_class_accuracy']:.0%} of the time.")
         for attr, value in held["text_attribute_accuracy_per_attribute"].items():
