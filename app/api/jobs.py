@@ -10,6 +10,7 @@ from flask import current_app, g, jsonify, request, url_for
 from app.api.blueprint import bp, wait_seconds
 from app.api.views import batch_to_dict, job_to_dict
 from app.core.errors import ApiError
+from app.core.extensions import end_read
 from app.core.http import json_body
 from app.services import idempotency, jobs
 from app.services.idempotency import IdempotentRequest
@@ -61,7 +62,9 @@ def create_job():
 
         job = wait_until_ended(wait, lambda: _job_reader(made[0].id)(), [job_id], start=create)
         url, capability = url_for("api.get_job", job_id=job.id), _capability(made[0])
-        return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, {"Location": url}
+        answer, code = {**job_to_dict(job), **capability}, 200 if job.status in FINAL else 202
+        end_read()  # the job is expired from here on: everything the answer needs is read above
+        return jsonify(answer), code, {"Location": url}
     created = jobs.create_job(spec, owner, idempotent)
     url, capability = url_for("api.get_job", job_id=created.id), _capability(created)
     if replay:
@@ -79,7 +82,9 @@ def _capability(created: jobs.Created) -> dict[str, str]:
 def get_job(job_id: str):
     wait = wait_seconds()
     job = wait_until_ended(wait, _job_reader(job_id), [job_id]) if wait is not None else jobs.get_job(job_id)
-    return jsonify(job_to_dict(job))
+    answer = job_to_dict(job)
+    end_read()
+    return jsonify(answer)
 
 
 def _job_reader(job_id: str):

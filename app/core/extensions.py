@@ -34,4 +34,15 @@ def rowcount(result: Result[Any]) -> int:
     """The rows an UPDATE or DELETE run through the session matched (``Session.execute`` is typed as returning a
     ``Result``; for those statements it is a ``CursorResult``)."""
     return cast(CursorResult[Any], result).rowcount
+
+
+def end_read() -> None:
+    """End a request's read-only transaction with a COMMIT. The session's close at the end of the request
+    would roll it back, and a ROLLBACK makes psycopg forget the statements it prepared on that connection, so
+    the hot reads would be parsed and planned again every time (psycopg prepares a statement on its fifth
+    use on a connection)."""
+    if db.session().in_transaction():
+        db.session.commit()
+
+
 csrf = CSRFProtect()  # bound by app.create_app; the JSON API blueprints are exempt

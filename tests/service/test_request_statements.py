@@ -102,3 +102,23 @@ def test_a_generation_task_costs_five_statements_on_postgresql(tmp_path, checkpo
     # and before each of its two commits, that the commit need not wait for the disk (workers/lease.py)
     assert_task_statements(make_app(tmp_path, checkpoints, HEARTBEAT_INTERVAL=600.0, SQLALCHEMY_DATABASE_URI=pg_url),
                            ["SELECT", "UPDATE", "SELECT", "SET", "UPDATE", "INSERT", "SET"])
+
+
+@pytest.mark.integration
+def test_repeated_job_reads_keep_their_prepared_statement_on_postgresql(tmp_path, checkpoints, pg_url):
+    """psycopg prepares a statement on its fifth use on a connection and forgets every prepared statement at a
+    ROLLBACK: a read that ended its transaction with the session's closing rollback was parsed and planned by
+    PostgreSQL at every request. The job reads end theirs with a COMMIT."""
+    from sqlalchemy import text
+
+    app = make_app(tmp_path, checkpoints, SQLALCHEMY_DATABASE_URI=pg_url)
+    client = app.test_client()
+    job_id = client.post("/api/v1/jobs", json={"label": "1"}).get_json()["id"]
+    for wait in ("", "?wait=0") * 4:  # one thread: every request checks out the pool's one connection
+        assert client.get(f"/api/v1/jobs/{job_id}{wait}").status_code == 200
+    with app.app_context():
+        prepared = db.session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars().all()
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    assert any("FROM jobs" in statement for statement in prepared), prepared

@@ -53,7 +53,9 @@ def skip_settled_jobs(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Call
     def status_of(job_id: str) -> str | None:
         with flask_app.app_context():
             with db.engine.connect() as conn:
-                return conn.execute(statement, {"job_id": job_id}).scalar()
+                status = conn.execute(statement, {"job_id": job_id}).scalar()
+                conn.commit()  # not the close's rollback, which would drop psycopg's prepared statements
+                return status
 
     def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
         job_id = job_id_of(message)
