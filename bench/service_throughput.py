@@ -277,16 +277,16 @@ def group_cpu_seconds(pgid: int, only_pid: int | None = None) -> float:
 SERVER_NAMES = ("postgres", "redis-server")
 
 
-def servers_cpu_seconds() -> float:
-    """User + system CPU seconds of this machine's PostgreSQL and Redis processes: each live one's, plus what
-    the postmaster has reaped of its exited backends (Linux /proc; 0 elsewhere). They serve every client of the
-    machine, so read it on a quiet one."""
-    total = 0
+def servers_cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of this machine's PostgreSQL and Redis processes, per server: each live
+    process's, plus what the postmaster has reaped of its exited backends (Linux /proc; 0 elsewhere). They serve
+    every client of the machine, so read it on a quiet one."""
+    total = dict.fromkeys(SERVER_NAMES, 0)
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return 0.0
+        return dict.fromkeys(SERVER_NAMES, 0.0)
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -294,9 +294,9 @@ def servers_cpu_seconds() -> float:
         except OSError:
             continue
         comm, values = name.split("(", 1)[1], fields.split()
-        if comm in SERVER_NAMES:  # utime(12) stime(13) cutime(14) cstime(15), counted from the state field
-            total += int(values[11]) + int(values[12]) + (int(values[13]) + int(values[14]) if comm == "postgres" else 0)
-    return total / tick
+        if comm in total:  # utime(12) stime(13) cutime(14) cstime(15), counted from the state field
+            total[comm] += int(values[11]) + int(values[12]) + (int(values[13]) + int(values[14]) if comm == "postgres" else 0)
+    return {comm: ticks / tick for comm, ticks in total.items()}
 
 
 # -- PostgreSQL / Redis -------------------------------------------------------------------------------
@@ -724,7 +724,10 @@ def phase_row(service: Service, args: argparse.Namespace, k: int, n: int, seed: 
     row["cpu_ms_per_job"]["worker_main"] = round((group_cpu_seconds(parent, only_pid=parent) - parent0) * 1e3
                                                  / row["jobs"], 2)
     if args.database_url and args.redis_url:  # the servers' share of a job (not the service's own CPU)
-        row["cpu_ms_per_job"]["postgresql_redis"] = round((servers_cpu_seconds() - servers0) * 1e3 / row["jobs"], 2)
+        servers = {comm: seconds - servers0[comm] for comm, seconds in servers_cpu_seconds().items()}
+        row["cpu_ms_per_job"]["postgresql_redis"] = round(sum(servers.values()) * 1e3 / row["jobs"], 2)
+        row["cpu_ms_per_job"]["postgresql"] = round(servers["postgres"] * 1e3 / row["jobs"], 2)
+        row["cpu_ms_per_job"]["redis"] = round(servers["redis-server"] * 1e3 / row["jobs"], 2)
     row["client_bound_images_per_s"] = round(k * n / poll_s, 1) if poll_s else None
     service.procs.check_alive()
     return row
@@ -777,7 +780,7 @@ def cpu_cell(row: dict) -> str:
     cpu = row["cpu_ms_per_job"]
     cell = " / ".join(f"{cpu[k]:.3g}" for k in ("web", "worker", "clients"))
     cell += f" (worker main process: {cpu['worker_main']:.3g})" if "worker_main" in cpu else ""
-    return cell + (f"; PostgreSQL + Redis {cpu['postgresql_redis']:.3g}" if "postgresql_redis" in cpu else "")
+    return cell + (f"; PostgreSQL + Redis {cpu['postgresql']:.3g} + {cpu['redis']:.3g}" if "postgresql" in cpu else "")
 
 
 def install_signal_handlers() -> dict:
