@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,9 @@ def _service(config: dict, checkpoints) -> tuple:
     from app.core.migrate import upgrade
     from app.services.accounts import create_user, issue_token
 
-    app = create_app(config)
+    # a module's app is built before the tests' isolation fixtures: every folder it could write is named here
+    folder = Path(config["STORAGE_ROOT"]).parent
+    app = create_app({"MODEL_CACHE_DIR": str(folder / "model-cache"), "METRICS_DIR": str(folder / "metrics"), **config})
     upgrade(app)
     with app.app_context():
         register_test_models(checkpoints)
