@@ -46,7 +46,8 @@ def stack(tmp_path_factory):
         # module scope: the per-test isolation of tests/conftest.py is not set up yet, so every path the web
         # and worker processes would otherwise default to (instance/...) is given here
         "SECRET_KEY_FILE": str(root / "secret_key"), "METRICS_DIR": str(root / "metrics"),
-        "CACHE": str(root / "cache"), **FAST_WORKER,
+        "CACHE": str(root / "cache"), "MODEL_CACHE_DIR": str(root / "model-cache"),
+        "DATASET_ROOT": str(root / "datasets"), "TRAINING_ROOT": str(root / "trainings"), **FAST_WORKER,
     }
     app = create_app({**config, "TESTING": True})
     upgrade(app)
