@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                        # its own folders, not the checkout's instance/
                        PRIORFORGE_STORAGE_ROOT=str(workdir / "images"),
                        PRIORFORGE_SECRET_KEY_FILE=str(workdir / "secret_key"),
+                       PRIORFORGE_MODEL_CACHE_DIR=str(workdir / "model-cache"),
+                       PRIORFORGE_DATASET_ROOT=str(workdir / "datasets"),
+                       PRIORFORGE_TRAINING_ROOT=str(workdir / "trainings"),
                        TMPDIR=str(workdir))  # its temporary files (doorbell, pool folder) go with the folder
             subprocess.run([sys.executable, "-c", "from app import create_app\nfrom app.core.migrate import upgrade\n"
                             "upgrade(create_app())"], env=env, cwd=REPO, check=True)

@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 env = dict(base_env)
                 node = work / f"p{procs}-node{w}"
                 env.update({f"PRIORFORGE_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
-                env.update({"PRIORFORGE_MODEL_CACHE_DIR": str(node / "cache"), "PRIORFORGE_STORAGE_ROOT": str(node / "x")})
+                env.update({"PRIORFORGE_MODEL_CACHE_DIR": str(node / "cache"), "PRIORFORGE_STORAGE_ROOT": str(node / "x"),
+                            "PRIORFORGE_DATASET_ROOT": str(node / "datasets"),
+                            "PRIORFORGE_TRAINING_ROOT": str(node / "trainings")})
                 workers.append(Worker(env, work / f"p{procs}-node{w}.log"))
             for worker in workers:
                 worker.wait_ready()
