@@ -201,6 +201,23 @@ def test_bad_hparam_is_refused():
         GLFTrainer(tiny(), TrainConfig(device="cpu"), {"nope": 1})
 
 
+@pytest.mark.parametrize("condition", ["text", "class"])
+def test_text_noise_moves_the_flow_of_text_models_only(digits, condition):
+    """Conditioning augmentation: with text_noise the flow of a text model reads a noisy condition, so its
+    update differs from the same step without; a class model's one-hot condition is left alone."""
+    images, onehot, labels = _batch(digits, 16)
+    cond = torch.randn(16, 12) if condition == "text" else onehot
+    after = []
+    for noise in (0.0, 0.5):
+        model = tiny(condition=condition, **({"text_dim": 12} if condition == "text" else {}))
+        trainer = GLFTrainer(model, TrainConfig(device="cpu", progress_bar=False), {"text_noise": noise})
+        trainer.train_step(images, cond, labels)
+        after.append(torch.cat([p.detach().flatten() for p in model.flow.parameters()]))
+    assert torch.equal(after[0], after[1]) == (condition == "class")
+    with pytest.raises(ValueError, match="text_noise must be 0 or more"):
+        GLFTrainer(tiny(), TrainConfig(device="cpu"), {"text_noise": -0.1})
+
+
 def test_the_codes_class_head_learns_the_classes_and_only_text_models_have_it(digits):
     with pytest.raises(ValueError, match="aux_classes is for text models"):
         tiny(condition="class", aux_classes=10)

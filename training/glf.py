@@ -33,6 +33,10 @@ class GLFTrainer(Trainer):
         lr_halve_epochs: halve both learning rates every this many epochs (0: never).
         aux_class_weight: text models with ``aux_classes``: weight of the codes' class head's cross-entropy in
             the autoencoder's loss.
+        text_noise: text models: standard deviation of Gaussian noise added to the condition vector the flow
+            reads in training (StackGAN's conditioning augmentation, as the code-generator AAE's): without it the
+            flow fits each training sentence's exact embedding, and a wording it never saw lands between them.
+            0 = off (the paper's flow).
     """
 
     backend = "glf"
@@ -44,6 +48,7 @@ class GLFTrainer(Trainer):
         "flow_weight_decay": 2e-5,
         "lr_halve_epochs": 50,
         "aux_class_weight": 1.0,
+        "text_noise": 0.0,
     }
     model: GenerativeLatentFlow
 
@@ -52,6 +57,8 @@ class GLFTrainer(Trainer):
         betas = tuple(float(b) for b in h["flow_betas"])
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"glf: hparam flow_betas must be two numbers in [0, 1), got {h['flow_betas']!r}")
+        if float(h["text_noise"]) < 0:
+            raise ValueError(f"glf: hparam text_noise must be 0 or more, got {h['text_noise']!r}")
         self._base_lrs = {"autoencoder": self.lr, "flow": float(h["flow_lr"] or self.lr)}
         return {
             "autoencoder": torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters(),
@@ -93,6 +100,8 @@ class GLFTrainer(Trainer):
         flow_in = z if m.config.regularized else z.detach()  # stop_gradient(E(x)) unless regularized
         latent_dim = m.config.latent_dim
         assert latent_dim is not None  # GLFConfig.__post_init__ sets it
+        if cond is not None and m.config.condition == "text" and self.hparams["text_noise"]:
+            cond = cond + float(self.hparams["text_noise"]) * self.randn(*cond.shape)
         nll = m.prior_nll(flow_in, cond).mean() / latent_dim  # per code dim
         loss = rec_loss + self.hparams["nll_weight"] * nll
         out = {}
