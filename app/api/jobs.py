@@ -14,6 +14,7 @@ from app.core.extensions import end_read
 from app.core.http import json_body
 from app.services import idempotency, jobs
 from app.services.idempotency import IdempotentRequest
+from app.services.job_reads import read_job
 from app.core.fastpath.job_events import wait_until_ended
 from app.services.schemas import BatchRequest
 from app.core.status import FINAL, JobStatus
@@ -68,7 +69,7 @@ def create_job():
     created = jobs.create_job(spec, owner, idempotent)
     url, capability = url_for("api.get_job", job_id=created.id), _capability(created)
     if replay:
-        job = jobs.get_job(created.id)
+        job = read_job(created.id)
         return jsonify({**job_to_dict(job), **capability}), 200 if job.status in FINAL else 202, \
             {"Location": url}
     return jsonify({"id": created.id, "url": url, "status": JobStatus.QUEUED, **capability}), 202, {"Location": url}
@@ -81,7 +82,7 @@ def _capability(created: jobs.Created) -> dict[str, str]:
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     wait = wait_seconds()
-    job = wait_until_ended(wait, _job_reader(job_id), [job_id]) if wait is not None else jobs.get_job(job_id)
+    job = wait_until_ended(wait, _job_reader(job_id), [job_id]) if wait is not None else read_job(job_id)
     answer = job_to_dict(job)
     end_read()
     return jsonify(answer)
@@ -89,7 +90,7 @@ def get_job(job_id: str):
 
 def _job_reader(job_id: str):
     def read():
-        job = jobs.get_job(job_id)
+        job = read_job(job_id)
         return job, [] if job.status in FINAL else [job_id]
     return read
 

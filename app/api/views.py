@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import g, url_for
 
-from app.core.tables import Batch, Experiment, Image, Job, iso
+from app.core.tables import Batch, Experiment, Image, Job, ModelVersion, iso
+from app.services.job_reads import ImageView, JobView, VersionView
 from app.services import experiments
 from app.services.jobs import batch_summary
 from app.services.webhooks import deliveries_of
@@ -14,7 +15,11 @@ from app.core.status import JobStatus
 
 
 def image_to_dict(image: Image) -> dict[str, Any]:
-    version = image.job.model_version  # the exact version that made it (fixed when the job was created)
+    # the exact version that made it (fixed when the job was created)
+    return _image_dict(image, image.job.model_version)
+
+
+def _image_dict(image: Image | ImageView, version: ModelVersion | VersionView) -> dict[str, Any]:
     return {
         "id": image.id, "job_id": image.job_id, "index": image.index, "width": image.width,
         "height": image.height, "seed": image.seed, "created_at": iso(image.created_at),
@@ -24,7 +29,7 @@ def image_to_dict(image: Image) -> dict[str, Any]:
     }
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
+def job_to_dict(job: Job | JobView) -> dict[str, Any]:
     version = job.model_version
     return {
         "id": job.id, "url": url_for("api.get_job", job_id=job.id), "status": job.status,
@@ -33,19 +38,19 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "backend": version.backend, "condition": job.condition_kind, "label": job.label, "cluster": job.cluster, "prompt": job.prompt,
         "n": job.n, "seed": job.seed, "attempts": job.attempts, "batch_id": job.batch_id,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
-        "images": [image_to_dict(image) for image in job.images] if job.status == JobStatus.SUCCEEDED else [],
+        "images": [_image_dict(image, version) for image in job.images] if job.status == JobStatus.SUCCEEDED else [],
         **_webhook_of(job),
     }
 
 
-def _webhook_of(owned: Job | Batch) -> dict[str, Any]:
+def _webhook_of(owned: Job | JobView | Batch) -> dict[str, Any]:
     """The job's (or batch's) webhook and its recorded deliveries, for the token that created it or an admin
     only (the URL may hold a receiver's own secret; job ids are visible on public pages)."""
     client = g.get("client")
     if not owned.webhook or client is None or not (client.is_admin or (
             client.token_id is not None and client.token_id == owned.owner_token_id)):
         return {}
-    deliveries = deliveries_of(job_id=owned.id) if isinstance(owned, Job) else deliveries_of(batch_id=owned.id)
+    deliveries = deliveries_of(batch_id=owned.id) if isinstance(owned, Batch) else deliveries_of(job_id=owned.id)
     return {"webhook": {"url": owned.webhook, "events_filter": list(owned.webhook_events or []),
                         "deliveries": deliveries}}
 
