@@ -45,6 +45,11 @@ class GLFConfig(ModelConfig):
             images' class labels with the reconstruction, so that the codes separate the classes the prompts
             name (the decoder does not read the condition: the flow can only follow a prompt's class as far as
             the codes carry it). 0: none (the paper's autoencoder).
+        condition_features: class and text models: the flow reads the condition through one shared linear map
+            to this many features and a LayerNorm (a conditioning network, as in conditional invertible networks)
+            instead of the raw vector concatenated to every coupling net's input. Why: a sentence embedding is a
+            unit vector of 384 small entries, which at initialisation weighs little beside the codes in a
+            coupling net's first layer. 0: the raw vector.
     """
 
     latent_dim: int | None = None
@@ -57,6 +62,7 @@ class GLFConfig(ModelConfig):
     permutation_seed: int = 0
     conditional_base: bool = False
     aux_classes: int = 0
+    condition_features: int = 0
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)  # type: ignore[assignment]
@@ -75,6 +81,10 @@ class GLFConfig(ModelConfig):
             raise ValueError("conditional_base needs a class or text condition")
         if self.aux_classes < 0:
             raise ValueError(f"aux_classes must be 0 or more, got {self.aux_classes}")
+        if self.condition_features < 0:
+            raise ValueError(f"condition_features must be 0 or more, got {self.condition_features}")
+        if self.condition_features and self.condition == "none":
+            raise ValueError("condition_features needs a class or text condition")
         if self.aux_classes and self.condition != "text":
             raise ValueError("aux_classes is for text models (a class model's flow reads the class itself)")
 
@@ -98,7 +108,8 @@ class GenerativeLatentFlow(GenerativeModel):
         self.encoder = ConvEncoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.decoder = ConvDecoder(c.image_shape, c.latent_dim, c.base_channels, c.hidden_dim)
         self.flow = LatentFlow(c.latent_dim, c.flow_blocks, c.coupling_hidden, c.condition_dim, c.scale_clamp,
-                               c.permutation_seed, conditional_base=c.conditional_base)
+                               c.permutation_seed, conditional_base=c.conditional_base,
+                               cond_features=c.condition_features)
         # training only: the codes' class head (aux_classes); sampling never reads it
         self.class_head = torch.nn.Linear(c.latent_dim, c.aux_classes) if c.aux_classes else None
 

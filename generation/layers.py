@@ -208,20 +208,33 @@ class LatentFlow(nn.Module):
     """
 
     def __init__(self, dim: int, blocks: int, hidden: int, cond_dim: int = 0, clamp: float = 2.0, seed: int = 0,
-                 conditional_base: bool = False):
+                 conditional_base: bool = False, cond_features: int = 0):
         super().__init__()
         if conditional_base and not cond_dim:
             raise ValueError("conditional_base needs a condition (class or text)")
+        if cond_features and not cond_dim:
+            raise ValueError("cond_features needs a condition (class or text)")
         generator = torch.Generator().manual_seed(seed)
         self.dim = dim
+        # cond_features > 0: one shared linear map of the condition to that many features, layer-normalised, is
+        # what every coupling net and the base read, instead of the raw condition vector
+        self.condition_net = nn.Sequential(nn.Linear(cond_dim, cond_features), nn.LayerNorm(cond_features)) \
+            if cond_features else None
+        read_dim = cond_features or cond_dim
         self.layers = nn.ModuleList(
-            AffineCoupling(dim, hidden, cond_dim, clamp, torch.randperm(dim, generator=generator))
+            AffineCoupling(dim, hidden, read_dim, clamp, torch.randperm(dim, generator=generator))
             for _ in range(2 * blocks)
         )
-        self.base = ConditionalGaussianBase(cond_dim, dim, hidden, clamp) if conditional_base else None
+        self.base = ConditionalGaussianBase(read_dim, dim, hidden, clamp) if conditional_base else None
+
+    def _read(self, cond: Tensor | None) -> Tensor | None:
+        return cond if cond is None or self.condition_net is None else self.condition_net(cond)
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``z`` ``(B, D)`` -> ``(u, log|det du/dz|)``."""
+        return self._forward(z, self._read(cond))
+
+    def _forward(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
         for layer in self.layers:
             z, ld = layer(z, cond)
@@ -229,13 +242,17 @@ class LatentFlow(nn.Module):
         return z, log_det
 
     def inverse(self, u: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self._inverse(u, self._read(cond))
+
+    def _inverse(self, u: Tensor, cond: Tensor | None) -> Tensor:
         for layer in reversed(self.layers):
             u = cast(AffineCoupling, layer).inverse(u, cond)
         return u
 
     def nll(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """Negative log-likelihood per code ``(B,)`` by the change of variables (paper Eq. 1)."""
-        u, log_det = self.forward(z, cond)
+        cond = self._read(cond)
+        u, log_det = self._forward(z, cond)
         if self.base is None or cond is None:
             log_pu = -0.5 * (u**2).sum(dim=1)  # N(0, I)
         else:
@@ -245,7 +262,8 @@ class LatentFlow(nn.Module):
 
     def standard_noise(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """The standard normal noise ``(B, D)`` that :meth:`sample` maps to the codes ``z`` under ``cond``."""
-        u, _ = self.forward(z, cond)
+        cond = self._read(cond)
+        u, _ = self._forward(z, cond)
         if self.base is not None and cond is not None:
             mean, log_scale = self.base(cond)
             u = (u - mean) * (-log_scale).exp()
@@ -253,10 +271,11 @@ class LatentFlow(nn.Module):
 
     def sample(self, noise: Tensor, cond: Tensor | None = None) -> Tensor:
         """Codes ``(B, D)`` from standard normal ``noise`` ``(B, D)``: through the base's scale and shift, then f^-1."""
+        cond = self._read(cond)
         if self.base is not None and cond is not None:
             mean, log_scale = self.base(cond)
             noise = mean + noise * log_scale.exp()
-        return self.inverse(noise, cond)
+        return self._inverse(noise, cond)
 
 
 class ClassGaussianPrior(nn.Module):

@@ -234,3 +234,47 @@ def test_the_codes_class_head_learns_the_classes_and_only_text_models_have_it(di
     without = tiny(condition="text", text_dim=12)
     assert without.class_head is None and "aux_cls" not in GLFTrainer(
         without, TrainConfig(device="cpu", progress_bar=False)).train_step(images, cond, labels)
+
+
+def test_a_conditioning_network_feeds_every_coupling_and_the_base():
+    flow = LatentFlow(dim=6, blocks=2, hidden=16, cond_dim=10, conditional_base=True, cond_features=4).double()
+    randomize(flow)
+    assert all(layer.net[0].in_features == 3 + 4 for layer in flow.layers)  # half the code + the features
+    z, cond = torch.randn(5, 6, dtype=torch.double), torch.randn(5, 10, dtype=torch.double)
+    features = flow.condition_net(cond)
+    # every public method reads the features, never the raw vector: the same as a flow fed the features
+    plain = LatentFlow(dim=6, blocks=2, hidden=16, cond_dim=4, conditional_base=True).double()
+    plain.layers.load_state_dict(flow.layers.state_dict())
+    plain.base.load_state_dict(flow.base.state_dict())
+    assert torch.allclose(flow.nll(z, cond), plain.nll(z, features))
+    assert torch.allclose(flow(z, cond)[0], plain(z, features)[0])
+    noise = torch.randn(5, 6, dtype=torch.double)
+    codes = flow.sample(noise, cond)
+    assert torch.allclose(codes, plain.sample(noise, features))
+    assert torch.allclose(flow.standard_noise(codes, cond), noise, atol=1e-9)
+    assert torch.allclose(flow.inverse(flow(z, cond)[0], cond), z, atol=1e-9)
+    assert not torch.allclose(codes, flow.sample(noise, torch.randn(5, 10, dtype=torch.double)))
+    with pytest.raises(ValueError, match="cond_features needs a condition"):
+        LatentFlow(dim=6, blocks=1, hidden=8, cond_features=4)
+
+
+def test_the_conditioning_network_learns_with_the_flow_and_is_saved(digits, tmp_path):
+    with pytest.raises(ValueError, match="condition_features needs a class or text condition"):
+        tiny(condition_features=8)
+    with pytest.raises(ValueError, match="condition_features must be 0 or more"):
+        tiny(condition="text", text_dim=12, condition_features=-1)
+    model = tiny(condition="text", text_dim=12, condition_features=8)
+    assert tiny(condition="text", text_dim=12).flow.condition_net is None  # off by default: old checkpoints load
+    before = [p.detach().clone() for p in model.flow.condition_net.parameters()]
+    trainer = GLFTrainer(model, TrainConfig(device="cpu", progress_bar=False))
+    images, _, labels = _batch(digits, 16)
+    for _ in range(3):  # the coupling nets' last layers start at zero: the condition net moves from step 2
+        trainer.train_step(images, torch.randn(16, 12), labels)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.flow.condition_net.parameters()))
+    save_checkpoint(model.eval(), tmp_path, dataset="digits-captions", class_names=[str(i) for i in range(10)])
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.config.condition_features == 8
+    embedding = torch.randn(12)
+    condition = Condition(kind="text", embedding=embedding)
+    assert torch.equal(loaded.sample(3, condition, torch.Generator().manual_seed(1)),
+                       model.sample(3, condition, torch.Generator().manual_seed(1)))
