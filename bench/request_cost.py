@@ -55,7 +55,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "validation": [("app/services/jobs.py", "validate_job")],
     "rows+commit": [("app/services/jobs.py", "create_job")],
     "publish": [("app/services/outbox.py", "publish_pending")],
-    "read": [("app/services/jobs.py", "get_job")],
+    "read": [("app/services/jobs.py", "get_job"), ("app/services/job_reads.py", "read_job")],
     "wait": [("app/core/fastpath/job_events.py", "wait_until_ended")],
     "response": [("flask/json/__init__.py", "jsonify"), ("app/api/views.py", "job_to_dict")],
     "request": [("flask/app.py", "wsgi_app")],
