@@ -61,7 +61,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "INFERENCE_PRECISION": "auto",  # fp32 | bf16 | fp16 | auto (fp32 on CPU, bf16/fp16 autocast on CUDA)
         "TASK_SOFT_TIME_LIMIT": 300,  # seconds; the job fails with a timeout message
         "TASK_TIME_LIMIT": 360,  # hard limit: the pool process is killed
-        "BROKER_POLLING_INTERVAL": 0.05,  # seconds between polls of the embedded (sqla) broker's table
+        # seconds between polls of the embedded (sqla) broker's table; None: 0.5 for a SQLite broker file with
+        # LOCAL_WAKEUPS on (every publisher is on this machine and rings, so the poll is only a fallback), else 0.05
+        "BROKER_POLLING_INTERVAL": None,
         # without Redis: a publish wakes the embedded broker's worker and a job's end wakes its waiting requests
         # at once, through Unix sockets on this machine (app/core/fastpath/doorbell.py); the polls above and below stay
         "LOCAL_WAKEUPS": True,

@@ -38,8 +38,10 @@ def celery_config(app: Flask) -> dict:
         # transport class's own attributes (one broker per process).
         from app.core.fastpath import embedded_broker
 
-        embedded_broker.Transport.polling_interval = config["BROKER_POLLING_INTERVAL"]
-        embedded_broker.Transport.local_wakeups = config["LOCAL_WAKEUPS"] and config["FAST_PATHS"]
+        local_wakeups = bool(config["LOCAL_WAKEUPS"] and config["FAST_PATHS"])
+        embedded_broker.Transport.polling_interval = embedded_broker.polling_interval(
+            broker, config["BROKER_POLLING_INTERVAL"], local_wakeups)
+        embedded_broker.Transport.local_wakeups = local_wakeups
         embedded_broker.register()
         broker = embedded_broker.broker_url(broker)
     return {

@@ -17,7 +17,7 @@ OPTIONAL: dict[str, Any] = {
     "SECRET_KEY": str | None, "STORAGE_URL": str | None, "S3_ENDPOINT_URL": str | None, "S3_REGION": str | None,
     "BROKER_VISIBILITY_TIMEOUT": int | None, "DEFAULT_MODEL": str | None, "RATELIMIT_STORAGE_URI": str | None,
     "DATA_ROOT": str | None, "TRAINING_DEVICE": str | None, "TRAINING_EVAL_CLASSIFIER_STEPS": int | None,
-    "METRICS_DIR": str | None,
+    "METRICS_DIR": str | None, "BROKER_POLLING_INTERVAL": float | None,
 }
 # lists and mappings: their items' types
 CONTAINERS: dict[str, Any] = {

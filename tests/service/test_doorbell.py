@@ -159,6 +159,29 @@ def test_a_bad_local_wakeups_is_refused_when_the_app_starts(tmp_path, value):
 
 
 # -- the embedded broker ---------------------------------------------------------------------------
+def test_the_poll_is_a_slow_fallback_only_where_every_publisher_rings(tmp_path):
+    """A SQLite broker file with rings on: every publisher is on this machine and rings, so the worker looks at the
+    table every half second as a fallback; without rings, or on a shared database server, every 50 ms; a value
+    set by the operator wins."""
+    from app import create_app
+    from app.core.fastpath import embedded_broker
+    from tests.service.conftest import base_config
+
+    sqlite, server = f"sqla+sqlite:///{tmp_path}/broker.db", "sqla+postgresql://db.internal/broker"
+    assert embedded_broker.polling_interval(sqlite, None, local_wakeups=True) == embedded_broker.RING_FALLBACK_POLL
+    assert embedded_broker.polling_interval(sqlite, None, local_wakeups=False) == embedded_broker.POLL
+    assert embedded_broker.polling_interval(server, None, local_wakeups=True) == embedded_broker.POLL
+    assert embedded_broker.polling_interval(sqlite, 0.2, local_wakeups=True) == 0.2
+    before = embedded_broker.Transport.polling_interval, embedded_broker.Transport.local_wakeups
+    try:
+        create_app(base_config(tmp_path, CELERY_BROKER_URL=sqlite, FAST_PATHS=False))
+        assert embedded_broker.Transport.polling_interval == embedded_broker.POLL  # the fast paths off: polls alone
+        with pytest.raises(ValueError, match="BROKER_POLLING_INTERVAL"):
+            create_app(base_config(tmp_path, BROKER_POLLING_INTERVAL="fast"))
+    finally:  # the transport's settings are class attributes: later tests get the defaults back
+        embedded_broker.Transport.polling_interval, embedded_broker.Transport.local_wakeups = before
+
+
 class Consumer:
     """A kombu consumer of one queue on the embedded broker, draining in a thread of its own."""
 

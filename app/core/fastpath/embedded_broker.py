@@ -57,6 +57,21 @@ def broker_url(url: str) -> str:
     return ALIAS + url[len("sqla"):] if url.startswith("sqla+") else url
 
 
+# seconds between the worker's looks at the broker table: with rings on a SQLite file the poll only catches a
+# ring that went missing, since every publisher of that file is on this machine; an idle worker's looks cost 0.09
+# of a core at 0.05 s and 0.02 at 0.5 (docs/benchmarks.md, "rings against polls"). Without rings, or on a database
+# server that publishers on other machines share, the poll is how a message is found.
+RING_FALLBACK_POLL = 0.5
+POLL = 0.05
+
+
+def polling_interval(url: str, configured: float | None, local_wakeups: bool) -> float:
+    """``BROKER_POLLING_INTERVAL`` when set, else the default for the broker ``url`` (``sqla+...``)."""
+    if configured is not None:
+        return configured
+    return RING_FALLBACK_POLL if local_wakeups and _sqlite_path(url) is not None else POLL
+
+
 def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
