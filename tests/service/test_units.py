@@ -239,15 +239,16 @@ def test_task_skips_canceled_and_unknown_jobs(app):
 
 
 def test_broker_transport_options_per_broker(app):
-    """The embedded broker is polled quickly; Redis gets a visibility timeout above the hard time limit."""
+    """The embedded broker's poll backs up its rings; Redis gets a visibility timeout above the hard time limit."""
     from app.core.queue import celery_config
 
-    from app.core.fastpath.embedded_broker import Transport as EmbeddedTransport
+    from app.core.fastpath.embedded_broker import RING_FALLBACK_POLL, Transport as EmbeddedTransport
 
     embedded = celery_config(app)
     assert app.config["CELERY_BROKER_URL"].startswith("sqla+")
     assert embedded["broker_transport_options"] == {}  # all of them would go to create_engine()
-    assert EmbeddedTransport.polling_interval == 0.05
+    # a SQLite file with rings on (tests/service/test_doorbell.py checks the other cases)
+    assert EmbeddedTransport.polling_interval == RING_FALLBACK_POLL
     app.config["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/0"
     options = celery_config(app)["broker_transport_options"]
     assert "polling_interval" not in options
